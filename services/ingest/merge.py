@@ -1,0 +1,168 @@
+"""The ingest state machine: fold events into execution and component rows.
+
+Every field is a last-writer-wins register whose version is the version of the event that
+set it: (status rank of the event, occurred_at, a hash of event_id). The join of such
+registers is commutative, associative and idempotent, so any order and any number of
+copies of the same events give the same row; status only moves forward because the rank
+leads the version; a late, lower-ranked event still fills fields that are empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.events import ComponentFields, Event, ExecutionFields
+
+#: Merged execution columns (besides the key `org`, `id` and the constant `agent_name`).
+EXECUTION_FIELDS: tuple[str, ...] = (
+    "project",
+    "workflow",
+    "schedule_id",
+    "status",
+    "triggered_by",
+    "message",
+    "response",
+    "error",
+    "error_type",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "context_used",
+    "context_max",
+    "cost",
+    "tokens_in",
+    "tokens_out",
+    "tool_calls",
+    "execution_log",
+    "engine",
+    "external_id",
+    "parent_execution_id",
+)
+
+#: Merged component columns (besides the key and `agent_name`).
+COMPONENT_FIELDS: tuple[str, ...] = (
+    "name",
+    "status",
+    "retry_policy",
+    "max_attempts",
+    "input",
+    "output",
+    "error",
+    "error_type",
+    "started_at",
+    "completed_at",
+)
+
+ExecutionKey = tuple[str, str]  # org, execution id
+ComponentKey = tuple[str, str, str, int]  # org, execution id, node id, attempt
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def event_version(event: Event) -> str:
+    """A fixed-width string that sorts as (rank, occurred_at, event id hash)."""
+    micros = (event.occurred_at - _EPOCH) // _MICRO
+    digest = hashlib.blake2b(event.event_id.encode(), digest_size=4).hexdigest()
+    return f"{event.status.rank}{micros:016d}{digest}"
+
+
+@dataclass(slots=True)
+class RowState:
+    """A row being merged: the values known, each field's version, and what changed."""
+
+    agent_name: str
+    first_seen_at: datetime
+    values: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+    is_new: bool = True
+
+
+def _apply(state: RowState, version: str, offered: dict[str, Any]) -> None:
+    for name, value in offered.items():
+        if value is None:
+            continue
+        current = state.versions.get(name)
+        # Equal versions come from the same event, hence the same value: keep what is there.
+        if current is None or version > current:
+            state.versions[name] = version
+            state.values[name] = value
+            state.changed.add(name)
+
+
+def _execution_values(execution: ExecutionFields, event: Event) -> dict[str, Any]:
+    values = {name: getattr(execution, name) for name in EXECUTION_FIELDS}
+    values["status"] = event.status.value
+    return values
+
+
+def _component_values(component: ComponentFields, event: Event) -> dict[str, Any]:
+    values = {name: getattr(component, name) for name in COMPONENT_FIELDS}
+    values["status"] = event.status.value
+    if component.retry_policy is not None:
+        values["retry_policy"] = component.retry_policy.value
+    return values
+
+
+def new_state(event: Event) -> RowState:
+    return RowState(agent_name=event.agent, first_seen_at=event.occurred_at)
+
+
+def merge(state: RowState, event: Event) -> RowState:
+    """Fold one event into the row of its execution or component (in place; returned)."""
+    if event.occurred_at < state.first_seen_at:
+        state.first_seen_at = event.occurred_at
+        state.changed.add("first_seen_at")
+    version = event_version(event)
+    if event.execution is not None:
+        _apply(state, version, _execution_values(event.execution, event))
+    else:
+        assert event.component is not None
+        _apply(state, version, _component_values(event.component, event))
+    return state
+
+
+def execution_key(event: Event) -> ExecutionKey:
+    return (event.org, event.execution_id)
+
+
+def component_key(event: Event) -> ComponentKey:
+    assert event.component is not None
+    c = event.component
+    return (event.org, c.execution_id, c.node_id, c.attempt)
+
+
+@dataclass(slots=True)
+class Folded:
+    executions: dict[ExecutionKey, RowState] = field(default_factory=dict)
+    components: dict[ComponentKey, RowState] = field(default_factory=dict)
+
+
+def fold(
+    events: list[Event],
+    known_executions: dict[ExecutionKey, RowState] | None = None,
+    known_components: dict[ComponentKey, RowState] | None = None,
+) -> Folded:
+    """Fold events onto the rows already stored (given by their versions) or onto new rows."""
+    out = Folded(
+        executions=dict(known_executions or {}),
+        components=dict(known_components or {}),
+    )
+    for event in events:
+        if event.execution is not None:
+            key = execution_key(event)
+            state = out.executions.get(key)
+            if state is None:
+                state = out.executions[key] = new_state(event)
+            merge(state, event)
+        else:
+            ckey = component_key(event)
+            state = out.components.get(ckey)
+            if state is None:
+                state = out.components[ckey] = new_state(event)
+            merge(state, event)
+    return out

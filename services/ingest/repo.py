@@ -1,0 +1,280 @@
+"""SQL of the ingest service: set-based reads and writes of one batch, inside its transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.ingest.merge import (
+    COMPONENT_FIELDS,
+    EXECUTION_FIELDS,
+    ComponentKey,
+    ExecutionKey,
+    RowState,
+)
+
+_EXECUTION_TYPES: dict[str, str] = {
+    "project": "text",
+    "workflow": "text",
+    "schedule_id": "text",
+    "status": "text",
+    "triggered_by": "text",
+    "message": "text",
+    "response": "text",
+    "error": "text",
+    "error_type": "text",
+    "started_at": "timestamptz",
+    "completed_at": "timestamptz",
+    "duration_ms": "int8",
+    "context_used": "int8",
+    "context_max": "int8",
+    "cost": "float8",
+    "tokens_in": "int8",
+    "tokens_out": "int8",
+    "tool_calls": "jsonb",
+    "execution_log": "text",
+    "engine": "text",
+    "external_id": "text",
+    "parent_execution_id": "text",
+}
+_COMPONENT_TYPES: dict[str, str] = {
+    "name": "text",
+    "status": "text",
+    "retry_policy": "text",
+    "max_attempts": "int4",
+    "input": "jsonb",
+    "output": "jsonb",
+    "error": "text",
+    "error_type": "text",
+    "started_at": "timestamptz",
+    "completed_at": "timestamptz",
+}
+assert tuple(_EXECUTION_TYPES) == EXECUTION_FIELDS
+assert tuple(_COMPONENT_TYPES) == COMPONENT_FIELDS
+
+_EXECUTION_KEY = {"org": "text", "id": "text"}
+_COMPONENT_KEY = {"org": "text", "execution_id": "text", "node_id": "text", "attempt": "int4"}
+
+
+def _array_type(pg_type: str) -> str:
+    # jsonb travels as text and is cast on the server, so no per-element codec runs.
+    return "text[]" if pg_type == "jsonb" else f"{pg_type}[]"
+
+
+def _select_expr(name: str, pg_type: str) -> str:
+    return f"u.{name}::jsonb" if pg_type == "jsonb" else f"u.{name}"
+
+
+def _insert_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
+    columns = {**key, "agent_name": "text", **fields, "first_seen_at": "timestamptz",
+               "versions": "jsonb"}
+    names = list(columns)
+    params = ", ".join(f"${i}::{_array_type(t)}" for i, t in enumerate(columns.values(), 1))
+    selects = ", ".join(_select_expr(n, t) for n, t in columns.items())
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) "
+        f"SELECT {selects} FROM unnest({params}) AS u({', '.join(names)})"
+    )
+
+
+def _update_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
+    columns = {**key, "mask": "int8", **fields, "first_seen_at": "timestamptz",
+               "versions": "jsonb"}
+    names = list(columns)
+    params = ", ".join(f"${i}::{_array_type(t)}" for i, t in enumerate(columns.values(), 1))
+    sets = [
+        f"{name} = CASE WHEN u.mask & {1 << bit} <> 0 THEN {_select_expr(name, pg_type)} "
+        f"ELSE t.{name} END"
+        for bit, (name, pg_type) in enumerate(fields.items())
+    ]
+    sets += [
+        "first_seen_at = LEAST(t.first_seen_at, u.first_seen_at)",
+        "versions = u.versions::jsonb",
+        "updated_at = now()",
+    ]
+    match = " AND ".join(f"t.{k} = u.{k}" for k in key)
+    return (
+        f"UPDATE {table} AS t SET {', '.join(sets)} "
+        f"FROM unnest({params}) AS u({', '.join(names)}) WHERE {match}"
+    )
+
+
+def _fetch_sql(table: str, key: dict[str, str]) -> str:
+    names = list(key)
+    params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(key.values(), 1))
+    match = " AND ".join(f"t.{k} = k.{k}" for k in key)
+    cols = ", ".join(f"t.{k}" for k in key)
+    return (
+        f"SELECT {cols}, t.agent_name, t.first_seen_at, t.versions FROM {table} AS t "
+        f"JOIN unnest({params}) AS k({', '.join(names)}) ON {match}"
+    )
+
+
+INSERT_EXECUTIONS = _insert_sql("executions", _EXECUTION_KEY, _EXECUTION_TYPES)
+UPDATE_EXECUTIONS = _update_sql("executions", _EXECUTION_KEY, _EXECUTION_TYPES)
+FETCH_EXECUTIONS = _fetch_sql("executions", _EXECUTION_KEY)
+INSERT_COMPONENTS = _insert_sql("component_executions", _COMPONENT_KEY, _COMPONENT_TYPES)
+UPDATE_COMPONENTS = _update_sql("component_executions", _COMPONENT_KEY, _COMPONENT_TYPES)
+FETCH_COMPONENTS = _fetch_sql("component_executions", _COMPONENT_KEY)
+
+LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k"
+
+INSERT_EVENTS = """
+INSERT INTO events (org, event_id, type, agent_name, execution_id, occurred_at, stream_seq)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::int8[])
+ON CONFLICT (org, event_id) DO NOTHING
+RETURNING org, event_id
+"""
+
+UPSERT_ORGS = """
+INSERT INTO organizations (org) SELECT unnest($1::text[]) ON CONFLICT (org) DO NOTHING
+"""
+
+UPSERT_AGENTS = """
+INSERT INTO agents (org, name, project, last_seen_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+ON CONFLICT (org, name) DO UPDATE SET
+    last_seen_at = GREATEST(agents.last_seen_at, EXCLUDED.last_seen_at),
+    project = COALESCE(agents.project, EXCLUDED.project)
+"""
+
+UPSERT_PROJECTS = """
+INSERT INTO projects (org, name) SELECT * FROM unnest($1::text[], $2::text[])
+ON CONFLICT (org, name) DO NOTHING
+"""
+
+UPSERT_WORKFLOWS = """
+INSERT INTO workflows (org, name, project) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+ON CONFLICT (org, name) DO NOTHING
+"""
+
+
+def lock_key(org: str, execution_id: str) -> int:
+    """A signed 64-bit advisory lock key for one execution (its steps share it)."""
+    digest = hashlib.blake2b(f"{org}\x00{execution_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_executions(conn: asyncpg.Connection, keys: Iterable[ExecutionKey]) -> None:
+    """Serialize writers of the same executions (ingest replicas); sorted to avoid deadlock."""
+    ordered = sorted({lock_key(org, ex) for org, ex in keys})
+    if ordered:
+        await conn.fetchval(LOCK_KEYS, ordered)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+async def insert_events(
+    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, str, datetime, int | None]]
+) -> set[tuple[str, str]]:
+    """Record events; return the (org, event_id) pairs that were not recorded before."""
+    if not rows:
+        return set()
+    records = await conn.fetch(INSERT_EVENTS, *_columns(rows, 7))
+    return {(r["org"], r["event_id"]) for r in records}
+
+
+def _state_from_record(record: asyncpg.Record) -> RowState:
+    return RowState(
+        agent_name=record["agent_name"],
+        first_seen_at=record["first_seen_at"],
+        versions=dict(record["versions"]),
+        is_new=False,
+    )
+
+
+async def fetch_executions(
+    conn: asyncpg.Connection, keys: Sequence[ExecutionKey]
+) -> dict[ExecutionKey, RowState]:
+    if not keys:
+        return {}
+    records = await conn.fetch(FETCH_EXECUTIONS, *_columns(keys, 2))
+    return {(r["org"], r["id"]): _state_from_record(r) for r in records}
+
+
+async def fetch_components(
+    conn: asyncpg.Connection, keys: Sequence[ComponentKey]
+) -> dict[ComponentKey, RowState]:
+    if not keys:
+        return {}
+    records = await conn.fetch(FETCH_COMPONENTS, *_columns(keys, 4))
+    return {
+        (r["org"], r["execution_id"], r["node_id"], r["attempt"]): _state_from_record(r)
+        for r in records
+    }
+
+
+def _encode(value: Any, pg_type: str) -> Any:
+    if value is None or pg_type != "jsonb":
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _versions(state: RowState) -> str:
+    return orjson.dumps(state.versions).decode()
+
+
+async def write_rows(
+    conn: asyncpg.Connection,
+    states: dict[Any, RowState],
+    *,
+    components: bool,
+) -> int:
+    """Insert new rows and update the changed fields of stored ones; return rows written."""
+    types = _COMPONENT_TYPES if components else _EXECUTION_TYPES
+    key_width = 4 if components else 2
+    inserts: list[list[Any]] = []
+    updates: list[list[Any]] = []
+    for key, state in states.items():
+        if not state.changed:
+            continue
+        if state.is_new:
+            values = [_encode(state.values.get(n), t) for n, t in types.items()]
+            inserts.append([*key, state.agent_name, *values, state.first_seen_at,
+                            _versions(state)])
+        else:
+            mask = 0
+            values = []
+            for bit, (name, pg_type) in enumerate(types.items()):
+                if name in state.changed:
+                    mask |= 1 << bit
+                    values.append(_encode(state.values.get(name), pg_type))
+                else:
+                    values.append(None)
+            updates.append([*key, mask, *values, state.first_seen_at, _versions(state)])
+    width = key_width + len(types) + 3
+    if inserts:
+        sql = INSERT_COMPONENTS if components else INSERT_EXECUTIONS
+        await conn.execute(sql, *_columns(inserts, width))
+    if updates:
+        sql = UPDATE_COMPONENTS if components else UPDATE_EXECUTIONS
+        await conn.execute(sql, *_columns(updates, width))
+    return len(inserts) + len(updates)
+
+
+async def upsert_registry(
+    conn: asyncpg.Connection,
+    orgs: set[str],
+    agents: dict[tuple[str, str], tuple[str | None, datetime]],
+    projects: set[tuple[str, str]],
+    workflows: dict[tuple[str, str], str | None],
+) -> None:
+    """Make the orgs, agents, projects and workflows that events mention known."""
+    if orgs:
+        await conn.execute(UPSERT_ORGS, sorted(orgs))
+    if agents:
+        rows = sorted((org, name, proj, seen) for (org, name), (proj, seen) in agents.items())
+        await conn.execute(UPSERT_AGENTS, *_columns(rows, 4))
+    if projects:
+        await conn.execute(UPSERT_PROJECTS, *_columns(sorted(projects), 2))
+    if workflows:
+        wrows = sorted((org, name, proj) for (org, name), proj in workflows.items())
+        await conn.execute(UPSERT_WORKFLOWS, *_columns(wrows, 3))

@@ -1,0 +1,68 @@
+"""Bearer tokens of DESIGN.md "Access": HS256 with a secret in development, JWKS in production."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated
+
+import jwt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.events import NAME_PATTERN
+
+_JWKS_ALGORITHMS = ["RS256", "ES256", "PS256", "EdDSA"]
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+    CLIENT = "client"
+
+
+class Claims(BaseModel):
+    """Who is calling: the subject, their organization and role."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    sub: Annotated[str, Field(min_length=1, max_length=200)]
+    org: Annotated[str, Field(pattern=NAME_PATTERN)]
+    role: Role
+    exp: int
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, expired, unsigned or signed with the wrong key."""
+
+
+@lru_cache(maxsize=4)
+def _jwks_client(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
+
+
+def decode_token(token: str, *, secret: str, jwks_url: str | None = None) -> Claims:
+    """Verify signature, algorithm and expiry; return the claims or raise AuthError."""
+    try:
+        if jwks_url:
+            key = _jwks_client(jwks_url).get_signing_key_from_jwt(token).key
+            payload = jwt.decode(
+                token, key, algorithms=_JWKS_ALGORITHMS, options={"require": ["exp", "sub"]}
+            )
+        else:
+            payload = jwt.decode(
+                token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            )
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    try:
+        return Claims.model_validate(payload)
+    except ValidationError as exc:
+        fields = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+        raise AuthError(f"invalid token claims: {fields or 'payload'}") from None
+
+
+def mint_token(*, secret: str, org: str, user: str, role: Role | str, ttl_s: int = 86_400) -> str:
+    """A development HS256 token (what `fleetwatch token` prints)."""
+    claims = Claims(sub=user, org=org, role=Role(role), exp=int(time.time()) + ttl_s)
+    return jwt.encode(claims.model_dump(mode="json"), secret, algorithm="HS256")

@@ -1,0 +1,56 @@
+"""The `fleetwatch` console command: one subcommand per service and per operator task."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# Each command lives with the code it drives; importing it lazily keeps `--help` fast and
+# lets a service start without importing the others.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ingest": ("services.ingest.main:main", "run the ingest service (port 8002)"),
+    "query": ("services.query.main:main", "run the query API and dashboard (port 8000)"),
+    "notifier": ("services.notifier.main:main", "run the WebSocket notifier (port 8001)"),
+    "reconciler": ("services.reconciler.main:main", "run the reconciler loop (port 8003)"),
+    "reconcile": ("services.reconciler.cli:main", "find and fix drift against engines"),
+    "migrate": ("shared.commands:migrate_main", "apply the database schema"),
+    "token": ("shared.commands:token_main", "mint a development token"),
+    "up": ("shared.up:main", "run the whole stack locally with a demo fleet"),
+    "admin": ("services.query.admin:main", "manage orgs, users, agents and shares"),
+    "apikey": ("services.ingest.apikeys:main", "manage per-org API keys for the HTTP gateway"),
+    "emit": ("shared.publisher.cli:emit_main", "publish one event from the shell"),
+    "demo": ("shared.publisher.demo:main", "simulate a fleet of agents publishing events"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: fleetwatch <command> [options]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`fleetwatch <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def _load(target: str) -> Callable[[Sequence[str]], int | None]:
+    module_name, func_name = target.split(":")
+    func: Callable[[Sequence[str]], int | None] = getattr(
+        importlib.import_module(module_name), func_name
+    )
+    return func
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"fleetwatch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    result = _load(COMMANDS[name][0])(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

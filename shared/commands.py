@@ -1,0 +1,44 @@
+"""Small operator commands that belong to no single service: migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from shared.auth import Role, mint_token
+from shared.db import connect
+from shared.migrate import migrate
+from shared.settings import CommonSettings
+
+
+async def _migrate(database_url: str) -> list[str]:
+    conn = await connect(database_url)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def migrate_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fleetwatch migrate", description="apply the schema")
+    parser.add_argument("--database-url", help="default: $DATABASE_URL")
+    args = parser.parse_args(argv)
+    url = args.database_url or CommonSettings().database_url
+    applied = asyncio.run(_migrate(url))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def token_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fleetwatch token", description="mint a development HS256 token"
+    )
+    parser.add_argument("--org", required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--role", required=True, choices=[r.value for r in Role])
+    parser.add_argument("--ttl", type=int, default=86_400, help="seconds (default one day)")
+    args = parser.parse_args(argv)
+    secret = CommonSettings().jwt_secret.get_secret_value()
+    print(mint_token(secret=secret, org=args.org, user=args.user, role=args.role, ttl_s=args.ttl))
+    return 0

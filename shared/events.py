@@ -1,0 +1,254 @@
+"""The event contract of DESIGN.md as typed records: envelope, execution and component fields."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    model_validator,
+)
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2199, 12, 31, tzinfo=UTC)
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+#: Largest accepted text field (message, response, error). The log has its own larger cap.
+MAX_TEXT = 64 * 1024
+MAX_LOG = 512 * 1024
+#: Largest accepted message on the wire (NATS itself refuses more than 1 MiB by default).
+MAX_EVENT_BYTES = 900 * 1024
+MAX_ID = 200
+
+
+def is_valid_name(value: str) -> bool:
+    """True for an org or agent name that may stand in a subject token."""
+    return bool(_NAME_RE.fullmatch(value))
+
+
+def _check_name(value: str) -> str:
+    if not is_valid_name(value):
+        raise ValueError("must match [A-Za-z0-9_-]{1,64}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+
+
+class EventType(StrEnum):
+    EXECUTION_QUEUED = "execution_queued"
+    EXECUTION_STARTED = "execution_started"
+    EXECUTION_PROGRESS = "execution_progress"
+    EXECUTION_COMPLETED = "execution_completed"
+    EXECUTION_FAILED = "execution_failed"
+    EXECUTION_CANCELLED = "execution_cancelled"
+    COMPONENT_STARTED = "component_started"
+    COMPONENT_COMPLETED = "component_completed"
+    COMPONENT_FAILED = "component_failed"
+
+    @property
+    def is_component(self) -> bool:
+        return self.value.startswith("component_")
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def rank(self) -> int:
+        """Position on the forward-only path pending → running → terminal."""
+        return STATUS_RANK[self]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.rank == 2
+
+
+STATUS_RANK: dict[Status, int] = {
+    Status.PENDING: 0,
+    Status.RUNNING: 1,
+    Status.SUCCESS: 2,
+    Status.FAILED: 2,
+    Status.CANCELLED: 2,
+}
+
+KNOWN_TRIGGERS = frozenset({"manual", "schedule", "agent", "user", "mcp", "api"})
+
+
+def trigger_group(triggered_by: str | None) -> str:
+    """Known triggers stand for themselves; anything else is grouped as "other"."""
+    if triggered_by in KNOWN_TRIGGERS:
+        return triggered_by
+    return "other"
+
+
+class RetryPolicy(StrEnum):
+    NONE = "none"
+    FIXED = "fixed"
+    EXPONENTIAL = "exponential"
+    FOREVER = "forever"
+
+
+#: The status each event type asserts about its execution or component.
+EVENT_STATUS: dict[EventType, Status] = {
+    EventType.EXECUTION_QUEUED: Status.PENDING,
+    EventType.EXECUTION_STARTED: Status.RUNNING,
+    EventType.EXECUTION_PROGRESS: Status.RUNNING,
+    EventType.EXECUTION_COMPLETED: Status.SUCCESS,
+    EventType.EXECUTION_FAILED: Status.FAILED,
+    EventType.EXECUTION_CANCELLED: Status.CANCELLED,
+    EventType.COMPONENT_STARTED: Status.RUNNING,
+    EventType.COMPONENT_COMPLETED: Status.SUCCESS,
+    EventType.COMPONENT_FAILED: Status.FAILED,
+}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_LOG)
+
+
+class ExecutionFields(_Record):
+    """What an event knows of one execution; every field but `id` and `agent_name` optional."""
+
+    id: Ident
+    agent_name: Name
+    project: Ident | None = None
+    workflow: Ident | None = None
+    schedule_id: Ident | None = None
+    status: Status | None = None
+    # Unknown triggers are kept as sent and grouped as "other" when counted.
+    triggered_by: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    message: Text | None = None
+    response: Text | None = None
+    error: Text | None = None
+    error_type: Annotated[str, Field(max_length=200)] | None = None
+    started_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
+    duration_ms: Annotated[int, Field(ge=0)] | None = None
+    context_used: Annotated[int, Field(ge=0)] | None = None
+    context_max: Annotated[int, Field(ge=0)] | None = None
+    cost: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    tokens_in: Annotated[int, Field(ge=0)] | None = None
+    tokens_out: Annotated[int, Field(ge=0)] | None = None
+    tool_calls: Annotated[list[JsonValue], Field(max_length=10_000)] | None = None
+    execution_log: Annotated[str, Field(max_length=MAX_LOG)] | None = None
+    engine: Annotated[str, Field(max_length=64)] | None = None
+    external_id: Ident | None = None
+    parent_execution_id: Ident | None = None
+
+
+class ComponentFields(_Record):
+    """One step of an execution, as a `component_*` event reports it."""
+
+    execution_id: Ident
+    node_id: Ident
+    name: Annotated[str, Field(max_length=200)] | None = None
+    attempt: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    retry_policy: RetryPolicy | None = None
+    max_attempts: Annotated[int, Field(ge=0)] | None = None
+    input: JsonValue = None
+    output: JsonValue = None
+    error: Text | None = None
+    error_type: Annotated[str, Field(max_length=200)] | None = None
+    started_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
+
+
+class Event(_Record):
+    """The envelope every publisher sends; `execution` or `component` matches `type`."""
+
+    type: EventType
+    event_id: Ident
+    occurred_at: AwareDatetime
+    org: Name
+    source: Annotated[str, Field(max_length=200)] | None = None
+    execution: ExecutionFields | None = None
+    component: ComponentFields | None = None
+    #: Set on component events: the agent that ran the step (the subject's agent token).
+    agent_name: Name | None = None
+
+    @model_validator(mode="after")
+    def _body_matches_type(self) -> Event:
+        if not EARLIEST <= self.occurred_at <= LATEST:
+            raise ValueError("occurred_at must lie between 2000 and 2199")
+        if self.type.is_component:
+            if self.component is None:
+                raise ValueError(f"{self.type.value} needs a 'component' object")
+            if self.execution is not None:
+                raise ValueError(f"{self.type.value} carries 'component', not 'execution'")
+        else:
+            if self.execution is None:
+                raise ValueError(f"{self.type.value} needs an 'execution' object")
+            if self.component is not None:
+                raise ValueError(f"{self.type.value} carries 'execution', not 'component'")
+            asserted = EVENT_STATUS[self.type]
+            if self.execution.status is not None and self.execution.status != asserted:
+                raise ValueError(
+                    f"execution.status {self.execution.status.value!r} contradicts "
+                    f"{self.type.value} (which means {asserted.value!r})"
+                )
+        return self
+
+    @property
+    def status(self) -> Status:
+        return EVENT_STATUS[self.type]
+
+    @property
+    def agent(self) -> str:
+        """The agent this event is about."""
+        if self.execution is not None:
+            return self.execution.agent_name
+        assert self.agent_name is not None
+        return self.agent_name
+
+    @property
+    def execution_id(self) -> str:
+        if self.execution is not None:
+            return self.execution.id
+        assert self.component is not None
+        return self.component.execution_id
+
+
+class TerminateReply(BaseModel):
+    """An agent's answer to `fleet.commands.<org>.<agent>.terminate`."""
+
+    accepted: bool
+    reason: str | None = None
+
+
+class TerminateRequest(BaseModel):
+    execution_id: Ident
+    requested_by: str | None = None
+    reason: str | None = None
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the envelope, checked in for publishers in other languages."""
+    return Event.model_json_schema(mode="validation")
+
+
+def utc_iso(moment: datetime) -> str:
+    """RFC 3339 with a `Z`, as the contract writes times."""
+    text = moment.isoformat().replace("+00:00", "Z")
+    return text
+
+
+DlqReason = Literal[
+    "not_json", "schema", "bad_subject", "tenant_mismatch", "too_large", "unknown_type"
+]

@@ -1,0 +1,33 @@
+"""Settings every service shares, read from the environment (never at import)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.subjects import Subjects
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class CommonSettings(BaseSettings):
+    """`NATS_URL`, `DATABASE_URL`, `FLEETWATCH_*`: what every process needs."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    nats_url: str = Field(default=DEFAULT_NATS_URL, validation_alias="NATS_URL")
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    subject_prefix: str = Field(default="fleet", validation_alias="FLEETWATCH_SUBJECT_PREFIX")
+    jwt_secret: SecretStr = Field(
+        default=SecretStr("fleetwatch-dev-secret-change-me"),
+        validation_alias="FLEETWATCH_JWT_SECRET",
+    )
+    jwks_url: str | None = Field(default=None, validation_alias="FLEETWATCH_JWKS_URL")
+    log_level: str = Field(default="INFO", validation_alias="FLEETWATCH_LOG_LEVEL")
+    stream_max_age_days: float = Field(default=7.0, validation_alias="FLEETWATCH_RETENTION_DAYS")
+    stream_replicas: int = Field(default=1, validation_alias="FLEETWATCH_STREAM_REPLICAS")
+
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.subject_prefix)
