@@ -45,6 +45,8 @@ def _check_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(_check_name)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+#: Counts and durations fit Postgres bigint.
+Count = Annotated[int, Field(ge=0, le=2**62)]
 
 
 class EventType(StrEnum):
@@ -140,12 +142,12 @@ class ExecutionFields(_Record):
     error_type: Annotated[str, Field(max_length=200)] | None = None
     started_at: AwareDatetime | None = None
     completed_at: AwareDatetime | None = None
-    duration_ms: Annotated[int, Field(ge=0)] | None = None
-    context_used: Annotated[int, Field(ge=0)] | None = None
-    context_max: Annotated[int, Field(ge=0)] | None = None
-    cost: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    tokens_in: Annotated[int, Field(ge=0)] | None = None
-    tokens_out: Annotated[int, Field(ge=0)] | None = None
+    duration_ms: Count | None = None
+    context_used: Count | None = None
+    context_max: Count | None = None
+    cost: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = None
+    tokens_in: Count | None = None
+    tokens_out: Count | None = None
     tool_calls: Annotated[list[JsonValue], Field(max_length=10_000)] | None = None
     execution_log: Annotated[str, Field(max_length=MAX_LOG)] | None = None
     engine: Annotated[str, Field(max_length=64)] | None = None
@@ -161,7 +163,7 @@ class ComponentFields(_Record):
     name: Annotated[str, Field(max_length=200)] | None = None
     attempt: Annotated[int, Field(ge=1, le=1_000_000)] = 1
     retry_policy: RetryPolicy | None = None
-    max_attempts: Annotated[int, Field(ge=0)] | None = None
+    max_attempts: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     input: JsonValue = None
     output: JsonValue = None
     error: Text | None = None
@@ -245,8 +247,7 @@ def event_json_schema() -> dict[str, Any]:
 
 def utc_iso(moment: datetime) -> str:
     """RFC 3339 with a `Z`, as the contract writes times."""
-    text = moment.isoformat().replace("+00:00", "Z")
-    return text
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 DlqReason = Literal[

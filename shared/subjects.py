@@ -74,12 +74,16 @@ class Subjects:
     def parse_event(self, subject: str) -> EventSubject:
         parts = subject.split(".")
         if len(parts) != 5 or parts[0] != self.prefix or parts[1] != "events":
-            raise SubjectError(f"subject {subject!r} is not {self.prefix}.events.<org>.<agent>.<type>")
+            raise SubjectError(
+                f"subject {subject!r} is not {self.prefix}.events.<org>.<agent>.<type>"
+            )
         _, _, org, agent, type_token = parts
         if not is_valid_name(org) or not is_valid_name(agent):
             raise SubjectError(f"subject {subject!r} has an invalid org or agent token")
         try:
             type_ = EventType(type_token)
         except ValueError:
-            raise SubjectError(f"subject {subject!r} names unknown event type {type_token!r}") from None
+            raise SubjectError(
+                f"subject {subject!r} names unknown event type {type_token!r}"
+            ) from None
         return EventSubject(org=org, agent=agent, type=type_)

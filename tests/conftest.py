@@ -6,9 +6,10 @@ so CI and a developer's session can share them without seeing each other's data.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -118,15 +119,13 @@ async def subjects(nats_url: str) -> AsyncIterator[Subjects]:
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
         for stream in (found.events_stream, found.dlq_stream):
-            try:
+            with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
-            except NotFoundError:
-                pass
         await nc.close()
 
 
 @pytest.fixture
-def service_env(nats_url: str, database_url: str, subjects: Subjects) -> Iterator[dict[str, str]]:
+def service_env(nats_url: str, database_url: str, subjects: Subjects) -> dict[str, str]:
     """Environment for a service process started by a test."""
     env = dict(os.environ)
     env.update(
@@ -135,4 +134,4 @@ def service_env(nats_url: str, database_url: str, subjects: Subjects) -> Iterato
         FLEETWATCH_SUBJECT_PREFIX=subjects.prefix,
         FLEETWATCH_JWT_SECRET="test-secret",
     )
-    yield env
+    return env

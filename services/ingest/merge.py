@@ -101,7 +101,7 @@ def _execution_values(execution: ExecutionFields, event: Event) -> dict[str, Any
 
 
 def _component_values(component: ComponentFields, event: Event) -> dict[str, Any]:
-    values = {name: getattr(component, name) for name in COMPONENT_FIELDS}
+    values = {name: getattr(component, name) for name in COMPONENT_FIELDS if name != "status"}
     values["status"] = event.status.value
     if component.retry_policy is not None:
         values["retry_policy"] = component.retry_policy.value

@@ -71,8 +71,13 @@ def _select_expr(name: str, pg_type: str) -> str:
 
 
 def _insert_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
-    columns = {**key, "agent_name": "text", **fields, "first_seen_at": "timestamptz",
-               "versions": "jsonb"}
+    columns = {
+        **key,
+        "agent_name": "text",
+        **fields,
+        "first_seen_at": "timestamptz",
+        "versions": "jsonb",
+    }
     names = list(columns)
     params = ", ".join(f"${i}::{_array_type(t)}" for i, t in enumerate(columns.values(), 1))
     selects = ", ".join(_select_expr(n, t) for n, t in columns.items())
@@ -83,8 +88,7 @@ def _insert_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
 
 
 def _update_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
-    columns = {**key, "mask": "int8", **fields, "first_seen_at": "timestamptz",
-               "versions": "jsonb"}
+    columns = {**key, "mask": "int8", **fields, "first_seen_at": "timestamptz", "versions": "jsonb"}
     names = list(columns)
     params = ", ".join(f"${i}::{_array_type(t)}" for i, t in enumerate(columns.values(), 1))
     sets = [
@@ -168,7 +172,7 @@ async def lock_executions(conn: asyncpg.Connection, keys: Iterable[ExecutionKey]
         await conn.fetchval(LOCK_KEYS, ordered)
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
@@ -238,8 +242,7 @@ async def write_rows(
             continue
         if state.is_new:
             values = [_encode(state.values.get(n), t) for n, t in types.items()]
-            inserts.append([*key, state.agent_name, *values, state.first_seen_at,
-                            _versions(state)])
+            inserts.append([*key, state.agent_name, *values, state.first_seen_at, _versions(state)])
         else:
             mask = 0
             values = []

@@ -35,6 +35,9 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
         where = subjects.parse_event(subject)
     except SubjectError as exc:
         return Rejected("bad_subject", str(exc))
+    if b"\\u0000" in data:
+        # Postgres text and jsonb cannot hold NUL; refusing here keeps the batch insertable.
+        return Rejected("schema", "strings must not contain NUL (\\u0000)")
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -1,0 +1,189 @@
+"""Wiring of the ingest service: pool, NATS, the durable pull consumer, HTTP endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import asyncpg
+import nats
+from fastapi import FastAPI, Response
+from faststream import AckPolicy, Context
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.message import NatsBatchMessage
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from services.ingest.consumer import TRANSIENT_ERRORS, BatchConsumer
+from services.ingest.metrics import IngestMetrics
+from services.ingest.settings import IngestSettings
+from shared.db import create_pool
+from shared.streams import ensure_streams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestState:
+    """What the running service holds; set up by the lifespan."""
+
+    pool: asyncpg.Pool | None = None
+    nc: NatsClient | None = None
+    js: JetStreamContext | None = None
+    broker: NatsBroker | None = None
+    consumer: BatchConsumer | None = None
+
+
+async def _raw_batch(msg: Any) -> list[bytes]:
+    # Bodies stay bytes: the handler validates them itself, so bad JSON reaches the DLQ.
+    return [m.data for m in msg.raw_message]
+
+
+async def _connect_pool(settings: IngestSettings) -> asyncpg.Pool:
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        wait=wait_exponential(min=0.2, max=5),
+        reraise=True,
+    ):
+        with attempt:
+            return await create_pool(
+                settings.database_url, min_size=1, max_size=settings.db_pool_size
+            )
+    raise AssertionError("unreachable")
+
+
+def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBroker:
+    broker = NatsBroker(
+        settings.nats_url,
+        graceful_timeout=30.0,
+        log_level=logging.DEBUG,
+        max_reconnect_attempts=-1,
+    )
+    subjects = settings.subjects
+
+    @broker.subscriber(
+        subjects.all_events,
+        stream=JStream(subjects.events_stream, declare=False),
+        durable=settings.durable,
+        pull_sub=PullSub(
+            batch_size=settings.batch_size, timeout=settings.batch_timeout, batch=True
+        ),
+        config=ConsumerConfig(ack_wait=settings.ack_wait, max_ack_pending=settings.max_ack_pending),
+        ack_policy=AckPolicy.MANUAL,
+        decoder=_raw_batch,
+    )
+    async def ingest_batch(
+        bodies: list[bytes], message: Annotated[NatsBatchMessage, Context("message")]
+    ) -> None:
+        assert consumer_ref.consumer is not None
+        await consumer_ref.consumer.handle(message.raw_message)
+
+    del ingest_batch
+    return broker
+
+
+async def _poll_lag(state: IngestState, settings: IngestSettings, metrics: IngestMetrics) -> None:
+    while True:
+        try:
+            assert state.js is not None
+            info = await state.js.consumer_info(settings.subjects.events_stream, settings.durable)
+            metrics.consumer_pending.set(info.num_pending or 0)
+            metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
+        except Exception as exc:  # lag is best effort; never stop the service for it
+            log.debug("consumer info unavailable: %s", exc)
+        await asyncio.sleep(settings.lag_poll_interval)
+
+
+def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> FastAPI:
+    metrics = metrics or IngestMetrics.create()
+    state = IngestState()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.nc = await nats.connect(
+            settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
+        state.js = state.nc.jetstream()
+        await ensure_streams(state.js, settings)
+        state.pool = await _connect_pool(settings)
+        state.consumer = BatchConsumer(
+            pool=state.pool,
+            js=state.js,
+            subjects=settings.subjects,
+            metrics=metrics,
+            retry_min=settings.retry_min,
+            retry_max=settings.retry_max,
+            fleet=_fleet_observer(metrics),
+        )
+        state.broker = build_broker(settings, state)
+        await state.broker.start()
+        lag_task = asyncio.create_task(_poll_lag(state, settings, metrics))
+        log.info("ingest consuming %s as %r", settings.subjects.all_events, settings.durable)
+        try:
+            yield
+        finally:
+            # Drain: stop fetching, let the in-flight batch commit and ack, then close.
+            state.consumer.stopping.set()
+            lag_task.cancel()
+            await state.broker.stop()
+            await state.nc.drain()
+            await state.pool.close()
+
+    app = FastAPI(title="fleetwatch ingest", lifespan=lifespan)
+    app.state.ingest = state
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, Any]:
+        checks = {"nats": bool(state.nc and state.nc.is_connected), "database": False}
+        if state.pool is not None:
+            with contextlib.suppress(Exception):
+                async with state.pool.acquire(timeout=2) as conn:
+                    checks["database"] = await conn.fetchval("SELECT true")
+        ready = all(checks.values())
+        response.status_code = 200 if ready else 503
+        return {"ready": ready, **checks}
+
+    _include_gateway(app, settings, state)
+    return app
+
+
+def _fleet_observer(metrics: IngestMetrics) -> Any:
+    """Fleet-level metrics (executions by org/agent/status), when that module is present."""
+    try:
+        module = importlib.import_module("services.ingest.fleet_metrics")
+    except ImportError:
+        return None
+    return module.FleetMetrics(metrics.registry)
+
+
+def _include_gateway(app: FastAPI, settings: IngestSettings, state: IngestState) -> None:
+    """The HTTP gateway for publishers that cannot speak NATS, when present."""
+    try:
+        module = importlib.import_module("services.ingest.gateway")
+    except ImportError:
+        return
+
+    def get_pool() -> asyncpg.Pool:
+        assert state.pool is not None
+        return state.pool
+
+    def get_js() -> JetStreamContext:
+        assert state.js is not None
+        return state.js
+
+    app.include_router(module.create_gateway_router(settings, get_pool, get_js))

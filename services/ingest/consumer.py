@@ -1,0 +1,172 @@
+"""Take a batch of raw JetStream messages to committed rows: validate, write, dead-letter, ack.
+
+Nothing is acknowledged before its row is committed or its dead letter is stored. While
+Postgres is unreachable the batch is retried with backoff (the messages are kept from
+redelivery with in-progress signals); a batch Postgres refuses for its content is split in
+halves until the one refused message is found and dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.ingest.batch import Incoming, Outcome, apply_batch
+from services.ingest.metrics import IngestMetrics
+from services.ingest.validate import Rejected, validate
+from shared.events import Event
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+_DETAIL_MAX = 900
+
+
+class FleetObserver(Protocol):
+    def observe(self, events: Sequence[Event]) -> None: ...
+
+
+def _stream_seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream message (e.g. a test broker)
+        return None
+
+
+def _header_safe(text: str) -> str:
+    return " ".join(text.split())[:_DETAIL_MAX]
+
+
+class BatchConsumer:
+    """The ingest handler: one call per batch of messages from the durable consumer."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        subjects: Subjects,
+        metrics: IngestMetrics,
+        retry_min: float = 0.2,
+        retry_max: float = 5.0,
+        fleet: FleetObserver | None = None,
+        on_applied: Callable[[Outcome], Awaitable[None]] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._js = js
+        self._subjects = subjects
+        self._metrics = metrics
+        self._retry_min = retry_min
+        self._retry_max = retry_max
+        self._fleet = fleet
+        self._on_applied = on_applied
+        self.stopping = asyncio.Event()
+
+    async def handle(self, messages: Sequence[Msg]) -> None:
+        self._metrics.batch_size.observe(len(messages))
+        valid: list[tuple[Msg, Incoming]] = []
+        for msg in messages:
+            checked = validate(self._subjects, msg.subject, msg.data)
+            if isinstance(checked, Rejected):
+                await self._dead_letter(msg, checked, type_label="invalid")
+            else:
+                valid.append((msg, Incoming(checked, _stream_seq(msg))))
+        if valid:
+            await self._commit(valid)
+        for msg in messages:
+            await msg.ack()
+
+    async def _commit(self, batch: list[tuple[Msg, Incoming]]) -> None:
+        delay = self._retry_min
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    outcome = await apply_batch(conn, [item for _, item in batch])
+            except TRANSIENT_ERRORS as exc:
+                self._metrics.db_errors.labels("transient").inc()
+                if self.stopping.is_set():
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                await self._keep_alive(batch)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            except Exception as exc:
+                self._metrics.db_errors.labels("rejected").inc()
+                await self._bisect(batch, exc)
+                return
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            await self._after_commit(batch, outcome)
+            return
+
+    async def _bisect(self, batch: list[tuple[Msg, Incoming]], exc: Exception) -> None:
+        if len(batch) == 1:
+            msg, _ = batch[0]
+            log.error("database refused one event; dead-lettering it: %s", exc)
+            await self._dead_letter(msg, Rejected("db_rejected", f"{type(exc).__name__}: {exc}"))
+            return
+        middle = len(batch) // 2
+        await self._commit(batch[:middle])
+        await self._commit(batch[middle:])
+
+    async def _after_commit(self, batch: list[tuple[Msg, Incoming]], outcome: Outcome) -> None:
+        m = self._metrics
+        for ev in outcome.applied:
+            m.events.labels(ev.type.value, "applied").inc()
+        for ev in outcome.duplicates:
+            m.events.labels(ev.type.value, "duplicate").inc()
+        m.rows_written.labels("executions").inc(outcome.executions_written)
+        m.rows_written.labels("component_executions").inc(outcome.components_written)
+        for index, rejected in outcome.rejected:
+            await self._dead_letter(
+                batch[index][0], rejected, type_label=batch[index][1].event.type
+            )
+        if self._fleet is not None and outcome.applied:
+            self._fleet.observe(outcome.applied)
+        if self._on_applied is not None:
+            await self._on_applied(outcome)
+
+    async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]) -> None:
+        # Ask JetStream not to redeliver while we wait for the database.
+        for msg, _ in batch:
+            try:
+                await msg.in_progress()
+            except Exception:  # a lost connection: redelivery is then harmless (idempotent)
+                log.debug("in_progress failed", exc_info=True)
+
+    async def _dead_letter(self, msg: Msg, rejected: Rejected, type_label: Any = "invalid") -> None:
+        headers = {
+            "Fleet-Dlq-Reason": rejected.reason,
+            "Fleet-Dlq-Detail": _header_safe(rejected.detail),
+            "Fleet-Original-Subject": msg.subject,
+        }
+        seq = _stream_seq(msg)
+        if seq is not None:
+            # A redelivered poison message is stored once.
+            headers["Nats-Msg-Id"] = f"dlq:{self._subjects.events_stream}:{seq}"
+        await self._js.publish(self._subjects.dlq(rejected.reason), msg.data, headers=headers)
+        self._metrics.dead_letters.labels(rejected.reason).inc()
+        self._metrics.events.labels(
+            str(getattr(type_label, "value", type_label)), "dead_lettered"
+        ).inc()

@@ -1,0 +1,27 @@
+"""Settings of the ingest service (`INGEST_` prefix)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+
+class IngestSettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = 8002
+    durable: str = "ingest"
+    #: Messages taken per batch, and how long to wait to fill one (seconds).
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_timeout: float = Field(default=0.05, gt=0, le=30)
+    #: JetStream redelivers a message not acked within this time (seconds).
+    ack_wait: float = Field(default=30.0, gt=0)
+    max_ack_pending: int = Field(default=20_000, ge=1)
+    #: Backoff between retries while the database is unreachable (seconds).
+    retry_min: float = Field(default=0.2, gt=0)
+    retry_max: float = Field(default=5.0, gt=0)
+    db_pool_size: int = Field(default=4, ge=1)
+    lag_poll_interval: float = Field(default=5.0, gt=0)

@@ -1,0 +1,50 @@
+"""The JetStream streams of DESIGN.md, created or brought up to date idempotently."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from shared.settings import CommonSettings
+
+DUPLICATE_WINDOW_S = 120.0
+DLQ_MAX_AGE_DAYS = 30.0
+_DAY = 86_400.0
+
+
+def stream_configs(settings: CommonSettings) -> list[StreamConfig]:
+    subjects = settings.subjects
+    common = {
+        "retention": RetentionPolicy.LIMITS,
+        "storage": StorageType.FILE,
+        "num_replicas": settings.stream_replicas,
+        "discard": DiscardPolicy.OLD,
+        "duplicate_window": DUPLICATE_WINDOW_S,
+    }
+    return [
+        StreamConfig(
+            name=subjects.events_stream,
+            subjects=[subjects.all_events],
+            max_age=settings.stream_max_age_days * _DAY,
+            **common,  # type: ignore[arg-type]
+        ),
+        StreamConfig(
+            name=subjects.dlq_stream,
+            subjects=[subjects.all_dlq],
+            max_age=DLQ_MAX_AGE_DAYS * _DAY,
+            **common,  # type: ignore[arg-type]
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: CommonSettings) -> None:
+    """Create FLEET_EVENTS and FLEET_DLQ (for the configured prefix) or update their limits."""
+    for config in stream_configs(settings):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config=config)
+        else:
+            await js.update_stream(config=config)
