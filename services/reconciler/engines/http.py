@@ -1,0 +1,172 @@
+"""A generic HTTP engine: a REST API that reports a run's status by id (job engines)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from services.reconciler.engines import EngineError, EngineRun
+from shared.events import Status
+
+
+@dataclass(frozen=True, slots=True)
+class HttpEngineConfig:
+    base_url: str
+    name: str = "http"
+    run_path: str = "/runs/{external_id}"
+    list_path: str | None = "/runs"
+    status_field: str = "status"
+    status_map: Mapping[str, Status] = field(default_factory=dict)
+    timeout_seconds: float = 5.0
+    not_found_attempts: int = 3
+    error_attempts: int = 3
+    backoff_seconds: float = 0.5
+    max_connections: int = 64
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class _RunPayload(BaseModel):
+    """The fields we read from an engine's run; anything else is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    external_id: str | None = None
+    started_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
+    error: str | None = None
+    error_type: str | None = None
+    org: str | None = None
+    agent_name: str | None = None
+    execution_id: str | None = None
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _Transient(Exception):
+    pass
+
+
+class HttpEngine:
+    """Retries not-found (runs register late) and 5xx/timeouts with exponential backoff."""
+
+    def __init__(self, config: HttpEngineConfig, client: httpx.AsyncClient | None = None) -> None:
+        self._config = config
+        self._client = client or httpx.AsyncClient(
+            base_url=config.base_url,
+            timeout=config.timeout_seconds,
+            headers=dict(config.headers),
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+            ),
+        )
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def parse_run(self, payload: Any, external_id: str | None = None) -> EngineRun:
+        """One run from the engine's JSON, or EngineError naming what is wrong with it."""
+        cfg = self._config
+        if not isinstance(payload, dict):
+            raise EngineError(
+                f"{cfg.name}: bad payload: expected a JSON object, got {type(payload).__name__}"
+            )
+        raw_status = payload.get(cfg.status_field)
+        if not isinstance(raw_status, str):
+            raise EngineError(
+                f"{cfg.name}: bad payload: field {cfg.status_field!r} missing or not a string"
+            )
+        status = cfg.status_map.get(raw_status.lower())
+        if status is None:
+            raise EngineError(f"{cfg.name}: bad payload: unknown status {raw_status!r}")
+        try:
+            run = _RunPayload.model_validate(payload)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise EngineError(f"{cfg.name}: bad payload: {where}: {first['msg']}") from None
+        found_id = external_id or run.external_id or run.id
+        if not found_id:
+            raise EngineError(f"{cfg.name}: bad payload: run without an id")
+        return EngineRun(
+            engine=cfg.name,
+            external_id=found_id,
+            status=status,
+            started_at=run.started_at,
+            completed_at=run.completed_at,
+            error=run.error,
+            error_type=run.error_type,
+            org=run.org,
+            agent_name=run.agent_name,
+            execution_id=run.execution_id,
+        )
+
+    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        try:
+            response = await self._client.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            raise _Transient(f"timed out after {self._config.timeout_seconds:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404:
+            raise _NotFound
+        if response.status_code >= 500 or response.status_code == 429:
+            raise _Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise EngineError(f"{self._config.name}: GET {path}: HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise EngineError(f"{self._config.name}: GET {path}: bad payload: not JSON") from None
+
+    async def _with_retries(self, path: str, params: dict[str, str] | None = None) -> Any:
+        cfg = self._config
+        not_found = errors = 0
+        while True:
+            try:
+                return await self._get_json(path, params)
+            except _NotFound:
+                not_found += 1
+                if not_found >= cfg.not_found_attempts:
+                    raise
+            except _Transient as exc:
+                errors += 1
+                if errors >= cfg.error_attempts:
+                    raise EngineError(
+                        f"{cfg.name}: GET {path}: {exc} (after {errors} attempts)"
+                    ) from None
+            await asyncio.sleep(cfg.backoff_seconds * 2 ** (not_found + errors - 1))
+
+    async def get_run(self, external_id: str, *, with_steps: bool = False) -> EngineRun | None:
+        path = self._config.run_path.format(external_id=external_id)
+        try:
+            payload = await self._with_retries(path)
+        except _NotFound:
+            return None
+        return self.parse_run(payload, external_id)
+
+    async def list_runs(self, since: datetime, until: datetime) -> list[EngineRun]:
+        if self._config.list_path is None:
+            return []
+        params = {"since": since.isoformat(), "until": until.isoformat()}
+        try:
+            payload = await self._with_retries(self._config.list_path, params)
+        except _NotFound:
+            return []
+        items = payload.get("runs") if isinstance(payload, dict) else payload
+        if not isinstance(items, list):
+            raise EngineError(f"{self._config.name}: bad payload: run list is not a list")
+        return [self.parse_run(item) for item in items]

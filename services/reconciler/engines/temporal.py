@@ -1,0 +1,156 @@
+"""Temporal adapter: workflow status, times and failure, and activity history as steps."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio.api.common.v1 import Payloads
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from services.reconciler.engines import EngineError, EngineRun
+from services.reconciler.engines.temporal_history import failure_text, steps_from_history
+from shared.events import Status
+
+#: Memo keys a workflow may carry so that a run with no row can be attributed.
+MEMO_ORG = "fleetwatch_org"
+MEMO_AGENT = "fleetwatch_agent"
+MEMO_EXECUTION_ID = "fleetwatch_execution_id"
+
+STATUS: dict[WorkflowExecutionStatus, tuple[Status, str | None]] = {
+    WorkflowExecutionStatus.RUNNING: (Status.RUNNING, None),
+    # The chain goes on in a new run; describing the workflow id follows it.
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: (Status.RUNNING, None),
+    WorkflowExecutionStatus.COMPLETED: (Status.SUCCESS, None),
+    WorkflowExecutionStatus.FAILED: (Status.FAILED, None),
+    WorkflowExecutionStatus.TIMED_OUT: (Status.FAILED, "timed_out"),
+    WorkflowExecutionStatus.CANCELED: (Status.CANCELLED, None),
+    WorkflowExecutionStatus.TERMINATED: (Status.CANCELLED, "terminated"),
+}
+
+_CLOSE_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: "workflow_execution_failed_event_attributes",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT: "",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED: (
+        "workflow_execution_terminated_event_attributes"
+    ),
+}
+
+
+def json_safe(value: Any) -> Any:
+    """Decoded payloads as plain JSON values (dataclasses and the like become text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def map_status(status: WorkflowExecutionStatus | None) -> tuple[Status, str | None]:
+    if status is None:
+        return Status.RUNNING, None
+    return STATUS.get(status, (Status.RUNNING, None))
+
+
+class TemporalEngine:
+    """Reads one namespace through a connected client; workflow id is the external id."""
+
+    def __init__(self, client: Client, *, name: str = "temporal", timeout_seconds: float = 10.0):
+        self._client = client
+        self._name = name
+        self._timeout = timedelta(seconds=timeout_seconds)
+
+    @classmethod
+    async def connect(
+        cls, address: str, namespace: str, *, name: str = "temporal", timeout_seconds: float = 10.0
+    ) -> TemporalEngine:
+        try:
+            client = await Client.connect(address, namespace=namespace)
+        except Exception as exc:
+            raise EngineError(f"{name}: cannot connect to {address}: {exc}") from exc
+        return cls(client, name=name, timeout_seconds=timeout_seconds)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def close(self) -> None:
+        return None
+
+    def _decode(self, payloads: Payloads) -> Any:
+        values = self._client.data_converter.payload_converter.from_payloads(payloads.payloads)
+        return json_safe(values)
+
+    async def list_runs(self, since: datetime, until: datetime) -> list[EngineRun]:
+        query = f"StartTime >= '{since.isoformat()}' AND StartTime <= '{until.isoformat()}'"
+        runs = []
+        try:
+            async for wf in self._client.list_workflows(query, rpc_timeout=self._timeout):
+                memo = await wf.memo()
+                status, error_type = map_status(wf.status)
+                runs.append(
+                    EngineRun(
+                        engine=self._name,
+                        external_id=wf.id,
+                        status=status,
+                        started_at=wf.start_time,
+                        completed_at=wf.close_time if status.is_terminal else None,
+                        error_type=error_type,
+                        org=_text(memo.get(MEMO_ORG)),
+                        agent_name=_text(memo.get(MEMO_AGENT)),
+                        execution_id=_text(memo.get(MEMO_EXECUTION_ID)),
+                    )
+                )
+        except RPCError as exc:
+            raise EngineError(f"{self._name}: list workflows: {exc.message}") from exc
+        return runs
+
+    async def get_run(self, external_id: str, *, with_steps: bool = False) -> EngineRun | None:
+        handle = self._client.get_workflow_handle(external_id)
+        try:
+            desc = await handle.describe(rpc_timeout=self._timeout)
+            status, error_type = map_status(desc.status)
+            error = None
+            history = None
+            if with_steps or status in (Status.FAILED, Status.CANCELLED):
+                history = await handle.fetch_history(rpc_timeout=self._timeout)
+            memo = await desc.memo()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise EngineError(f"{self._name}: describe {external_id}: {exc.message}") from exc
+        steps: tuple[Any, ...] = ()
+        if history is not None:
+            for event in reversed(history.events):
+                attr = _CLOSE_EVENTS.get(event.event_type)
+                if attr is None:
+                    continue
+                if attr == "workflow_execution_failed_event_attributes":
+                    error, inner_type = failure_text(
+                        event.workflow_execution_failed_event_attributes.failure
+                    )
+                    error_type = inner_type or error_type
+                elif attr:
+                    error = event.workflow_execution_terminated_event_attributes.reason or None
+                else:
+                    error = "workflow timed out"
+                break
+            if with_steps:
+                pending = list(desc.raw_description.pending_activities)
+                steps = tuple(steps_from_history(history.events, pending, self._decode))
+        return EngineRun(
+            engine=self._name,
+            external_id=external_id,
+            status=status,
+            started_at=desc.start_time,
+            completed_at=desc.close_time if status.is_terminal else None,
+            error=error,
+            error_type=error_type,
+            org=_text(memo.get(MEMO_ORG)),
+            agent_name=_text(memo.get(MEMO_AGENT)),
+            execution_id=_text(memo.get(MEMO_EXECUTION_ID)),
+            steps=steps,
+        )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,268 @@
+"""Reconciliation rules: pure functions over (our rows, engine runs) → decisions with reasons.
+
+The one rule that outranks the others: never fail a run the engine still reports running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from services.reconciler.engines import EngineRun
+from shared.events import Status, is_valid_name
+
+
+class Kind(StrEnum):
+    OK = "ok"
+    IN_GRACE = "in_grace"
+    STATUS_MISMATCH = "status_mismatch"
+    MISSING_EXTERNAL_ID = "missing_external_id"
+    NOT_YET_VISIBLE = "not_yet_visible"
+    ORPHAN_ROW = "orphan_row"
+    ORPHAN_RUN = "orphan_run"
+    ORPHAN_RUN_UNATTRIBUTED = "orphan_run_unattributed"
+    TERMINAL_BUT_ENGINE_RUNNING = "terminal_but_engine_running"
+    ENGINE_ERROR = "engine_error"
+
+
+class Action(StrEnum):
+    NONE = "none"  # nothing to do
+    FLAG = "flag"  # reported and counted; a human decides
+    PUBLISH = "publish"  # a corrective event makes our record true
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The columns of one of our executions that reconciliation reads."""
+
+    org: str
+    id: str
+    agent_name: str
+    status: Status
+    engine: str | None
+    external_id: str | None
+    started_at: datetime | None
+    first_seen_at: datetime
+
+    @property
+    def since(self) -> datetime:
+        return self.started_at or self.first_seen_at
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the engine said about one row's run: the run, not found (run None), or an error."""
+
+    run: EngineRun | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    first_check_grace: timedelta = timedelta(seconds=60)
+    orphan_grace: timedelta = timedelta(minutes=15)
+    missing_external_id_timeout: timedelta = timedelta(minutes=10)
+    fail_missing_external_id: bool = False
+    orphan_org: str | None = None
+    orphan_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: Kind
+    action: Action
+    reason: str
+    org: str | None
+    execution_id: str | None
+    agent_name: str | None
+    engine: str | None
+    external_id: str | None
+    our_status: Status | None = None
+    engine_status: Status | None = None
+    #: The status a PUBLISH decision asserts.
+    publish_status: Status | None = None
+    run: EngineRun | None = None
+
+    @property
+    def is_mismatch(self) -> bool:
+        return self.action is not Action.NONE
+
+
+def _decision(row: Row, kind: Kind, action: Action, reason: str, **extra: object) -> Decision:
+    return Decision(
+        kind=kind,
+        action=action,
+        reason=reason,
+        org=row.org,
+        execution_id=row.id,
+        agent_name=row.agent_name,
+        engine=row.engine,
+        external_id=row.external_id,
+        our_status=row.status,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _age(now: datetime, since: datetime) -> str:
+    return f"{(now - since).total_seconds():.0f} s"
+
+
+def needs_lookup(row: Row, now: datetime, policy: Policy) -> bool:
+    """Whether the row's run should be fetched from its engine at all this time."""
+    return row.external_id is not None and now - row.since >= policy.first_check_grace
+
+
+def decide_row(row: Row, lookup: Lookup | None, now: datetime, policy: Policy) -> Decision:
+    """Compare one of our rows with what its engine reports (lookup None: not checked)."""
+    if row.external_id is None:
+        return decide_missing_external_id(row, now, policy)
+    if lookup is None or now - row.since < policy.first_check_grace:
+        return _decision(
+            row,
+            Kind.IN_GRACE,
+            Action.NONE,
+            f"started {_age(now, row.since)} ago, first check after "
+            f"{policy.first_check_grace.total_seconds():.0f} s",
+        )
+    if lookup.error is not None:
+        return _decision(row, Kind.ENGINE_ERROR, Action.FLAG, f"engine error: {lookup.error}")
+    run = lookup.run
+    if run is None:
+        if now - row.since < policy.orphan_grace:
+            return _decision(
+                row,
+                Kind.NOT_YET_VISIBLE,
+                Action.NONE,
+                f"engine has no run {row.external_id!r} yet ({_age(now, row.since)} old, "
+                f"orphan after {policy.orphan_grace.total_seconds():.0f} s)",
+            )
+        return _decision(
+            row,
+            Kind.ORPHAN_ROW,
+            Action.FLAG,
+            f"engine has no run {row.external_id!r} {_age(now, row.since)} after it started",
+        )
+    extra = {"engine_status": run.status, "run": run}
+    if run.status == row.status:
+        return _decision(row, Kind.OK, Action.NONE, f"both {row.status.value}", **extra)
+    if row.status.is_terminal:
+        if run.status.is_terminal:
+            return _decision(
+                row,
+                Kind.STATUS_MISMATCH,
+                Action.PUBLISH,
+                f"we say {row.status.value}, engine says {run.status.value}",
+                publish_status=run.status,
+                **extra,
+            )
+        return _decision(
+            row,
+            Kind.TERMINAL_BUT_ENGINE_RUNNING,
+            Action.FLAG,
+            f"we say {row.status.value}, engine still reports {run.status.value}",
+            **extra,
+        )
+    if run.status.rank > row.status.rank:
+        return _decision(
+            row,
+            Kind.STATUS_MISMATCH,
+            Action.PUBLISH,
+            f"we say {row.status.value}, engine says {run.status.value}",
+            publish_status=run.status,
+            **extra,
+        )
+    # The engine is behind us (we say running, it says queued): it is not finished, so leave it.
+    return _decision(
+        row,
+        Kind.OK,
+        Action.NONE,
+        f"we say {row.status.value}, engine says {run.status.value}: still in progress",
+        **extra,
+    )
+
+
+def decide_missing_external_id(row: Row, now: datetime, policy: Policy) -> Decision:
+    """A row that names an engine but no run id (the engine call failed, or never came back)."""
+    age = now - row.since
+    if row.status.is_terminal or age < policy.missing_external_id_timeout:
+        return _decision(
+            row,
+            Kind.IN_GRACE,
+            Action.NONE,
+            f"no external id yet, {_age(now, row.since)} old",
+        )
+    reason = (
+        f"{row.status.value} for {_age(now, row.since)} with no {row.engine} run id "
+        f"(timeout {policy.missing_external_id_timeout.total_seconds():.0f} s)"
+    )
+    if policy.fail_missing_external_id:
+        return _decision(
+            row, Kind.MISSING_EXTERNAL_ID, Action.PUBLISH, reason, publish_status=Status.FAILED
+        )
+    return _decision(row, Kind.MISSING_EXTERNAL_ID, Action.FLAG, reason)
+
+
+def decide_orphan_runs(
+    runs: Iterable[EngineRun], known: Collection[tuple[str, str]], policy: Policy
+) -> list[Decision]:
+    """Engine runs with no row (by engine and external id): create them when attributable."""
+    decisions = []
+    for run in runs:
+        if (run.engine, run.external_id) in known:
+            continue
+        org = run.org or policy.orphan_org
+        agent = run.agent_name or policy.orphan_agent
+        base = {
+            "engine": run.engine,
+            "external_id": run.external_id,
+            "engine_status": run.status,
+            "run": run,
+        }
+        if org is None or agent is None or not is_valid_name(org) or not is_valid_name(agent):
+            decisions.append(
+                Decision(
+                    kind=Kind.ORPHAN_RUN_UNATTRIBUTED,
+                    action=Action.FLAG,
+                    reason=f"{run.engine} run {run.external_id!r} has no row and names no "
+                    "valid org and agent",
+                    org=org,
+                    execution_id=None,
+                    agent_name=agent,
+                    **base,  # type: ignore[arg-type]
+                )
+            )
+            continue
+        decisions.append(
+            Decision(
+                kind=Kind.ORPHAN_RUN,
+                action=Action.PUBLISH,
+                reason=f"{run.engine} run {run.external_id!r} ({run.status.value}) has no row",
+                org=org,
+                execution_id=orphan_execution_id(run),
+                agent_name=agent,
+                publish_status=run.status,
+                **base,  # type: ignore[arg-type]
+            )
+        )
+    return decisions
+
+
+def orphan_execution_id(run: EngineRun) -> str:
+    """The id an orphan run's execution gets: the one the engine names, else engine-external id."""
+    return run.execution_id or f"{run.engine}-{run.external_id}"
+
+
+def reconcile(
+    rows: Iterable[Row],
+    lookups: Mapping[tuple[str, str], Lookup],
+    listed: Iterable[EngineRun],
+    known: Collection[tuple[str, str]],
+    now: datetime,
+    policy: Policy,
+) -> list[Decision]:
+    """Every decision of one pass: one per row, then one per engine run we have no row for."""
+    decisions = [decide_row(row, lookups.get((row.org, row.id)), now, policy) for row in rows]
+    decisions += decide_orphan_runs(listed, known, policy)
+    return decisions

@@ -1,0 +1,79 @@
+"""Reconciler settings (`RECONCILER_*`): loop, engines, grace periods, fix mode."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.events import Status
+from shared.settings import CommonSettings
+
+DEFAULT_STATUS_MAP: dict[str, Status] = {
+    "queued": Status.PENDING,
+    "pending": Status.PENDING,
+    "scheduled": Status.PENDING,
+    "running": Status.RUNNING,
+    "in_progress": Status.RUNNING,
+    "started": Status.RUNNING,
+    "succeeded": Status.SUCCESS,
+    "success": Status.SUCCESS,
+    "completed": Status.SUCCESS,
+    "done": Status.SUCCESS,
+    "failed": Status.FAILED,
+    "error": Status.FAILED,
+    "timed_out": Status.FAILED,
+    "cancelled": Status.CANCELLED,
+    "canceled": Status.CANCELLED,
+    "aborted": Status.CANCELLED,
+    "terminated": Status.CANCELLED,
+}
+
+
+class ReconcilerSettings(CommonSettings):
+    """Everything the reconciler reads from the environment; built in `main()`, never at import."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECONCILER_", extra="ignore", populate_by_name=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8003
+    interval_seconds: float = Field(default=30.0, gt=0)
+    #: Publish corrections (True) or only report what would be done (False).
+    fix: bool = True
+    #: Fail executions that stayed running without an external id past the timeout.
+    fail_missing_external_id: bool = False
+    missing_external_id_timeout_seconds: float = Field(default=600.0, ge=0)
+    #: A run younger than this is not checked at all (engines register runs late).
+    first_check_grace_seconds: float = Field(default=60.0, ge=0)
+    #: A row whose engine run is still not found this long after it started is an orphan.
+    orphan_grace_seconds: float = Field(default=900.0, ge=0)
+    #: How far back engines are listed for runs we have no row for.
+    lookback_seconds: float = Field(default=3600.0, gt=0)
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+    leader_lock_key: int = 0x666C_7774  # "flwt"; the subject prefix is mixed in
+
+    # Temporal: enabled when an address is set.
+    temporal_address: str | None = None
+    temporal_namespace: str = "default"
+    temporal_engine_name: str = "temporal"
+    temporal_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Background component sync of Temporal runs finished within this window.
+    component_sync_window_seconds: float = Field(default=3600.0, ge=0)
+
+    # Generic HTTP engine: enabled when a base URL is set.
+    http_base_url: str | None = None
+    http_engine_name: str = "http"
+    http_run_path: str = "/runs/{external_id}"
+    #: Listing path (query parameters `since`, `until`); None when the engine cannot list.
+    http_list_path: str | None = "/runs"
+    http_status_field: str = "status"
+    http_status_map: dict[str, Status] = Field(default_factory=lambda: dict(DEFAULT_STATUS_MAP))
+    http_timeout_seconds: float = Field(default=5.0, gt=0)
+    http_not_found_attempts: int = Field(default=3, ge=1)
+    http_error_attempts: int = Field(default=3, ge=1)
+    http_backoff_seconds: float = Field(default=0.5, ge=0)
+    http_headers: dict[str, str] = Field(default_factory=dict)
+    #: Who an engine run with no row belongs to, when the engine does not say.
+    orphan_org: str | None = None
+    orphan_agent: str | None = None
