@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconciler": ("services.reconciler.main:main", "run the reconciler loop (port 8003)"),
     "reconcile": ("services.reconciler.cli:main", "find and fix drift against engines"),
     "migrate": ("shared.commands:migrate_main", "apply the database schema"),
+    "retention": ("shared.retention:main", "delete data past each org's retention_days"),
     "token": ("shared.commands:token_main", "mint a development token"),
     "up": ("shared.up:main", "run the whole stack locally with a demo fleet"),
     "admin": ("services.query.admin:main", "manage orgs, users, agents and shares"),

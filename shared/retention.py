@@ -1,0 +1,229 @@
+"""Per-org retention: delete executions, their components and events past `retention_days`.
+
+Deletes run in small batches (one short transaction each) so ingest never waits long on a
+lock and replicas never see a huge WAL burst. The JetStream side is a single stream-wide
+limit, `FLEETWATCH_RETENTION_DAYS` (the stream's max age, applied by `ensure_streams`); it
+should not exceed the shortest org retention, or the stream would keep events that Postgres
+has already forgotten — the command warns when it does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from shared.db import connect
+from shared.settings import CommonSettings
+
+DEFAULT_BATCH = 5_000
+
+ORGS_SQL = "SELECT org, retention_days FROM organizations ORDER BY org"
+
+# An execution expires when its list time (`sort_at`: started_at, else first sight) is older
+# than the cutoff; its steps go with it in the same transaction.
+DELETE_EXECUTIONS_SQL = """
+WITH doomed AS (
+    SELECT id FROM executions
+    WHERE org = $1 AND sort_at < $2
+    ORDER BY sort_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), steps AS (
+    DELETE FROM component_executions c USING doomed d
+    WHERE c.org = $1 AND c.execution_id = d.id
+    RETURNING 1
+), gone AS (
+    DELETE FROM executions e USING doomed d
+    WHERE e.org = $1 AND e.id = d.id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS executions, (SELECT count(*) FROM steps) AS components
+"""
+
+DELETE_EVENTS_SQL = """
+WITH doomed AS (
+    SELECT event_id FROM events
+    WHERE org = $1 AND received_at < $2
+    ORDER BY received_at
+    LIMIT $3
+)
+DELETE FROM events e USING doomed d
+WHERE e.org = $1 AND e.event_id = d.event_id
+"""
+
+COUNT_SQL = """
+SELECT
+    (SELECT count(*) FROM executions WHERE org = $1 AND sort_at < $2) AS executions,
+    (SELECT count(*) FROM component_executions c
+        JOIN executions e ON e.org = c.org AND e.id = c.execution_id
+        WHERE e.org = $1 AND e.sort_at < $2) AS components,
+    (SELECT count(*) FROM events WHERE org = $1 AND received_at < $2) AS events
+"""
+
+
+@dataclass
+class OrgResult:
+    """What was (or, in a dry run, would be) deleted for one org."""
+
+    org: str
+    retention_days: int
+    cutoff: datetime
+    executions: int = 0
+    components: int = 0
+    events: int = 0
+    batches: int = 0
+
+
+@dataclass
+class RetentionReport:
+    dry_run: bool
+    orgs: list[OrgResult] = field(default_factory=list)
+
+    @property
+    def executions(self) -> int:
+        return sum(o.executions for o in self.orgs)
+
+    @property
+    def components(self) -> int:
+        return sum(o.components for o in self.orgs)
+
+    @property
+    def events(self) -> int:
+        return sum(o.events for o in self.orgs)
+
+
+def cutoff_for(now: datetime, retention_days: int) -> datetime:
+    """Rows older than this are past retention."""
+    return now - timedelta(days=retention_days)
+
+
+def stream_warning(stream_max_age_days: float, org_days: Sequence[int]) -> str | None:
+    """A warning when the stream keeps events longer than some org's retention allows."""
+    if not org_days:
+        return None
+    shortest = min(org_days)
+    if stream_max_age_days > shortest:
+        return (
+            f"FLEETWATCH_RETENTION_DAYS={stream_max_age_days:g} keeps events in the stream "
+            f"longer than the shortest org retention ({shortest} days); set it to {shortest} "
+            "or less and restart ingest to apply the stream limit"
+        )
+    return None
+
+
+Progress = Callable[[str], None]
+
+
+async def apply_retention(
+    conn: asyncpg.Connection,
+    *,
+    now: datetime | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    dry_run: bool = False,
+    orgs: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> RetentionReport:
+    """Delete (or count, with `dry_run`) what each org's retention has expired."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    moment = now or datetime.now(UTC)
+    say = progress or (lambda _line: None)
+    report = RetentionReport(dry_run=dry_run)
+    for row in await conn.fetch(ORGS_SQL):
+        if orgs is not None and row["org"] not in orgs:
+            continue
+        result = OrgResult(
+            org=row["org"],
+            retention_days=row["retention_days"],
+            cutoff=cutoff_for(moment, row["retention_days"]),
+        )
+        report.orgs.append(result)
+        if dry_run:
+            counts = await conn.fetchrow(COUNT_SQL, result.org, result.cutoff)
+            result.executions = counts["executions"]
+            result.components = counts["components"]
+            result.events = counts["events"]
+        else:
+            await _delete_org(conn, result, batch_size, say)
+        verb = "would delete" if dry_run else "deleted"
+        say(
+            f"{result.org} (retention {result.retention_days} d, before "
+            f"{result.cutoff.isoformat(timespec='seconds')}): {verb} {result.executions} "
+            f"executions, {result.components} components, {result.events} events"
+        )
+    return report
+
+
+async def _delete_org(
+    conn: asyncpg.Connection, result: OrgResult, batch_size: int, say: Progress
+) -> None:
+    while True:
+        async with conn.transaction():
+            row = await conn.fetchrow(DELETE_EXECUTIONS_SQL, result.org, result.cutoff, batch_size)
+        result.executions += row["executions"]
+        result.components += row["components"]
+        result.batches += 1
+        if row["executions"]:
+            say(f"  {result.org}: {result.executions} executions so far")
+        if row["executions"] < batch_size:
+            break
+    while True:
+        async with conn.transaction():
+            status = await conn.execute(DELETE_EVENTS_SQL, result.org, result.cutoff, batch_size)
+        deleted = int(status.split()[-1])
+        result.events += deleted
+        result.batches += 1
+        if deleted:
+            say(f"  {result.org}: {result.events} events so far")
+        if deleted < batch_size:
+            break
+
+
+async def _run(args: argparse.Namespace, settings: CommonSettings) -> RetentionReport:
+    conn = await connect(args.database_url or settings.database_url)
+    try:
+        report = await apply_retention(
+            conn,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+            orgs=args.org or None,
+            progress=print,
+        )
+    finally:
+        await conn.close()
+    return report
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fleetwatch retention",
+        description="delete executions, components and events past each org's retention_days",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"rows per transaction (default {DEFAULT_BATCH})",
+    )
+    parser.add_argument("--org", action="append", help="only this org (repeatable)")
+    parser.add_argument("--database-url", help="default: $DATABASE_URL")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    settings = CommonSettings()
+    report = asyncio.run(_run(args, settings))
+    verb = "would delete" if report.dry_run else "deleted"
+    print(
+        f"retention: {verb} {report.executions} executions, {report.components} components, "
+        f"{report.events} events in {len(report.orgs)} org(s)"
+    )
+    warning = stream_warning(settings.stream_max_age_days, [o.retention_days for o in report.orgs])
+    if warning:
+        print(f"warning: {warning}")
+    return 0
