@@ -34,7 +34,8 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
     try:
         where = subjects.parse_event(subject)
     except SubjectError as exc:
-        return Rejected("bad_subject", str(exc))
+        unknown_type = "unknown event type" in str(exc)
+        return Rejected("unknown_type" if unknown_type else "bad_subject", str(exc))
     if b"\\u0000" in data:
         # Postgres text and jsonb cannot hold NUL; refusing here keeps the batch insertable.
         return Rejected("schema", "strings must not contain NUL (\\u0000)")
