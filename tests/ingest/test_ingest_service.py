@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 import nats
 import orjson
-import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
@@ -182,7 +181,8 @@ async def test_bad_messages_go_to_the_dlq_and_the_next_good_event_is_stored(
         reasons = {m.headers["Fleet-Dlq-Reason"] for m in msgs if m.headers}
         assert reasons == set(poison)
         for m in msgs:
-            assert m.headers and m.headers["Fleet-Original-Subject"].startswith(subjects.prefix)
+            assert m.headers
+            assert m.headers["Fleet-Original-Subject"].startswith(subjects.prefix)
             assert m.headers["Fleet-Dlq-Detail"]
         assert ingest.process.poll() is None, "ingest must keep running"
 

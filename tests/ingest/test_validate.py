@@ -34,7 +34,8 @@ def _reason(subject: str, data: bytes) -> str:
 def test_a_good_event_passes() -> None:
     event = validate(S, SUBJECT, orjson.dumps(_good()))
     assert not isinstance(event, Rejected)
-    assert event.execution is not None and event.execution.triggered_by == "schedule"
+    assert event.execution is not None
+    assert event.execution.triggered_by == "schedule"
 
 
 @pytest.mark.parametrize(
