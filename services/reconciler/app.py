@@ -1,0 +1,187 @@
+"""Wiring of the reconciler: pool, NATS, engines, the leader loop, the step-sync responder, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import nats
+import orjson
+from fastapi import FastAPI, Response
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from prometheus_client import make_asgi_app
+
+from services.reconciler.engines import Engine, EngineError
+from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
+from services.reconciler.engines.temporal import TemporalEngine
+from services.reconciler.leader import LeaderLock, lock_key
+from services.reconciler.loop import Reconciler, policy_from
+from services.reconciler.metrics import ReconcilerMetrics
+from services.reconciler.publish import EventPublisher
+from services.reconciler.settings import ReconcilerSettings
+from shared.db import create_pool
+from shared.streams import ensure_streams
+
+log = logging.getLogger(__name__)
+
+
+async def build_engines(settings: ReconcilerSettings) -> dict[str, Engine]:
+    """The engines the settings enable (Temporal by address, HTTP by base URL)."""
+    engines: dict[str, Engine] = {}
+    if settings.temporal_address:
+        engines[settings.temporal_engine_name] = await TemporalEngine.connect(
+            settings.temporal_address,
+            settings.temporal_namespace,
+            name=settings.temporal_engine_name,
+            timeout_seconds=settings.temporal_timeout_seconds,
+        )
+    if settings.http_base_url:
+        engines[settings.http_engine_name] = HttpEngine(
+            HttpEngineConfig(
+                base_url=settings.http_base_url,
+                name=settings.http_engine_name,
+                run_path=settings.http_run_path,
+                list_path=settings.http_list_path,
+                status_field=settings.http_status_field,
+                status_map=settings.http_status_map,
+                timeout_seconds=settings.http_timeout_seconds,
+                not_found_attempts=settings.http_not_found_attempts,
+                error_attempts=settings.http_error_attempts,
+                backoff_seconds=settings.http_backoff_seconds,
+                max_connections=settings.concurrency,
+                headers=settings.http_headers,
+            )
+        )
+    return engines
+
+
+async def build_reconciler(
+    settings: ReconcilerSettings, nc: NatsClient | None, metrics: ReconcilerMetrics | None = None
+) -> Reconciler:
+    """Pool, engines and (given a NATS connection) a publisher, as one Reconciler."""
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    try:
+        engines = await build_engines(settings)
+    except EngineError:
+        await pool.close()
+        raise
+    publisher = None
+    if nc is not None:
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        publisher = EventPublisher(js, settings.subjects)
+    return Reconciler(
+        pool,
+        engines,
+        publisher,
+        policy_from(settings),
+        metrics=metrics,
+        concurrency=settings.concurrency,
+        lookback=timedelta(seconds=settings.lookback_seconds),
+        component_window=timedelta(seconds=settings.component_sync_window_seconds),
+        component_engines=[settings.temporal_engine_name] if settings.temporal_address else [],
+    )
+
+
+async def close_reconciler(reconciler: Reconciler) -> None:
+    for engine in reconciler.engines.values():
+        await engine.close()
+    await reconciler.pool.close()
+
+
+def sync_handler(reconciler: Reconciler) -> Callable[[Msg], Awaitable[None]]:
+    """The responder for `<prefix>.rpc.reconciler.sync_components`."""
+
+    async def handle(msg: Msg) -> None:
+        try:
+            request = orjson.loads(msg.data)
+            org, execution_id = str(request["org"]), str(request["execution_id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            reply = {"ok": False, "error": 'expected {"org": ..., "execution_id": ...}'}
+        else:
+            try:
+                result = await reconciler.sync_components(org, execution_id, "on_demand")
+                reply = {
+                    "ok": result.ok,
+                    "steps": result.steps,
+                    "published": result.published,
+                    "error": result.error,
+                }
+            except Exception as exc:
+                log.exception("step sync of %s/%s failed", org, execution_id)
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        await msg.respond(orjson.dumps(reply))
+
+    return handle
+
+
+@dataclass
+class ReconcilerState:
+    reconciler: Reconciler | None = None
+    nc: NatsClient | None = None
+    task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str | None = None
+
+
+def create_app(settings: ReconcilerSettings) -> FastAPI:
+    metrics = ReconcilerMetrics()
+    state = ReconcilerState()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1)
+        try:
+            state.reconciler = await build_reconciler(settings, state.nc, metrics)
+        except EngineError as exc:
+            state.error = str(exc)
+            log.error("reconciler cannot start: %s", exc)
+        if state.reconciler is not None:
+            await state.nc.subscribe(
+                settings.subjects.sync_components(),
+                queue="reconciler",
+                cb=sync_handler(state.reconciler),
+            )
+            leader = LeaderLock(
+                settings.database_url, lock_key(settings.leader_lock_key, settings.subject_prefix)
+            )
+            state.task = asyncio.create_task(
+                state.reconciler.run(
+                    leader, settings.interval_seconds, fix=settings.fix, stop=state.stop
+                )
+            )
+        try:
+            yield
+        finally:
+            state.stop.set()
+            if state.task is not None:
+                await state.task
+            await state.nc.drain()
+            if state.reconciler is not None:
+                await close_reconciler(state.reconciler)
+
+    app = FastAPI(title="fleetwatch reconciler", lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app(metrics.registry))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(response: Response) -> dict[str, object]:
+        ready = state.reconciler is not None and state.nc is not None and state.nc.is_connected
+        if not ready:
+            response.status_code = 503
+        return {
+            "ready": ready,
+            "leader": state.reconciler.is_leader if state.reconciler else False,
+            "engines": sorted(state.reconciler.engines) if state.reconciler else [],
+            "error": state.error,
+        }
+
+    return app

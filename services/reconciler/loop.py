@@ -1,0 +1,283 @@
+"""One reconciliation pass (fetch rows and runs, apply the rules, publish), and the leader loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from services.reconciler import repo
+from services.reconciler.corrections import component_events, execution_event
+from services.reconciler.engines import Engine, EngineError, EngineRun
+from services.reconciler.leader import LeaderLock
+from services.reconciler.metrics import ReconcilerMetrics
+from services.reconciler.publish import EventPublisher
+from services.reconciler.rules import (
+    Action,
+    Decision,
+    Kind,
+    Lookup,
+    Policy,
+    Row,
+    decide_row,
+    needs_lookup,
+    reconcile,
+)
+from services.reconciler.settings import ReconcilerSettings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def policy_from(settings: ReconcilerSettings) -> Policy:
+    return Policy(
+        first_check_grace=timedelta(seconds=settings.first_check_grace_seconds),
+        orphan_grace=timedelta(seconds=settings.orphan_grace_seconds),
+        missing_external_id_timeout=timedelta(seconds=settings.missing_external_id_timeout_seconds),
+        fail_missing_external_id=settings.fail_missing_external_id,
+        orphan_org=settings.orphan_org,
+        orphan_agent=settings.orphan_agent,
+    )
+
+
+@dataclass
+class PassReport:
+    decisions: list[Decision] = field(default_factory=list)
+    checked: int = 0
+    published: int = 0
+    fixed: int = 0
+    duration_s: float = 0.0
+    engine_errors: list[str] = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> list[Decision]:
+        return [d for d in self.decisions if d.is_mismatch]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    ok: bool
+    published: int = 0
+    steps: int = 0
+    error: str | None = None
+
+
+class Reconciler:
+    """Holds the pool, engines and publisher; `run_pass` is one pass, `run` the leader loop."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        engines: Mapping[str, Engine],
+        publisher: EventPublisher | None,
+        policy: Policy,
+        *,
+        metrics: ReconcilerMetrics | None = None,
+        concurrency: int = 64,
+        lookback: timedelta = timedelta(hours=1),
+        component_window: timedelta = timedelta(hours=1),
+        component_engines: Sequence[str] = (),
+    ) -> None:
+        self.pool = pool
+        self.engines = dict(engines)
+        self.publisher = publisher
+        self.policy = policy
+        self.metrics = metrics or ReconcilerMetrics()
+        self._limit = asyncio.Semaphore(concurrency)
+        self.lookback = lookback
+        self.component_window = component_window
+        self.component_engines = tuple(component_engines)
+        self.is_leader = False
+
+    async def _lookup(self, row: Row) -> Lookup:
+        engine = self.engines[row.engine or ""]
+        assert row.external_id is not None
+        async with self._limit:
+            try:
+                return Lookup(run=await engine.get_run(row.external_id))
+            except EngineError as exc:
+                self.metrics.engine_errors.labels(engine.name).inc()
+                return Lookup(run=None, error=str(exc))
+            except Exception as exc:  # an adapter bug must not stop the pass
+                self.metrics.engine_errors.labels(engine.name).inc()
+                log.exception("engine %s failed on %s", engine.name, row.external_id)
+                return Lookup(run=None, error=f"{type(exc).__name__}: {exc}")
+
+    async def _lookups(
+        self, rows: Sequence[Row], now: datetime, progress: Progress | None
+    ) -> dict[tuple[str, str], Lookup]:
+        todo = [r for r in rows if needs_lookup(r, now, self.policy)]
+        found: dict[tuple[str, str], Lookup] = {}
+        done = 0
+
+        async def one(row: Row) -> None:
+            nonlocal done
+            found[(row.org, row.id)] = await self._lookup(row)
+            self.metrics.runs_checked.labels(row.engine or "").inc()
+            done += 1
+            if progress is not None:
+                progress(done, len(todo))
+
+        await asyncio.gather(*(one(r) for r in todo))
+        return found
+
+    async def _listed(
+        self, engines: Sequence[str], now: datetime, report: PassReport
+    ) -> list[EngineRun]:
+        listed: list[EngineRun] = []
+        for name in engines:
+            try:
+                listed += await self.engines[name].list_runs(now - self.lookback, now)
+            except EngineError as exc:
+                self.metrics.engine_errors.labels(name).inc()
+                report.engine_errors.append(str(exc))
+                report.decisions.append(
+                    Decision(
+                        kind=Kind.ENGINE_ERROR,
+                        action=Action.FLAG,
+                        reason=f"listing runs failed: {exc}",
+                        org=None,
+                        execution_id=None,
+                        agent_name=None,
+                        engine=name,
+                        external_id=None,
+                    )
+                )
+        return listed
+
+    async def run_pass(
+        self, filters: repo.Filters | None = None, *, fix: bool, progress: Progress | None = None
+    ) -> PassReport:
+        """Compare rows with engines and, when `fix`, publish the corrections."""
+        filters = filters or repo.Filters()
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        report = PassReport()
+        engines = [n for n in self.engines if filters.engine in (None, n)]
+        async with self.pool.acquire() as conn:
+            rows = await repo.open_rows(conn, engines, filters)
+        lookups = await self._lookups(rows, now, progress)
+        report.checked = len(lookups)
+        report.engine_errors += [lk.error for lk in lookups.values() if lk.error]
+        listed = [
+            run
+            for run in await self._listed(engines, now, report)
+            if filters.org in (None, run.org) and filters.agent in (None, run.agent_name)
+        ]
+        known: set[tuple[str, str]] = set()
+        open_keys = {(r.org, r.id) for r in rows}
+        extra: list[Decision] = []
+        runs_by_key = {(run.engine, run.external_id): run for run in listed}
+        async with self.pool.acquire() as conn:
+            for name in engines:
+                ids = [run.external_id for run in listed if run.engine == name]
+                for row in await repo.rows_by_external_ids(conn, name, ids):
+                    assert row.external_id is not None
+                    known.add((name, row.external_id))
+                    # Finished rows are checked against the listing only (no extra engine call).
+                    if (row.org, row.id) not in open_keys and row.status.is_terminal:
+                        run = runs_by_key[(name, row.external_id)]
+                        decision = decide_row(row, Lookup(run=run), now, self.policy)
+                        if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
+                            extra.append(decision)
+        report.decisions += reconcile(rows, lookups, listed, known, now, self.policy) + extra
+        for decision in report.mismatches:
+            self.metrics.mismatches_found.labels(decision.kind.value).inc()
+        if fix:
+            await self._publish(report, now)
+        report.duration_s = time.perf_counter() - started
+        return report
+
+    async def _publish(self, report: PassReport, now: datetime) -> None:
+        if self.publisher is None:
+            raise RuntimeError("fix mode needs a publisher")
+        to_fix = [d for d in report.decisions if d.action is Action.PUBLISH]
+        events = [e for d in to_fix if (e := execution_event(d, now)) is not None]
+        report.published = await self.publisher.publish_all(events)
+        report.fixed = len(events)
+        for decision in to_fix:
+            self.metrics.mismatches_fixed.labels(decision.kind.value).inc()
+
+    async def sync_components(self, org: str, execution_id: str, trigger: str) -> SyncResult:
+        """Publish one execution's steps from its engine's history (cache-aside fill)."""
+        async with self.pool.acquire() as conn:
+            row = await repo.row_by_id(conn, org, execution_id)
+        if row is None:
+            return SyncResult(ok=False, error="execution not found")
+        if row.engine not in self.component_engines or row.external_id is None:
+            return SyncResult(ok=False, error=f"engine {row.engine!r} keeps no step history")
+        try:
+            run = await self.engines[row.engine].get_run(row.external_id, with_steps=True)
+        except EngineError as exc:
+            self.metrics.engine_errors.labels(row.engine).inc()
+            return SyncResult(ok=False, error=str(exc))
+        if run is None:
+            return SyncResult(ok=False, error=f"{row.engine} has no run {row.external_id!r}")
+        events = component_events(
+            org, row.agent_name, execution_id, list(run.steps), datetime.now(UTC)
+        )
+        if self.publisher is None:
+            return SyncResult(ok=True, steps=len(events))
+        published = await self.publisher.publish_all(events)
+        self.metrics.components_synced.labels(trigger).inc(len(events))
+        return SyncResult(ok=True, published=published, steps=len(events))
+
+    async def sync_recent_components(self) -> int:
+        """Background cache fill: steps of runs that finished recently and have none stored."""
+        since = datetime.now(UTC) - self.component_window
+        total = 0
+        for name in self.component_engines:
+            async with self.pool.acquire() as conn:
+                rows = await repo.finished_without_steps(conn, name, since)
+            for row in rows:
+                result = await self.sync_components(row.org, row.id, "background")
+                total += result.steps
+        return total
+
+    async def run(
+        self,
+        leader: LeaderLock,
+        interval: float,
+        *,
+        fix: bool,
+        stop: asyncio.Event,
+        on_pass: Callable[[PassReport], None] | None = None,
+    ) -> None:
+        """Until `stop`: as the leader, run a pass every `interval` seconds; else keep trying."""
+        while not stop.is_set():
+            try:
+                self.is_leader = await leader.try_acquire()
+                self.metrics.leader.set(1 if self.is_leader else 0)
+                if self.is_leader:
+                    with self.metrics.loop_duration.time():
+                        report = await self.run_pass(fix=fix)
+                        if fix:
+                            await self.sync_recent_components()
+                    self.metrics.loops.labels("ok").inc()
+                    self.metrics.last_pass.set_to_current_time()
+                    log.info(
+                        "pass: %d checked, %d mismatches, %d published in %.2f s",
+                        report.checked,
+                        len(report.mismatches),
+                        report.published,
+                        report.duration_s,
+                    )
+                    if on_pass is not None:
+                        on_pass(report)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.metrics.loops.labels("error").inc()
+                log.exception("reconciliation pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+        await leader.release()
+        self.is_leader = False
+        self.metrics.leader.set(0)

@@ -1,0 +1,36 @@
+"""Publishing corrective events to JetStream, deduplicated by their deterministic ids."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from nats.js import JetStreamContext
+
+from shared.events import Event
+from shared.subjects import Subjects
+
+CHUNK = 256
+
+
+class EventPublisher:
+    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
+        self._js = js
+        self._subjects = subjects
+
+    async def publish(self, event: Event) -> bool:
+        """Publish one event; False when JetStream reports it a duplicate."""
+        ack = await self._js.publish(
+            self._subjects.event(event.org, event.agent, event.type),
+            event.model_dump_json(exclude_none=True).encode(),
+            headers={"Nats-Msg-Id": event.event_id},
+        )
+        return not ack.duplicate
+
+    async def publish_all(self, events: Sequence[Event]) -> int:
+        """Publish in pipelined chunks; the number that were new to the stream."""
+        fresh = 0
+        for start in range(0, len(events), CHUNK):
+            acks = await asyncio.gather(*(self.publish(e) for e in events[start : start + CHUNK]))
+            fresh += sum(acks)
+        return fresh

@@ -1,0 +1,116 @@
+"""The reconciler's SQL: it only reads executions (ingest is their one writer)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.reconciler.rules import Row
+from shared.events import Status
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    org: str | None = None
+    agent: str | None = None
+    engine: str | None = None
+
+
+_ROW_COLUMNS = "org, id, agent_name, status, engine, external_id, started_at, first_seen_at"
+_FILTER = """
+    ($1::text IS NULL OR org = $1)
+    AND ($2::text IS NULL OR agent_name = $2)
+    AND ($3::text IS NULL OR engine = $3)
+"""
+
+OPEN_ROWS = f"""
+SELECT {_ROW_COLUMNS}
+FROM executions
+WHERE status IN ('pending', 'running')
+  AND engine = ANY($4::text[])
+  AND {_FILTER}
+ORDER BY org, sort_at, id
+"""
+
+RUNNING_ROWS = f"""
+SELECT {_ROW_COLUMNS}
+FROM executions
+WHERE status = 'running' AND {_FILTER}
+ORDER BY sort_at, org, id
+"""
+
+ROWS_BY_EXTERNAL_IDS = f"""
+SELECT {_ROW_COLUMNS}
+FROM executions
+WHERE engine = $1 AND external_id = ANY($2::text[])
+"""
+
+ROW_BY_ID = f"SELECT {_ROW_COLUMNS} FROM executions WHERE org = $1 AND id = $2"
+
+FINISHED_WITHOUT_STEPS = f"""
+SELECT {_ROW_COLUMNS}
+FROM executions e
+WHERE e.engine = $1
+  AND e.external_id IS NOT NULL
+  AND e.status IN ('success', 'failed', 'cancelled')
+  AND e.updated_at >= $2
+  AND NOT EXISTS (
+      SELECT 1 FROM component_executions c WHERE c.org = e.org AND c.execution_id = e.id
+  )
+ORDER BY e.updated_at DESC
+LIMIT $3
+"""
+
+
+def _row(record: asyncpg.Record) -> Row:
+    return Row(
+        org=record["org"],
+        id=record["id"],
+        agent_name=record["agent_name"],
+        status=Status(record["status"]),
+        engine=record["engine"],
+        external_id=record["external_id"],
+        started_at=record["started_at"],
+        first_seen_at=record["first_seen_at"],
+    )
+
+
+def _filter_args(filters: Filters) -> tuple[str | None, str | None, str | None]:
+    return filters.org, filters.agent, filters.engine
+
+
+async def open_rows(
+    conn: asyncpg.Connection, engines: Sequence[str], filters: Filters
+) -> list[Row]:
+    """Pending and running executions that name one of our engines."""
+    records = await conn.fetch(OPEN_ROWS, *_filter_args(filters), list(engines))
+    return [_row(r) for r in records]
+
+
+async def running_rows(conn: asyncpg.Connection, filters: Filters) -> list[Row]:
+    """Every running execution, any engine or none (oldest first)."""
+    return [_row(r) for r in await conn.fetch(RUNNING_ROWS, *_filter_args(filters))]
+
+
+async def rows_by_external_ids(
+    conn: asyncpg.Connection, engine: str, external_ids: Sequence[str]
+) -> list[Row]:
+    if not external_ids:
+        return []
+    records = await conn.fetch(ROWS_BY_EXTERNAL_IDS, engine, list(external_ids))
+    return [_row(r) for r in records]
+
+
+async def row_by_id(conn: asyncpg.Connection, org: str, execution_id: str) -> Row | None:
+    record = await conn.fetchrow(ROW_BY_ID, org, execution_id)
+    return None if record is None else _row(record)
+
+
+async def finished_without_steps(
+    conn: asyncpg.Connection, engine: str, since: datetime, limit: int = 200
+) -> list[Row]:
+    """Recently finished runs of an engine whose steps were never synced."""
+    return [_row(r) for r in await conn.fetch(FINISHED_WITHOUT_STEPS, engine, since, limit)]
