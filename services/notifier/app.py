@@ -1,0 +1,135 @@
+"""Composition root: NATS, the live consumer, the pool, the hub and the WebSocket server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from services.notifier.handshake import choose_subprotocol
+from services.notifier.http import make_process_request
+from services.notifier.hub import Hub
+from services.notifier.metrics import Metrics
+from services.notifier.repo import fetch_scope
+from services.notifier.scopes import ScopeCache
+from services.notifier.session import SessionDeps, handle
+from services.notifier.settings import NotifierSettings
+from services.notifier.stream import bounds, follow
+from services.notifier.summary import build_outgoing, decode
+from services.notifier.triggers import TriggerMemory
+from shared.access import Scope
+from shared.auth import Claims
+from shared.db import create_pool
+from shared.streams import ensure_streams
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """One notifier replica; `start()` and `stop()` are its whole lifecycle."""
+
+    def __init__(self, settings: NotifierSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.hub = Hub(
+            self.metrics,
+            queue_bytes=settings.client_queue_bytes,
+            pending_max=settings.replay_pending_max,
+            slow_close_grace_s=settings.slow_close_grace_s,
+        )
+        self.triggers = TriggerMemory()
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._sub: Any = None
+        self._server: Server | None = None
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self._nc is not None and self._nc.is_connected
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        s = self.settings
+        self._nc = await nats.connect(
+            s.nats_url, name="fleetwatch-notifier", max_reconnect_attempts=-1
+        )
+        self._js = self._nc.jetstream()
+        await ensure_streams(self._js, s)
+        self._pool = await create_pool(s.database_url, min_size=1, max_size=s.db_pool_max)
+        pool = self._pool
+
+        async def load(claims: Claims) -> Scope:
+            return await fetch_scope(pool, claims)
+
+        scopes = ScopeCache(load, ttl_s=s.scope_ttl_s)
+        # Start right after the stream's current end; every later event reaches the hub.
+        start = await bounds(self._js, s.subjects)
+        self.hub.start_at(start.last_seq)
+        self._sub = await follow(self._js, s.subjects, start.last_seq + 1, self._on_message)
+        deps = SessionDeps(settings=s, hub=self.hub, scopes=scopes, js=self._js)
+
+        async def handler(conn: ServerConnection) -> None:
+            await handle(conn, deps)
+
+        self._server = await serve(
+            handler,
+            s.host,
+            s.port,
+            process_request=make_process_request(self.metrics.registry, lambda: self.ready),
+            select_subprotocol=lambda _conn, offered: choose_subprotocol(offered),  # type: ignore[arg-type,return-value]
+            compression=None,  # per-message deflate would compress each frame once per client
+            ping_interval=s.ping_interval_s,
+            ping_timeout=s.ping_timeout_s,
+            close_timeout=s.close_timeout_s,
+            max_size=s.max_client_frame,
+            logger=logging.getLogger("services.notifier.ws"),
+        )
+        self._ready = True
+        log.info("notifier listening on %s:%s", s.host, self.port)
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            event = decode(self.settings.subjects, msg.subject, msg.data)
+            if event is None:
+                self.metrics.invalid_events.inc()
+                self.hub.last_seq = seq
+                return
+            out = self.triggers.enrich(build_outgoing(seq, event))
+            self.hub.publish(out, published_at=meta.timestamp.timestamp())
+        except Exception:  # one bad message must not stop the feed
+            log.exception("fan-out failed for %s", msg.subject)
+
+    async def stop(self) -> None:
+        """Close every socket with 1001 "going away", then let go of NATS and Postgres."""
+        self._ready = False
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribe failed: %s", exc)
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def create_app(settings: NotifierSettings) -> Notifier:
+    return Notifier(settings)

@@ -1,0 +1,107 @@
+"""Client frames (`subscribe`, `resume_from`) and the rule deciding who receives which event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.notifier.summary import EventMeta
+from shared.access import Scope
+from shared.events import Name, Status, trigger_group
+
+Trigger = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Subscribe(BaseModel):
+    """Optional narrowing filters; an empty or missing list means "any"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_name: Annotated[list[Name], Field(max_length=1000)] | None = None
+    status: Annotated[list[Status], Field(max_length=10)] | None = None
+    triggered_by: Annotated[list[Trigger], Field(max_length=100)] | None = None
+
+
+class ClientFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subscribe: Subscribe | None = None
+    resume_from: Annotated[int, Field(ge=0, le=2**63)] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """Why a client frame was refused; sent back as an `error` frame."""
+
+    error: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A client's filters as sets, ready for the per-event check."""
+
+    agents: frozenset[str] | None = None
+    statuses: frozenset[Status] | None = None
+    triggers: frozenset[str] | None = None
+
+    @classmethod
+    def from_subscribe(cls, sub: Subscribe) -> Filter:
+        return cls(
+            agents=frozenset(sub.agent_name) if sub.agent_name else None,
+            statuses=frozenset(sub.status) if sub.status else None,
+            triggers=frozenset(sub.triggered_by) if sub.triggered_by else None,
+        )
+
+
+EVERYTHING = Filter()
+
+
+def parse_frame(data: str | bytes) -> ClientFrame | FrameError:
+    """A valid client frame, or the error to answer with (the connection stays usable)."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return FrameError("invalid_json", str(exc))
+    if not isinstance(raw, dict):
+        return FrameError("invalid_frame", "a frame is a JSON object")
+    try:
+        return ClientFrame.model_validate(raw)
+    except ValidationError as exc:
+        parts = []
+        for item in exc.errors()[:5]:
+            where = ".".join(str(p) for p in item["loc"]) or "frame"
+            parts.append(f"{where}: {item['msg']}")
+        return FrameError("invalid_frame", "; ".join(parts))
+
+
+def visible(scope: Scope, meta: EventMeta) -> bool:
+    """Access: the caller's org, then their agents (admins: all of them)."""
+    return meta.org == scope.org and scope.allows(meta.agent)
+
+
+def wanted(flt: Filter, meta: EventMeta) -> bool:
+    """The client's own filters. A filter never widens: an event that cannot show it matches
+    (an event whose trigger is unknown, even after `TriggerMemory`) is left out. `other` stands
+    for every unknown trigger, as in the stats' grouping.
+    """
+    if flt.agents is not None and meta.agent not in flt.agents:
+        return False
+    if flt.statuses is not None and meta.status not in flt.statuses:
+        return False
+    if flt.triggers is not None:
+        if meta.triggered_by is None:
+            return False
+        if (
+            meta.triggered_by not in flt.triggers
+            and trigger_group(meta.triggered_by) not in flt.triggers
+        ):
+            return False
+    return True
+
+
+def delivers(scope: Scope, flt: Filter, meta: EventMeta) -> bool:
+    return visible(scope, meta) and wanted(flt, meta)

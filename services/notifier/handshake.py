@@ -1,0 +1,58 @@
+"""What the opening handshake carries: the token, the subprotocol to echo, initial filters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import ValidationError
+
+from services.notifier.filters import ClientFrame, FrameError, Subscribe
+
+BEARER = "bearer"
+_FILTER_PARAMS = ("agent_name", "status", "triggered_by")
+
+
+def offered_subprotocols(headers: Sequence[str]) -> list[str]:
+    """`Sec-WebSocket-Protocol` values (one header or several) as a flat list."""
+    return [p.strip() for value in headers for p in value.split(",") if p.strip()]
+
+
+def token_from(path: str, subprotocols: Sequence[str]) -> str | None:
+    """The bearer token: subprotocol pair `bearer, <token>` first, else `?token=`."""
+    if BEARER in subprotocols:
+        at = subprotocols.index(BEARER)
+        if at + 1 < len(subprotocols):
+            return subprotocols[at + 1]
+    values = parse_qs(urlsplit(path).query).get("token")
+    return values[0] if values else None
+
+
+def choose_subprotocol(offered: Sequence[str]) -> str | None:
+    """Echo `bearer` (browsers fail a handshake whose offered protocols were all ignored)."""
+    return BEARER if BEARER in offered else None
+
+
+def route(path: str) -> str:
+    return urlsplit(path).path
+
+
+def initial_frame(path: str) -> ClientFrame | FrameError | None:
+    """Filters and `resume_from` given in the URL (`/ws?resume_from=41&status=failed`).
+
+    A URL-given request starts at once, without waiting for the client's first frame.
+    """
+    query = parse_qs(urlsplit(path).query)
+    wanted = {k: v for k, v in query.items() if k in _FILTER_PARAMS}
+    # Lists may come as repeated parameters or comma-separated, as in the query API.
+    lists = {k: [x for item in v for x in item.split(",") if x] for k, v in wanted.items()}
+    resume = query.get("resume_from")
+    if not lists and not resume:
+        return None
+    try:
+        return ClientFrame(
+            subscribe=Subscribe.model_validate(lists) if lists else None,
+            resume_from=int(resume[0]) if resume else None,
+        )
+    except (ValidationError, ValueError) as exc:
+        return FrameError("invalid_query", str(exc).splitlines()[0])

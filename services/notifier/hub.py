@@ -1,0 +1,189 @@
+"""Fan-out: every event serialized once and written to each entitled client without awaiting.
+
+A client's queue is its transport's write buffer. Writing is synchronous (as
+`websockets.broadcast` does), so one stuck socket never delays the others; when a buffer passes
+`client_queue_bytes` that client is closed with 4008 and dropped from fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from services.notifier.filters import EVERYTHING, Filter, delivers
+from services.notifier.metrics import Metrics
+from services.notifier.summary import Outgoing, control_frame
+from shared.access import Scope
+from shared.auth import Claims
+
+log = logging.getLogger(__name__)
+
+#: Close codes of the protocol (docs/notifier.md).
+CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN = 1013
+CLOSE_SLOW = 4008
+CLOSE_UNAUTHORIZED = 4401
+
+
+class Client:
+    """One authenticated connection: who it is, what it asked for, where it stands."""
+
+    __slots__ = ("claims", "conn", "filter", "last_seq", "live", "pending", "scope")
+
+    def __init__(self, conn: ServerConnection, claims: Claims, scope: Scope) -> None:
+        self.conn = conn
+        self.claims = claims
+        self.scope = scope
+        self.filter: Filter = EVERYTHING
+        #: Until live, events are held in `pending` (hello window, then replay).
+        self.live = False
+        self.pending: deque[Outgoing] = deque()
+        #: Highest stream seq sent to this client: the dedupe mark at the replay→live hand-over.
+        self.last_seq = 0
+
+
+class Hub:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        queue_bytes: int,
+        pending_max: int,
+        slow_close_grace_s: float,
+        ring_size: int = 10_000,
+    ) -> None:
+        self.metrics = metrics
+        self.queue_bytes = queue_bytes
+        self.pending_max = pending_max
+        self.slow_close_grace_s = slow_close_grace_s
+        self.clients: set[Client] = set()
+        #: Last stream seq fan-out has passed; set by the live consumer before the first event.
+        self.last_seq = 0
+        #: Recent events for cheap resumes; it holds every valid event with seq > ring_floor.
+        self.ring: deque[Outgoing] = deque(maxlen=ring_size)
+        self.ring_floor = 0
+
+    def start_at(self, last_seq: int) -> None:
+        """The stream's last seq when the live consumer starts after it."""
+        self.last_seq = last_seq
+        self.ring_floor = last_seq
+        self.ring.clear()
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+        self.metrics.connections.set(len(self.clients))
+
+    def remove(self, client: Client) -> None:
+        self.clients.discard(client)
+        client.pending.clear()
+        self.metrics.connections.set(len(self.clients))
+
+    def publish(self, out: Outgoing, published_at: float | None = None) -> None:
+        """Fan one event out. Synchronous on purpose: nothing here waits for any client."""
+        self.last_seq = out.seq
+        if self.ring.maxlen is not None and len(self.ring) == self.ring.maxlen:
+            self.ring_floor = self.ring[0].seq
+        self.ring.append(out)
+        sent = 0
+        for client in tuple(self.clients):
+            if not delivers(client.scope, client.filter, out.meta):
+                continue
+            if client.live:
+                sent += self._write(client, out)
+            else:
+                client.pending.append(out)
+                if len(client.pending) > self.pending_max:
+                    self.cut_off(client, "replay_backlog")
+        self.metrics.events.inc()
+        if sent:
+            self.metrics.messages_sent.labels("live").inc(sent)
+        if published_at is not None:
+            self.metrics.delivery_lag.observe(max(0.0, time.time() - published_at))
+
+    def _write(self, client: Client, out: Outgoing) -> int:
+        conn = client.conn
+        if conn.protocol.state is not State.OPEN:
+            self.remove(client)
+            return 0
+        if conn.transport.get_write_buffer_size() > self.queue_bytes:
+            self.metrics.drops.inc()
+            self.cut_off(client, "queue_full")
+            return 0
+        try:
+            conn.protocol.send_text(out.payload)
+            conn.send_data()
+        except Exception as exc:  # a broken socket must not stop the fan-out
+            log.debug("write to client failed: %s", exc)
+            self.remove(client)
+            return 0
+        client.last_seq = out.seq
+        return 1
+
+    def go_live(self, client: Client, ready_seq: int) -> None:
+        """End the hand-over: `ready`, then held events past what replay sent, then live.
+
+        All in one synchronous step, so no live event can slip in between (no gap, no duplicate).
+        """
+        if client not in self.clients:
+            return
+        conn = client.conn
+        try:
+            conn.protocol.send_text(control_frame("ready", seq=max(ready_seq, client.last_seq)))
+            conn.send_data()
+        except Exception:
+            self.remove(client)
+            return
+        held, client.pending = client.pending, deque()
+        sent = 0
+        for out in held:
+            if out.seq > client.last_seq:
+                sent += self._write(client, out)
+                if client not in self.clients:
+                    return
+        client.live = True
+        if sent:
+            self.metrics.messages_sent.labels("held").inc(sent)
+
+    def cut_off(self, client: Client, reason: str) -> None:
+        """Drop a client that cannot keep up: 4008 behind what it has, then abort after a grace."""
+        if client not in self.clients:
+            return
+        self.metrics.drops.inc(len(client.pending))
+        self.remove(client)
+        self.metrics.slow_disconnects.labels(reason).inc()
+        conn = client.conn
+        log.info("closing slow client %s/%s: %s", client.claims.org, client.claims.sub, reason)
+        try:
+            if conn.protocol.state is State.OPEN:
+                conn.protocol.send_close(CLOSE_SLOW, f"slow consumer: {reason}")
+                conn.send_data()
+        except Exception as exc:
+            log.debug("close frame to slow client failed: %s", exc)
+        # The close frame waits behind the buffered events; a reader that wakes up within the
+        # grace sees 4008, a dead one is aborted so its buffer is freed.
+        transport = conn.transport
+        asyncio.get_running_loop().call_later(self.slow_close_grace_s, transport.abort)
+
+    def replay_from_ring(self, first: int) -> list[Outgoing] | None:
+        """Events with seq >= first still in memory, or None if the ring does not reach back."""
+        if first <= self.ring_floor:
+            return None
+        return [out for out in self.ring if out.seq >= first]
+
+    def by_caller(self) -> dict[tuple[str, str, str], list[Client]]:
+        groups: dict[tuple[str, str, str], list[Client]] = {}
+        for client in self.clients:
+            c = client.claims
+            groups.setdefault((c.org, c.sub, c.role.value), []).append(client)
+        return groups
+
+    def close_all(self, clients: Iterable[Client], code: int, reason: str) -> None:
+        for client in tuple(clients):
+            self.remove(client)
+            asyncio.get_running_loop().create_task(client.conn.close(code, reason))

@@ -1,0 +1,62 @@
+"""The notifier's Prometheus metrics, one registry per service instance (tests run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Delivery lag buckets: the goal is p99 under 100 ms, so resolve well below and above it.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(
+            "notifier_connections", "Open, authenticated WebSocket connections", registry=r
+        )
+        self.events = Counter(
+            "notifier_events_total", "Stream events fanned out to clients", registry=r
+        )
+        self.invalid_events = Counter(
+            "notifier_invalid_events_total",
+            "Stream messages skipped as invalid (ingest sends them to the DLQ)",
+            registry=r,
+        )
+        self.messages_sent = Counter(
+            "notifier_messages_sent_total",
+            "Event messages written to clients",
+            ["path"],
+            registry=r,
+        )
+        self.drops = Counter(
+            "notifier_dropped_messages_total",
+            "Event messages a client should have had but lost when it was cut off as too slow",
+            registry=r,
+        )
+        self.slow_disconnects = Counter(
+            "notifier_slow_client_disconnects_total",
+            "Clients closed with 4008 because their queue overflowed",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "notifier_auth_failures_total", "Connections closed with 4401", registry=r
+        )
+        self.frame_errors = Counter(
+            "notifier_client_frame_errors_total",
+            "Client frames answered with an error frame",
+            registry=r,
+        )
+        self.resumes = Counter(
+            "notifier_resumes_total",
+            "Resume requests by outcome (ring, stream, up_to_date, resync)",
+            ["outcome"],
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            "notifier_delivery_lag_seconds",
+            "From the event's arrival in JetStream to its frame written to every client's socket",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )

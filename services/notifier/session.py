@@ -1,0 +1,195 @@
+"""One WebSocket connection: authenticate, take filters, replay what was missed, then stay live."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from services.notifier.filters import ClientFrame, Filter, FrameError, delivers, parse_frame
+from services.notifier.handshake import initial_frame, offered_subprotocols, token_from
+from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Client, Hub
+from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
+from services.notifier.scopes import ScopeCache
+from services.notifier.settings import NotifierSettings
+from services.notifier.stream import bounds, read_range
+from services.notifier.summary import build_outgoing, control_frame, decode
+from shared.auth import AuthError, Claims, decode_token
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDeps:
+    settings: NotifierSettings
+    hub: Hub
+    scopes: ScopeCache
+    js: JetStreamContext
+
+
+async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
+    """The whole life of one `/ws` connection."""
+    claims = await _authenticate(conn, deps)
+    if claims is None:
+        return
+    try:
+        scope = await deps.scopes.get(claims)
+    except Exception:
+        log.exception("scope lookup failed")
+        await conn.close(CLOSE_TRY_AGAIN, "access lookup failed, retry")
+        return
+    _limit_send_buffer(conn, deps.settings.socket_sndbuf)
+    client = Client(conn, claims, scope)
+    deps.hub.add(client)
+    try:
+        first = initial_frame(conn.request.path if conn.request else "")
+        if first is None:
+            first = await _hello(conn, deps.settings.hello_timeout_s)
+        await _start(client, first, deps)
+        async for data in conn:
+            await _on_frame(client, parse_frame(data), deps.hub, started=True)
+    except ConnectionClosed:
+        pass
+    finally:
+        deps.hub.remove(client)
+
+
+async def _authenticate(conn: ServerConnection, deps: SessionDeps) -> Claims | None:
+    request = conn.request
+    assert request is not None
+    offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
+    token = token_from(request.path, offered)
+    if not token:
+        deps.hub.metrics.auth_failures.inc()
+        await conn.close(CLOSE_UNAUTHORIZED, "missing token")
+        return None
+    settings = deps.settings
+    try:
+        return decode_token(
+            token, secret=settings.jwt_secret.get_secret_value(), jwks_url=settings.jwks_url
+        )
+    except AuthError as exc:
+        deps.hub.metrics.auth_failures.inc()
+        # Close reasons are capped at 123 bytes by the protocol.
+        await conn.close(CLOSE_UNAUTHORIZED, str(exc)[:120])
+        return None
+
+
+def _limit_send_buffer(conn: ServerConnection, size: int) -> None:
+    if size <= 0:
+        return
+    sock = conn.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+async def _hello(conn: ServerConnection, timeout_s: float) -> ClientFrame | FrameError | None:
+    """Give the client a moment to send filters and `resume_from` before anything flows."""
+    try:
+        data = await asyncio.wait_for(conn.recv(), timeout_s)
+    except TimeoutError:
+        return None
+    return parse_frame(data)
+
+
+async def _on_frame(
+    client: Client, frame: ClientFrame | FrameError, hub: Hub, *, started: bool
+) -> int | None:
+    """Apply a frame; answer errors with an `error` frame. Returns a resume point if asked for."""
+    if isinstance(frame, FrameError):
+        hub.metrics.frame_errors.inc()
+        await _send_error(client, frame.error, frame.detail)
+        return None
+    if frame.subscribe is not None:
+        client.filter = Filter.from_subscribe(frame.subscribe)
+    if frame.resume_from is not None and started:
+        hub.metrics.frame_errors.inc()
+        await _send_error(
+            client,
+            "resume_too_late",
+            "resume_from is honoured in the first frame or the URL; reconnect to resume",
+        )
+        return None
+    if frame.subscribe is not None and started:
+        await client.conn.send(control_frame("subscribed"), text=True)
+    return frame.resume_from
+
+
+async def _send_error(client: Client, error: str, detail: str) -> None:
+    await client.conn.send(control_frame("error", error=error, detail=detail[:500]), text=True)
+
+
+async def _start(client: Client, first: ClientFrame | FrameError | None, deps: SessionDeps) -> None:
+    hub = deps.hub
+    resume_from = None if first is None else await _on_frame(client, first, hub, started=False)
+    live_seq = hub.last_seq
+    if resume_from is not None:
+        await _resume(client, resume_from, live_seq, deps)
+    hub.go_live(client, live_seq)
+
+
+async def _resume(client: Client, resume_from: int, live_seq: int, deps: SessionDeps) -> None:
+    hub = deps.hub
+    subjects = deps.settings.subjects
+    found = await bounds(deps.js, subjects)
+    plan = plan_resume(
+        resume_from, stream_first=found.first_seq, stream_last=found.last_seq, live_seq=live_seq
+    )
+    if isinstance(plan, UpToDate):
+        hub.metrics.resumes.labels("up_to_date").inc()
+        client.last_seq = resume_from
+        return
+    if isinstance(plan, Resync):
+        hub.metrics.resumes.labels("resync").inc()
+        frame = control_frame(
+            "resync_required",
+            reason=plan.reason,
+            resume_from=resume_from,
+            first_seq=plan.first_seq,
+            last_seq=plan.last_seq,
+        )
+        await client.conn.send(frame, text=True)
+        return
+    assert isinstance(plan, Replay)
+    client.last_seq = resume_from
+    sent = 0
+    held = hub.replay_from_ring(plan.first)
+    if held is not None:
+        hub.metrics.resumes.labels("ring").inc()
+        for out in held:
+            if out.seq > plan.last:
+                break
+            if delivers(client.scope, client.filter, out.meta):
+                await client.conn.send(out.payload, text=True)
+                sent += 1
+            client.last_seq = out.seq
+    else:
+        hub.metrics.resumes.labels("stream").inc()
+        async for msg in read_range(deps.js, subjects, plan.first, plan.last):
+            seq = msg.metadata.sequence.stream
+            event = decode(subjects, msg.subject, msg.data)
+            if event is not None:
+                out = build_outgoing(seq, event)
+                if delivers(client.scope, client.filter, out.meta):
+                    await client.conn.send(out.payload, text=True)
+                    sent += 1
+            client.last_seq = seq
+        if client.last_seq < plan.last:
+            # The range could not be read to its end (messages expired meanwhile, or NATS
+            # stalled): say so rather than hand over with a silent gap.
+            hub.metrics.resumes.labels("resync").inc()
+            frame = control_frame(
+                "resync_required",
+                reason="replay_incomplete",
+                resume_from=resume_from,
+                first_seq=found.first_seq,
+                last_seq=plan.last,
+            )
+            await client.conn.send(frame, text=True)
+    if sent:
+        hub.metrics.messages_sent.labels("replay").inc(sent)

@@ -1,0 +1,38 @@
+"""Settings of the notifier (`NOTIFIER_*`), built in `main()` or by tests, never at import."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+
+class NotifierSettings(CommonSettings):
+    """Where to listen, how long to wait for slow or silent clients, and how much to buffer."""
+
+    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535)
+    #: Keepalive: a ping every `ping_interval_s`; no pong within `ping_timeout_s` reaps the socket.
+    ping_interval_s: float = Field(default=20.0, gt=0)
+    ping_timeout_s: float = Field(default=20.0, gt=0)
+    #: A client's outgoing queue (bytes written but not yet taken by the kernel). Past it the
+    #: client is closed with 4008 and dropped from fan-out, so nobody else waits for it.
+    client_queue_bytes: int = Field(default=512 * 1024, ge=1024)
+    #: Live events held for a client while its replay runs (events, not bytes).
+    replay_pending_max: int = Field(default=10_000, ge=1)
+    #: SO_SNDBUF of each client socket; 0 keeps the kernel's autotuning. A fixed small buffer
+    #: bounds what a stuck client pins in the kernel and makes 4008 come sooner.
+    socket_sndbuf: int = Field(default=64 * 1024, ge=0)
+    #: How long a slow client gets to read the buffered events and the 4008 close frame.
+    slow_close_grace_s: float = Field(default=5.0, ge=0)
+    #: How long a new connection waits for its first frame (filters, resume_from) before live.
+    hello_timeout_s: float = Field(default=0.25, ge=0)
+    #: How long a caller's scope (org, role, visible agents) is cached.
+    scope_ttl_s: float = Field(default=15.0, gt=0)
+    #: Largest frame a client may send.
+    max_client_frame: int = Field(default=16 * 1024, ge=256)
+    close_timeout_s: float = Field(default=5.0, gt=0)
+    db_pool_max: int = Field(default=5, ge=1)
