@@ -1,0 +1,94 @@
+"""Composition root of the query service: pool, NATS client, routes, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+from cachetools import TTLCache
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from services.query.deps import QueryState
+from services.query.filters import FilterError
+from services.query.metrics import LatencyMiddleware, QueryMetrics
+from services.query.ratelimit import RateLimiter
+from services.query.routes import agents, detail, export, health, listing, statistics
+from services.query.settings import QuerySettings
+from shared.db import create_pool
+
+log = logging.getLogger(__name__)
+
+
+async def _connect_nats(state: QueryState) -> None:
+    """Keep trying: reads work without NATS, only terminate and component sync need it."""
+    while True:
+        try:
+            state.nats = await nats.connect(
+                state.settings.nats_url,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                name="fleetwatch-query",
+            )
+            return
+        except Exception as exc:  # unreachable broker: retry until it answers
+            log.warning("NATS not reachable yet (%r); retrying", exc)
+            await asyncio.sleep(2)
+
+
+def _filter_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FilterError)
+    detail = [{"loc": ["query", exc.field], "msg": exc.message, "type": "value_error"}]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(settings: QuerySettings) -> FastAPI:
+    metrics = QueryMetrics()
+    state = QueryState(
+        settings=settings,
+        metrics=metrics,
+        limiter=RateLimiter(
+            per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
+        ),
+        stats_cache=TTLCache(maxsize=4096, ttl=settings.stats_ttl_s or 1e-9),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.pool = await create_pool(
+            settings.database_url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+        )
+        connecting = asyncio.create_task(_connect_nats(state))
+        try:
+            yield
+        finally:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            if state.nats is not None:
+                await state.nats.close()
+            await state.pool.close()
+
+    app = FastAPI(
+        title="fleetwatch query API",
+        version="1.0",
+        description="Every execution across a fleet of agents: list, stats, detail, export.",
+        lifespan=lifespan,
+    )
+    app.state.query = state
+    app.add_exception_handler(FilterError, _filter_error)
+    # Order matters: the fixed paths (stats, timeline, export) before `/{execution_id}`.
+    for module in (health, statistics, export, listing, detail, agents):
+        app.include_router(module.router)
+    if settings.static_dir.is_dir():
+        app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,45 @@
+"""The opaque keyset cursor of the list: the last row's `(sort_at, id)`, base64 of JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+
+class CursorError(ValueError):
+    """A cursor this service did not make (or made by an incompatible version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CursorKey:
+    sort_at: datetime
+    id: str
+
+
+_VERSION = 1
+
+
+def encode_cursor(key: CursorKey) -> str:
+    raw = orjson.dumps({"v": _VERSION, "t": key.sort_at.isoformat(), "i": key.id})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> CursorKey:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != _VERSION:
+            raise CursorError("unknown cursor version")
+        moment = datetime.fromisoformat(data["t"])
+        ident = data["i"]
+    except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CursorError):
+            raise
+        raise CursorError("not a cursor of this list") from None
+    if moment.tzinfo is None or not isinstance(ident, str) or not 1 <= len(ident) <= 200:
+        raise CursorError("not a cursor of this list")
+    return CursorKey(sort_at=moment, id=ident)

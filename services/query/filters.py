@@ -1,0 +1,238 @@
+"""List filters of DESIGN.md "HTTP API": parsed and validated from query parameters, no I/O.
+
+A filter never widens silently: a bad value, a repeated single-valued parameter or an unknown
+parameter name (a typo like `stauts`) is a `FilterError` naming the field, answered with 422.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.events import KNOWN_TRIGGERS, Status, is_valid_name
+
+MAX_LIMIT = 200
+DEFAULT_LIMIT = 50
+MAX_OFFSET = 100_000
+MAX_SEARCH = 200
+MAX_VALUES = 50
+_TRIGGER_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class FilterError(ValueError):
+    """An invalid query parameter; `field` names it for the 422 answer."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    """What narrows a list of executions. Values within one filter are OR'd, filters AND'd."""
+
+    agent_name: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+    triggered_by: tuple[str, ...] = ()
+    project: tuple[str, ...] = ()
+    workflow: tuple[str, ...] = ()
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    search: str | None = None
+
+    def applied(self) -> dict[str, Any]:
+        """The filters as the response's `filters_applied` reports them (only those set)."""
+        out: dict[str, Any] = {}
+        for name in ("agent_name", "status", "triggered_by", "project", "workflow"):
+            values = getattr(self, name)
+            if values:
+                out[name] = list(values)
+        if self.start_time is not None:
+            out["start_time"] = self.start_time.isoformat().replace("+00:00", "Z")
+        if self.end_time is not None:
+            out["end_time"] = self.end_time.isoformat().replace("+00:00", "Z")
+        if self.search is not None:
+            out["search"] = self.search
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Which slice of the list: a keyset cursor or (for compatibility) an offset."""
+
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    filters: ListFilters = field(default_factory=ListFilters)
+    page: Page = field(default_factory=Page)
+
+
+FILTER_PARAMS = frozenset(
+    {
+        "agent_name",
+        "status",
+        "triggered_by",
+        "project",
+        "workflow",
+        "start_time",
+        "end_time",
+        "search",
+    }
+)
+PAGE_PARAMS = frozenset({"limit", "cursor", "offset"})
+
+
+def group_params(items: Iterable[tuple[str, str]], allowed: frozenset[str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for key, value in items:
+        if key not in allowed:
+            raise FilterError(key, f"unknown parameter (allowed: {', '.join(sorted(allowed))})")
+        grouped.setdefault(key, []).append(value)
+    return grouped
+
+
+def _single(grouped: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = grouped.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise FilterError(name, "may be given only once")
+    return values[0]
+
+
+def parse_time(name: str, text: str) -> datetime:
+    """ISO 8601 date or date-time; a time without offset is taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(name, f"{text!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if not 1970 <= moment.year <= 2199:
+        raise FilterError(name, "must lie between 1970 and 2199")
+    return moment.astimezone(UTC)
+
+
+def parse_int(name: str, text: str | None, *, default: int, low: int, high: int) -> int:
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise FilterError(name, f"{text!r} is not an integer") from None
+    if not low <= value <= high:
+        raise FilterError(name, f"must be between {low} and {high}")
+    return value
+
+
+def _names(name: str, values: Sequence[str]) -> tuple[str, ...]:
+    for value in values:
+        if not is_valid_name(value):
+            raise FilterError(name, f"{value!r} must match [A-Za-z0-9_-]{{1,64}}")
+    return tuple(dict.fromkeys(values))
+
+
+def _statuses(values: Sequence[str]) -> tuple[str, ...]:
+    allowed = {s.value for s in Status}
+    for value in values:
+        if value not in allowed:
+            raise FilterError("status", f"{value!r} is not one of {', '.join(sorted(allowed))}")
+    return tuple(dict.fromkeys(values))
+
+
+def _triggers(values: Sequence[str]) -> tuple[str, ...]:
+    for value in values:
+        if not _TRIGGER_RE.fullmatch(value):
+            raise FilterError("triggered_by", f"{value!r} is not a trigger name")
+    return tuple(dict.fromkeys(values))
+
+
+def _idents(name: str, values: Sequence[str]) -> tuple[str, ...]:
+    for value in values:
+        if not 1 <= len(value) <= 200:
+            raise FilterError(name, "each value must have 1 to 200 characters")
+    return tuple(dict.fromkeys(values))
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    # Names and enums hold no commas, so `status=failed,running` reads as two values.
+    return [part for value in values for part in value.split(",")]
+
+
+def parse_filters(grouped: Mapping[str, Sequence[str]]) -> ListFilters:
+    """Validate the filter parameters (already grouped by name)."""
+    grouped = {
+        k: _split(v) if k in {"agent_name", "status", "triggered_by"} else list(v)
+        for k, v in grouped.items()
+    }
+    for name, values in grouped.items():
+        if len(values) > MAX_VALUES:
+            raise FilterError(name, f"at most {MAX_VALUES} values")
+    start_text = _single(grouped, "start_time")
+    end_text = _single(grouped, "end_time")
+    start = parse_time("start_time", start_text) if start_text is not None else None
+    end = parse_time("end_time", end_text) if end_text is not None else None
+    if start is not None and end is not None and end < start:
+        raise FilterError("end_time", "must not be before start_time")
+    search = _single(grouped, "search")
+    if search is not None:
+        search = search.strip() or None
+    if search is not None and len(search) > MAX_SEARCH:
+        raise FilterError("search", f"at most {MAX_SEARCH} characters")
+    return ListFilters(
+        agent_name=_names("agent_name", grouped.get("agent_name", ())),
+        status=_statuses(grouped.get("status", ())),
+        triggered_by=_triggers(grouped.get("triggered_by", ())),
+        project=_idents("project", grouped.get("project", ())),
+        workflow=_idents("workflow", grouped.get("workflow", ())),
+        start_time=start,
+        end_time=end,
+        search=search,
+    )
+
+
+def parse_list_query(
+    items: Iterable[tuple[str, str]], *, extra: frozenset[str] = frozenset()
+) -> ListQuery:
+    """Filters plus paging from raw `(name, value)` pairs; `extra` names are allowed, ignored."""
+    grouped = group_params(items, FILTER_PARAMS | PAGE_PARAMS | extra)
+    filters = parse_filters({k: v for k, v in grouped.items() if k in FILTER_PARAMS})
+    limit = parse_int(
+        "limit", _single(grouped, "limit"), default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT
+    )
+    offset = parse_int("offset", _single(grouped, "offset"), default=0, low=0, high=MAX_OFFSET)
+    cursor = _single(grouped, "cursor") or None
+    if cursor is not None and offset:
+        raise FilterError("offset", "cannot be combined with cursor")
+    return ListQuery(filters=filters, page=Page(limit=limit, cursor=cursor, offset=offset))
+
+
+def parse_filter_items(
+    items: Iterable[tuple[str, str]], *, extra: frozenset[str] = frozenset()
+) -> tuple[ListFilters, dict[str, list[str]]]:
+    """Filters alone (export); returns the `extra` parameters too, grouped."""
+    grouped = group_params(items, FILTER_PARAMS | extra)
+    filters = parse_filters({k: v for k, v in grouped.items() if k in FILTER_PARAMS})
+    return filters, {k: v for k, v in grouped.items() if k in extra}
+
+
+def escape_like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern (backslash is Postgres's default escape)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_pattern(text: str) -> str:
+    return f"%{escape_like(text)}%"
+
+
+def other_triggers() -> list[str]:
+    """Triggers that stand for themselves; everything else (and none) counts as "other"."""
+    return sorted(KNOWN_TRIGGERS)

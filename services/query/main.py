@@ -1,0 +1,36 @@
+"""`fleetwatch query`: run the query API and dashboard under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from services.query.app import create_app
+from services.query.settings import QuerySettings
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fleetwatch query", description="run the query API and dashboard"
+    )
+    parser.add_argument("--host", help="default: $QUERY_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: $QUERY_PORT or 8000")
+    args = parser.parse_args(list(argv))
+    settings = QuerySettings()
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+    )
+    return 0

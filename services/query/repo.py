@@ -1,0 +1,279 @@
+"""SQL of the query service. Every statement names the org (`$1`) and runs under RLS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.query.stats import Bucket, StatsGroup, TimelineRow
+from services.query.where import Where
+
+ENTER_ORG = (
+    "SELECT set_config('role', 'fleetwatch_app', true), set_config('fleetwatch.org', $1, true)"
+)
+
+# Summaries never carry the log, and the message is cut in SQL so big inputs never travel.
+SUMMARY_COLUMNS = """id, agent_name, project, workflow, schedule_id, status, triggered_by,
+    left(message, 200) AS message, (error IS NOT NULL OR status = 'failed') AS has_error,
+    error_type, started_at, completed_at, duration_ms, cost, tokens_in, tokens_out,
+    context_used, context_max, engine, external_id, parent_execution_id, first_seen_at,
+    updated_at, sort_at"""
+
+LIST = """
+SELECT e.*, a.display_name AS agent_display_name
+FROM (SELECT {columns} FROM executions WHERE {where}
+      ORDER BY sort_at DESC, id DESC LIMIT {limit} OFFSET {offset}) AS e
+LEFT JOIN agents AS a ON a.org = $1 AND a.name = e.agent_name
+ORDER BY e.sort_at DESC, e.id DESC
+"""
+COUNT = "SELECT count(*) FROM executions WHERE {where}"
+
+DETAIL = """
+SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.triggered_by,
+    e.message, e.response, e.error, e.error_type, e.started_at, e.completed_at, e.duration_ms,
+    e.context_used, e.context_max, e.cost, e.tokens_in, e.tokens_out, e.tool_calls, e.engine,
+    e.external_id, e.parent_execution_id, e.first_seen_at, e.updated_at,
+    (e.error IS NOT NULL OR e.status = 'failed') AS has_error,
+    e.execution_log IS NOT NULL AS has_log, octet_length(e.execution_log) AS log_bytes,
+    a.display_name AS agent_display_name
+FROM executions AS e LEFT JOIN agents AS a ON a.org = e.org AND a.name = e.agent_name
+WHERE e.org = $1 AND e.id = $2
+"""
+COMPONENTS = """
+SELECT node_id, name, attempt, status, retry_policy, max_attempts, input, output, error,
+    error_type, started_at, completed_at
+FROM component_executions WHERE org = $1 AND execution_id = $2
+ORDER BY started_at NULLS LAST, node_id, attempt
+"""
+CHILDREN = """
+SELECT {columns} FROM executions
+WHERE org = $1 AND parent_execution_id = $2 ORDER BY sort_at, id LIMIT 500
+"""
+LOG = "SELECT agent_name, execution_log FROM executions WHERE org = $1 AND id = $2"
+
+STATS = """
+SELECT agent_name, triggered_by, status, count(*) AS n,
+    coalesce(sum(cost), 0)::float8 AS cost,
+    coalesce(sum(duration_ms), 0)::float8 AS duration_sum, count(duration_ms) AS duration_n
+FROM executions WHERE {where} GROUP BY 1, 2, 3
+"""
+RUNNING = "SELECT count(*) FROM executions WHERE {where} AND status = 'running'"
+TIMELINE = """
+SELECT date_trunc('{bucket}', sort_at, 'UTC') AS bucket, status, count(*) AS n,
+    coalesce(sum(cost), 0)::float8 AS cost
+FROM executions WHERE {where} GROUP BY 1, 2
+"""
+DISPLAY_NAMES = "SELECT name, display_name FROM agents WHERE org = $1"
+
+AGENTS = """
+SELECT a.name, a.display_name, a.owner, a.project, a.created_at, a.last_seen_at,
+    coalesce((SELECT array_agg(s.user_id ORDER BY s.user_id) FROM agent_shares AS s
+              WHERE s.org = a.org AND s.agent_name = a.name), '{}') AS shared_with
+FROM agents AS a WHERE a.org = $1 AND ($2::text[] IS NULL OR a.name = ANY($2::text[]))
+ORDER BY a.name
+"""
+AGENT = "SELECT name, display_name, owner, project FROM agents WHERE org = $1 AND name = $2"
+UPSERT_AGENT = """
+INSERT INTO agents (org, name, display_name, owner, project) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (org, name) DO UPDATE SET
+    display_name = coalesce(EXCLUDED.display_name, agents.display_name),
+    owner = coalesce(EXCLUDED.owner, agents.owner),
+    project = coalesce(EXCLUDED.project, agents.project)
+RETURNING name, display_name, owner, project
+"""
+PUT_SHARE = """
+INSERT INTO agent_shares (org, agent_name, user_id) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+"""
+DELETE_SHARE = "DELETE FROM agent_shares WHERE org = $1 AND agent_name = $2 AND user_id = $3"
+
+GROUP_STATS = """
+SELECT {key} AS name, count(*) AS runs, count(DISTINCT workflow) AS workflows,
+    avg(duration_ms)::float8 AS avg_duration_ms,
+    count(*) FILTER (WHERE status = 'failed') AS errors,
+    count(*) FILTER (WHERE status = 'success') AS successes,
+    count(*) FILTER (WHERE status IN ('success', 'failed', 'cancelled')) AS finished,
+    max(sort_at) AS last_run_at
+FROM executions WHERE {where} GROUP BY 1 ORDER BY runs DESC, 1 LIMIT 500
+"""
+TOP_COMPONENT = """
+SELECT c.name, count(*) AS uses FROM component_executions AS c
+WHERE c.org = $1 AND c.name IS NOT NULL
+    AND c.execution_id IN (SELECT id FROM executions WHERE {where})
+GROUP BY c.name ORDER BY uses DESC, c.name LIMIT 1
+"""
+TOP_WORKFLOW = """
+SELECT workflow AS name, count(*) AS uses FROM executions
+WHERE {where} AND workflow IS NOT NULL GROUP BY 1 ORDER BY uses DESC, 1 LIMIT 1
+"""
+LONGEST = """
+SELECT {columns} FROM executions WHERE {where} AND duration_ms IS NOT NULL
+ORDER BY duration_ms DESC, id LIMIT 1
+"""
+RECENT = "SELECT {columns} FROM executions WHERE {where} ORDER BY sort_at DESC, id DESC LIMIT 10"
+
+EXPORT = """
+SELECT e.id, e.agent_name, a.display_name AS agent_display_name, e.project, e.workflow,
+    e.status, e.triggered_by, e.message, e.response, e.error, e.error_type, e.started_at,
+    e.completed_at, e.duration_ms, e.cost, e.tokens_in, e.tokens_out, e.engine, e.external_id,
+    e.parent_execution_id, e.sort_at
+FROM (SELECT * FROM executions WHERE {where}
+      ORDER BY sort_at DESC, id DESC LIMIT {limit}) AS e
+LEFT JOIN agents AS a ON a.org = $1 AND a.name = e.agent_name
+ORDER BY e.sort_at DESC, e.id DESC
+"""
+
+
+async def enter_org(conn: asyncpg.Connection, org: str) -> None:
+    """Switch this transaction to the app role with `org` set: RLS then filters every read."""
+    await conn.execute(ENTER_ORG, org)
+
+
+async def list_page(
+    conn: asyncpg.Connection, where: Where, *, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    sql = LIST.format(
+        columns=SUMMARY_COLUMNS, where=where.sql, limit=int(limit), offset=int(offset)
+    )
+    return list(await conn.fetch(sql, *where.args))
+
+
+async def count(conn: asyncpg.Connection, where: Where) -> int:
+    value = await conn.fetchval(COUNT.format(where=where.sql), *where.args)
+    return int(value)
+
+
+async def detail(conn: asyncpg.Connection, org: str, execution_id: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(DETAIL, org, execution_id)
+    return row
+
+
+async def components(conn: asyncpg.Connection, org: str, execution_id: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch(COMPONENTS, org, execution_id))
+
+
+async def children(conn: asyncpg.Connection, org: str, execution_id: str) -> list[asyncpg.Record]:
+    return list(await conn.fetch(CHILDREN.format(columns=SUMMARY_COLUMNS), org, execution_id))
+
+
+async def execution_log(
+    conn: asyncpg.Connection, org: str, execution_id: str
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(LOG, org, execution_id)
+    return row
+
+
+async def stats_groups(conn: asyncpg.Connection, where: Where) -> list[StatsGroup]:
+    rows = await conn.fetch(STATS.format(where=where.sql), *where.args)
+    return [
+        StatsGroup(
+            agent_name=r["agent_name"],
+            triggered_by=r["triggered_by"],
+            status=r["status"],
+            count=r["n"],
+            cost=r["cost"],
+            duration_sum=r["duration_sum"],
+            duration_count=r["duration_n"],
+        )
+        for r in rows
+    ]
+
+
+async def running_count(conn: asyncpg.Connection, where: Where) -> int:
+    return int(await conn.fetchval(RUNNING.format(where=where.sql), *where.args))
+
+
+async def timeline(conn: asyncpg.Connection, where: Where, bucket: Bucket) -> list[TimelineRow]:
+    sql = TIMELINE.format(where=where.sql, bucket="day" if bucket == "day" else "hour")
+    rows = await conn.fetch(sql, *where.args)
+    return [TimelineRow(r["bucket"], r["status"], r["n"], r["cost"]) for r in rows]
+
+
+async def display_names(conn: asyncpg.Connection, org: str) -> dict[str, str | None]:
+    return {r["name"]: r["display_name"] for r in await conn.fetch(DISPLAY_NAMES, org)}
+
+
+async def agents(
+    conn: asyncpg.Connection, org: str, names: frozenset[str] | None
+) -> list[asyncpg.Record]:
+    """The org's agents, or only `names` of them."""
+    wanted = None if names is None else sorted(names)
+    return list(await conn.fetch(AGENTS, org, wanted))
+
+
+async def agent(conn: asyncpg.Connection, org: str, name: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(AGENT, org, name)
+    return row
+
+
+async def upsert_agent(
+    conn: asyncpg.Connection,
+    org: str,
+    name: str,
+    *,
+    display_name: str | None,
+    owner: str | None,
+    project: str | None,
+) -> asyncpg.Record:
+    row: asyncpg.Record = await conn.fetchrow(UPSERT_AGENT, org, name, display_name, owner, project)
+    return row
+
+
+async def put_share(conn: asyncpg.Connection, org: str, agent_name: str, user: str) -> None:
+    await conn.execute(PUT_SHARE, org, agent_name, user)
+
+
+async def delete_share(conn: asyncpg.Connection, org: str, agent_name: str, user: str) -> bool:
+    status: str = await conn.execute(DELETE_SHARE, org, agent_name, user)
+    return status.endswith(" 1")
+
+
+async def group_stats(conn: asyncpg.Connection, where: Where, key: str) -> list[asyncpg.Record]:
+    assert key in {"workflow", "project"}
+    return list(await conn.fetch(GROUP_STATS.format(key=key, where=where.sql), *where.args))
+
+
+async def top_component(conn: asyncpg.Connection, where: Where) -> asyncpg.Record | None:
+    sql = TOP_COMPONENT.format(where=where.sql)
+    row: asyncpg.Record | None = await conn.fetchrow(sql, *where.args)
+    return row
+
+
+async def top_workflow(conn: asyncpg.Connection, where: Where) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        TOP_WORKFLOW.format(where=where.sql), *where.args
+    )
+    return row
+
+
+async def longest(conn: asyncpg.Connection, where: Where) -> asyncpg.Record | None:
+    sql = LONGEST.format(columns=SUMMARY_COLUMNS, where=where.sql)
+    row: asyncpg.Record | None = await conn.fetchrow(sql, *where.args)
+    return row
+
+
+async def recent(conn: asyncpg.Connection, where: Where) -> list[asyncpg.Record]:
+    sql = RECENT.format(columns=SUMMARY_COLUMNS, where=where.sql)
+    return list(await conn.fetch(sql, *where.args))
+
+
+async def export_batches(
+    conn: asyncpg.Connection, where: Where, *, batch: int
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The filtered list in keyset batches: memory holds one batch, however long the list."""
+    current = where
+    while True:
+        sql = EXPORT.format(where=current.sql, limit=int(batch))
+        rows = [dict(r) for r in await conn.fetch(sql, *current.args)]
+        if not rows:
+            return
+        yield rows
+        if len(rows) < batch:
+            return
+        last = rows[-1]
+        current = where.copy()
+        sort_at: datetime = last["sort_at"]
+        current.add(f"(sort_at, id) < ({current.param(sort_at)}, {current.param(last['id'])})")

@@ -1,0 +1,145 @@
+"""One execution: detail with its steps and children, its log, and the terminate command."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats.errors
+import orjson
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from services.query import repo
+from services.query.deps import CallerDep, Ctx
+from services.query.views import component, retry_counts, summary
+from shared.auth import Role
+from shared.events import Status, TerminateReply, TerminateRequest
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["executions"])
+
+_TERMINAL = frozenset({Status.SUCCESS.value, Status.FAILED.value, Status.CANCELLED.value})
+
+
+def _not_found(execution_id: str) -> HTTPException:
+    return HTTPException(404, detail=f"execution {execution_id!r} not found")
+
+
+async def _visible(ctx: Ctx, execution_id: str) -> Any:
+    """The row, or 404 alike for a missing id, another org's id or an agent out of scope."""
+    if not 1 <= len(execution_id) <= 200:
+        raise _not_found(execution_id)
+    row = await repo.detail(ctx.conn, ctx.scope.org, execution_id)
+    if row is None or not ctx.scope.allows(row["agent_name"]):
+        raise _not_found(execution_id)
+    return row
+
+
+async def _ask_reconciler(ctx: Ctx, execution_id: str) -> bool:
+    """Ask the reconciler to fetch an engine run's steps; any failure is only a missed chance."""
+    nc = ctx.state.nats
+    if nc is None or not nc.is_connected:
+        return False
+    payload = orjson.dumps({"org": ctx.scope.org, "execution_id": execution_id})
+    try:
+        await nc.request(
+            ctx.state.settings.subjects.sync_components(),
+            payload,
+            timeout=ctx.state.settings.sync_timeout_s,
+        )
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.debug("component sync for %s skipped: %r", execution_id, exc)
+        return False
+    return True
+
+
+@router.get("/api/executions/{execution_id}", summary="One execution with its steps")
+async def execution_detail(execution_id: str, ctx: CallerDep) -> dict[str, Any]:
+    row = await _visible(ctx, execution_id)
+    org = ctx.scope.org
+    parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
+    engine_run = bool(row["engine"] and row["external_id"])
+    if not parts and engine_run and await _ask_reconciler(ctx, execution_id):
+        parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
+    children = [
+        summary(r)
+        for r in await repo.children(ctx.conn, org, execution_id)
+        if ctx.scope.allows(r["agent_name"])
+    ]
+    detail = dict(row)
+    detail.update(
+        components=parts,
+        retries=retry_counts(parts),
+        children=children,
+        log_url=f"/api/executions/{execution_id}/log" if row["has_log"] else None,
+    )
+    return detail
+
+
+@router.get(
+    "/api/executions/{execution_id}/log",
+    summary="The full execution log (transcript)",
+    response_class=PlainTextResponse,
+)
+async def execution_log(execution_id: str, ctx: CallerDep) -> PlainTextResponse:
+    if not 1 <= len(execution_id) <= 200:
+        raise _not_found(execution_id)
+    row = await repo.execution_log(ctx.conn, ctx.scope.org, execution_id)
+    if row is None or not ctx.scope.allows(row["agent_name"]):
+        raise _not_found(execution_id)
+    if row["execution_log"] is None:
+        raise HTTPException(404, detail=f"execution {execution_id!r} has no log")
+    return PlainTextResponse(row["execution_log"])
+
+
+class TerminateBody(BaseModel):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+@router.post("/api/executions/{execution_id}/terminate", summary="Ask the agent to stop it")
+async def terminate(
+    execution_id: str, ctx: CallerDep, body: TerminateBody | None = None
+) -> dict[str, Any]:
+    """Sends the terminate command; the agent later publishes `execution_cancelled`."""
+    row = await _visible(ctx, execution_id)
+    metrics = ctx.state.metrics.terminate
+    if ctx.scope.role is Role.CLIENT:
+        raise HTTPException(403, detail="clients may not terminate executions")
+    if row["status"] in _TERMINAL:
+        metrics.labels("already_finished").inc()
+        raise HTTPException(409, detail=f"execution already {row['status']}")
+    nc = ctx.state.nats
+    if nc is None or not nc.is_connected:
+        metrics.labels("no_broker").inc()
+        raise HTTPException(503, detail="agent unreachable: message broker unavailable")
+    request = TerminateRequest(
+        execution_id=execution_id,
+        requested_by=ctx.scope.user,
+        reason=body.reason if body else None,
+    )
+    subject = ctx.state.settings.subjects.terminate(ctx.scope.org, row["agent_name"])
+    try:
+        msg = await nc.request(
+            subject,
+            request.model_dump_json().encode(),
+            timeout=ctx.state.settings.terminate_timeout_s,
+        )
+    except nats.errors.NoRespondersError:
+        metrics.labels("unreachable").inc()
+        raise HTTPException(
+            503, detail=f"agent unreachable: no responder for {row['agent_name']!r}"
+        ) from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        metrics.labels("timeout").inc()
+        raise HTTPException(
+            504, detail=f"agent unreachable: {row['agent_name']!r} did not answer in time"
+        ) from None
+    try:
+        reply = TerminateReply.model_validate_json(msg.data)
+    except ValueError:
+        metrics.labels("bad_reply").inc()
+        raise HTTPException(502, detail="the agent sent an unreadable reply") from None
+    metrics.labels("accepted" if reply.accepted else "refused").inc()
+    return {"execution_id": execution_id, "accepted": reply.accepted, "reason": reply.reason}

@@ -1,0 +1,119 @@
+"""Export of a filtered list as CSV or NDJSON, streamed batch by batch."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from services.query import repo
+from services.query.deps import CallerDep, QueryState, require_agent_visible, require_fleet_wide
+from services.query.filters import FilterError, parse_filter_items
+from services.query.where import Where, filtered
+
+router = APIRouter(tags=["executions"])
+
+Multi = Annotated[list[str] | None, Query()]
+One = Annotated[str | None, Query()]
+
+COLUMNS = (
+    "id",
+    "agent_name",
+    "agent_display_name",
+    "project",
+    "workflow",
+    "status",
+    "triggered_by",
+    "message",
+    "response",
+    "error",
+    "error_type",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "cost",
+    "tokens_in",
+    "tokens_out",
+    "engine",
+    "external_id",
+    "parent_execution_id",
+)
+_MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return "" if value is None else value
+
+
+def csv_chunk(rows: list[dict[str, Any]], *, header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(COLUMNS)
+    writer.writerows([_cell(row[c]) for c in COLUMNS] for row in rows)
+    return buffer.getvalue()
+
+
+def ndjson_chunk(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(
+        orjson.dumps({c: row[c] for c in COLUMNS}, option=orjson.OPT_UTC_Z) + b"\n" for row in rows
+    )
+
+
+async def _stream(
+    state: QueryState, org: str, where: Where, fmt: Literal["csv", "ndjson"]
+) -> AsyncIterator[bytes | str]:
+    # Its own connection: the request's transaction ends before the body is streamed.
+    assert state.pool is not None
+    counter = state.metrics.exported_rows.labels(fmt)
+    first = True
+    async with state.pool.acquire() as conn, conn.transaction(readonly=True):
+        await repo.enter_org(conn, org)
+        async for rows in repo.export_batches(conn, where, batch=state.settings.export_batch_size):
+            yield csv_chunk(rows, header=first) if fmt == "csv" else ndjson_chunk(rows)
+            first = False
+            counter.inc(len(rows))
+    if first and fmt == "csv":
+        yield csv_chunk([], header=True)
+
+
+@router.get("/api/executions/export", summary="Export the filtered list (CSV or NDJSON)")
+async def export(
+    request: Request,
+    ctx: CallerDep,
+    format: Annotated[Literal["csv", "ndjson"] | None, Query()] = None,
+    agent_name: Multi = None,
+    status: Multi = None,
+    triggered_by: Multi = None,
+    project: Multi = None,
+    workflow: Multi = None,
+    start_time: One = None,
+    end_time: One = None,
+    search: One = None,
+) -> StreamingResponse:
+    """Every matching row, newest first, streamed: memory holds one batch at a time."""
+    require_fleet_wide(ctx)
+    filters, extra = parse_filter_items(
+        request.query_params.multi_items(), extra=frozenset({"format"})
+    )
+    fmt = (extra.get("format") or ["csv"])[-1]
+    if fmt not in _MEDIA:
+        raise FilterError("format", "must be csv or ndjson")
+    for name in filters.agent_name:
+        require_agent_visible(ctx, name)
+    where = filtered(ctx.scope.org, ctx.scope.agents, filters)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kind: Literal["csv", "ndjson"] = "csv" if fmt == "csv" else "ndjson"
+    return StreamingResponse(
+        _stream(ctx.state, ctx.scope.org, where, kind),
+        media_type=_MEDIA[fmt],
+        headers={"Content-Disposition": f'attachment; filename="executions-{stamp}.{fmt}"'},
+    )

@@ -1,0 +1,201 @@
+"""Health statistics: fleet stats (cached per scope), timeline, workflow and project stats."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from services.query import repo
+from services.query.deps import CallerDep, Ctx, require_agent_visible, require_fleet_wide
+from services.query.filters import FilterError, ListFilters, group_params, parse_filter_items
+from services.query.filters import parse_int as parse_bounded
+from services.query.stats import Bucket, fill_timeline, fold_stats
+from services.query.views import summary
+from services.query.where import filtered
+
+router = APIRouter(tags=["statistics"])
+
+Multi = Annotated[list[str] | None, Query()]
+One = Annotated[str | None, Query()]
+
+
+def _last(grouped: dict[str, list[str]], name: str) -> str | None:
+    values = grouped.get(name)
+    return values[-1] if values else None
+
+
+def _window(hours: int) -> datetime:
+    return datetime.now(UTC) - timedelta(hours=hours)
+
+
+def _with_start(filters: ListFilters, start: datetime) -> ListFilters:
+    """The window's start, unless the caller's own start_time narrows it further."""
+    if filters.start_time is not None and filters.start_time > start:
+        return filters
+    return replace(filters, start_time=start)
+
+
+async def compute_stats(ctx: Ctx, hours: int, agents: tuple[str, ...]) -> dict[str, Any]:
+    filters = ListFilters(agent_name=agents, start_time=_window(hours))
+    where = filtered(ctx.scope.org, ctx.scope.agents, filters)
+    live = filtered(ctx.scope.org, ctx.scope.agents, ListFilters(agent_name=agents))
+    groups = await repo.stats_groups(ctx.conn, where)
+    running = await repo.running_count(ctx.conn, live)
+    names = await repo.display_names(ctx.conn, ctx.scope.org)
+    return fold_stats(groups, running_now=running, display_names=names)
+
+
+@router.get("/api/executions/stats", summary="Fleet statistics over the last hours")
+async def stats(
+    request: Request,
+    ctx: CallerDep,
+    hours: Annotated[int | None, Query(ge=1, le=168)] = None,
+    agent_name: Multi = None,
+) -> dict[str, Any]:
+    """Cached for a few seconds per caller scope; `computed_at` says when it was computed."""
+    require_fleet_wide(ctx)
+    filters, extra = parse_filter_items(
+        request.query_params.multi_items(), extra=frozenset({"hours"})
+    )
+    if filters != ListFilters(agent_name=filters.agent_name):
+        raise FilterError("agent_name", "stats take only hours and agent_name")
+    hours_value = parse_bounded("hours", _last(extra, "hours"), default=24, low=1, high=168)
+    for name in filters.agent_name:
+        require_agent_visible(ctx, name)
+    key = (ctx.scope.cache_key, hours_value, tuple(sorted(filters.agent_name)))
+    cache = ctx.state.stats_cache
+    cached = cache.get(key)
+    if cached is not None:
+        ctx.state.metrics.cache.labels("stats", "hit").inc()
+        return cached
+    ctx.state.metrics.cache.labels("stats", "miss").inc()
+    result = await compute_stats(ctx, hours_value, filters.agent_name)
+    result.update(
+        hours=hours_value,
+        agent_name=list(filters.agent_name) or None,
+        computed_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        cache_ttl_s=ctx.state.settings.stats_ttl_s,
+    )
+    cache[key] = result
+    return result
+
+
+@router.get("/api/executions/timeline", summary="Executions per hour or day, zero-filled")
+async def timeline(
+    request: Request,
+    ctx: CallerDep,
+    hours: Annotated[int | None, Query(ge=1, le=720)] = None,
+    bucket: Annotated[Bucket | None, Query()] = None,
+    agent_name: Multi = None,
+    status: Multi = None,
+    triggered_by: Multi = None,
+    project: Multi = None,
+    workflow: Multi = None,
+    search: One = None,
+) -> dict[str, Any]:
+    require_fleet_wide(ctx)
+    filters, extra = parse_filter_items(
+        request.query_params.multi_items(), extra=frozenset({"hours", "bucket"})
+    )
+    hours_value = parse_bounded("hours", _last(extra, "hours"), default=24, low=1, high=720)
+    bucket_value = (extra.get("bucket") or ["hour"])[-1]
+    if bucket_value not in ("hour", "day"):
+        raise FilterError("bucket", "must be hour or day")
+    for name in filters.agent_name:
+        require_agent_visible(ctx, name)
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=hours_value)
+    where = filtered(ctx.scope.org, ctx.scope.agents, _with_start(filters, start))
+    rows = await repo.timeline(ctx.conn, where, "day" if bucket_value == "day" else "hour")
+    kind: Bucket = "day" if bucket_value == "day" else "hour"
+    return {
+        "bucket": kind,
+        "hours": hours_value,
+        "buckets": fill_timeline(rows, start=start, end=now, bucket=kind),
+        "filters_applied": filters.applied(),
+    }
+
+
+def _group_row(row: Any) -> dict[str, Any]:
+    finished = row["finished"]
+    return {
+        "name": row["name"],
+        "runs": row["runs"],
+        "workflows": row["workflows"],
+        "avg_duration_ms": round(row["avg_duration_ms"], 1) if row["avg_duration_ms"] else None,
+        "errors": row["errors"],
+        "success_rate": round(row["successes"] / finished, 4) if finished else None,
+        "last_run_at": row["last_run_at"],
+    }
+
+
+async def _group_detail(ctx: Ctx, key: str, name: str, hours: int | None) -> dict[str, Any]:
+    start = _window(hours) if hours is not None else None
+    filters = (
+        ListFilters(workflow=(name,), start_time=start)
+        if key == "workflow"
+        else ListFilters(project=(name,), start_time=start)
+    )
+    where = filtered(ctx.scope.org, ctx.scope.agents, filters)
+    groups = await repo.group_stats(ctx.conn, where, key)
+    if not groups:
+        raise HTTPException(404, detail=f"no executions of {key} {name!r}")
+    result = _group_row(groups[0])
+    component = await repo.top_component(ctx.conn, where)
+    result["most_used_component"] = dict(component) if component else None
+    if key == "workflow":
+        result["recent_runs"] = [summary(r) for r in await repo.recent(ctx.conn, where)]
+    else:
+        top = await repo.top_workflow(ctx.conn, where)
+        result["most_used_workflow"] = dict(top) if top else None
+        longest = await repo.longest(ctx.conn, where)
+        result["longest_run"] = summary(longest) if longest else None
+    result["hours"] = hours
+    return result
+
+
+def _hours(request: Request) -> int | None:
+    raw = _last(group_params(request.query_params.multi_items(), frozenset({"hours"})), "hours")
+    return None if raw is None else parse_bounded("hours", raw, default=0, low=1, high=24 * 400)
+
+
+async def _group_list(ctx: Ctx, request: Request, key: str) -> dict[str, Any]:
+    require_fleet_wide(ctx)
+    hours = _hours(request)
+    filters = ListFilters(start_time=_window(hours) if hours is not None else None)
+    where = filtered(ctx.scope.org, ctx.scope.agents, filters)
+    where.add(f"{key} IS NOT NULL")
+    rows = await repo.group_stats(ctx.conn, where, key)
+    return {f"{key}s": [_group_row(r) for r in rows], "hours": hours}
+
+
+HoursParam = Annotated[int | None, Query(ge=1, le=24 * 400)]
+
+
+@router.get("/api/workflows", summary="Statistics per workflow")
+async def workflows(request: Request, ctx: CallerDep, hours: HoursParam = None) -> dict[str, Any]:
+    return await _group_list(ctx, request, "workflow")
+
+
+@router.get("/api/workflows/{name}/stats", summary="One workflow's statistics")
+async def workflow_stats(
+    name: str, request: Request, ctx: CallerDep, hours: HoursParam = None
+) -> dict[str, Any]:
+    require_fleet_wide(ctx)
+    return await _group_detail(ctx, "workflow", name, _hours(request))
+
+
+@router.get("/api/projects", summary="Statistics per project")
+async def projects(request: Request, ctx: CallerDep, hours: HoursParam = None) -> dict[str, Any]:
+    return await _group_list(ctx, request, "project")
+
+
+@router.get("/api/projects/{name}/stats", summary="One project's statistics")
+async def project_stats(
+    name: str, request: Request, ctx: CallerDep, hours: HoursParam = None
+) -> dict[str, Any]:
+    require_fleet_wide(ctx)
+    return await _group_detail(ctx, "project", name, _hours(request))

@@ -1,0 +1,33 @@
+"""Settings of the query service (`QUERY_*`), on top of the common ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import CommonSettings
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+class QuerySettings(CommonSettings):
+    model_config = SettingsConfigDict(env_prefix="QUERY_", extra="ignore", populate_by_name=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+    #: How long stats stay cached per caller scope.
+    stats_ttl_s: float = Field(default=5.0, ge=0)
+    #: Sustained requests per caller per minute, and the burst allowed above it.
+    rate_limit_per_minute: float = Field(default=1200, gt=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    terminate_timeout_s: float = Field(default=3.0, gt=0)
+    #: Waiting for the reconciler to fetch an execution's steps from its engine on detail open.
+    sync_timeout_s: float = Field(default=0.8, gt=0, le=1.0)
+    export_batch_size: int = Field(default=2000, ge=10, le=50_000)
+    #: Shown to the dashboard by `/api/config` (None: the page picks `ws://<host>:8001/ws`).
+    notifier_url: str | None = None
+    static_dir: Path = STATIC_DIR
