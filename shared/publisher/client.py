@@ -1,0 +1,370 @@
+"""`Fleet`: the agent-side connection that publishes events, spools what JetStream did not
+acknowledge, and answers terminate commands for the runs it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import nats
+import nats.errors
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from shared.publisher.envelope import OutgoingEvent, agent_of, encode
+from shared.publisher.run import Run, TerminateCallback, current_run
+from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
+from shared.subjects import Subjects
+
+log = logging.getLogger("fleetwatch.publisher")
+
+_PUBLISH_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_DRAIN_CHUNK = 200
+
+
+class PublishError(RuntimeError):
+    """JetStream did not acknowledge an event and there is no spool to keep it."""
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    published: int = 0
+    spooled: int = 0
+    resent: int = 0
+    dropped: int = 0
+
+
+class Fleet:
+    """Publish an org's events; `async with Fleet(url, org="acme", spool_dir=...) as fleet`."""
+
+    def __init__(
+        self,
+        nats_url: str = "nats://127.0.0.1:4222",
+        *,
+        org: str,
+        subjects: Subjects | None = None,
+        source: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        spool_fsync: bool = False,
+        ack_timeout: float = 2.0,
+        on_overflow: Callable[[OutgoingEvent], None] | None = None,
+        raise_on_overflow: bool = False,
+        unknown_reply_delay: float = 0.5,
+        connect_timeout: float = 3.0,
+    ) -> None:
+        self.nats_url = nats_url
+        self.org = org
+        self.subjects = subjects or Subjects()
+        self._source = source
+        self.spool = (
+            Spool(spool_dir, max_bytes=spool_max_bytes, fsync=spool_fsync)
+            if spool_dir is not None
+            else None
+        )
+        self.ack_timeout = ack_timeout
+        self.on_overflow = on_overflow
+        self.raise_on_overflow = raise_on_overflow
+        self.unknown_reply_delay = unknown_reply_delay
+        self.connect_timeout = connect_timeout
+        self.stats = PublisherStats()
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._runs: dict[tuple[str, str], Run] = {}
+        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._terminate_subs: dict[tuple[str, str], Subscription | None] = {}
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> Fleet:
+        """Connect; with a spool, an unreachable server is retried in the background."""
+        if self.spool is not None:
+            self.spool.open()
+        try:
+            await self._connect()
+        except _PUBLISH_ERRORS:
+            if self.spool is None:
+                raise
+            log.warning("NATS at %s unreachable; spooling until it answers", self.nats_url)
+            self._tasks.append(asyncio.create_task(self._connect_forever()))
+        if self.spool is not None:
+            self._tasks.append(asyncio.create_task(self._drain_forever()))
+            self._wake.set()
+        return self
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Send what the spool holds (up to `drain_timeout`), then disconnect."""
+        if self.spool is not None and self.spool.pending and self.connected:
+            await self.flush(drain_timeout)
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._nc is not None:
+            with contextlib.suppress(*_PUBLISH_ERRORS):
+                await self._nc.close()
+        if self.spool is not None:
+            self.spool.close()
+
+    async def __aenter__(self) -> Fleet:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def source_for(self, agent: str) -> str:
+        return self._source or f"agent:{agent}"
+
+    async def _connect(self) -> None:
+        # nats-py retries a first connect forever when reconnects are unlimited: bound it.
+        connecting = nats.connect(
+            self.nats_url,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            reconnected_cb=self._on_reconnected,
+            disconnected_cb=self._on_disconnected,
+            error_cb=self._on_error,
+        )
+        self._nc = await asyncio.wait_for(connecting, self.connect_timeout)
+        self._js = self._nc.jetstream()
+        for key in list(self._terminate_subs):
+            await self._subscribe_terminate(*key)
+        self._wake.set()
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except _PUBLISH_ERRORS:
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("connected to NATS at %s", self.nats_url)
+            return
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS")
+        self._wake.set()
+
+    async def _on_disconnected(self) -> None:
+        log.warning("disconnected from NATS")
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS client error: %r", exc)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def execution(
+        self,
+        agent: str,
+        *,
+        message: str | None = None,
+        triggered_by: str | None = None,
+        id: str | None = None,
+        parent: Run | str | None = None,
+        org: str | None = None,
+        on_terminate: TerminateCallback | None = None,
+        **fields: Any,
+    ) -> Run:
+        """An execution to run as `async with fleet.execution(...) as run:`.
+
+        Inside another run of this task it links to it as parent (and defaults
+        `triggered_by` to "agent"); `parent=` sets the parent explicitly.
+        """
+        enclosing = current_run.get()
+        if parent is None and enclosing is not None:
+            parent = enclosing
+        parent_id = parent.id if isinstance(parent, Run) else parent
+        if parent_id is not None and triggered_by is None:
+            triggered_by = "agent"
+        return Run(
+            self,
+            org=org or self.org,
+            agent=agent,
+            id=id,
+            message=message,
+            triggered_by=triggered_by,
+            parent_execution_id=parent_id,
+            on_terminate=on_terminate,
+            **fields,
+        )
+
+    async def _register(self, run: Run) -> None:
+        self._runs[(run.org, run.id)] = run
+        key = (run.org, run.agent)
+        if key not in self._terminate_subs:
+            self._terminate_subs[key] = None
+            if self.connected:
+                await self._subscribe_terminate(*key)
+
+    def _unregister(self, run: Run) -> None:
+        self._runs.pop((run.org, run.id), None)
+        self._finished[(run.org, run.id)] = None
+        while len(self._finished) > 1000:
+            self._finished.popitem(last=False)
+
+    async def _subscribe_terminate(self, org: str, agent: str) -> None:
+        assert self._nc is not None
+        if self._terminate_subs.get((org, agent)) is not None:
+            return
+
+        async def handler(msg: Msg) -> None:
+            await self._on_terminate(org, msg)
+
+        self._terminate_subs[(org, agent)] = await self._nc.subscribe(
+            self.subjects.terminate(org, agent), cb=handler
+        )
+
+    async def _on_terminate(self, org: str, msg: Msg) -> None:
+        try:
+            request = orjson.loads(msg.data)
+            execution_id = str(request["execution_id"])
+            reason = request.get("reason")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            await self._reply(msg, False, "request must be JSON with execution_id")
+            return
+        run = self._runs.get((org, execution_id))
+        if run is not None:
+            accepted, why = await run.request_terminate(reason if isinstance(reason, str) else None)
+            await self._reply(msg, accepted, why)
+        elif (org, execution_id) in self._finished:
+            await self._reply(msg, False, "execution already finished")
+        else:
+            # Several processes may serve one agent: answer "not here" late, so that the
+            # process that holds the run answers first (a request takes the first reply).
+            self._tasks.append(asyncio.create_task(self._reply_unknown(msg)))
+
+    async def _reply_unknown(self, msg: Msg) -> None:
+        await asyncio.sleep(self.unknown_reply_delay)
+        await self._reply(msg, False, "execution is not running in this agent")
+
+    async def _reply(self, msg: Msg, accepted: bool, reason: str | None) -> None:
+        if msg.reply:
+            with contextlib.suppress(*_PUBLISH_ERRORS):
+                await msg.respond(orjson.dumps({"accepted": accepted, "reason": reason}))
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, event: dict[str, Any]) -> bool:
+        """Publish one envelope; True once JetStream acked it, False if it was spooled."""
+        subject = self.subjects.event(event["org"], agent_of(event), event["type"])
+        return await self.send(OutgoingEvent(subject, str(event["event_id"]), encode(event)))
+
+    async def send(self, event: OutgoingEvent) -> bool:
+        spool = self.spool
+        if spool is not None and (spool.pending or not self.connected):
+            self._spool(event)
+            return False
+        try:
+            await self._publish_now(event)
+        except _PUBLISH_ERRORS as exc:
+            if spool is None:
+                raise PublishError(f"event {event.event_id} not acknowledged: {exc!r}") from exc
+            self._spool(event)
+            return False
+        self.stats.published += 1
+        return True
+
+    async def _publish_now(self, event: OutgoingEvent) -> None:
+        if self._js is None:
+            raise nats.errors.ConnectionClosedError
+        await self._js.publish(
+            event.subject, event.payload, timeout=self.ack_timeout, headers=event.headers
+        )
+
+    def _spool(self, event: OutgoingEvent) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.append(event)
+        except SpoolFullError:
+            self.stats.dropped += 1
+            log.error("spool full: event %s on %s dropped", event.event_id, event.subject)
+            if self.on_overflow is not None:
+                self.on_overflow(event)
+            if self.raise_on_overflow:
+                raise
+            return
+        self.stats.spooled += 1
+        self._drained.clear()
+        self._wake.set()
+
+    # -- spool draining ------------------------------------------------------------------------
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the spool is empty; False if `timeout` passed first."""
+        if self.spool is None or not self.spool.pending:
+            return True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _drain_forever(self) -> None:
+        assert self.spool is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            if not self.spool.pending:
+                self._drained.set()
+                continue
+            if not self.connected:
+                continue
+            if not await self._drain_once():
+                await asyncio.sleep(0.2)
+
+    async def _drain_once(self) -> bool:
+        """Re-send the spool head in order; False when JetStream stopped acknowledging."""
+        assert self.spool is not None
+        while self.spool.pending:
+            batch = self.spool.read(_DRAIN_CHUNK)
+            if not batch:
+                return True
+            # Pipelined on one connection, so JetStream stores them in spool order; a failure
+            # re-sends from the first unacknowledged record and the dedupe id drops repeats.
+            results = await asyncio.gather(
+                *(self._publish_now(event) for _, event in batch), return_exceptions=True
+            )
+            acked = 0
+            for result in results:
+                if isinstance(result, BaseException):
+                    break
+                acked += 1
+            if acked:
+                self.spool.commit(batch[acked - 1][0], acked)
+                self.stats.resent += acked
+            if acked < len(batch):
+                return False
+        self._drained.set()
+        return True

@@ -1,0 +1,317 @@
+"""One execution and its steps as async context managers that publish `execution_*` and
+`component_*` events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from shared.events import MAX_LOG, MAX_TEXT, EventType, RetryPolicy
+from shared.publisher.envelope import component_event, execution_event, new_id, now
+
+if TYPE_CHECKING:
+    from shared.publisher.client import Fleet
+
+#: Called with the terminate reason instead of cancelling the run's task.
+TerminateCallback = Callable[[str | None], Awaitable[None] | None]
+
+#: The run whose body is executing in this task, so nested runs link to it as parent.
+current_run: ContextVar[Run | None] = ContextVar("fleetwatch_current_run", default=None)
+
+_TEXT_FIELDS = ("message", "response", "error")
+
+
+def _cut(value: str | None, limit: int) -> str | None:
+    return None if value is None else value[:limit]
+
+
+def _exception_text(exc: BaseException) -> str:
+    return str(exc) or repr(exc)
+
+
+class Run:
+    """An execution in progress: set `response`, `cost`, `tokens_in`, ... before it ends."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        org: str,
+        agent: str,
+        id: str | None = None,
+        message: str | None = None,
+        triggered_by: str | None = None,
+        project: str | None = None,
+        workflow: str | None = None,
+        schedule_id: str | None = None,
+        parent_execution_id: str | None = None,
+        engine: str | None = None,
+        external_id: str | None = None,
+        on_terminate: TerminateCallback | None = None,
+        cancel_task: bool = True,
+    ) -> None:
+        self.fleet = fleet
+        self.org = org
+        self.agent = agent
+        self.id = id or new_id()
+        self.message = message
+        self.triggered_by = triggered_by
+        self.project = project
+        self.workflow = workflow
+        self.schedule_id = schedule_id
+        self.parent_execution_id = parent_execution_id
+        self.engine = engine
+        self.external_id = external_id
+        # What the code sets while the run goes on.
+        self.response: str | None = None
+        self.cost: float | None = None
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+        self.context_used: int | None = None
+        self.context_max: int | None = None
+        self.tool_calls: list[Any] | None = None
+        self.execution_log: str | None = None
+        self.started_at: datetime | None = None
+        self.completed_at: datetime | None = None
+        self.terminate_reason: str | None = None
+        self.terminate_requested = False
+        self._on_terminate = on_terminate
+        self._cancel_task = cancel_task
+        self._task: asyncio.Task[Any] | None = None
+        self._we_cancelled = False
+        self._started_mono = 0.0
+        self._attempts: dict[str, int] = {}
+        self._token: Token[Run | None] | None = None
+        self.finished = False
+
+    # -- what the code may call --------------------------------------------------------------
+
+    def set(self, **fields: Any) -> None:
+        """Set several result fields at once (`run.set(response=..., cost=...)`)."""
+        for key, value in fields.items():
+            if not hasattr(self, key) or key.startswith("_"):
+                raise AttributeError(f"Run has no field {key!r}")
+            setattr(self, key, value)
+
+    async def progress(self, **fields: Any) -> None:
+        """Publish `execution_progress` with the fields known so far (and any given here)."""
+        self.set(**fields)
+        await self._publish(EventType.EXECUTION_PROGRESS, self._fields("running"))
+
+    def component(
+        self,
+        name: str,
+        *,
+        node_id: str | None = None,
+        input: Any = None,
+        retry_policy: RetryPolicy | str | None = None,
+        max_attempts: int | None = None,
+        attempt: int | None = None,
+    ) -> Step:
+        """A step of this run; entering the same `node_id` again counts the next attempt."""
+        return Step(
+            self,
+            name=name,
+            node_id=node_id or name,
+            input=input,
+            retry_policy=RetryPolicy(retry_policy) if retry_policy is not None else None,
+            max_attempts=max_attempts,
+            attempt=attempt,
+        )
+
+    def child(self, agent: str, **options: Any) -> Run:
+        """An execution of another agent that this run triggers (`parent_execution_id`)."""
+        options.setdefault("triggered_by", "agent")
+        return self.fleet.execution(agent, parent=self, **options)
+
+    # -- context manager ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Run:
+        self.started_at = now()
+        self._started_mono = time.monotonic()
+        try:
+            self._task = asyncio.current_task()
+        except RuntimeError:
+            self._task = None
+        await self.fleet._register(self)
+        self._token = current_run.set(self)
+        await self._publish(EventType.EXECUTION_STARTED, self._fields("running"))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._token is not None:
+            # The sync facade enters and leaves in two different tasks (two contexts).
+            with contextlib.suppress(ValueError):
+                current_run.reset(self._token)
+        self.fleet._unregister(self)
+        self.finished = True
+        self.completed_at = now()
+        fields = self._fields("")
+        fields["completed_at"] = self.completed_at
+        fields["duration_ms"] = int((time.monotonic() - self._started_mono) * 1000)
+        suppress = False
+        if self.terminate_requested or isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+            fields["status"] = "cancelled"
+            fields["error"] = _cut(self.terminate_reason or "cancelled", MAX_TEXT)
+            fields["error_type"] = "Terminated" if self.terminate_requested else "Cancelled"
+            type_ = EventType.EXECUTION_CANCELLED
+            # A cancellation we caused ends here; anyone else's keeps going up.
+            if isinstance(exc, asyncio.CancelledError) and self._we_cancelled and self._task:
+                suppress = self._task.uncancel() == 0
+        elif exc is not None:
+            fields["status"] = "failed"
+            fields["error"] = _cut(_exception_text(exc), MAX_TEXT)
+            fields["error_type"] = type(exc).__name__[:200]
+            type_ = EventType.EXECUTION_FAILED
+        else:
+            fields["status"] = "success"
+            type_ = EventType.EXECUTION_COMPLETED
+        await self._publish(type_, fields)
+        return suppress
+
+    # -- terminate ---------------------------------------------------------------------------
+
+    async def request_terminate(self, reason: str | None) -> tuple[bool, str | None]:
+        """Ask this run to stop: call the callback, or cancel the task that entered it."""
+        if self.finished:
+            return False, "execution already finished"
+        if self.terminate_requested:
+            return True, "terminate already requested"
+        self.terminate_requested = True
+        self.terminate_reason = reason or "terminated on request"
+        if self._on_terminate is not None:
+            result = self._on_terminate(self.terminate_reason)
+            if inspect.isawaitable(result):
+                await result
+        elif self._cancel_task and self._task is not None and not self._task.done():
+            self._we_cancelled = True
+            self._task.cancel(self.terminate_reason)
+        return True, None
+
+    # -- event building ----------------------------------------------------------------------
+
+    def _fields(self, status: str) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "agent_name": self.agent,
+            "status": status or None,
+            "project": self.project,
+            "workflow": self.workflow,
+            "schedule_id": self.schedule_id,
+            "triggered_by": self.triggered_by,
+            "message": _cut(self.message, MAX_TEXT),
+            "response": _cut(self.response, MAX_TEXT),
+            "started_at": self.started_at,
+            "cost": self.cost,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "context_used": self.context_used,
+            "context_max": self.context_max,
+            "tool_calls": self.tool_calls,
+            "execution_log": _cut(self.execution_log, MAX_LOG),
+            "engine": self.engine,
+            "external_id": self.external_id,
+            "parent_execution_id": self.parent_execution_id,
+        }
+        return fields
+
+    async def _publish(self, type_: EventType, fields: dict[str, Any]) -> None:
+        await self.fleet.publish(
+            execution_event(
+                type_, org=self.org, execution=fields, source=self.fleet.source_for(self.agent)
+            )
+        )
+
+    def _next_attempt(self, node_id: str) -> int:
+        attempt = self._attempts.get(node_id, 0) + 1
+        self._attempts[node_id] = attempt
+        return attempt
+
+
+class Step:
+    """One step (`component_*` events) of a run; set `output` before it ends."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        name: str,
+        node_id: str,
+        input: Any,
+        retry_policy: RetryPolicy | None,
+        max_attempts: int | None,
+        attempt: int | None,
+    ) -> None:
+        self.run = run
+        self.name = name
+        self.node_id = node_id
+        self.input = input
+        self.output: Any = None
+        self.retry_policy = retry_policy
+        self.max_attempts = max_attempts
+        self.attempt = attempt or 0
+        self.started_at: datetime | None = None
+
+    async def __aenter__(self) -> Step:
+        if self.attempt:
+            self.run._attempts[self.node_id] = max(
+                self.run._attempts.get(self.node_id, 0), self.attempt
+            )
+        else:
+            self.attempt = self.run._next_attempt(self.node_id)
+        self.started_at = now()
+        await self._publish(EventType.COMPONENT_STARTED, self._fields())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        fields = self._fields()
+        fields["completed_at"] = now()
+        if exc is None:
+            fields["output"] = self.output
+            await self._publish(EventType.COMPONENT_COMPLETED, fields)
+        else:
+            fields["error"] = _cut(_exception_text(exc), MAX_TEXT)
+            fields["error_type"] = type(exc).__name__[:200]
+            await self._publish(EventType.COMPONENT_FAILED, fields)
+        return False
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "execution_id": self.run.id,
+            "node_id": self.node_id,
+            "name": self.name,
+            "attempt": self.attempt,
+            "retry_policy": self.retry_policy.value if self.retry_policy else None,
+            "max_attempts": self.max_attempts,
+            "input": self.input,
+            "started_at": self.started_at,
+        }
+
+    async def _publish(self, type_: EventType, fields: dict[str, Any]) -> None:
+        run = self.run
+        await run.fleet.publish(
+            component_event(
+                type_,
+                org=run.org,
+                agent=run.agent,
+                component=fields,
+                source=run.fleet.source_for(run.agent),
+            )
+        )

@@ -1,0 +1,136 @@
+"""A blocking facade over `Fleet` for agents that are not written with asyncio.
+
+The event loop runs in a daemon thread; the agent's code runs in its own thread, so a
+terminate command cannot cancel it: it sets `run.terminate_requested` (and calls
+`on_terminate`), which the code checks between units of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from shared.publisher.client import Fleet
+from shared.publisher.run import Run, Step
+
+T = TypeVar("T")
+
+
+class SyncFleet:
+    """`with SyncFleet(url, org="acme") as fleet: with fleet.execution("a") as run: ...`"""
+
+    def __init__(self, nats_url: str = "nats://127.0.0.1:4222", **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fleetwatch-publisher", daemon=True
+        )
+        self._nats_url = nats_url
+        self._options = options
+        self._fleet: Fleet | None = None
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def fleet(self) -> Fleet:
+        assert self._fleet is not None, "SyncFleet is not started"
+        return self._fleet
+
+    def start(self) -> SyncFleet:
+        self._thread.start()
+
+        async def make() -> Fleet:
+            return await Fleet(self._nats_url, **self._options).start()
+
+        self._fleet = self._call(make())
+        return self
+
+    def close(self, drain_timeout: float = 5.0) -> None:
+        if self._fleet is not None:
+            self._call(self._fleet.close(drain_timeout))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncFleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def execution(self, agent: str, **options: Any) -> SyncRun:
+        options.setdefault("cancel_task", False)
+        return SyncRun(self, self.fleet.execution(agent, **options))
+
+    def publish(self, event: dict[str, Any]) -> bool:
+        return self._call(self.fleet.publish(event))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self._call(self.fleet.flush(timeout))
+
+
+class SyncRun:
+    """A `Run` driven from blocking code; its fields (`response`, `cost`, ...) pass through."""
+
+    _owner: SyncFleet
+    run: Run
+
+    def __init__(self, owner: SyncFleet, run: Run) -> None:
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "run", run)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.run, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.run, name, value)
+
+    def __enter__(self) -> SyncRun:
+        self._owner._call(self.run.__aenter__())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._owner._call(self.run.__aexit__(exc_type, exc, tb))
+
+    def progress(self, **fields: Any) -> None:
+        self._owner._call(self.run.progress(**fields))
+
+    def component(self, name: str, **options: Any) -> SyncStep:
+        return SyncStep(self._owner, self.run.component(name, **options))
+
+
+class SyncStep:
+    """A `Step` driven from blocking code; set `output` before leaving it."""
+
+    _owner: SyncFleet
+    step: Step
+
+    def __init__(self, owner: SyncFleet, step: Step) -> None:
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "step", step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.step, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.step, name, value)
+
+    def __enter__(self) -> SyncStep:
+        self._owner._call(self.step.__aenter__())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        return self._owner._call(self.step.__aexit__(exc_type, exc, tb))

@@ -1,0 +1,187 @@
+"""Fixtures of the publisher tests: streams for the test's prefix, a NATS server of the
+test's own (to stop and restart), and a reader of what the stream holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import orjson
+import pytest
+import pytest_asyncio
+from nats.js import JetStreamContext
+
+from shared.settings import CommonSettings
+from shared.streams import ensure_streams
+from shared.subjects import Subjects
+
+VENV_BIN = Path(sys.executable).parent
+NATS_SERVER = str(VENV_BIN / "nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"port {port} not open after {timeout}s")
+
+
+class OwnNats:
+    """A nats-server of one test, on a fixed port and store, that can be stopped and restarted."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[OwnNats]:
+    server = OwnNats(tmp_path / "nats-store")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def make_streams(nats_url: str, subjects: Subjects) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await ensure_streams(
+            nc.jetstream(), CommonSettings(FLEETWATCH_SUBJECT_PREFIX=subjects.prefix)
+        )
+    finally:
+        await nc.close()
+
+
+@pytest_asyncio.fixture
+async def streams(nats_url: str, subjects: Subjects) -> Subjects:
+    await make_streams(nats_url, subjects)
+    return subjects
+
+
+@pytest_asyncio.fixture
+async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
+async def stream_messages(
+    js: JetStreamContext, stream: str
+) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """Every message of `stream` in order: subject, headers and parsed body."""
+    info = await js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if info.state.messages == 0:
+            break
+        msg = await js.get_msg(stream, seq)
+        out.append((msg.subject, dict(msg.headers or {}), orjson.loads(msg.data or b"null")))
+    return out
+
+
+async def wait_for_count(
+    js: JetStreamContext, stream: str, count: int, timeout: float = 10.0
+) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = await stream_messages(js, stream)
+        if len(messages) >= count or time.monotonic() > deadline:
+            return messages
+        await asyncio.sleep(0.05)
+
+
+class Ingest:
+    """The ingest service as a subprocess, with its HTTP port (the gateway lives there)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.env = {**env, "INGEST_PORT": str(self.port), "FLEETWATCH_LOG_LEVEL": "WARNING"}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "ingest"],
+            env=self.env,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "ingest exited during startup"
+                try:
+                    if (await client.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise TimeoutError("ingest not ready")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest_asyncio.fixture
+async def ingest(service_env: dict[str, str]) -> AsyncIterator[Ingest]:
+    service = Ingest(service_env)
+    await service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def env_without_nats() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "NATS_URL"}

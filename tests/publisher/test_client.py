@@ -1,0 +1,208 @@
+"""The client against a real JetStream: what each kind of run publishes, and how."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js import JetStreamContext
+
+from shared.events import Event
+from shared.publisher import Fleet, SyncFleet
+from shared.subjects import Subjects
+from tests.publisher.conftest import stream_messages, wait_for_count
+
+
+class Boom(RuntimeError):
+    pass
+
+
+async def test_success_publishes_started_then_completed(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+        async with fleet.execution(
+            "ruby-agent", message="Process invoice", triggered_by="schedule", project="billing"
+        ) as run:
+            await asyncio.sleep(0.02)
+            run.response = "done"
+            run.set(cost=0.02, tokens_in=120, tokens_out=40)
+    messages = await stream_messages(js, streams.events_stream)
+    assert [m[2]["type"] for m in messages] == ["execution_started", "execution_completed"]
+    subject, headers, body = messages[1]
+    assert subject == streams.event(org, "ruby-agent", "execution_completed")
+    assert headers["Nats-Msg-Id"] == body["event_id"]
+    assert messages[0][2]["event_id"] != body["event_id"]
+    event = Event.model_validate(body)
+    assert event.execution is not None
+    assert event.execution.id == run.id
+    assert event.execution.status == "success"
+    assert event.execution.response == "done"
+    assert event.execution.cost == 0.02
+    assert (event.execution.tokens_in, event.execution.tokens_out) == (120, 40)
+    assert event.execution.triggered_by == "schedule"
+    assert event.execution.project == "billing"
+    assert event.execution.duration_ms is not None and event.execution.duration_ms >= 20
+    assert event.execution.completed_at is not None
+    assert event.source == "agent:ruby-agent"
+
+
+async def test_failure_publishes_exception_type_and_message(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+        with pytest.raises(Boom):
+            async with fleet.execution("a1", message="x"):
+                raise Boom("upstream 502")
+    messages = await stream_messages(js, streams.events_stream)
+    last = Event.model_validate(messages[-1][2])
+    assert last.type == "execution_failed"
+    assert last.execution is not None
+    assert (last.execution.error_type, last.execution.error) == ("Boom", "upstream 502")
+
+
+async def test_cancelled_task_publishes_cancelled_and_keeps_cancelling(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    entered = asyncio.Event()
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+
+        async def work() -> None:
+            async with fleet.execution("a1"):
+                entered.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(work())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    last = Event.model_validate((await stream_messages(js, streams.events_stream))[-1][2])
+    assert last.type == "execution_cancelled"
+
+
+async def test_components_count_attempts_and_children_link_to_parent(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+        async with fleet.execution("planner") as parent:
+            for _ in range(2):
+                try:
+                    async with parent.component(
+                        "fetch", input={"url": "u"}, retry_policy="fixed", max_attempts=3
+                    ) as step:
+                        if step.attempt == 1:
+                            raise TimeoutError("read timed out")
+                        step.output = {"rows": 3}
+                    break
+                except TimeoutError:
+                    continue
+            async with fleet.execution("writer") as nested:
+                pass
+            async with parent.child("reviewer", triggered_by="mcp") as explicit:
+                pass
+    events = [Event.model_validate(m[2]) for m in await stream_messages(js, streams.events_stream)]
+    steps = [e for e in events if e.component is not None]
+    assert [(e.type.value, e.component.attempt) for e in steps if e.component] == [
+        ("component_started", 1),
+        ("component_failed", 1),
+        ("component_started", 2),
+        ("component_completed", 2),
+    ]
+    failed = steps[1].component
+    assert failed is not None and failed.error_type == "TimeoutError"
+    assert failed.retry_policy == "fixed" and failed.max_attempts == 3
+    assert steps[3].component is not None and steps[3].component.output == {"rows": 3}
+    assert all(e.agent_name == "planner" for e in steps)
+    children = {
+        e.execution.agent_name: e.execution
+        for e in events
+        if e.execution is not None and e.type == "execution_completed"
+    }
+    assert children["writer"].parent_execution_id == parent.id == nested.parent_execution_id
+    assert children["writer"].triggered_by == "agent"
+    assert children["reviewer"].parent_execution_id == parent.id
+    assert explicit.triggered_by == "mcp"
+    assert children["planner"].parent_execution_id is None
+
+
+async def test_terminate_cancels_the_run_and_answers(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    entered = asyncio.Event()
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+
+        async def work() -> str:
+            async with fleet.execution("long-agent") as run:
+                entered.set()
+                await asyncio.sleep(30)
+            return "after the run"
+
+        task = asyncio.create_task(work())
+        await entered.wait()
+        nc = fleet._nc
+        assert nc is not None
+        subject = streams.terminate(org, "long-agent")
+        reply = await nc.request(subject, b'{"execution_id": "nope"}', timeout=3)
+        assert reply.data == b'{"accepted":false,"reason":"execution is not running in this agent"}'
+        run_id = fleet._runs and next(iter(fleet._runs))[1]
+        reply = await nc.request(
+            subject, f'{{"execution_id": "{run_id}", "reason": "by ops"}}'.encode(), timeout=3
+        )
+        assert reply.data == b'{"accepted":true,"reason":null}'
+        # The run's own cancellation stops at the `async with`: the task carries on.
+        assert await asyncio.wait_for(task, 5) == "after the run"
+        again = await nc.request(subject, f'{{"execution_id": "{run_id}"}}'.encode(), timeout=3)
+        assert b'"accepted":false' in again.data
+    last = Event.model_validate((await stream_messages(js, streams.events_stream))[-1][2])
+    assert last.type == "execution_cancelled"
+    assert last.execution is not None and last.execution.error == "by ops"
+
+
+async def test_terminate_callback_instead_of_cancel(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    stop = asyncio.Event()
+    reasons: list[str | None] = []
+
+    def on_terminate(reason: str | None) -> None:
+        reasons.append(reason)
+        stop.set()
+
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+        async with fleet.execution("cb-agent", on_terminate=on_terminate) as run:
+            assert fleet._nc is not None
+            reply = await fleet._nc.request(
+                streams.terminate(org, "cb-agent"),
+                f'{{"execution_id": "{run.id}"}}'.encode(),
+                timeout=3,
+            )
+            assert b'"accepted":true' in reply.data
+            await asyncio.wait_for(stop.wait(), 3)
+    assert reasons == ["terminated on request"]
+    last = (await stream_messages(js, streams.events_stream))[-1][2]
+    assert last["type"] == "execution_cancelled"
+
+
+async def test_sync_wrapper(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    def blocking() -> str:
+        with SyncFleet(nats_url, org=org, subjects=streams) as fleet:
+            with fleet.execution("cron-agent", triggered_by="schedule") as run:
+                with run.component("step") as step:
+                    step.output = "ok"
+                run.response = "sync done"
+                run.cost = 0.5
+            return str(run.id)
+
+    run_id = await asyncio.to_thread(blocking)
+    messages = await wait_for_count(js, streams.events_stream, 4)
+    assert [m[2]["type"] for m in messages] == [
+        "execution_started",
+        "component_started",
+        "component_completed",
+        "execution_completed",
+    ]
+    done = messages[-1][2]["execution"]
+    assert (done["id"], done["response"], done["cost"]) == (run_id, "sync done", 0.5)
