@@ -1,0 +1,138 @@
+// Entry point: sign-in, the router (query parameters pick the view) and the live feed.
+
+import { adoptTokenFromHash, api, getToken, setToken, tokenClaims } from "./api.js";
+import { renderCompare, renderDetail } from "./detail.js";
+import { clear, h, toast } from "./dom.js";
+import { ExecutionsPage } from "./executions.js";
+import { LiveFeed } from "./live.js";
+import { refreshTimes } from "./rows.js";
+
+const root = document.getElementById("app");
+const indicator = document.getElementById("live");
+let page = null;
+let detailId = null;
+let agents = [];
+let live = null;
+
+const LIVE_LABELS = { live: "live", polling: "polling every 10 s", connecting: "connecting…", off: "offline" };
+
+function setLiveState(state) {
+  indicator.dataset.state = state;
+  indicator.querySelector(".label").textContent = LIVE_LABELS[state] ?? state;
+  indicator.title = state === "live" ? "Live: updates arrive as they happen" : state === "polling" ? "The live feed is down: refreshing every 10 seconds" : "Live updates";
+}
+
+export function navigate(url, { replace = false } = {}) {
+  history[replace ? "replaceState" : "pushState"](null, "", url);
+  route();
+}
+
+function signIn(message) {
+  live?.stop();
+  live = null;
+  setLiveState("off");
+  document.getElementById("whoami").textContent = "";
+  document.getElementById("signout").hidden = true;
+  const input = h("textarea", { name: "token", rows: 4, required: true, placeholder: "eyJhbGciOi…", autocomplete: "off", spellcheck: "false" });
+  clear(root).append(
+    h(
+      "form",
+      {
+        class: "signin panel",
+        onsubmit: (e) => {
+          e.preventDefault();
+          setToken(input.value.trim());
+          start();
+        },
+      },
+      h("h1", {}, "Sign in"),
+      message ? h("p", { class: "error-box", role: "alert" }, message) : null,
+      h("label", {}, h("span", {}, "Access token"), input),
+      h("p", { class: "muted small" }, "Paste a token from your administrator, or run ", h("code", {}, "fleetwatch token --org ORG --user YOU --role user"), "."),
+      h("button", { class: "btn btn-primary", type: "submit" }, "Sign in"),
+    ),
+  );
+}
+
+let routeSeq = 0;
+
+async function route() {
+  const params = new URLSearchParams(location.search);
+  const seq = ++routeSeq;
+  const current = () => seq === routeSeq;
+  page = null;
+  detailId = null;
+  if (params.get("execution")) {
+    detailId = params.get("execution");
+    document.title = `${detailId} · fleetwatch`;
+    await renderDetail(root, detailId, { navigate, current });
+  } else if (params.get("compare")) {
+    document.title = "Compare · fleetwatch";
+    await renderCompare(root, params.get("compare").split(",").slice(0, 2), { current });
+  } else {
+    document.title = "Executions · fleetwatch";
+    page = new ExecutionsPage(root, { agents, navigate, role: tokenClaims()?.role });
+    page.onFiltersChanged = (filters) => live?.setFilters(filters);
+    page.mount();
+    live?.setFilters(page.filters);
+  }
+}
+
+function onLiveEvent(message) {
+  if (page) page.onLive(message);
+  else if (detailId && message.execution.id === detailId) {
+    const seq = routeSeq;
+    renderDetail(root, detailId, { navigate, current: () => seq === routeSeq });
+  }
+  else if (message.execution.status === "failed") toast(`${message.execution.agent_name} failed`, "error");
+}
+
+async function start() {
+  const claims = tokenClaims();
+  if (!getToken() || !claims) {
+    signIn(getToken() ? "That token could not be read." : null);
+    return;
+  }
+  document.getElementById("whoami").textContent = `${claims.sub} · ${claims.role} · ${claims.org}`;
+  document.getElementById("signout").hidden = false;
+  try {
+    const answer = await api("/api/agents");
+    agents = (Array.isArray(answer) ? answer : (answer?.agents ?? [])).map((a) => (typeof a === "string" ? { name: a } : a));
+    agents.sort((a, b) => a.name.localeCompare(b.name));
+  } catch (err) {
+    if (err.status === 401) return; // the unauthorized handler shows the sign-in form
+    agents = [];
+  }
+  await route();
+  if (!live) {
+    live = new LiveFeed({
+      onEvent: onLiveEvent,
+      onPoll: () => page?.poll(),
+      onResync: () => page?.reload(),
+      onState: setLiveState,
+    });
+    live.start(page?.filters ?? {});
+  }
+}
+
+window.addEventListener("fleetwatch:unauthorized", () => {
+  setToken(null);
+  signIn("Your session has expired or the token is invalid. Please sign in again.");
+});
+window.addEventListener("popstate", () => getToken() && route());
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-nav]");
+  if (!link || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
+  const url = new URL(link.href);
+  if (url.origin !== location.origin) return;
+  event.preventDefault();
+  navigate(url.pathname + url.search);
+});
+document.getElementById("signout").addEventListener("click", () => {
+  setToken(null);
+  signIn(null);
+});
+setInterval(() => refreshTimes(), 30_000);
+
+adoptTokenFromHash();
+start();

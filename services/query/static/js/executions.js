@@ -1,0 +1,314 @@
+// The executions page: stat cards, chart, filter bar, the list with "Load more", live updates.
+
+import { api } from "./api.js";
+import { chartLegend, statCards, statCardsLoading, timelineBuckets, timelineChart } from "./charts.js";
+import { clear, debounce, h, toast } from "./dom.js";
+import { RANGES, hasFilters, listParams, matches, readFilters, statsHours, writeFilters } from "./filters.js";
+import * as fmt from "./format.js";
+import { headerRow, renderRow } from "./rows.js";
+
+const PAGE_SIZE = 50;
+
+function select(name, label, options, value) {
+  return h(
+    "label",
+    { class: "field" },
+    h("span", {}, label),
+    h(
+      "select",
+      { name, "data-filter": name },
+      options.map(([v, text]) => h("option", { value: v, selected: v === (value ?? "") }, text)),
+    ),
+  );
+}
+
+export class ExecutionsPage {
+  constructor(root, { agents, navigate, role }) {
+    this.root = root;
+    this.role = role;
+    this.agents = agents;
+    this.navigate = navigate;
+    this.filters = readFilters();
+    if (role === "client" && !this.filters.agent_name && agents.length) this.filters.agent_name = agents[0].name;
+    this.rows = new Map();
+    this.selected = new Set();
+    this.cursor = null;
+    this.hasMore = false;
+    this.total = 0;
+    this.request = null;
+    this.refreshStatsSoon = debounce(() => this.loadStats(), 1500);
+    this.syncSoon = debounce(() => this.poll({ toasts: false }), 1200);
+  }
+
+  mount() {
+    writeFilters(this.filters);
+    clear(this.root).append(this.layout());
+    this.reload();
+  }
+
+  layout() {
+    this.cards = h("section", { class: "cards", "aria-label": "Statistics" });
+    this.chart = h("div", { class: "chart-box" });
+    this.summary = h("span", { class: "summary" });
+    this.compareButton = h("button", { class: "btn", type: "button", hidden: true, onclick: () => this.compare() }, "Compare");
+    this.tbody = h("tbody");
+    this.table = h("table", { class: "executions" }, headerRow(), this.tbody);
+    this.state = h("div", { class: "list-state" });
+    this.more = h("button", { class: "btn btn-more", type: "button", hidden: true, onclick: () => this.loadMore() }, "Load more");
+    return h(
+      "div",
+      { class: "page page-executions" },
+      this.cards,
+      h("details", { class: "panel chart-panel", open: !matchMedia("(max-width: 760px)").matches }, h("summary", {}, "Activity"), chartLegend(), this.chart),
+      this.filterBar(),
+      h("div", { class: "list-head" }, this.summary, this.compareButton),
+      h("div", { class: "table-wrap" }, this.table),
+      this.state,
+      h("div", { class: "list-foot" }, this.more),
+    );
+  }
+
+  filterBar() {
+    const f = this.filters;
+    const agentOptions = [["", "All agents"], ...this.agents.map((a) => [a.name, a.display_name || a.name])];
+    if (f.agent_name && !this.agents.some((a) => a.name === f.agent_name)) agentOptions.push([f.agent_name, f.agent_name]);
+    const search = h("input", {
+      type: "search",
+      name: "search",
+      "data-filter": "search",
+      placeholder: "Search messages and responses",
+      value: f.search ?? "",
+    });
+    const form = h(
+      "form",
+      { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
+      select("agent_name", "Agent", agentOptions, f.agent_name),
+      select("status", "Status", [["", "Any status"], ...fmt.STATUSES.map((x) => [x, x])], f.status),
+      select("triggered_by", "Trigger", [["", "Any trigger"], ...fmt.TRIGGERS.map((x) => [x, x])], f.triggered_by),
+      select("hours", "Time range", RANGES, f.hours),
+      h("label", { class: "field field-search" }, h("span", {}, "Search"), search),
+      h("button", { class: "btn btn-clear", type: "button", onclick: () => this.setFilters({}) }, "Clear filters"),
+    );
+    for (const el of form.querySelectorAll("select")) {
+      el.addEventListener("change", () => this.setFilters({ ...this.filters, [el.name]: el.value }));
+    }
+    const searchChanged = debounce(() => this.setFilters({ ...this.filters, search: search.value.trim() }, { keepForm: true }), 350);
+    search.addEventListener("input", searchChanged);
+    this.form = form;
+    return form;
+  }
+
+  /** Change filters: URL, localStorage, the form, the list, the stats, the live subscription. */
+  setFilters(filters, { keepForm = false } = {}) {
+    this.filters = Object.fromEntries(Object.entries(filters).filter(([, v]) => v));
+    writeFilters(this.filters, { push: true });
+    if (!keepForm) {
+      const old = this.form;
+      old.replaceWith(this.filterBar());
+    }
+    this.onFiltersChanged?.(this.filters);
+    this.reload();
+  }
+
+  reload() {
+    this.rows.clear();
+    this.cursor = null;
+    this.loadStats();
+    this.loadChart();
+    return this.loadPage({ replace: true });
+  }
+
+  async loadStats() {
+    const hours = statsHours(this.filters);
+    if (!this.cards.childElementCount) this.cards.append(...statCardsLoading());
+    try {
+      const stats = await api("/api/executions/stats", { params: { hours, agent_name: this.filters.agent_name } });
+      clear(this.cards).append(...statCards(stats, hours));
+    } catch (err) {
+      clear(this.cards).append(h("div", { class: "card card-error" }, `Statistics unavailable: ${err.message}`));
+    }
+  }
+
+  async loadChart() {
+    const hours = statsHours(this.filters);
+    const bucket = hours > 72 ? "day" : "hour";
+    const params = { hours, bucket, agent_name: this.filters.agent_name, status: this.filters.status, triggered_by: this.filters.triggered_by };
+    try {
+      const data = await api("/api/executions/timeline", { params });
+      const width = Math.max(320, Math.min(this.chart.clientWidth || 720, 1400));
+      clear(this.chart).append(timelineChart(timelineBuckets(data), { bucket, width }));
+    } catch (err) {
+      clear(this.chart).append(h("p", { class: "muted" }, `Chart unavailable: ${err.message}`));
+    }
+  }
+
+  async loadPage({ replace = false } = {}) {
+    this.request?.abort();
+    const controller = new AbortController();
+    this.request = controller;
+    const [path, params] = this.listRequest();
+    if (!replace && this.cursor) params.cursor = this.cursor;
+    this.showState(replace ? "loading" : null);
+    this.more.disabled = true;
+    try {
+      const page = await api(path, { params, signal: controller.signal });
+      if (replace) clear(this.tbody);
+      for (const exec of page.executions ?? []) {
+        if (this.rows.has(exec.id)) continue;
+        this.rows.set(exec.id, exec);
+        this.tbody.append(this.row(exec));
+      }
+      this.cursor = page.next_cursor ?? null;
+      this.hasMore = Boolean(page.has_more && this.cursor);
+      this.total = page.total_count ?? this.rows.size;
+      this.showState(this.rows.size ? null : "empty");
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      if (replace) clear(this.tbody);
+      this.showState("error", err);
+    } finally {
+      if (this.request === controller) this.request = null;
+      this.more.disabled = false;
+      this.renderSummary();
+    }
+  }
+
+  /** The list's path and parameters; clients may only use their agents' own lists. */
+  listRequest() {
+    const params = { ...listParams(this.filters), limit: PAGE_SIZE };
+    if (this.role === "client" && params.agent_name) {
+      const path = `/api/agents/${encodeURIComponent(params.agent_name)}/executions`;
+      delete params.agent_name;
+      return [path, params];
+    }
+    return ["/api/executions", params];
+  }
+
+  loadMore() {
+    return this.loadPage({ replace: false });
+  }
+
+  row(exec) {
+    return renderRow(exec, this.selected, (id, on) => {
+      if (on) this.selected.add(id);
+      else this.selected.delete(id);
+      this.renderSummary();
+    });
+  }
+
+  renderSummary() {
+    this.more.hidden = !this.hasMore;
+    const shown = this.rows.size;
+    this.summary.textContent = shown ? `Showing ${fmt.count(shown)} of ${fmt.count(this.total)} executions` : "";
+    this.compareButton.hidden = this.selected.size !== 2;
+  }
+
+  showState(kind, err) {
+    this.table.dataset.state = kind ?? "ready";
+    this.table.hidden = kind === "error" || kind === "empty";
+    clear(this.state);
+    this.state.dataset.state = kind ?? "ready";
+    if (kind === "loading") {
+      this.state.append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading executions…"));
+    } else if (kind === "empty") {
+      const text = hasFilters(this.filters) ? "No executions match these filters." : "No executions yet. They appear here as soon as agents publish events.";
+      this.state.append(
+        h("div", { class: "empty" }, h("p", {}, text), hasFilters(this.filters) ? h("button", { class: "btn", type: "button", onclick: () => this.setFilters({}) }, "Clear filters") : null),
+      );
+    } else if (kind === "error") {
+      this.state.append(
+        h("div", { class: "error-box", role: "alert" }, h("p", {}, `Could not load executions: ${err.message}`), h("button", { class: "btn", type: "button", onclick: () => this.reload() }, "Retry")),
+      );
+    }
+  }
+
+  compare() {
+    const [a, b] = [...this.selected];
+    this.navigate(`/?compare=${encodeURIComponent(a)},${encodeURIComponent(b)}`);
+  }
+
+  /** Put one execution into the list: update its row in place, or add it at the top. */
+  upsert(exec, { highlight = true } = {}) {
+    const old = this.rows.get(exec.id);
+    if (old) {
+      const merged = { ...old };
+      for (const [k, v] of Object.entries(exec)) if (v !== null && v !== undefined) merged[k] = v;
+      // The database may lag the live feed for a moment: a status never moves backwards.
+      if ((RANK[exec.status] ?? 0) < (RANK[old.status] ?? 0)) merged.status = old.status;
+      this.rows.set(exec.id, merged);
+      const tr = this.tbody.querySelector(`tr[data-id="${CSS.escape(exec.id)}"]`);
+      const fresh = this.row(merged);
+      if (tr) tr.replaceWith(fresh);
+      if (highlight) flash(fresh);
+      return;
+    }
+    if (!matches(exec, this.filters)) return;
+    this.rows.set(exec.id, exec);
+    const fresh = this.row(exec);
+    this.tbody.prepend(fresh);
+    if (highlight) flash(fresh);
+    this.total += 1;
+    this.showState(null);
+    this.renderSummary();
+  }
+
+  /**
+   * A notifier message. Its summary holds only what the event knew (a completion often carries
+   * just id and status), so the row is shown at once and then filled from the API shortly after.
+   */
+  onLive(message) {
+    const exec = message.execution;
+    if (message.component || !exec.status) {
+      if (this.rows.has(exec.id)) this.syncSoon();
+      return;
+    }
+    const before = this.rows.get(exec.id);
+    this.upsert(exec);
+    if (exec.status === "failed" && before?.status !== "failed") failureToast(exec);
+    this.syncSoon();
+    this.refreshStatsSoon();
+  }
+
+  /** The first page again, merged into what is shown (polling, and after live events). */
+  async poll({ toasts = true } = {}) {
+    let page;
+    try {
+      const [path, params] = this.listRequest();
+      page = await api(path, { params });
+    } catch {
+      return; // The indicator already says we are not live; the next poll tries again.
+    }
+    const list = page.executions ?? [];
+    for (const exec of list) {
+      const old = this.rows.get(exec.id);
+      if (old && changed(old, exec)) {
+        if (toasts && exec.status === "failed" && old.status !== "failed") failureToast(exec);
+        this.upsert(exec, { highlight: old.status !== exec.status });
+      }
+    }
+    for (const exec of list.filter((e) => !this.rows.has(e.id)).reverse()) {
+      this.upsert(exec);
+      if (toasts && exec.status === "failed") failureToast(exec);
+    }
+    this.total = page.total_count ?? this.total;
+    this.renderSummary();
+    if (toasts) this.loadStats();
+  }
+}
+
+const RANK = { pending: 0, running: 1, success: 2, failed: 2, cancelled: 2 };
+
+function changed(old, fresh) {
+  return ["status", "completed_at", "duration_ms", "cost", "tokens_in", "tokens_out", "error", "message", "started_at", "agent_display_name"].some(
+    (k) => fresh[k] !== undefined && fresh[k] !== old[k],
+  );
+}
+
+function failureToast(exec) {
+  toast(`${fmt.agentLabel(exec)} failed: ${fmt.firstLine(exec.error || exec.message || exec.id, 100)}`, "error");
+}
+
+function flash(el) {
+  el.classList.add("flash");
+  setTimeout(() => el.classList.remove("flash"), 2000);
+}

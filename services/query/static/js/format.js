@@ -1,0 +1,86 @@
+// How numbers, times and statuses read on the page.
+
+export const STATUSES = ["pending", "running", "success", "failed", "cancelled"];
+export const TRIGGERS = ["manual", "schedule", "agent", "user", "mcp", "api"];
+
+const ICONS = { pending: "◷", running: "◌", success: "✓", failed: "✕", cancelled: "⊘" };
+
+export function statusIcon(status) {
+  return ICONS[status] ?? "•";
+}
+
+export function parseTime(value) {
+  if (!value) return null;
+  const t = new Date(value);
+  return Number.isNaN(t.getTime()) ? null : t;
+}
+
+/** "3 min ago", "in 2 h", "just now". */
+export function relativeTime(value, now = Date.now()) {
+  const t = parseTime(value);
+  if (!t) return "—";
+  const diff = (t.getTime() - now) / 1000;
+  const abs = Math.abs(diff);
+  if (abs < 10) return "just now";
+  let text;
+  if (abs < 60) text = `${Math.round(abs)} s`;
+  else if (abs < 3600) text = `${Math.round(abs / 60)} min`;
+  else if (abs < 86400) text = `${Math.round(abs / 3600)} h`;
+  else if (abs < 86400 * 60) text = `${Math.round(abs / 86400)} d`;
+  else return t.toLocaleDateString();
+  return diff < 0 ? `${text} ago` : `in ${text}`;
+}
+
+export function exactTime(value) {
+  const t = parseTime(value);
+  if (!t) return "";
+  return `${t.toLocaleString()} (${t.toISOString()})`;
+}
+
+export function duration(ms) {
+  if (ms === null || ms === undefined) return "—";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  const sec = ms / 1000;
+  if (sec < 60) return `${sec.toFixed(sec < 10 ? 1 : 0)} s`;
+  const min = Math.floor(sec / 60);
+  if (min < 60) return `${min} m ${Math.round(sec % 60)} s`;
+  return `${Math.floor(min / 60)} h ${min % 60} m`;
+}
+
+export function cost(value) {
+  if (value === null || value === undefined) return "—";
+  const n = Number(value);
+  if (n === 0) return "$0";
+  if (n < 0.01) return `$${n.toFixed(4)}`;
+  return `$${n.toFixed(2)}`;
+}
+
+export function count(value) {
+  if (value === null || value === undefined) return "—";
+  const n = Number(value);
+  if (n >= 1_000_000) return `${(n / 1_000_000).toFixed(1)}M`;
+  if (n >= 10_000) return `${(n / 1000).toFixed(1)}k`;
+  return n.toLocaleString();
+}
+
+export function tokens(exec) {
+  const tin = exec.tokens_in;
+  const tout = exec.tokens_out;
+  if (tin == null && tout == null) return "—";
+  return `${count(tin ?? 0)} / ${count(tout ?? 0)}`;
+}
+
+export function percent(part, whole) {
+  if (!whole) return "—";
+  return `${((100 * part) / whole).toFixed(1)}%`;
+}
+
+export function firstLine(text, max = 120) {
+  if (!text) return "";
+  const line = String(text).split("\n")[0];
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+}
+
+export function agentLabel(exec) {
+  return exec.agent_display_name || exec.display_name || exec.agent_name;
+}

@@ -1,0 +1,149 @@
+// The notifier's WebSocket, with polling as the fallback while it is down.
+//
+// Protocol (DESIGN.md "Live updates"): the client sends {"subscribe": filters, "resume_from": seq};
+// the server sends {"type": "execution_*", "seq": N, "execution": summary}, pings, and
+// {"type": "resync_required"} when the missed events are past retention.
+
+import { api, getToken } from "./api.js";
+
+const NOTIFIER_KEY = "fleetwatch.notifier";
+export const POLL_MS = 10_000;
+const MAX_BACKOFF_MS = 15_000;
+
+/** Where the notifier listens: ?notifier=, a saved choice, /api/config, the meta tag, :8001. */
+export async function notifierUrl() {
+  const params = new URLSearchParams(location.search);
+  const fromParam = params.get("notifier");
+  if (fromParam) {
+    localStorage.setItem(NOTIFIER_KEY, fromParam);
+    params.delete("notifier");
+    const query = params.toString();
+    history.replaceState(history.state, "", location.pathname + (query ? `?${query}` : ""));
+    return fromParam;
+  }
+  const saved = localStorage.getItem(NOTIFIER_KEY);
+  if (saved) return saved;
+  try {
+    const config = await api("/api/config");
+    if (config?.notifier_url) return config.notifier_url;
+  } catch {
+    // No config endpoint: fall through to the page's own defaults.
+  }
+  const meta = document.querySelector('meta[name="fleetwatch-notifier"]')?.content;
+  if (meta) return meta;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.hostname}:8001/ws`;
+}
+
+export class LiveFeed {
+  /**
+   * onEvent(message) for each execution event, onPoll() every POLL_MS while the socket is down,
+   * onResync() when the server cannot replay, onState(state) with "connecting" | "live" | "polling".
+   */
+  constructor({ onEvent, onPoll, onResync, onState }) {
+    Object.assign(this, { onEvent, onPoll, onResync, onState });
+    this.socket = null;
+    this.lastSeq = null;
+    this.filters = {};
+    this.backoff = 1000;
+    this.pollTimer = null;
+    this.retryTimer = null;
+    this.stopped = false;
+    this.state = null;
+  }
+
+  async start(filters) {
+    this.filters = filters;
+    this.url = await notifierUrl();
+    this.connect();
+  }
+
+  setFilters(filters) {
+    this.filters = filters;
+    this.send();
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    clearInterval(this.pollTimer);
+    this.socket?.close();
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.onState?.(state);
+  }
+
+  connect() {
+    if (this.stopped) return;
+    const token = getToken();
+    let socket;
+    try {
+      // The subprotocol pair keeps the token out of URLs (and so out of access logs).
+      socket = token ? new WebSocket(this.url, ["bearer", token]) : new WebSocket(this.url);
+    } catch {
+      this.dropped();
+      return;
+    }
+    this.socket = socket;
+    if (this.state !== "polling") this.setState("connecting");
+    socket.addEventListener("open", () => {
+      this.backoff = 1000;
+      this.send();
+      clearInterval(this.pollTimer);
+      this.pollTimer = null;
+      this.setState("live");
+    });
+    socket.addEventListener("message", (event) => this.receive(event.data));
+    socket.addEventListener("close", () => {
+      if (this.socket === socket) this.dropped();
+    });
+  }
+
+  send() {
+    if (this.socket?.readyState !== WebSocket.OPEN) return;
+    // The notifier takes lists (values OR'd); the page filters on one value of each.
+    const subscribe = {};
+    for (const key of ["agent_name", "status", "triggered_by"]) {
+      if (this.filters[key]) subscribe[key] = [this.filters[key]];
+    }
+    const message = { subscribe };
+    // Replaying the last seen event again is harmless (rows update idempotently); missing one is not.
+    if (this.lastSeq !== null) message.resume_from = this.lastSeq;
+    this.socket.send(JSON.stringify(message));
+  }
+
+  receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (typeof message.seq === "number") {
+      this.lastSeq = Math.max(this.lastSeq ?? 0, message.seq);
+    }
+    if (message.type === "resync_required") {
+      this.lastSeq = typeof message.seq === "number" ? message.seq : null;
+      this.onResync?.();
+    } else if (message.execution) {
+      this.onEvent?.(message);
+    }
+  }
+
+  /** The socket is gone: poll now and every POLL_MS, and try the socket again with backoff. */
+  dropped() {
+    this.socket = null;
+    if (this.stopped) return;
+    if (this.state !== "polling") {
+      this.setState("polling");
+      this.onPoll?.();
+    }
+    if (!this.pollTimer) this.pollTimer = setInterval(() => this.onPoll?.(), POLL_MS);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.connect(), this.backoff);
+    this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
+  }
+}

@@ -1,0 +1,181 @@
+"""One running stack (ingest, query, notifier) and one headless Chromium per test module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from shared.auth import mint_token
+from shared.db import connect
+from shared.events import Event
+from shared.subjects import Subjects
+from tests.dashboard.seed import Row, seed
+from tests.procs import Service, free_port, start_service, wait_ready
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SECRET = "dashboard-test-secret-0123456789abcdef"  # ≥ 32 bytes: pyjwt warns below
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+
+
+@dataclass
+class Stack:
+    """The services under test, the seeded org and a NATS client to publish and answer with."""
+
+    org: str
+    subjects: Subjects
+    env: dict[str, str]
+    query: Service
+    notifier: Service
+    ingest: Service
+    nc: NatsClient
+    rows: list[Row]
+    terminate_requests: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.query.url
+
+    @property
+    def notifier_ws(self) -> str:
+        return f"ws://127.0.0.1:{self.notifier.port}/ws"
+
+    def token(self, user: str, role: str) -> str:
+        return mint_token(secret=SECRET, org=self.org, user=user, role=role)
+
+    def page_url(self, user: str = "ada", role: str = "admin", query: str = "") -> str:
+        """The dashboard, signed in through `#token=`, pointed at this notifier."""
+        sep = "&" if query else ""
+        return f"{self.base_url}/?{query}{sep}notifier={self.notifier_ws}#token={self.token(user, role)}"
+
+    async def publish(self, type_: str, execution: dict[str, Any]) -> None:
+        event = Event.model_validate(
+            {
+                "type": type_,
+                "event_id": uuid.uuid4().hex,
+                "occurred_at": datetime.now(UTC),
+                "org": self.org,
+                "source": "test",
+                "execution": execution,
+            }
+        )
+        subject = self.subjects.event(self.org, execution["agent_name"], type_)
+        js = self.nc.jetstream()
+        await js.publish(
+            subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": event.event_id}
+        )
+
+    async def stop_notifier(self) -> None:
+        self.notifier.kill()
+        await asyncio.to_thread(self.notifier.wait, 10)
+
+
+def _stop(service: Service) -> None:
+    service.kill()
+    service.wait(10)
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("chromium is not installed (make system-deps installs it)")
+    return CHROMIUM
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
+    subjects = Subjects(f"d{uuid.uuid4().hex[:10]}")
+    org = f"dash-{uuid.uuid4().hex[:8]}"
+    conn = await connect(database_url)
+    try:
+        rows = await seed(conn, org, datetime.now(UTC))
+    finally:
+        await conn.close()
+    env = dict(os.environ)
+    env.update(
+        NATS_URL=nats_url,
+        DATABASE_URL=database_url,
+        FLEETWATCH_SUBJECT_PREFIX=subjects.prefix,
+        FLEETWATCH_JWT_SECRET=SECRET,
+        FLEETWATCH_LOG_LEVEL="WARNING",
+    )
+    ingest = start_service("ingest", env)
+    notifier = start_service("notifier", env, free_port())
+    query = start_service("query", env)
+    services = [ingest, notifier, query]
+    nc = await nats.connect(nats_url)
+    try:
+        for service in services:
+            await wait_ready(service.url, timeout=30)
+        stack = Stack(org, subjects, env, query, notifier, ingest, nc, rows)
+
+        async def answer_terminate(msg: Msg) -> None:
+            stack.terminate_requests.append({"subject": msg.subject, **json.loads(msg.data)})
+            await msg.respond(b'{"accepted": true, "reason": null}')
+
+        await nc.subscribe(subjects.terminate(org, "alpha"), cb=answer_terminate)
+        yield stack
+    finally:
+        for service in services:
+            await asyncio.to_thread(_stop, service)
+        js = nc.jetstream()
+        for stream in (subjects.events_stream, subjects.dlq_stream):
+            try:
+                await js.delete_stream(stream)
+            except NotFoundError:
+                pass
+        await nc.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def browser(chromium_path: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def admin_page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
+    """One signed-in admin tab shared by the module's tests, in order."""
+    context: BrowserContext = await browser.new_context(viewport={"width": 1400, "height": 950})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(stack.page_url())
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+async def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)

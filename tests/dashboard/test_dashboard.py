@@ -1,0 +1,217 @@
+"""The dashboard in headless Chromium against real ingest, query and notifier processes."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from tests.dashboard.conftest import Stack, screenshot
+from tests.dashboard.seed import CHILD_ID, DETAILED_ID, RUNNING_ID
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+ROWS = "tbody tr.row"
+
+
+async def shown_ids(page: Page) -> list[str]:
+    ids: list[str] = await page.locator(ROWS).evaluate_all("rows => rows.map(r => r.dataset.id)")
+    return ids
+
+
+async def clear_filters(page: Page) -> None:
+    await page.locator("form.filters .btn-clear").click()
+    await expect(page.locator(ROWS)).to_have_count(50)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+async def test_page_loads_with_stats_and_rows(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    total = len(stack.rows)
+    await expect(page.locator(ROWS)).to_have_count(50)
+    await expect(page.locator("[data-stat=total] .card-value")).to_have_text(str(total))
+    failed = sum(r.status == "failed" for r in stack.rows)
+    await expect(page.locator("[data-stat=failed] .card-value")).to_have_text(str(failed))
+    await expect(page.locator(".summary")).to_have_text(f"Showing 50 of {total} executions")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    assert (await shown_ids(page))[:2] == [RUNNING_ID, DETAILED_ID]
+    # Exact time and full message on hover; Stop only where something runs.
+    first = page.locator(ROWS).first
+    assert await first.locator("time").get_attribute("title")
+    assert await first.locator(".c-message a").get_attribute("title") == stack.rows[0].message
+    await expect(page.locator(f"{ROWS} [data-action=stop]")).to_have_count(1)
+    await expect(page.locator(".chart rect.bar").first).to_be_visible()
+    assert "notifier=" not in page.url and "token=" not in page.url
+    await screenshot(page, "01-executions")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("status", "failed", lambda r: r.status == "failed"),
+        ("agent_name", "beta", lambda r: r.agent_name == "beta"),
+        ("triggered_by", "manual", lambda r: r.triggered_by == "manual"),
+        ("hours", "1", lambda r: (datetime.now(UTC) - r.started_at).total_seconds() < 3600),
+    ],
+)
+async def test_each_filter_changes_list_and_url(
+    admin_page: Page, stack: Stack, name: str, value: str, expected: object
+) -> None:
+    page = admin_page
+    await clear_filters(page)
+    wanted = [r.id for r in stack.rows if expected(r)]  # type: ignore[operator]
+    await page.locator(f"select[name={name}]").select_option(value)
+    await expect(page).to_have_url(re.compile(rf"[?&]{name}={value}(&|$)"))
+    await expect(page.locator(ROWS)).to_have_count(min(len(wanted), 50))
+    assert await shown_ids(page) == wanted[:50]
+
+
+async def test_search_is_debounced_and_reload_keeps_filters(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    await clear_filters(page)
+    await page.locator("select[name=status]").select_option("success")
+    await page.locator("input[name=search]").press_sequentially("invoice", delay=20)
+    wanted = [r.id for r in stack.rows if "invoice" in r.message and r.status == "success"]
+    await expect(page).to_have_url(re.compile(r"search=invoice"))
+    await expect(page.locator(ROWS)).to_have_count(len(wanted))
+    await screenshot(page, "02-filtered")
+
+    await page.reload()
+    await expect(page.locator(ROWS)).to_have_count(len(wanted))
+    await expect(page.locator("select[name=status]")).to_have_value("success")
+    await expect(page.locator("input[name=search]")).to_have_value("invoice")
+    assert await shown_ids(page) == wanted
+
+    # A bare visit restores the last filters from localStorage; "Clear filters" resets them.
+    await page.goto(stack.base_url + "/")
+    await expect(page).to_have_url(re.compile(r"search=invoice"))
+    await expect(page.locator(ROWS)).to_have_count(len(wanted))
+    await clear_filters(page)
+    assert page.url == stack.base_url + "/"
+
+
+async def test_load_more_appends_without_duplicates(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    await expect(page.locator(ROWS)).to_have_count(50)
+    await page.locator(".btn-more").click()
+    await expect(page.locator(ROWS)).to_have_count(len(stack.rows))
+    ids = await shown_ids(page)
+    assert ids == [r.id for r in stack.rows]
+    await expect(page.locator(".btn-more")).to_be_hidden()
+
+
+async def test_live_event_appears_at_top_and_updates_in_place(
+    admin_page: Page, stack: Stack
+) -> None:
+    page = admin_page
+    execution = {
+        "id": "live-001",
+        "agent_name": "alpha",
+        "triggered_by": "api",
+        "message": "Live task: reconcile the ledger",
+        "started_at": now_iso(),
+    }
+    await stack.publish("execution_started", execution)
+    top = page.locator(ROWS).first
+    await expect(top).to_have_attribute("data-id", "live-001", timeout=10_000)
+    await expect(top).to_have_attribute("data-status", "running")
+
+    await stack.publish(
+        "execution_failed",
+        {"id": "live-001", "agent_name": "alpha", "error": "RateLimitError: slow down"},
+    )
+    await expect(top).to_have_attribute("data-status", "failed", timeout=10_000)
+    await expect(page.locator(".toast-error").first).to_contain_text("failed")
+    assert (await shown_ids(page)).count("live-001") == 1
+    assert await page.evaluate("document.readyState") == "complete"
+    await screenshot(page, "03-live-failure-toast")
+
+
+async def test_stop_sends_the_terminate_command(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    button = page.locator(f'tr[data-id="{RUNNING_ID}"] [data-action=stop]')
+    await button.click()
+    await expect(button).to_have_text("Confirm stop")
+    await button.click()
+    await expect(page.locator(".toast-success").last).to_contain_text("Stop requested")
+    assert [r["execution_id"] for r in stack.terminate_requests] == [RUNNING_ID]
+    assert stack.terminate_requests[0]["requested_by"] == "ada"
+
+
+async def test_detail_page_and_compare(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    await page.locator(f'tr[data-id="{DETAILED_ID}"] .c-message a').click()
+    await expect(page).to_have_url(re.compile(rf"\?execution={DETAILED_ID}$"))
+    steps = page.locator(".waterfall .step")
+    await expect(steps).to_have_count(4)
+    await expect(page.locator(".retry-expected")).to_have_count(1)
+    await expect(page.locator("pre.log")).to_contain_text("[done] 3 drafts")
+    await expect(page.locator(f'.panel a[href="/?execution={CHILD_ID}"]')).to_be_visible()
+    await expect(page.locator("dd[data-field=engine]")).to_have_text("temporal")
+    await steps.nth(1).locator("summary").click()
+    await expect(steps.nth(1).locator(".pre-error")).to_have_text("HTTP 503 from mail server")
+    await screenshot(page, "04-detail", full_page=True)
+
+    await page.locator(".compare-form input").fill("seed-002")
+    await page.locator(".compare-form button").click()
+    await expect(page.locator("table.compare")).to_be_visible()
+    await expect(page.locator("tr[data-field=agent_name].differs")).to_have_count(1)
+    await screenshot(page, "05-compare", full_page=True)
+    await page.go_back()
+    await page.go_back()
+    await expect(page.locator(ROWS).first).to_be_visible()
+
+
+async def test_user_sees_only_their_agents(browser: Browser, stack: Stack) -> None:
+    context = await browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = await context.new_page()
+        await page.goto(stack.page_url(user="uma", role="user"))
+        mine = {"alpha", "beta"}
+        wanted = [r.id for r in stack.rows if r.agent_name in mine]
+        await expect(page.locator(".summary")).to_contain_text(f"of {len(wanted) + 1} executions")
+        agents = await page.locator(ROWS).evaluate_all("rows => rows.map(r => r.dataset.agent)")
+        assert set(agents) == mine
+        options = await page.locator("select[name=agent_name] option").evaluate_all(
+            "opts => opts.map(o => o.value)"
+        )
+        assert options == ["", "alpha", "beta"]
+        await screenshot(page, "06-user-phone")
+        await page.goto(f"{stack.base_url}/?agent_name=gamma")
+        await expect(page.locator(".error-box")).to_be_visible()
+    finally:
+        await context.close()
+
+
+async def test_polling_when_the_notifier_stops(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    await page.goto(stack.base_url + "/")
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
+    await stack.publish(
+        "execution_started",
+        {"id": "live-002", "agent_name": "beta", "triggered_by": "schedule", "started_at": now_iso()},
+    )
+    await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-002", timeout=10_000)
+
+    await stack.stop_notifier()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "polling")
+    await expect(page.locator("#live")).to_contain_text("polling")
+    await stack.publish(
+        "execution_completed",
+        {"id": "live-002", "agent_name": "beta", "completed_at": now_iso(), "cost": 0.5},
+    )
+    await stack.publish(
+        "execution_started",
+        {"id": "live-003", "agent_name": "gamma", "triggered_by": "api", "started_at": now_iso()},
+    )
+    # One poll (every 10 s) brings both: the new row on top, the other updated in place.
+    await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-003", timeout=15_000)
+    row = page.locator('tr[data-id="live-002"]')
+    await expect(row).to_have_attribute("data-status", "success", timeout=12_000)
+    await expect(row.locator(".c-cost")).to_have_text("$0.50")
+    await screenshot(page, "07-polling")
