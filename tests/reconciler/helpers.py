@@ -1,0 +1,95 @@
+"""Test helpers: rows as an agent would have left them, a reconciler wired to test engines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import nats
+from nats.js import JetStreamContext
+
+from services.reconciler.engines import Engine
+from services.reconciler.loop import Reconciler
+from services.reconciler.publish import EventPublisher
+from services.reconciler.rules import Policy
+from shared.db import create_pool
+from shared.settings import CommonSettings
+from shared.streams import ensure_streams
+from shared.subjects import Subjects
+
+INSERT = """
+INSERT INTO executions (org, id, agent_name, status, engine, external_id, started_at,
+                        first_seen_at, completed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
+"""
+
+
+async def insert_row(
+    conn: asyncpg.Connection,
+    org: str,
+    execution_id: str,
+    *,
+    engine: str | None,
+    external_id: str | None,
+    status: str = "running",
+    age_s: float = 3600,
+    agent: str = "agent-1",
+) -> None:
+    started = datetime.now(UTC) - timedelta(seconds=age_s)
+    completed = datetime.now(UTC) if status in ("success", "failed", "cancelled") else None
+    await conn.execute(
+        INSERT, org, execution_id, agent, status, engine, external_id, started, completed
+    )
+
+
+async def make_reconciler(
+    database_url: str,
+    engines: Mapping[str, Engine],
+    js: JetStreamContext | None,
+    subjects: Subjects,
+    policy: Policy | None = None,
+    **kwargs: Any,
+) -> Reconciler:
+    publisher = None
+    if js is not None:
+        await ensure_streams(js, CommonSettings(subject_prefix=subjects.prefix))
+        publisher = EventPublisher(js, subjects)
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    return Reconciler(pool, engines, publisher, policy or Policy(), **kwargs)
+
+
+async def stream_messages(nats_url: str, subjects: Subjects) -> list[tuple[str, bytes]]:
+    """Every message in the test's events stream (none when the stream does not exist)."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(subjects.events_stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        found: list[tuple[str, bytes]] = []
+        if info.state.messages == 0:
+            return found
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(subjects.events_stream, seq)
+            assert msg.subject is not None
+            assert msg.data is not None
+            found.append((msg.subject, msg.data))
+        return found
+    finally:
+        await nc.close()
+
+
+async def wait_until(
+    conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], want: Any, timeout: float = 20
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await conn.fetchval(sql, *args)
+        if got == want or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.1)

@@ -1,0 +1,190 @@
+"""The generic HTTP engine adapter and a full pass against a local engine that misbehaves."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import nats
+import orjson
+import pytest
+import pytest_asyncio
+
+from services.reconciler.engines import EngineError
+from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
+from services.reconciler.rules import Action, Kind, Policy
+from services.reconciler.settings import DEFAULT_STATUS_MAP
+from shared.events import Status
+from shared.subjects import Subjects
+from tests.procs import free_port, running
+from tests.reconciler.helpers import insert_row, make_reconciler, stream_messages, wait_until
+from tests.reconciler.http_engine import EngineState, serving
+
+
+@pytest_asyncio.fixture
+async def engine_state() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
+    state = EngineState(slow_s=1.0)
+    async with serving(state, free_port()) as url:
+        engine = HttpEngine(
+            HttpEngineConfig(
+                base_url=url,
+                status_map=DEFAULT_STATUS_MAP,
+                timeout_seconds=0.3,
+                backoff_seconds=0.01,
+            )
+        )
+        try:
+            yield state, engine
+        finally:
+            await engine.close()
+
+
+async def test_found_runs_map_their_status(engine_state: tuple[EngineState, HttpEngine]) -> None:
+    state, engine = engine_state
+    state.add("r1", "SUCCEEDED", completed_at="2026-02-05T10:00:45Z", error=None)
+    run = await engine.get_run("r1")
+    assert run is not None
+    assert (run.status, run.completed_at is not None) == (Status.SUCCESS, True)
+
+
+async def test_not_found_is_retried_three_times(
+    engine_state: tuple[EngineState, HttpEngine],
+) -> None:
+    state, engine = engine_state
+    state.add("late-1", "running")
+    found = await engine.get_run("late-1")
+    assert found is not None
+    assert found.status is Status.RUNNING
+    assert state.calls["late-1"] == 3
+    assert await engine.get_run("nowhere") is None
+    assert state.calls["nowhere"] == 3
+
+
+@pytest.mark.parametrize(
+    ("run_id", "message"),
+    [
+        ("e500-1", "HTTP 500 (after 3 attempts)"),
+        ("slow-1", "timed out after 0.3 s"),
+        ("bad-1", "unknown status 'exploded'"),
+        ("notjson-1", "not JSON"),
+    ],
+)
+async def test_engine_failures_raise_a_clear_error(
+    engine_state: tuple[EngineState, HttpEngine], run_id: str, message: str
+) -> None:
+    _, engine = engine_state
+    with pytest.raises(EngineError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        await engine.get_run(run_id)
+
+
+async def test_flaky_engine_recovers_on_retry(
+    engine_state: tuple[EngineState, HttpEngine],
+) -> None:
+    state, engine = engine_state
+    state.add("flaky-1", "failed", error="quota")
+    run = await engine.get_run("flaky-1")
+    assert run is not None
+    assert (run.status, run.error) == (Status.FAILED, "quota")
+
+
+async def test_pass_reports_every_kind_dry_run_changes_nothing_fix_is_applied(
+    engine_state: tuple[EngineState, HttpEngine],
+    db: asyncpg.Connection,
+    database_url: str,
+    org: str,
+    nats_url: str,
+    subjects: Subjects,
+    service_env: dict[str, str],
+) -> None:
+    state, engine = engine_state
+    state.add("done-1", "succeeded", completed_at="2026-02-05T10:00:45Z")
+    state.add("fail-1", "failed", error="quota exceeded", error_type="QuotaError")
+    state.add("run-1", "running")
+    state.add("late-2", "succeeded")
+    cases = {
+        "x-done": "done-1",
+        "x-fail": "fail-1",
+        "x-running": "run-1",
+        "x-late": "late-2",
+        "x-orphan": "missing-1",
+        "x-500": "e500-2",
+        "x-slow": "slow-2",
+        "x-bad": "bad-2",
+    }
+    for execution_id, external_id in cases.items():
+        await insert_row(db, org, execution_id, engine="http", external_id=external_id)
+    await insert_row(db, org, "x-noid", engine="http", external_id=None)
+    await insert_row(db, org, "x-young", engine="http", external_id="done-1", age_s=5)
+
+    nc = await nats.connect(nats_url)
+    policy = Policy(
+        first_check_grace=timedelta(seconds=30),
+        orphan_grace=timedelta(minutes=10),
+        missing_external_id_timeout=timedelta(minutes=5),
+    )
+    reconciler = await make_reconciler(
+        database_url, {"http": engine}, nc.jetstream(), subjects, policy
+    )
+    try:
+        report = await reconciler.run_pass(fix=False)
+        by_id = {d.execution_id: d for d in report.decisions if d.org == org}
+        kinds = {eid: by_id[eid].kind for eid in [*cases, "x-noid", "x-young"]}
+        assert kinds == {
+            "x-done": Kind.STATUS_MISMATCH,
+            "x-fail": Kind.STATUS_MISMATCH,
+            "x-running": Kind.OK,
+            "x-late": Kind.STATUS_MISMATCH,
+            "x-orphan": Kind.ORPHAN_ROW,
+            "x-500": Kind.ENGINE_ERROR,
+            "x-slow": Kind.ENGINE_ERROR,
+            "x-bad": Kind.ENGINE_ERROR,
+            "x-noid": Kind.MISSING_EXTERNAL_ID,
+            "x-young": Kind.IN_GRACE,
+        }
+        assert "HTTP 500" in by_id["x-500"].reason
+        assert "timed out" in by_id["x-slow"].reason
+        assert "exploded" in by_id["x-bad"].reason
+        assert by_id["x-running"].action is Action.NONE
+        # Dry run: nothing published, nothing changed.
+        assert await stream_messages(nats_url, subjects) == []
+        running_now = await db.fetchval(
+            "SELECT count(*) FROM executions WHERE org = $1 AND status = 'running'", org
+        )
+        assert running_now == 10
+
+        async with running("ingest", service_env) as ingest:
+            report = await reconciler.run_pass(fix=True)
+            assert report.fixed == 3
+            done = await wait_until(
+                db,
+                "SELECT count(*) FROM executions WHERE org = $1 AND status <> 'running'",
+                (org,),
+                3,
+            )
+            events = await db.fetchval("SELECT count(*) FROM events WHERE org = $1", org)
+            assert done == 3, (events, ingest.log()[-3000:])
+        rows = {
+            r["id"]: r
+            for r in await db.fetch(
+                "SELECT id, status, error, error_type FROM executions WHERE org = $1", org
+            )
+        }
+        assert rows["x-done"]["status"] == "success"
+        assert rows["x-late"]["status"] == "success"
+        assert (rows["x-fail"]["status"], rows["x-fail"]["error"]) == ("failed", "quota exceeded")
+        assert rows["x-fail"]["error_type"] == "QuotaError"
+        for untouched in ("x-running", "x-orphan", "x-500", "x-slow", "x-bad", "x-noid"):
+            assert rows[untouched]["status"] == "running", untouched
+        messages = await stream_messages(nats_url, subjects)
+        assert sorted(orjson.loads(data)["event_id"] for _, data in messages) == [
+            f"reconcile:{org}:x-done:success",
+            f"reconcile:{org}:x-fail:failed",
+            f"reconcile:{org}:x-late:success",
+        ]
+        # A second fix pass publishes the same ids: JetStream drops them as duplicates.
+        again = await reconciler.run_pass(fix=True)
+        assert again.published == 0
+    finally:
+        await reconciler.pool.close()
+        await nc.close()
