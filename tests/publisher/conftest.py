@@ -27,6 +27,7 @@ from shared.subjects import Subjects
 
 VENV_BIN = Path(sys.executable).parent
 NATS_SERVER = str(VENV_BIN / "nats-server")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -145,12 +146,13 @@ class Ingest:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "ingest"],
-            env=self.env,
-            cwd=Path(__file__).resolve().parents[2],
+    def spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "ingest"], env=self.env, cwd=REPO
         )
+
+    async def start(self) -> None:
+        self.proc = self.spawn()
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:

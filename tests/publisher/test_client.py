@@ -20,13 +20,15 @@ class Boom(RuntimeError):
 async def test_success_publishes_started_then_completed(
     nats_url: str, streams: Subjects, js: JetStreamContext, org: str
 ) -> None:
-    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
-        async with fleet.execution(
+    async with (
+        Fleet(nats_url, org=org, subjects=streams) as fleet,
+        fleet.execution(
             "ruby-agent", message="Process invoice", triggered_by="schedule", project="billing"
-        ) as run:
-            await asyncio.sleep(0.02)
-            run.response = "done"
-            run.set(cost=0.02, tokens_in=120, tokens_out=40)
+        ) as run,
+    ):
+        await asyncio.sleep(0.02)
+        run.response = "done"
+        run.set(cost=0.02, tokens_in=120, tokens_out=40)
     messages = await stream_messages(js, streams.events_stream)
     assert [m[2]["type"] for m in messages] == ["execution_started", "execution_completed"]
     subject, headers, body = messages[1]
@@ -42,7 +44,8 @@ async def test_success_publishes_started_then_completed(
     assert (event.execution.tokens_in, event.execution.tokens_out) == (120, 40)
     assert event.execution.triggered_by == "schedule"
     assert event.execution.project == "billing"
-    assert event.execution.duration_ms is not None and event.execution.duration_ms >= 20
+    assert event.execution.duration_ms is not None
+    assert event.execution.duration_ms >= 20
     assert event.execution.completed_at is not None
     assert event.source == "agent:ruby-agent"
 
@@ -84,23 +87,25 @@ async def test_cancelled_task_publishes_cancelled_and_keeps_cancelling(
 async def test_components_count_attempts_and_children_link_to_parent(
     nats_url: str, streams: Subjects, js: JetStreamContext, org: str
 ) -> None:
-    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
-        async with fleet.execution("planner") as parent:
-            for _ in range(2):
-                try:
-                    async with parent.component(
-                        "fetch", input={"url": "u"}, retry_policy="fixed", max_attempts=3
-                    ) as step:
-                        if step.attempt == 1:
-                            raise TimeoutError("read timed out")
-                        step.output = {"rows": 3}
-                    break
-                except TimeoutError:
-                    continue
-            async with fleet.execution("writer") as nested:
-                pass
-            async with parent.child("reviewer", triggered_by="mcp") as explicit:
-                pass
+    async with (
+        Fleet(nats_url, org=org, subjects=streams) as fleet,
+        fleet.execution("planner") as parent,
+    ):
+        for _ in range(2):
+            try:
+                async with parent.component(
+                    "fetch", input={"url": "u"}, retry_policy="fixed", max_attempts=3
+                ) as step:
+                    if step.attempt == 1:
+                        raise TimeoutError("read timed out")
+                    step.output = {"rows": 3}
+                break
+            except TimeoutError:
+                continue
+        async with fleet.execution("writer") as nested:
+            pass
+        async with parent.child("reviewer", triggered_by="mcp") as explicit:
+            pass
     events = [Event.model_validate(m[2]) for m in await stream_messages(js, streams.events_stream)]
     steps = [e for e in events if e.component is not None]
     assert [(e.type.value, e.component.attempt) for e in steps if e.component] == [
@@ -110,9 +115,12 @@ async def test_components_count_attempts_and_children_link_to_parent(
         ("component_completed", 2),
     ]
     failed = steps[1].component
-    assert failed is not None and failed.error_type == "TimeoutError"
-    assert failed.retry_policy == "fixed" and failed.max_attempts == 3
-    assert steps[3].component is not None and steps[3].component.output == {"rows": 3}
+    assert failed is not None
+    assert failed.error_type == "TimeoutError"
+    assert failed.retry_policy == "fixed"
+    assert failed.max_attempts == 3
+    assert steps[3].component is not None
+    assert steps[3].component.output == {"rows": 3}
     assert all(e.agent_name == "planner" for e in steps)
     children = {
         e.execution.agent_name: e.execution
@@ -133,7 +141,7 @@ async def test_terminate_cancels_the_run_and_answers(
     async with Fleet(nats_url, org=org, subjects=streams) as fleet:
 
         async def work() -> str:
-            async with fleet.execution("long-agent") as run:
+            async with fleet.execution("long-agent"):
                 entered.set()
                 await asyncio.sleep(30)
             return "after the run"
@@ -156,7 +164,8 @@ async def test_terminate_cancels_the_run_and_answers(
         assert b'"accepted":false' in again.data
     last = Event.model_validate((await stream_messages(js, streams.events_stream))[-1][2])
     assert last.type == "execution_cancelled"
-    assert last.execution is not None and last.execution.error == "by ops"
+    assert last.execution is not None
+    assert last.execution.error == "by ops"
 
 
 async def test_terminate_callback_instead_of_cancel(
@@ -169,16 +178,18 @@ async def test_terminate_callback_instead_of_cancel(
         reasons.append(reason)
         stop.set()
 
-    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
-        async with fleet.execution("cb-agent", on_terminate=on_terminate) as run:
-            assert fleet._nc is not None
-            reply = await fleet._nc.request(
-                streams.terminate(org, "cb-agent"),
-                f'{{"execution_id": "{run.id}"}}'.encode(),
-                timeout=3,
-            )
-            assert b'"accepted":true' in reply.data
-            await asyncio.wait_for(stop.wait(), 3)
+    async with (
+        Fleet(nats_url, org=org, subjects=streams) as fleet,
+        fleet.execution("cb-agent", on_terminate=on_terminate) as run,
+    ):
+        assert fleet._nc is not None
+        reply = await fleet._nc.request(
+            streams.terminate(org, "cb-agent"),
+            f'{{"execution_id": "{run.id}"}}'.encode(),
+            timeout=3,
+        )
+        assert b'"accepted":true' in reply.data
+        await asyncio.wait_for(stop.wait(), 3)
     assert reasons == ["terminated on request"]
     last = (await stream_messages(js, streams.events_stream))[-1][2]
     assert last["type"] == "execution_cancelled"

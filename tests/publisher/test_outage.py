@@ -57,57 +57,34 @@ async def test_stop_and_restart_nats_mid_run_loses_nothing(
     assert order == expected
 
 
+def agent_args(nats: str, subjects: Subjects, org: str, spool: Path) -> list[str]:
+    return [
+        "-m", "tests.publisher.agent_script", "--nats", nats, "--prefix", subjects.prefix,
+        "--org", org, "--spool", str(spool),
+    ]  # fmt: skip
+
+
 async def test_killed_agent_with_a_spool_drains_after_restart(
     nats_url: str, streams: Subjects, tmp_path: Path, org: str
 ) -> None:
     spool = tmp_path / "spool"
     dead_nats = f"nats://127.0.0.1:{free_port()}"
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.publisher.agent_script",
-            "--nats",
-            dead_nats,
-            "--prefix",
-            streams.prefix,
-            "--org",
-            org,
-            "--spool",
-            str(spool),
-            "--runs",
-            "5",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-    )
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, *agent_args(dead_nats, streams, org, spool), "--runs", "5",
+        cwd=REPO, stdout=subprocess.PIPE,
+    )  # fmt: skip
     assert first.stdout is not None
-    line = await asyncio.to_thread(first.stdout.readline)
+    line = await asyncio.wait_for(first.stdout.readline(), 30)
     assert line.strip() == b"spooled=10"
     first.kill()
-    first.wait()
+    await first.wait()
 
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.publisher.agent_script",
-            "--nats",
-            nats_url,
-            "--prefix",
-            streams.prefix,
-            "--org",
-            org,
-            "--spool",
-            str(spool),
-            "--drain",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
-    assert b"drained=True" in second.stdout
+    second = await asyncio.create_subprocess_exec(
+        sys.executable, *agent_args(nats_url, streams, org, spool), "--drain",
+        cwd=REPO, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(second.communicate(), 60)
+    assert b"drained=True" in out
     nc = await nats.connect(nats_url)
     try:
         messages = await stream_messages(nc.jetstream(), streams.events_stream)

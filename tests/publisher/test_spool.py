@@ -26,7 +26,8 @@ def test_reads_in_order_and_commits_from_the_head(tmp_path: Path) -> None:
     assert [e for _, e in spool.read(10)] == [ev(2), ev(3), ev(4)]
     rest = spool.read(10)
     spool.commit(rest[-1][0], 3)
-    assert spool.pending == 0 and spool.pending_bytes == 0
+    assert spool.pending == 0
+    assert spool.pending_bytes == 0
     assert (tmp_path / "events.log").stat().st_size == 0
     spool.close()
 
