@@ -167,7 +167,8 @@ async def test_summary_shape(client: httpx.AsyncClient, rows: list[dict[str, Any
     assert len(body["executions"]) == 200
     by_id = {r["id"]: r for r in rows}
     for e in body["executions"]:
-        assert "execution_log" not in e and "response" not in e
+        assert "execution_log" not in e
+        assert "response" not in e
         assert len(e["message"]) <= 200
         assert e["message"] == by_id[e["id"]]["message"][:200]
         src = by_id[e["id"]]
@@ -283,7 +284,8 @@ async def test_user_sees_owned_and_shared_agents_only(
     assert {a["agent_name"] for a in stats["by_agent"]} <= {"a1", "a2"}
     agents = (await client.get("/api/agents", headers=USER)).json()["agents"]
     assert [a["name"] for a in agents] == ["a1", "a2"]
-    assert "shared_with" in agents[0] and "shared_with" not in agents[1]  # owns a1 only
+    assert "shared_with" in agents[0]
+    assert "shared_with" not in agents[1]
 
 
 async def test_client_sees_shared_agents_only_through_per_agent_endpoints(
@@ -312,7 +314,8 @@ async def test_no_request_reaches_another_org(
     client: httpx.AsyncClient, rows: list[dict[str, Any]]
 ) -> None:
     ids = await all_ids(client, {}, ADMIN_B)
-    assert len(ids) == 150 and all(i.startswith(B) for i in ids)
+    assert len(ids) == 150
+    assert all(i.startswith(B) for i in ids)
     # Same agent name in both orgs: still only B's rows.
     per_agent = (await client.get("/api/agents/a1/executions", headers=ADMIN_B)).json()
     assert all(e["id"].startswith(B) for e in per_agent["executions"])
@@ -335,7 +338,8 @@ async def test_no_request_reaches_another_org(
 async def test_auth_errors(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/executions")).status_code == 401
     bad = await client.get("/api/executions", headers={"Authorization": "Bearer nope"})
-    assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
+    assert bad.status_code == 401
+    assert bad.headers["www-authenticate"] == "Bearer"
     forged = token(A, "ada", "admin")["Authorization"][:-3] + "abc"
     assert (
         await client.get("/api/executions", headers={"Authorization": forged})
@@ -347,7 +351,8 @@ async def test_export_streams_every_matching_row(
 ) -> None:
     want = expected(rows, lambda r: r["status"] == "failed")
     reply = await client.get("/api/executions/export", headers=ADMIN, params={"status": "failed"})
-    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/csv")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/csv")
     table = list(csv.DictReader(io.StringIO(reply.text)))
     assert [r["id"] for r in table] == want
     nd = await client.get(
@@ -369,7 +374,5 @@ async def test_metrics_use_route_templates(
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json()["database"] is True
     spec = (await client.get("/openapi.json")).json()
-    assert (
-        "/api/executions" in spec["paths"]
-        and "/api/executions/{execution_id}/terminate" in spec["paths"]
-    )
+    assert "/api/executions" in spec["paths"]
+    assert "/api/executions/{execution_id}/terminate" in spec["paths"]

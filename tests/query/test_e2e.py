@@ -1,0 +1,70 @@
+"""The query service as a process: `fleetwatch query` on a free port, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from shared.db import connect
+from tests.query.helpers import SECRET, add_org, insert, make_rows, token
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest_asyncio.fixture
+async def query_url(service_env: dict[str, str]) -> AsyncIterator[str]:
+    port = free_port()
+    env = {**service_env, "FLEETWATCH_JWT_SECRET": SECRET, "QUERY_PORT": str(port)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "query", env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(100):
+                try:
+                    if (await client.get(f"{url}/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.returncode is None, "query exited early"
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=10)
+
+
+async def test_query_process_serves_the_api(database_url: str, query_url: str, org: str) -> None:
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        await insert(conn, make_rows(org, ("bot",), 60, seed=9))
+    finally:
+        await conn.close()
+    async with httpx.AsyncClient(base_url=query_url) as client:
+        assert (await client.get("/api/executions")).status_code == 401
+        headers = token(org, "ada", "admin")
+        page = (await client.get("/api/executions", headers=headers, params={"limit": 50})).json()
+        assert page["total_count"] == 60
+        assert page["has_more"] is True
+        rest = await client.get(
+            "/api/executions", headers=headers, params={"cursor": page["next_cursor"]}
+        )
+        assert len(rest.json()["executions"]) == 10
+        assert (await client.get("/api/executions/stats", headers=headers)).status_code == 200
+        assert "fleetwatch_query_request_seconds" in (await client.get("/metrics")).text
+        assert (await client.get("/")).status_code == 200
