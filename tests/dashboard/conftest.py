@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from shared.auth import mint_token
 from shared.db import connect
@@ -40,6 +41,9 @@ CHROMIUM_ARGS = [
 ]
 SECRET = "dashboard-test-secret-0123456789abcdef"  # ≥ 32 bytes: pyjwt warns below
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+
+# Two shared cores run services, Chromium and the test: give assertions room to retry.
+expect.set_options(timeout=10_000)
 
 
 @dataclass
@@ -70,7 +74,8 @@ class Stack:
     def page_url(self, user: str = "ada", role: str = "admin", query: str = "") -> str:
         """The dashboard, signed in through `#token=`, pointed at this notifier."""
         sep = "&" if query else ""
-        return f"{self.base_url}/?{query}{sep}notifier={self.notifier_ws}#token={self.token(user, role)}"
+        token = self.token(user, role)
+        return f"{self.base_url}/?{query}{sep}notifier={self.notifier_ws}#token={token}"
 
     async def publish(self, type_: str, execution: dict[str, Any]) -> None:
         event = Event.model_validate(
@@ -92,6 +97,11 @@ class Stack:
     async def stop_notifier(self) -> None:
         self.notifier.kill()
         await asyncio.to_thread(self.notifier.wait, 10)
+
+    async def restart_notifier(self) -> None:
+        """The notifier again, on the same port (so the page's URL still points at it)."""
+        self.notifier = start_service("notifier", self.env, self.notifier.port)
+        await wait_ready(self.notifier.url, timeout=30)
 
 
 def _stop(service: Service) -> None:
@@ -126,12 +136,11 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
     ingest = start_service("ingest", env)
     notifier = start_service("notifier", env, free_port())
     query = start_service("query", env)
-    services = [ingest, notifier, query]
-    nc = await nats.connect(nats_url)
+    stack = Stack(org, subjects, env, query, notifier, ingest, await nats.connect(nats_url), rows)
+    nc = stack.nc
     try:
-        for service in services:
+        for service in (ingest, notifier, query):
             await wait_ready(service.url, timeout=30)
-        stack = Stack(org, subjects, env, query, notifier, ingest, nc, rows)
 
         async def answer_terminate(msg: Msg) -> None:
             stack.terminate_requests.append({"subject": msg.subject, **json.loads(msg.data)})
@@ -140,14 +149,12 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
         await nc.subscribe(subjects.terminate(org, "alpha"), cb=answer_terminate)
         yield stack
     finally:
-        for service in services:
+        for service in (stack.ingest, stack.notifier, stack.query):
             await asyncio.to_thread(_stop, service)
         js = nc.jetstream()
         for stream in (subjects.events_stream, subjects.dlq_stream):
-            try:
+            with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
-            except NotFoundError:
-                pass
         await nc.close()
 
 

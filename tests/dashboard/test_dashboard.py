@@ -46,7 +46,8 @@ async def test_page_loads_with_stats_and_rows(admin_page: Page, stack: Stack) ->
     assert await first.locator(".c-message a").get_attribute("title") == stack.rows[0].message
     await expect(page.locator(f"{ROWS} [data-action=stop]")).to_have_count(1)
     await expect(page.locator(".chart rect.bar").first).to_be_visible()
-    assert "notifier=" not in page.url and "token=" not in page.url
+    assert "notifier=" not in page.url
+    assert "token=" not in page.url
     await screenshot(page, "01-executions")
 
 
@@ -129,6 +130,7 @@ async def test_live_event_appears_at_top_and_updates_in_place(
     await expect(page.locator(".toast-error").first).to_contain_text("failed")
     assert (await shown_ids(page)).count("live-001") == 1
     assert await page.evaluate("document.readyState") == "complete"
+    await page.evaluate("window.scrollTo(0, 0)")
     await screenshot(page, "03-live-failure-toast")
 
 
@@ -194,7 +196,12 @@ async def test_polling_when_the_notifier_stops(admin_page: Page, stack: Stack) -
     await expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
     await stack.publish(
         "execution_started",
-        {"id": "live-002", "agent_name": "beta", "triggered_by": "schedule", "started_at": now_iso()},
+        {
+            "id": "live-002",
+            "agent_name": "beta",
+            "triggered_by": "schedule",
+            "started_at": now_iso(),
+        },
     )
     await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-002", timeout=10_000)
 
@@ -215,3 +222,15 @@ async def test_polling_when_the_notifier_stops(admin_page: Page, stack: Stack) -
     await expect(row).to_have_attribute("data-status", "success", timeout=12_000)
     await expect(row.locator(".c-cost")).to_have_text("$0.50")
     await screenshot(page, "07-polling")
+
+
+async def test_socket_resumes_when_the_notifier_returns(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    await stack.restart_notifier()
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=20_000)
+    # Polling stopped with the socket back: a new event can only arrive through it now.
+    await stack.publish(
+        "execution_started",
+        {"id": "live-004", "agent_name": "alpha", "triggered_by": "mcp", "started_at": now_iso()},
+    )
+    await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-004", timeout=8_000)

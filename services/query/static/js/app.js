@@ -4,6 +4,7 @@ import { adoptTokenFromHash, api, getToken, setToken, tokenClaims } from "./api.
 import { renderCompare, renderDetail } from "./detail.js";
 import { clear, h, toast } from "./dom.js";
 import { ExecutionsPage } from "./executions.js";
+import { agentLabel, setAgentNames } from "./format.js";
 import { LiveFeed } from "./live.js";
 import { refreshTimes } from "./rows.js";
 
@@ -84,7 +85,7 @@ function onLiveEvent(message) {
     const seq = routeSeq;
     renderDetail(root, detailId, { navigate, current: () => seq === routeSeq });
   }
-  else if (message.execution.status === "failed") toast(`${message.execution.agent_name} failed`, "error");
+  else if (message.execution.status === "failed") toast(`${agentLabel(message.execution)} failed`, "error");
 }
 
 async function start() {
@@ -99,6 +100,7 @@ async function start() {
     const answer = await api("/api/agents");
     agents = (Array.isArray(answer) ? answer : (answer?.agents ?? [])).map((a) => (typeof a === "string" ? { name: a } : a));
     agents.sort((a, b) => a.name.localeCompare(b.name));
+    setAgentNames(agents);
   } catch (err) {
     if (err.status === 401) return; // the unauthorized handler shows the sign-in form
     agents = [];

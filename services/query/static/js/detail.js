@@ -86,6 +86,17 @@ export function waterfall(exec, components) {
   );
 }
 
+function componentsTitle(exec) {
+  const parts = exec.components ?? [];
+  const counts = { expected: 0, unexpected: 0 };
+  for (const c of parts) {
+    const klass = retryClass(c);
+    if (klass) counts[klass] += 1;
+  }
+  const notes = Object.entries(counts).filter(([, n]) => n).map(([k, n]) => `${n} ${k} ${n === 1 ? "retry" : "retries"}`);
+  return `Components (${parts.length} step${parts.length === 1 ? "" : "s"}${notes.length ? `, ${notes.join(", ")}` : ""})`;
+}
+
 function childrenTable(children) {
   if (!children?.length) return h("p", { class: "muted" }, "No child executions.");
   return h(
@@ -146,7 +157,7 @@ export async function renderDetail(root, id, { navigate, current = () => true })
       ),
       h("dl", { class: "fields" }, fields.map((k) => h("div", { class: "pair" }, h("dt", {}, k.replace(/_/g, " ")), h("dd", { dataset: { field: k } }, fieldValue(k, exec[k], exec))))),
       LONG_FIELDS.filter((k) => exec[k]).map((k) => section(k[0].toUpperCase() + k.slice(1), h("pre", { class: k === "error" ? "pre-error" : "" }, exec[k]))),
-      section("Components", waterfall(exec, exec.components)),
+      section(componentsTitle(exec), waterfall(exec, exec.components)),
       section("Child executions", childrenTable(exec.children)),
       exec.tool_calls?.length ? section("Tool calls", h("pre", {}, pretty(exec.tool_calls))) : null,
       section("Log", log ? h("pre", { class: "log" }, log) : h("p", { class: "muted" }, "No log recorded.")),

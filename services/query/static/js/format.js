@@ -81,6 +81,14 @@ export function firstLine(text, max = 120) {
   return line.length > max ? `${line.slice(0, max - 1)}…` : line;
 }
 
+const agentNames = new Map();
+
+/** Display names from /api/agents, for live events (which carry only the agent's name). */
+export function setAgentNames(agents) {
+  agentNames.clear();
+  for (const a of agents) if (a.display_name) agentNames.set(a.name, a.display_name);
+}
+
 export function agentLabel(exec) {
-  return exec.agent_display_name || exec.display_name || exec.agent_name;
+  return exec.agent_display_name || agentNames.get(exec.agent_name) || exec.agent_name;
 }

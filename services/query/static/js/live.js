@@ -8,7 +8,7 @@ import { api, getToken } from "./api.js";
 
 const NOTIFIER_KEY = "fleetwatch.notifier";
 export const POLL_MS = 10_000;
-const MAX_BACKOFF_MS = 15_000;
+const MAX_BACKOFF_MS = 10_000;
 
 /** Where the notifier listens: ?notifier=, a saved choice, /api/config, the meta tag, :8001. */
 export async function notifierUrl() {

@@ -69,7 +69,9 @@ export function timeCell(value) {
 
 /** The row; `selected` is the set of ids ticked for comparison. */
 export function renderRow(exec, selected, onSelect) {
-  const errorText = exec.error ? fmt.firstLine(exec.error, 80) : exec.has_error ? "error" : "";
+  // Summaries may carry only `error_type`; the full error is on the detail page.
+  const errorText = exec.error ? fmt.firstLine(exec.error, 80) : exec.error_type || (exec.has_error ? "error" : "");
+  const errorTitle = exec.error || (exec.has_error ? "Open the execution for the full error" : "");
   const checkbox = h("input", {
     type: "checkbox",
     class: "pick",
@@ -102,7 +104,7 @@ export function renderRow(exec, selected, onSelect) {
     h("td", { class: "c-num c-duration", "data-label": "duration" }, fmt.duration(exec.duration_ms)),
     h("td", { class: "c-num c-cost", "data-label": "cost" }, fmt.cost(exec.cost)),
     h("td", { class: "c-num c-tokens", "data-label": "tokens in/out" }, fmt.tokens(exec)),
-    h("td", { class: "c-error", title: exec.error ?? "" }, errorText),
+    h("td", { class: "c-error", title: errorTitle }, errorText),
     h("td", { class: "c-actions" }, exec.status === "running" ? stopButton(exec) : null),
   );
 }
