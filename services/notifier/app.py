@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -113,6 +114,9 @@ class Notifier:
             self.hub.publish(out, published_at=meta.timestamp.timestamp())
         except Exception:  # one bad message must not stop the feed
             log.exception("fan-out failed for %s", msg.subject)
+        # nats-py hands queued messages over without yielding; during a burst that would starve
+        # handshakes, pings and client frames, so give the loop a turn after each event.
+        await asyncio.sleep(0)
 
     async def stop(self) -> None:
         """Close every socket with 1001 "going away", then let go of NATS and Postgres."""

@@ -1,0 +1,108 @@
+"""The notifier as a process: clients that lose it to a restart resume without loss."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from shared.subjects import Subjects
+from tests.notifier.helpers import (
+    SECRET,
+    collect,
+    events_of,
+    execution_event,
+    jetstream,
+    publish,
+    token,
+    ws_url,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    # Popen returns at once; the readiness poll below is the part that waits, asynchronously.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "shared.cli", "notifier"],
+        env={**env, "NOTIFIER_PORT": str(port), "FLEETWATCH_JWT_SECRET": SECRET},
+        cwd=os.getcwd(),
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise AssertionError("notifier did not become ready")
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_restart_then_resume_loses_nothing(
+    service_env: dict[str, str],
+    nats_url: str,
+    subjects: Subjects,
+    org: str,
+    procs: list[subprocess.Popen[bytes]],
+) -> None:
+    port = _free_port()
+    procs.append(await _start(service_env, port))
+    tok = token(org, "boss", "admin")
+    async with jetstream(nats_url) as js:
+        clients = [
+            await websockets.connect(ws_url(port, f"token={tok}&resume_from=0")) for _ in range(3)
+        ]
+        first = [await publish(js, subjects, execution_event(org, "x")) for _ in range(10)]
+        last_seen = []
+        for ws in clients:
+            frames = events_of(await collect(ws, until_seq=first[-1]))
+            assert [f["seq"] for f in frames] == first
+            last_seen.append(frames[-1]["seq"])
+        # Graceful shutdown: every socket is told "going away".
+        procs[0].send_signal(signal.SIGTERM)
+        for ws in clients:
+            with pytest.raises(ConnectionClosed) as caught:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert caught.value.rcvd is not None
+            assert caught.value.rcvd.code == 1001
+        assert procs[0].wait(10) == 0
+        while_down = [await publish(js, subjects, execution_event(org, "x")) for _ in range(15)]
+        procs.append(await _start(service_env, port))
+        resumed = []
+        for seen in last_seen:
+            ws = await websockets.connect(ws_url(port), subprotocols=["bearer", tok])  # type: ignore[list-item]
+            await ws.send(orjson.dumps({"resume_from": seen}).decode())
+            resumed.append(ws)
+        after = [await publish(js, subjects, execution_event(org, "x")) for _ in range(5)]
+        for ws in resumed:
+            frames = events_of(await collect(ws, until_seq=after[-1]))
+            assert [f["seq"] for f in frames] == while_down + after
+            await ws.close()
