@@ -1,0 +1,145 @@
+"""HTTP gateway for publishers that cannot speak NATS: `POST /api/events`.
+
+A batch is all or nothing at validation: one bad event refuses the whole request (422 naming
+each failing index and field) and nothing of it is published, so a client fixes and resends
+the same batch. A valid batch is published to JetStream with each `event_id` as
+`Nats-Msg-Id`, and answered 202 only after every event was acknowledged; if JetStream fails
+part-way the answer is 503 and resending the whole batch is safe (duplicates are dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from services.ingest.apikeys import org_for_key
+from services.ingest.gateway_batch import check_batch, split_body
+from shared.publisher.envelope import MSG_ID_HEADER
+from shared.settings import CommonSettings
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_EVENTS = 1000
+PUBLISH_CHUNK = 256
+ACK_TIMEOUT = 5.0
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "One event, a JSON array of events, or NDJSON (one event per line).",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"type": "object"},
+                        {"type": "array", "items": {"type": "object"}},
+                    ],
+                    "description": "Events as shared/schema/*.schema.json define them.",
+                }
+            },
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+async def _read_limited(request: Request) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_gateway_router(
+    settings: CommonSettings,
+    get_pool: Callable[[], asyncpg.Pool],
+    get_js: Callable[[], JetStreamContext],
+) -> APIRouter:
+    """The `/api/events` route; the ingest app provides the pool and the JetStream context."""
+    router = APIRouter(tags=["gateway"])
+    subjects = settings.subjects
+
+    async def publish_all(
+        events: list[tuple[str, str, bytes]],
+    ) -> list[PubAck | BaseException]:
+        js = get_js()
+        results: list[PubAck | BaseException] = []
+        for start in range(0, len(events), PUBLISH_CHUNK):
+            chunk = events[start : start + PUBLISH_CHUNK]
+            results += await asyncio.gather(
+                *(
+                    js.publish(s, p, timeout=ACK_TIMEOUT, headers={MSG_ID_HEADER: i})
+                    for s, i, p in chunk
+                ),
+                return_exceptions=True,
+            )
+        return results
+
+    @router.post("/api/events", status_code=202, openapi_extra=_BODY_DOC)
+    async def post_events(
+        request: Request,
+        x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+    ) -> JSONResponse:
+        """Publish events for the key's org; answered after JetStream acknowledged them."""
+        org = await org_for_key(get_pool(), x_api_key) if x_api_key else None
+        if org is None:
+            return _error(401, "a valid X-API-Key is required")
+        body = await _read_limited(request)
+        if body is None:
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        items, errors = split_body(body, request.headers.get("content-type", ""))
+        if len(items) > MAX_EVENTS:
+            return _error(413, f"more than {MAX_EVENTS} events in one request")
+        checked = check_batch(items, org)
+        if checked.foreign:
+            return _error(
+                403,
+                "events name another organization; nothing was published",
+                errors=[e.as_dict() for e in checked.foreign],
+            )
+        errors += checked.errors
+        if errors:
+            return _error(
+                422,
+                "batch refused; nothing was published",
+                errors=[e.as_dict() for e in errors],
+            )
+        outgoing = [
+            (
+                subjects.event(event.org, event.agent, event.type),
+                event.event_id,
+                orjson.dumps(raw),
+            )
+            for event, raw in checked.events
+        ]
+        results = await publish_all(outgoing)
+        failed = [o[1] for o, r in zip(outgoing, results, strict=True) if not isinstance(r, PubAck)]
+        if failed:
+            return JSONResponse(
+                {
+                    "detail": "JetStream did not acknowledge every event; resend the batch "
+                    "(events already stored are dropped as duplicates)",
+                    "not_acknowledged": failed,
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        duplicates = sum(1 for r in results if isinstance(r, PubAck) and r.duplicate)
+        return JSONResponse({"accepted": len(outgoing), "duplicates": duplicates}, status_code=202)
+
+    return router
