@@ -30,6 +30,8 @@ LEFT JOIN agents AS a ON a.org = $1 AND a.name = e.agent_name
 ORDER BY e.sort_at DESC, e.id DESC
 """
 COUNT = "SELECT count(*) FROM executions WHERE {where}"
+# Counting stops after the cap: an exact count of 300,000 rows costs more than the page itself.
+CAPPED_COUNT = "SELECT count(*) FROM (SELECT 1 FROM executions WHERE {where} LIMIT {cap}) AS c"
 
 DETAIL = """
 SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.triggered_by,
@@ -141,9 +143,13 @@ async def list_page(
     return list(await conn.fetch(sql, *where.args))
 
 
-async def count(conn: asyncpg.Connection, where: Where) -> int:
-    value = await conn.fetchval(COUNT.format(where=where.sql), *where.args)
-    return int(value)
+async def count(conn: asyncpg.Connection, where: Where, *, cap: int = 0) -> tuple[int, bool]:
+    """The number of matching rows and whether it is exact (False: at least `cap`)."""
+    if cap <= 0:
+        return int(await conn.fetchval(COUNT.format(where=where.sql), *where.args)), True
+    sql = CAPPED_COUNT.format(where=where.sql, cap=int(cap) + 1)
+    value = int(await conn.fetchval(sql, *where.args))
+    return (value, True) if value <= cap else (cap, False)
 
 
 async def detail(conn: asyncpg.Connection, org: str, execution_id: str) -> asyncpg.Record | None:

@@ -27,6 +27,9 @@ class QuerySettings(CommonSettings):
     terminate_timeout_s: float = Field(default=3.0, gt=0)
     #: Waiting for the reconciler to fetch an execution's steps from its engine on detail open.
     sync_timeout_s: float = Field(default=0.8, gt=0, le=1.0)
+    #: `total_count` is exact up to this many rows, then reported as this with
+    #: `total_count_exact: false` (0: always exact, however slow).
+    exact_count_limit: int = Field(default=10_000, ge=0)
     export_batch_size: int = Field(default=2000, ge=10, le=50_000)
     #: Shown to the dashboard by `/api/config` (None: the page picks `ws://<host>:8001/ws`).
     notifier_url: str | None = None

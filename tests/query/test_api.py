@@ -376,3 +376,13 @@ async def test_metrics_use_route_templates(
     spec = (await client.get("/openapi.json")).json()
     assert "/api/executions" in spec["paths"]
     assert "/api/executions/{execution_id}/terminate" in spec["paths"]
+
+
+async def test_count_is_capped_and_says_so(database_url: str, nats_url: str, rows: Any) -> None:
+    async with client_for(settings_for(database_url, nats_url, exact_count_limit=100)) as capped:
+        body = (await capped.get("/api/executions", headers=ADMIN)).json()
+        assert body["total_count"] == 100
+        assert body["total_count_exact"] is False
+        few = (await capped.get("/api/executions", headers=ADMIN, params={"search": "0%"})).json()
+        assert few["total_count"] == 1
+        assert few["total_count_exact"] is True

@@ -36,7 +36,7 @@ async def run_list(ctx: Ctx, query: ListQuery) -> dict[str, Any]:
     rows = await repo.list_page(ctx.conn, where, limit=page.limit + 1, offset=page.offset)
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
-    total = await repo.count(ctx.conn, base)
+    total, exact = await repo.count(ctx.conn, base, cap=ctx.state.settings.exact_count_limit)
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
@@ -44,6 +44,7 @@ async def run_list(ctx: Ctx, query: ListQuery) -> dict[str, Any]:
     return {
         "executions": [summary(r) for r in rows],
         "total_count": total,
+        "total_count_exact": exact,
         "has_more": has_more,
         "next_cursor": next_cursor,
         "filters_applied": filters.applied(),

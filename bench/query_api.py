@@ -1,0 +1,355 @@
+"""Query API latency at scale: HTTP (real uvicorn process) against the same SQL run raw.
+
+    .venv/bin/python -m bench.query_api [--quick] [--rows N] [--iterations N]
+
+Loads N executions (default 1,000,000; --quick 50,000) over 50 agents and 3 orgs into a
+dedicated database with COPY, then for each case times the API over HTTP and the very SQL
+the API runs (same where-builder, same statements, same RLS transaction) through asyncpg.
+Prints a table and writes bench/results/query_api.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+
+from services.query import repo
+from services.query.cursor import CursorKey, encode_cursor
+from services.query.filters import ListFilters
+from services.query.where import Where, after, filtered
+from shared.auth import mint_token
+from shared.db import connect
+from shared.migrate import migrate
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECRET = "bench-secret-0123456789abcdef-0123456789"
+ORGS = ("bench-a", "bench-b", "bench-c")
+STATUSES = ("success",) * 14 + ("failed",) * 3 + ("running", "pending", "cancelled")
+TRIGGERS = ("manual", "schedule", "agent", "user", "mcp", "api", "webhook")
+WORDS = [
+    "invoice",
+    "summary",
+    "report",
+    "deploy",
+    "refund",
+    "weather",
+    "translate",
+    "classify",
+    "extract",
+    "forecast",
+    "schedule",
+    "audit",
+    "reconcile",
+    "onboarding",
+    "churn",
+]
+COPY_COLUMNS = (
+    "org", "id", "agent_name", "project", "workflow", "status", "triggered_by", "message",
+    "response", "error", "started_at", "completed_at", "duration_ms", "cost", "tokens_in",
+    "tokens_out", "first_seen_at",
+)  # fmt: skip
+
+
+def _db_url(base: str, name: str) -> str:
+    return urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+
+
+def _rows(n: int, now: datetime, seed: int = 42) -> Any:
+    rnd = random.Random(seed)
+    agents = [f"agent-{i:02d}" for i in range(50)]
+    span = 30 * 86_400
+    for i in range(n):
+        agent_index = rnd.randrange(50)
+        org = ORGS[agent_index % 3]
+        status = rnd.choice(STATUSES)
+        started = now - timedelta(seconds=rnd.random() * span)
+        duration = rnd.randint(200, 120_000) if status in ("success", "failed") else None
+        word = rnd.choice(WORDS)
+        yield (
+            org, f"ex-{i:08d}", agents[agent_index], f"project-{agent_index % 5}",
+            f"wf-{agent_index % 10}-{rnd.randrange(3)}", status, rnd.choice(TRIGGERS),
+            f"Please {word} the data for customer {rnd.randrange(100_000)} and report back.",
+            f"Finished {word}: {rnd.randrange(10_000)} records" if status == "success" else None,
+            "upstream timeout" if status == "failed" else None,
+            started, started + timedelta(milliseconds=duration) if duration else None, duration,
+            round(rnd.random() * 0.05, 6), rnd.randrange(5000), rnd.randrange(2000), started,
+        )  # fmt: skip
+
+
+async def load(base_url: str, name: str, n: int) -> str:
+    admin = await asyncpg.connect(base_url)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = _db_url(base_url, name)
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+        for org in ORGS:
+            await conn.execute("INSERT INTO organizations (org) VALUES ($1)", org)
+        for i in range(50):
+            await conn.execute(
+                "INSERT INTO agents (org, name, display_name, owner) VALUES ($1, $2, $3, 'owner')",
+                ORGS[i % 3], f"agent-{i:02d}", f"Agent {i}",
+            )  # fmt: skip
+        now = datetime.now(UTC)
+        rows = _rows(n, now)
+        chunk = 50_000
+        while True:
+            batch = [r for _, r in zip(range(chunk), rows, strict=False)]
+            if not batch:
+                break
+            await conn.copy_records_to_table("executions", records=batch, columns=COPY_COLUMNS)
+        await conn.execute("VACUUM ANALYZE executions")
+    finally:
+        await conn.close()
+    return url
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def start_query(db_url: str, **env: str) -> tuple[asyncio.subprocess.Process, str]:
+    port = _free_port()
+    full_env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "FLEETWATCH_JWT_SECRET": SECRET,
+        "FLEETWATCH_LOG_LEVEL": "WARNING",
+        "QUERY_PORT": str(port),
+        "QUERY_RATE_LIMIT_PER_MINUTE": "1000000",
+        "QUERY_RATE_LIMIT_BURST": "100000",
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "query", env=full_env
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            try:
+                if (await client.get(f"{url}/readyz")).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise RuntimeError("query did not become ready")
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], iterations: int) -> list[float]:
+    for _ in range(min(5, iterations)):  # warm plans, pool and caches
+        await fn()
+    out = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def raw_list(pool: asyncpg.Pool, org: str, base: Where, where: Where, limit: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.enter_org(conn, org)
+        await repo.list_page(conn, where, limit=limit + 1, offset=0)
+        await repo.count(conn, base, cap=10_000)
+
+
+async def raw_stats(pool: asyncpg.Pool, org: str, hours: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.enter_org(conn, org)
+        since = datetime.now(UTC) - timedelta(hours=hours)
+        await repo.stats_groups(conn, filtered(org, None, ListFilters(start_time=since)))
+        await repo.running_count(conn, filtered(org, None, ListFilters()))
+        await repo.display_names(conn, org)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    base_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    t0 = time.perf_counter()
+    db_url = await load(base_url, "fwbench_query", args.rows)
+    load_s = time.perf_counter() - t0
+    print(f"loaded {args.rows:,} executions in {load_s:.1f} s", flush=True)
+    org = ORGS[0]
+    headers = {
+        "Authorization": f"Bearer {mint_token(secret=SECRET, org=org, user='b', role='admin')}"
+    }
+    pool = await asyncpg.create_pool(
+        db_url, min_size=2, max_size=2, server_settings={"plan_cache_mode": "force_custom_plan"}
+    )
+    assert pool is not None
+    deep_id, deep_at = await pool.fetchrow(
+        "SELECT id, sort_at FROM executions WHERE org = $1 ORDER BY sort_at DESC, id DESC "
+        "OFFSET $2 LIMIT 1",
+        org, min(100_000, args.rows // 6),
+    )  # fmt: skip
+    deep = encode_cursor(CursorKey(deep_at, deep_id))
+    window_start = datetime.now(UTC) - timedelta(days=3)
+    cases: list[tuple[str, dict[str, Any], ListFilters, str | None]] = [
+        ("first page", {}, ListFilters(), None),
+        ("deep cursor page", {"cursor": deep}, ListFilters(), deep),
+        ("agent_name", {"agent_name": "agent-03"}, ListFilters(agent_name=("agent-03",)), None),
+        ("status", {"status": "failed"}, ListFilters(status=("failed",)), None),
+        ("triggered_by", {"triggered_by": "mcp"}, ListFilters(triggered_by=("mcp",)), None),
+        ("project", {"project": "project-1"}, ListFilters(project=("project-1",)), None),
+        ("workflow", {"workflow": "wf-3-1"}, ListFilters(workflow=("wf-3-1",)), None),
+        (
+            "time window",
+            {"start_time": window_start.isoformat()},
+            ListFilters(start_time=window_start),
+            None,
+        ),
+        (
+            "3 filters",
+            {"agent_name": "agent-03", "status": "success", "triggered_by": "schedule"},
+            ListFilters(agent_name=("agent-03",), status=("success",), triggered_by=("schedule",)),
+            None,
+        ),
+        ("search", {"search": "customer 4242"}, ListFilters(search="customer 4242"), None),
+    ]
+    results: dict[str, Any] = {}
+    proc, url = await start_query(db_url)
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+            for name, params, filters, cursor in cases:
+                base = filtered(org, None, filters)
+                where = after(base, CursorKey(deep_at, deep_id)) if cursor else base
+
+                async def http_call(p: dict[str, Any] = params) -> None:
+                    reply = await client.get("/api/executions", params={**p, "limit": 50})
+                    reply.raise_for_status()
+
+                async def raw_call(b: Where = base, w: Where = where) -> None:
+                    await raw_list(pool, org, b, w, 50)
+
+                results[name] = {
+                    "http": await timed(http_call, args.iterations),
+                    "raw": await timed(raw_call, args.iterations),
+                }
+                print(f"  {name}: done", flush=True)
+
+            async def stats_http() -> None:
+                (await client.get("/api/executions/stats")).raise_for_status()
+
+            results["stats cached"] = {
+                "http": await timed(stats_http, args.iterations),
+                "raw": await timed(lambda: raw_stats(pool, org, 24), args.iterations),
+            }
+            rss_after = rss_mb(proc.pid)
+            rss_peak = rss_mb(proc.pid, "VmHWM")
+    finally:
+        proc.terminate()
+        await proc.wait()
+    proc, url = await start_query(db_url, QUERY_STATS_TTL_S="0")
+    try:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+
+            async def stats_uncached() -> None:
+                (await client.get("/api/executions/stats")).raise_for_status()
+
+            results["stats uncached"] = {
+                "http": await timed(stats_uncached, args.iterations),
+                "raw": await timed(lambda: raw_stats(pool, org, 24), args.iterations),
+            }
+            rss_peak = max(rss_peak, rss_mb(proc.pid, "VmHWM"))
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await pool.close()
+    goals = {"search": 50.0, "stats cached": 10.0, "stats uncached": 150.0}
+    table = {}
+    for name, timing in results.items():
+        h50, h99 = pct(timing["http"], 50), pct(timing["http"], 99)
+        r50, r99 = pct(timing["raw"], 50), pct(timing["raw"], 99)
+        goal = goals.get(name, 30.0)
+        # Cached stats skip the SQL by design: the ratio goal applies to uncached reads.
+        ratio_ok = name == "stats cached" or h99 <= 3 * r99
+        table[name] = {
+            "http_p50_ms": round(h50, 2),
+            "http_p99_ms": round(h99, 2),
+            "raw_p50_ms": round(r50, 2),
+            "raw_p99_ms": round(r99, 2),
+            "p99_ratio": round(h99 / r99, 2) if r99 else None,
+            "goal_p99_ms": goal,
+            "meets_goal": h99 <= goal and ratio_ok,
+            "http_mean_ms": round(statistics.fmean(timing["http"]) * 1000, 2),
+        }
+    return {
+        "rows": args.rows,
+        "orgs": len(ORGS),
+        "agents": 50,
+        "iterations": args.iterations,
+        "load_seconds": round(load_s, 1),
+        "query_rss_mb": round(rss_after, 1),
+        "query_peak_rss_mb": round(rss_peak, 1),
+        "rss_goal_mb": 150,
+        "cases": table,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"\n{result['rows']:,} executions, {result['orgs']} orgs, {result['agents']} agents, "
+        f"{result['iterations']} requests per case (org bench-a, ~1/3 of the rows)"
+    )
+    head = f"{'case':<18}{'http p50':>10}{'http p99':>10}{'raw p50':>10}{'raw p99':>10}"
+    print(head + f"{'p99 ratio':>11}{'goal':>8}  ok")
+    for name, row in result["cases"].items():
+        print(
+            f"{name:<18}{row['http_p50_ms']:>10.2f}{row['http_p99_ms']:>10.2f}"
+            f"{row['raw_p50_ms']:>10.2f}{row['raw_p99_ms']:>10.2f}{row['p99_ratio']:>11}"
+            f"{row['goal_p99_ms']:>8.0f}  {'yes' if row['meets_goal'] else 'NO'}"
+        )
+    print(
+        f"query RSS {result['query_rss_mb']} MB (peak {result['query_peak_rss_mb']} MB, "
+        f"goal ≤ {result['rss_goal_mb']} MB)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.query_api", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="50,000 rows, 50 requests per case")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--iterations", type=int)
+    args = parser.parse_args(argv)
+    args.rows = args.rows or (50_000 if args.quick else 1_000_000)
+    args.iterations = args.iterations or (50 if args.quick else 300)
+    result = asyncio.run(run(args))
+    print_table(result)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "query_api.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
