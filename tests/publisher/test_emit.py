@@ -1,0 +1,67 @@
+"""`fleetwatch emit` as a process against real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import orjson
+from nats.js import JetStreamContext
+
+from shared.events import Event
+from shared.subjects import Subjects
+from tests.publisher.conftest import REPO, stream_messages
+
+
+async def emit(env: dict[str, str], *args: str, stdin: bytes = b"") -> tuple[int, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "emit", *args,
+        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(stdin), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out
+
+
+async def test_emit_from_flags_and_json(
+    service_env: dict[str, str], streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    code, out = await emit(
+        service_env, "--org", org, "--agent", "cron", "--type", "execution_completed",
+        "--id", "nightly-1", "--field", "cost=0.25", "--field", "response=all good",
+        "--field", "tool_calls=[\"grep\"]",
+    )  # fmt: skip
+    assert code == 0, out
+    step = {
+        "type": "component_failed",
+        "event_id": "e-42",
+        "occurred_at": "2026-02-05T10:00:45Z",
+        "agent_name": "cron",
+        "component": {"execution_id": "nightly-1", "node_id": "upload", "error": "503"},
+    }
+    code, out = await emit(service_env, "--org", org, "--json", "-", stdin=orjson.dumps(step))
+    assert code == 0, out
+    messages = await stream_messages(js, streams.events_stream)
+    assert [m[0] for m in messages] == [
+        streams.event(org, "cron", "execution_completed"),
+        streams.event(org, "cron", "component_failed"),
+    ]
+    first = Event.model_validate(messages[0][2])
+    assert first.execution is not None
+    assert (first.execution.cost, first.execution.response) == (0.25, "all good")
+    assert first.execution.tool_calls == ["grep"]
+    assert messages[1][1]["Nats-Msg-Id"] == "e-42"
+
+
+async def test_emit_refuses_invalid_events(
+    service_env: dict[str, str], streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    code, out = await emit(
+        service_env, "--org", org, "--agent", "cron", "--type", "execution_started",
+        "--id", "x", "--field", "cost=-3",
+    )  # fmt: skip
+    assert code == 2
+    assert b"execution.cost" in out
+    assert (await js.stream_info(streams.events_stream)).state.messages == 0
