@@ -12,11 +12,25 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _jsonb_encode(value: Any) -> bytes:
+    # jsonb's binary format is a version byte (1) followed by the JSON text.
+    return b"\x01" + orjson.dumps(value)
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog"
-        )
+    # Binary codecs, so that COPY (binary) works with JSON columns too.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_jsonb_encode,
+        decoder=_jsonb_decode,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec("json", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
 async def create_pool(

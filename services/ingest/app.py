@@ -83,7 +83,7 @@ def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBro
         bodies: list[bytes], message: Annotated[NatsBatchMessage, Context("message")]
     ) -> None:
         assert consumer_ref.consumer is not None
-        await consumer_ref.consumer.handle(message.raw_message)
+        await consumer_ref.consumer.submit(message.raw_message)
 
     del ingest_batch
     return broker
@@ -121,6 +121,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             retry_min=settings.retry_min,
             retry_max=settings.retry_max,
             fleet=_fleet_observer(metrics),
+            max_in_flight=settings.max_in_flight,
         )
         state.broker = build_broker(settings, state)
         await state.broker.start()
@@ -133,6 +134,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             state.consumer.stopping.set()
             lag_task.cancel()
             await state.broker.stop()
+            await state.consumer.drain()
             await state.nc.drain()
             await state.pool.close()
 

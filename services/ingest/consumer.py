@@ -71,6 +71,7 @@ class BatchConsumer:
         retry_max: float = 5.0,
         fleet: FleetObserver | None = None,
         on_applied: Callable[[Outcome], Awaitable[None]] | None = None,
+        max_in_flight: int = 2,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -81,6 +82,30 @@ class BatchConsumer:
         self._fleet = fleet
         self._on_applied = on_applied
         self.stopping = asyncio.Event()
+        # Batches in flight at once: while Postgres commits one, Python validates the next.
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def submit(self, messages: Sequence[Msg]) -> None:
+        """Start processing a batch and return once a slot is taken (acks come after commit)."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run(messages))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _run(self, messages: Sequence[Msg]) -> None:
+        try:
+            await self.handle(messages)
+        except Exception:
+            # Unacked messages are redelivered after ack_wait; nothing is lost.
+            log.exception("batch failed; its messages will be redelivered")
+        finally:
+            self._slots.release()
+
+    async def drain(self) -> None:
+        """Wait for the batches in flight to commit and ack (graceful shutdown)."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def handle(self, messages: Sequence[Msg]) -> None:
         self._metrics.batch_size.observe(len(messages))

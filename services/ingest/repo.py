@@ -70,23 +70,6 @@ def _select_expr(name: str, pg_type: str) -> str:
     return f"u.{name}::jsonb" if pg_type == "jsonb" else f"u.{name}"
 
 
-def _insert_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
-    columns = {
-        **key,
-        "agent_name": "text",
-        **fields,
-        "first_seen_at": "timestamptz",
-        "versions": "jsonb",
-    }
-    names = list(columns)
-    params = ", ".join(f"${i}::{_array_type(t)}" for i, t in enumerate(columns.values(), 1))
-    selects = ", ".join(_select_expr(n, t) for n, t in columns.items())
-    return (
-        f"INSERT INTO {table} ({', '.join(names)}) "
-        f"SELECT {selects} FROM unnest({params}) AS u({', '.join(names)})"
-    )
-
-
 def _update_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
     columns = {**key, "mask": "int8", **fields, "first_seen_at": "timestamptz", "versions": "jsonb"}
     names = list(columns)
@@ -119,21 +102,26 @@ def _fetch_sql(table: str, key: dict[str, str]) -> str:
     )
 
 
-INSERT_EXECUTIONS = _insert_sql("executions", _EXECUTION_KEY, _EXECUTION_TYPES)
 UPDATE_EXECUTIONS = _update_sql("executions", _EXECUTION_KEY, _EXECUTION_TYPES)
 FETCH_EXECUTIONS = _fetch_sql("executions", _EXECUTION_KEY)
-INSERT_COMPONENTS = _insert_sql("component_executions", _COMPONENT_KEY, _COMPONENT_TYPES)
 UPDATE_COMPONENTS = _update_sql("component_executions", _COMPONENT_KEY, _COMPONENT_TYPES)
 FETCH_COMPONENTS = _fetch_sql("component_executions", _COMPONENT_KEY)
 
 LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k"
 
-INSERT_EVENTS = """
-INSERT INTO events (org, event_id, type, agent_name, execution_id, occurred_at, stream_seq)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::int8[])
-ON CONFLICT (org, event_id) DO NOTHING
-RETURNING org, event_id
+EVENT_COLUMNS = [
+    "org",
+    "event_id",
+    "type",
+    "agent_name",
+    "execution_id",
+    "occurred_at",
+    "stream_seq",
+]
+KNOWN_EVENTS = """
+SELECT e.org, e.event_id FROM events AS e
+JOIN unnest($1::text[], $2::text[]) AS k(org, event_id)
+  ON e.org = k.org AND e.event_id = k.event_id
 """
 
 UPSERT_ORGS = """
@@ -179,11 +167,19 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 async def insert_events(
     conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, str, datetime, int | None]]
 ) -> set[tuple[str, str]]:
-    """Record events; return the (org, event_id) pairs that were not recorded before."""
+    """Record events not recorded before and return their (org, event_id) pairs.
+
+    The caller holds the locks of the events' executions, so no other writer can record the
+    same events between the look-up and the COPY.
+    """
     if not rows:
         return set()
-    records = await conn.fetch(INSERT_EVENTS, *_columns(rows, 7))
-    return {(r["org"], r["event_id"]) for r in records}
+    known = await conn.fetch(KNOWN_EVENTS, *_columns(rows, 2))
+    seen = {(r["org"], r["event_id"]) for r in known}
+    fresh = [row for row in rows if (row[0], row[1]) not in seen]
+    if fresh:
+        await conn.copy_records_to_table("events", records=fresh, columns=EVENT_COLUMNS)
+    return {(row[0], row[1]) for row in fresh}
 
 
 def _state_from_record(record: asyncpg.Record) -> RowState:
@@ -235,14 +231,14 @@ async def write_rows(
     """Insert new rows and update the changed fields of stored ones; return rows written."""
     types = _COMPONENT_TYPES if components else _EXECUTION_TYPES
     key_width = 4 if components else 2
-    inserts: list[list[Any]] = []
+    inserts: list[tuple[Any, ...]] = []
     updates: list[list[Any]] = []
     for key, state in states.items():
         if not state.changed:
             continue
         if state.is_new:
-            values = [_encode(state.values.get(n), t) for n, t in types.items()]
-            inserts.append([*key, state.agent_name, *values, state.first_seen_at, _versions(state)])
+            values = [state.values.get(n) for n in types]
+            inserts.append((*key, state.agent_name, *values, state.first_seen_at, state.versions))
         else:
             mask = 0
             values = []
@@ -255,8 +251,11 @@ async def write_rows(
             updates.append([*key, mask, *values, state.first_seen_at, _versions(state)])
     width = key_width + len(types) + 3
     if inserts:
-        sql = INSERT_COMPONENTS if components else INSERT_EXECUTIONS
-        await conn.execute(sql, *_columns(inserts, width))
+        # New rows are absent (we hold their locks): COPY them, as fast as a bulk load.
+        table = "component_executions" if components else "executions"
+        key_names = list(_COMPONENT_KEY if components else _EXECUTION_KEY)
+        columns = [*key_names, "agent_name", *types, "first_seen_at", "versions"]
+        await conn.copy_records_to_table(table, records=inserts, columns=columns)
     if updates:
         sql = UPDATE_COMPONENTS if components else UPDATE_EXECUTIONS
         await conn.execute(sql, *_columns(updates, width))

@@ -24,4 +24,6 @@ class IngestSettings(CommonSettings):
     retry_min: float = Field(default=0.2, gt=0)
     retry_max: float = Field(default=5.0, gt=0)
     db_pool_size: int = Field(default=4, ge=1)
+    #: Batches processed at once (each in its own transaction; rows are locked per execution).
+    max_in_flight: int = Field(default=2, ge=1, le=16)
     lag_poll_interval: float = Field(default=5.0, gt=0)

@@ -1,0 +1,391 @@
+"""Ingest throughput and latency against a raw COPY baseline (issue 2's figures).
+
+1. A dedicated database whose executions table holds >= 1M rows with every index.
+2. Raw baseline: COPY N new rows (exactly what ingest would store) into that table.
+3. Ingest: the same kind of N rows as a backlog of events on JetStream, consumed by the real
+   ingest process; rows/s from the first to the last commit. Also with 2 events per row.
+4. Publish->committed latency at 1,000 events/s (poll granularity 5 ms, included).
+5. Ingest RSS, sampled throughout.
+
+Run: .venv/bin/python -m bench.ingest [--quick] [--reuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import nats
+from nats.js import JetStreamContext
+
+from bench.common import database_exists, recreate_database, rss_mb, summary_ms, with_database
+from bench.common import server_url, write_result
+from services.ingest.merge import EXECUTION_FIELDS, fold
+from shared.db import connect
+from shared.events import Event
+from shared.migrate import migrate
+from shared.subjects import Subjects
+from tests.procs import start_service, wait_ready
+
+DB_NAME = "fw_bench_ingest"
+ORGS = ["acme", "globex", "initech"]
+AGENTS = [f"agent-{i:02d}" for i in range(50)]
+COPY_COLUMNS = ["org", "id", "agent_name", *EXECUTION_FIELDS, "first_seen_at", "versions"]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _synthetic_row(i: int, rng: random.Random) -> tuple[Any, ...]:
+    started = T0 + timedelta(seconds=i * 3)
+    status = rng.choices(["success", "failed", "running"], [85, 12, 3])[0]
+    values: dict[str, Any] = {
+        "project": rng.choice(["billing", "ops", "growth", None]),
+        "workflow": rng.choice(["daily-report", "invoice", None]),
+        "status": status,
+        "triggered_by": rng.choice(["schedule", "manual", "agent", "mcp", "api"]),
+        "message": f"Process request {i} for customer {rng.randint(1, 50_000)}",
+        "response": f"Handled {i}: ok" if status == "success" else None,
+        "error": "RateLimitError: 429 from upstream" if status == "failed" else None,
+        "started_at": started,
+        "completed_at": started + timedelta(seconds=40) if status != "running" else None,
+        "duration_ms": rng.randint(100, 90_000) if status != "running" else None,
+        "cost": round(rng.random() / 20, 6),
+        "tokens_in": rng.randint(10, 5000),
+        "tokens_out": rng.randint(10, 2000),
+    }
+    org = ORGS[i % 3]
+    agent = AGENTS[(i // 3) % 50]
+    return (org, f"pre-{i:08d}", agent, *[values.get(f) for f in EXECUTION_FIELDS], started, {})
+
+
+async def preload(url: str, rows: int) -> None:
+    conn = await connect(url)
+    try:
+        await migrate(conn)
+        defs = [
+            r["indexdef"]
+            for r in await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'executions' "
+                "AND indexname <> 'executions_pkey'"
+            )
+        ]
+        names = [
+            r["indexname"]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'executions' "
+                "AND indexname <> 'executions_pkey'"
+            )
+        ]
+        for name in names:
+            await conn.execute(f'DROP INDEX "{name}"')
+        rng = random.Random(1)
+        chunk = 100_000
+        for start in range(0, rows, chunk):
+            records = [_synthetic_row(i, rng) for i in range(start, min(rows, start + chunk))]
+            await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
+            print(f"  preloaded {start + len(records):,} rows", flush=True)
+        for ddl in defs:
+            await conn.execute(ddl)
+        await conn.execute("VACUUM ANALYZE executions")
+    finally:
+        await conn.close()
+
+
+def completed_event(org: str, agent: str, ex_id: str, i: int) -> Event:
+    started = T0 + timedelta(days=30, seconds=i)
+    return Event.model_validate(
+        {
+            "type": "execution_completed",
+            "event_id": f"{ex_id}-c",
+            "occurred_at": started + timedelta(seconds=45),
+            "org": org,
+            "source": f"agent:{agent}",
+            "execution": {
+                "id": ex_id,
+                "agent_name": agent,
+                "status": "success",
+                "triggered_by": "schedule",
+                "project": "billing",
+                "message": f"Process invoice {i} for customer {i % 977}",
+                "response": f"Invoice {i} processed",
+                "started_at": started,
+                "completed_at": started + timedelta(seconds=45),
+                "duration_ms": 45000,
+                "cost": 0.02,
+                "tokens_in": 1200,
+                "tokens_out": 300,
+            },
+        }
+    )
+
+
+def started_event(done: Event) -> Event:
+    ex = done.execution
+    assert ex is not None
+    return Event.model_validate(
+        {
+            "type": "execution_started",
+            "event_id": f"{ex.id}-s",
+            "occurred_at": ex.started_at,
+            "org": done.org,
+            "execution": {
+                "id": ex.id,
+                "agent_name": ex.agent_name,
+                "message": ex.message,
+                "started_at": ex.started_at,
+            },
+        }
+    )
+
+
+def rows_for(events: list[Event]) -> list[tuple[Any, ...]]:
+    out = []
+    for key, state in fold(events).executions.items():
+        out.append(
+            (
+                *key,
+                state.agent_name,
+                *[state.values.get(f) for f in EXECUTION_FIELDS],
+                state.first_seen_at,
+                state.versions,
+            )
+        )
+    return out
+
+
+async def publish_all(js: JetStreamContext, subjects: Subjects, events: list[Event]) -> None:
+    for start in range(0, len(events), 500):
+        await asyncio.gather(
+            *(
+                js.publish(
+                    subjects.event(e.org, e.agent, e.type),
+                    e.model_dump_json(exclude_none=True).encode(),
+                    headers={"Nats-Msg-Id": e.event_id},
+                )
+                for e in events[start : start + 500]
+            )
+        )
+
+
+async def time_until(
+    conn: asyncpg.Connection, sql: str, expected: int, pid: int, rss: list[float]
+) -> tuple[float, int]:
+    """Seconds from the first row seen to `expected` rows; rows present at first sight."""
+    first_at: float | None = None
+    first_count = 0
+    while True:
+        count = await conn.fetchval(sql)
+        now = time.perf_counter()
+        rss.append(rss_mb(pid))
+        if count and first_at is None:
+            first_at, first_count = now, count
+        if count >= expected:
+            assert first_at is not None
+            return now - first_at, first_count
+        await asyncio.sleep(0.02)
+
+
+async def measure_ingest(
+    url: str,
+    js: JetStreamContext,
+    events: list[Event],
+    expected_rows: int,
+    tag: str,
+    rss: list[float],
+) -> dict[str, Any]:
+    subjects = Subjects(f"bench{uuid.uuid4().hex[:8]}")
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "FLEETWATCH_SUBJECT_PREFIX": subjects.prefix,
+        "INGEST_BATCH_SIZE": "1000",
+        "INGEST_BATCH_TIMEOUT": "0.05",
+    }
+    # The backlog is on the stream before ingest starts, so publishing never limits it.
+    from shared.settings import CommonSettings
+    from shared.streams import ensure_streams
+
+    await ensure_streams(js, CommonSettings(FLEETWATCH_SUBJECT_PREFIX=subjects.prefix))
+    await publish_all(js, subjects, events)
+    conn = await connect(url)
+    ingest = start_service("ingest", env)
+    try:
+        sql = f"SELECT count(*) FROM events WHERE event_id LIKE '{tag}%'"
+        elapsed, first = await time_until(conn, sql, len(events), ingest.process.pid, rss)
+        rows = await conn.fetchval(f"SELECT count(*) FROM executions WHERE id LIKE '{tag}%'")
+        assert rows == expected_rows, (rows, expected_rows)
+    finally:
+        ingest.kill(15)
+        ingest.wait()
+        await conn.close()
+        for stream in (subjects.events_stream, subjects.dlq_stream):
+            await js.delete_stream(stream)
+    applied = len(events) - first
+    return {
+        "events": len(events),
+        "rows": expected_rows,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(applied / elapsed, 1),
+        "rows_per_s": round(applied / elapsed * expected_rows / len(events), 1),
+    }
+
+
+async def measure_latency(
+    url: str, js: JetStreamContext, rate: int, seconds: int, rss: list[float]
+) -> dict[str, Any]:
+    subjects = Subjects(f"lat{uuid.uuid4().hex[:8]}")
+    org = subjects.prefix  # a fresh org, so no earlier run's event ids count as duplicates
+    env = {**os.environ, "DATABASE_URL": url, "FLEETWATCH_SUBJECT_PREFIX": subjects.prefix}
+    ingest = start_service("ingest", env)
+    await wait_ready(ingest.url)
+    conn = await connect(url)
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = asyncio.Event()
+
+    async def poll() -> None:
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        while not stop.is_set() or len(seen) < len(sent):
+            records = await conn.fetch(
+                "SELECT event_id, received_at FROM events WHERE org=$1 AND received_at >= $2",
+                org,
+                since,
+            )
+            now = time.perf_counter()
+            for r in records:
+                seen.setdefault(r["event_id"], now)
+                since = max(since, r["received_at"])
+            rss.append(rss_mb(ingest.process.pid))
+            if stop.is_set() and time.perf_counter() - stop_at > 30:
+                return
+            await asyncio.sleep(0.005)
+
+    stop_at = 0.0
+    poller = asyncio.create_task(poll())
+    try:
+        total = rate * seconds
+        begin = time.perf_counter()
+        pending = []
+        for i in range(total):
+            target = begin + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            ev = completed_event(org, AGENTS[i % 50], f"lat-{i}", i)
+            sent[ev.event_id] = time.perf_counter()
+            pending.append(
+                asyncio.ensure_future(
+                    js.publish(
+                        subjects.event(org, ev.agent, ev.type),
+                        ev.model_dump_json(exclude_none=True).encode(),
+                        headers={"Nats-Msg-Id": ev.event_id},
+                    )
+                )
+            )
+        await asyncio.gather(*pending)
+        achieved = total / (time.perf_counter() - begin)
+        stop_at = time.perf_counter()
+        stop.set()
+        await poller
+    finally:
+        ingest.kill(15)
+        ingest.wait()
+        await conn.close()
+        for stream in (subjects.events_stream, subjects.dlq_stream):
+            await js.delete_stream(stream)
+    latencies = [seen[k] - sent[k] for k in sent if k in seen]
+    return {
+        "rate_target": rate,
+        "rate_achieved": round(achieved, 1),
+        "missing": len(sent) - len(latencies),
+        **summary_ms(latencies),
+    }
+
+
+async def main(quick: bool, reuse: bool) -> None:
+    preload_rows = 100_000 if quick else 1_000_000
+    n = 10_000 if quick else 50_000
+    url = with_database(server_url(), DB_NAME)
+    if reuse and await database_exists(DB_NAME):
+        print(f"reusing {DB_NAME}")
+    else:
+        url = await recreate_database(DB_NAME)
+        print(f"preloading {preload_rows:,} rows into {DB_NAME} ...", flush=True)
+        began = time.perf_counter()
+        await preload(url, preload_rows)
+        print(f"  done in {time.perf_counter() - began:.0f}s")
+    conn = await connect(url)
+    table_rows = await conn.fetchval("SELECT count(*) FROM executions")
+    run = uuid.uuid4().hex[:6]
+
+    # Raw baseline: COPY the very rows ingest would produce from these events.
+    copy_events = [
+        completed_event(ORGS[i % 3], AGENTS[i % 50], f"copy{run}-{i}", i) for i in range(n)
+    ]
+    records = rows_for(copy_events)
+    began = time.perf_counter()
+    await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
+    copy_s = time.perf_counter() - began
+    await conn.close()
+    copy_rate = n / copy_s
+    print(f"raw COPY: {n:,} rows in {copy_s:.2f}s = {copy_rate:,.0f} rows/s", flush=True)
+
+    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    js = nc.jetstream()
+    rss: list[float] = []
+    one = [completed_event(ORGS[i % 3], AGENTS[i % 50], f"one{run}-{i}", i) for i in range(n)]
+    single = await measure_ingest(url, js, one, n, f"one{run}", rss)
+    print(f"ingest, 1 event/row: {single}", flush=True)
+    done = [completed_event(ORGS[i % 3], AGENTS[i % 50], f"two{run}-{i}", i) for i in range(n)]
+    pairs = [e for d in done for e in (started_event(d), d)]
+    random.Random(5).shuffle(pairs)
+    double = await measure_ingest(url, js, pairs, n, f"two{run}", rss)
+    print(f"ingest, 2 events/row (shuffled): {double}", flush=True)
+    latency = await measure_latency(url, js, 1000, 10 if quick else 20, rss)
+    print(f"latency at 1,000 events/s: {latency}", flush=True)
+    await nc.close()
+
+    result = {
+        "table_rows_before": table_rows,
+        "batch_rows": n,
+        "copy_rows_per_s": round(copy_rate, 1),
+        "ingest_one_event_per_row": single,
+        "ingest_two_events_per_row": double,
+        "ratio_one_event_vs_copy": round(single["rows_per_s"] / copy_rate, 3),
+        "ratio_two_events_vs_copy": round(double["rows_per_s"] / copy_rate, 3),
+        "latency_at_1000_per_s": latency,
+        "ingest_rss_mb_max": round(max(rss), 1) if rss else None,
+        "quick": quick,
+    }
+    path = write_result("ingest", result)
+    print()
+    print(f"| table rows before | {table_rows:,} |")
+    print(f"| raw COPY | {copy_rate:,.0f} rows/s |")
+    print(
+        f"| ingest (1 event/row) | {single['rows_per_s']:,.0f} rows/s "
+        f"= {result['ratio_one_event_vs_copy']}x COPY |"
+    )
+    print(
+        f"| ingest (2 events/row, shuffled) | {double['rows_per_s']:,.0f} rows/s, "
+        f"{double['events_per_s']:,.0f} events/s = {result['ratio_two_events_vs_copy']}x COPY |"
+    )
+    print(
+        f"| publish->committed @ {latency['rate_achieved']}/s | p50 {latency['p50_ms']} ms, "
+        f"p99 {latency['p99_ms']} ms |"
+    )
+    print(f"| ingest RSS max | {result['ingest_rss_mb_max']} MB |")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="100k rows table, 10k batch")
+    parser.add_argument("--reuse", action="store_true", help="reuse the preloaded database")
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.reuse))
