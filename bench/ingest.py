@@ -25,8 +25,15 @@ import asyncpg
 import nats
 from nats.js import JetStreamContext
 
-from bench.common import database_exists, recreate_database, rss_mb, summary_ms, with_database
-from bench.common import server_url, write_result
+from bench.common import (
+    database_exists,
+    recreate_database,
+    rss_mb,
+    server_url,
+    summary_ms,
+    with_database,
+    write_result,
+)
 from services.ingest.merge import EXECUTION_FIELDS, fold
 from shared.db import connect
 from shared.events import Event
