@@ -65,11 +65,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $13)
 
 
 async def seed(conn: asyncpg.Connection, org: str, now: datetime) -> list[Row]:
-    """Users ada (admin) and uma (user: owns alpha, beta shared with her), agents, executions."""
+    """Users ada (admin), uma (user: owns alpha, beta shared with her), cleo (client: gamma)."""
     await conn.execute("INSERT INTO organizations (org) VALUES ($1)", org)
     await conn.executemany(
         "INSERT INTO users (org, user_id, role) VALUES ($1, $2, $3)",
-        [(org, "ada", "admin"), (org, "uma", "user"), (org, "olga", "user")],
+        [
+            (org, "ada", "admin"),
+            (org, "uma", "user"),
+            (org, "olga", "user"),
+            (org, "cleo", "client"),
+        ],
     )
     await conn.executemany(
         "INSERT INTO agents (org, name, display_name, owner) VALUES ($1, $2, $3, $4)",
@@ -79,8 +84,9 @@ async def seed(conn: asyncpg.Connection, org: str, now: datetime) -> list[Row]:
             (org, "gamma", "Gamma agent", "olga"),
         ],
     )
-    await conn.execute(
-        "INSERT INTO agent_shares (org, agent_name, user_id) VALUES ($1, 'beta', 'uma')", org
+    await conn.executemany(
+        "INSERT INTO agent_shares (org, agent_name, user_id) VALUES ($1, $2, $3)",
+        [(org, "beta", "uma"), (org, "gamma", "cleo")],
     )
     rows = seed_rows(now)
     records = []

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from shared.auth import mint_token
 from tests.dashboard.conftest import Stack, screenshot
 from tests.dashboard.seed import CHILD_ID, DETAILED_ID, RUNNING_ID
 
@@ -186,6 +187,61 @@ async def test_user_sees_only_their_agents(browser: Browser, stack: Stack) -> No
         await screenshot(page, "06-user-phone")
         await page.goto(f"{stack.base_url}/?agent_name=gamma")
         await expect(page.locator(".error-box")).to_be_visible()
+    finally:
+        await context.close()
+
+
+async def test_agent_link_empty_state_and_compare_selection(admin_page: Page, stack: Stack) -> None:
+    page = admin_page
+    await page.goto(stack.base_url + "/")
+    await page.locator('tr[data-agent="gamma"] .c-agent a').first.click()
+    await expect(page).to_have_url(re.compile(r"\?agent_name=gamma$"))
+    await expect(page.locator("select[name=agent_name]")).to_have_value("gamma")
+    agents = await page.locator(ROWS).evaluate_all("rows => rows.map(r => r.dataset.agent)")
+    assert set(agents) == {"gamma"}
+
+    await page.locator("input[name=search]").fill("no such task anywhere")
+    await expect(page.locator(".empty")).to_contain_text("No executions match these filters")
+    await screenshot(page, "08-empty")
+    await page.locator(".empty .btn").click()
+    await expect(page.locator(ROWS)).to_have_count(50)
+
+    await page.locator(f'tr[data-id="{DETAILED_ID}"] input.pick').check()
+    await expect(page.locator(".list-head .btn")).to_be_hidden()
+    await page.locator('tr[data-id="seed-004"] input.pick').check()
+    await page.locator(".list-head .btn").click()
+    await expect(page).to_have_url(re.compile(rf"\?compare={DETAILED_ID},seed-004$"))
+    await expect(page.locator("table.compare tbody tr").first).to_be_visible()
+
+
+async def test_sign_in_form_and_client_view(browser: Browser, stack: Stack) -> None:
+    context = await browser.new_context(viewport={"width": 1100, "height": 800})
+    try:
+        page = await context.new_page()
+        await page.goto(stack.base_url + "/")
+        form = page.locator("form.signin")
+        await expect(form).to_be_visible()
+        await screenshot(page, "09-sign-in")
+        # Signed with another secret: the API answers 401 and the form says so.
+        forged = mint_token(
+            secret="some-other-secret-0123456789abcdefgh", org=stack.org, user="ada", role="admin"
+        )
+        await form.locator("textarea").fill(forged)
+        await form.locator("button").click()
+        await expect(page.locator("form.signin .error-box")).to_contain_text("sign in again")
+
+        # A client sees only the agents shared with them, through the per-agent list.
+        await page.locator("form.signin textarea").fill(stack.token("cleo", "client"))
+        await page.locator("form.signin button").click()
+        await expect(page).to_have_url(re.compile(r"agent_name=gamma"))
+        wanted = [r.id for r in stack.rows if r.agent_name == "gamma"]
+        await expect(page.locator(".summary")).to_contain_text(f"of {len(wanted)}")
+        await expect(page.locator(".cards")).to_have_count(0)
+        options = await page.locator("select[name=agent_name] option").evaluate_all(
+            "opts => opts.map(o => o.value)"
+        )
+        assert options == ["gamma"]
+        await screenshot(page, "10-client")
     finally:
         await context.close()
 

@@ -18,6 +18,7 @@ let live = null;
 const LIVE_LABELS = { live: "live", polling: "polling every 10 s", connecting: "connecting…", off: "offline" };
 
 function setLiveState(state) {
+  indicator.hidden = state === "off";
   indicator.dataset.state = state;
   indicator.querySelector(".label").textContent = LIVE_LABELS[state] ?? state;
   indicator.title = state === "live" ? "Live: updates arrive as they happen" : state === "polling" ? "The live feed is down: refreshing every 10 seconds" : "Live updates";

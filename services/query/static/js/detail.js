@@ -18,6 +18,7 @@ function fieldValue(key, value, exec) {
   if (value === null || value === undefined || value === "") return h("span", { class: "muted" }, "—");
   if (TIME_FIELDS.has(key)) return h("span", {}, timeCell(value), " ", h("span", { class: "muted small" }, fmt.parseTime(value)?.toISOString() ?? value));
   if (key === "duration_ms") return fmt.duration(value);
+  if (key === "retries" && typeof value === "object") return `${value.expected ?? 0} expected, ${value.unexpected ?? 0} unexpected`;
   if (key === "cost") return fmt.cost(value);
   if (key === "status") return statusBadge(value);
   if (key === "agent_name") return h("a", { href: agentHref(value), "data-nav": true }, value);
@@ -178,7 +179,7 @@ export async function renderCompare(root, ids, { current = () => true } = {}) {
   }
   if (!current()) return;
   const [a, b] = pair;
-  const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !["components", "children", "execution_log", "versions", "tool_calls"].includes(k));
+  const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !["components", "children", "execution_log", "versions", "tool_calls", "log_url"].includes(k));
   const cell = (exec, k) => (LONG_FIELDS.includes(k) && exec[k] ? h("pre", {}, exec[k]) : fieldValue(k, exec[k], exec));
   clear(root).append(
     h(

@@ -36,7 +36,8 @@ export class ExecutionsPage {
     this.hasMore = false;
     this.total = 0;
     this.request = null;
-    this.refreshStatsSoon = debounce(() => this.loadStats(), 1500);
+    this.fleetWide = role !== "client";
+    this.refreshStatsSoon = debounce(() => this.fleetWide && this.loadStats(), 1500);
     this.syncSoon = debounce(() => this.poll({ toasts: false }), 1200);
   }
 
@@ -58,8 +59,11 @@ export class ExecutionsPage {
     return h(
       "div",
       { class: "page page-executions" },
-      this.cards,
-      h("details", { class: "panel chart-panel", open: !matchMedia("(max-width: 760px)").matches }, h("summary", {}, "Activity"), chartLegend(), this.chart),
+      // Fleet-wide statistics are not for clients (the API answers them 403).
+      this.fleetWide ? this.cards : null,
+      this.fleetWide
+        ? h("details", { class: "panel chart-panel", open: !matchMedia("(max-width: 760px)").matches }, h("summary", {}, "Activity"), chartLegend(), this.chart)
+        : null,
       this.filterBar(),
       h("div", { class: "list-head" }, this.summary, this.compareButton),
       h("div", { class: "table-wrap" }, this.table),
@@ -70,7 +74,8 @@ export class ExecutionsPage {
 
   filterBar() {
     const f = this.filters;
-    const agentOptions = [["", "All agents"], ...this.agents.map((a) => [a.name, a.display_name || a.name])];
+    const agentOptions = this.agents.map((a) => [a.name, a.display_name || a.name]);
+    if (this.fleetWide) agentOptions.unshift(["", "All agents"]);
     if (f.agent_name && !this.agents.some((a) => a.name === f.agent_name)) agentOptions.push([f.agent_name, f.agent_name]);
     const search = h("input", {
       type: "search",
@@ -101,6 +106,7 @@ export class ExecutionsPage {
   /** Change filters: URL, localStorage, the form, the list, the stats, the live subscription. */
   setFilters(filters, { keepForm = false } = {}) {
     this.filters = Object.fromEntries(Object.entries(filters).filter(([, v]) => v));
+    if (!this.fleetWide && !this.filters.agent_name && this.agents.length) this.filters.agent_name = this.agents[0].name;
     writeFilters(this.filters, { push: true });
     if (!keepForm) {
       const old = this.form;
@@ -113,8 +119,10 @@ export class ExecutionsPage {
   reload() {
     this.rows.clear();
     this.cursor = null;
-    this.loadStats();
-    this.loadChart();
+    if (this.fleetWide) {
+      this.loadStats();
+      this.loadChart();
+    }
     return this.loadPage({ replace: true });
   }
 
@@ -292,7 +300,7 @@ export class ExecutionsPage {
     }
     this.total = page.total_count ?? this.total;
     this.renderSummary();
-    if (toasts) this.loadStats();
+    if (toasts && this.fleetWide) this.loadStats();
   }
 }
 

@@ -97,7 +97,9 @@ export class LiveFeed {
       this.setState("live");
     });
     socket.addEventListener("message", (event) => this.receive(event.data));
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
+      // 4401: the notifier refused the token; the API will say so too, so retry only slowly.
+      if (event.code === 4401) this.backoff = MAX_BACKOFF_MS;
       if (this.socket === socket) this.dropped();
     });
   }
@@ -128,6 +130,8 @@ export class LiveFeed {
     if (message.type === "resync_required") {
       this.lastSeq = typeof message.seq === "number" ? message.seq : null;
       this.onResync?.();
+    } else if (message.type === "error") {
+      console.warn("notifier refused a frame:", message.error, message.detail);
     } else if (message.execution) {
       this.onEvent?.(message);
     }
