@@ -41,23 +41,10 @@ SECRET = "bench-secret-0123456789abcdef-0123456789"
 ORGS = ("bench-a", "bench-b", "bench-c")
 STATUSES = ("success",) * 14 + ("failed",) * 3 + ("running", "pending", "cancelled")
 TRIGGERS = ("manual", "schedule", "agent", "user", "mcp", "api", "webhook")
-WORDS = [
-    "invoice",
-    "summary",
-    "report",
-    "deploy",
-    "refund",
-    "weather",
-    "translate",
-    "classify",
-    "extract",
-    "forecast",
-    "schedule",
-    "audit",
-    "reconcile",
-    "onboarding",
-    "churn",
-]
+WORDS = (
+    "invoice", "summary", "report", "deploy", "refund", "weather", "translate", "classify",
+    "extract", "forecast", "schedule", "audit", "reconcile", "onboarding", "churn",
+)  # fmt: skip
 COPY_COLUMNS = (
     "org", "id", "agent_name", "project", "workflow", "status", "triggered_by", "message",
     "response", "error", "started_at", "completed_at", "duration_ms", "cost", "tokens_in",
