@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
 from pydantic import ValidationError
 
 from shared.events import MAX_EVENT_BYTES, Event
@@ -40,22 +39,20 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
         # Postgres text and jsonb cannot hold NUL; refusing here keeps the batch insertable.
         return Rejected("schema", "strings must not contain NUL (\\u0000)")
     try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        return Rejected("not_json", str(exc))
-    if not isinstance(raw, dict):
-        return Rejected("schema", "event must be a JSON object")
-    if raw.get("type") != where.type.value:
-        return Rejected(
-            "schema", f"type {raw.get('type')!r} differs from the subject's {where.type.value!r}"
-        )
-    if where.type.is_component and "agent_name" not in raw:
-        raw["agent_name"] = where.agent
-    try:
-        event = Event.model_validate(raw)
+        event = Event.model_validate_json(data)
     except ValidationError as exc:
-        too_long = any(e["type"] == "string_too_long" for e in exc.errors())
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            return Rejected("not_json", errors[0]["msg"])
+        too_long = any(e["type"] == "string_too_long" for e in errors)
         return Rejected("too_large" if too_long else "schema", _describe(exc))
+    if event.type is not where.type:
+        return Rejected(
+            "schema", f"type {event.type.value!r} differs from the subject's {where.type.value!r}"
+        )
+    if event.component is not None and event.agent_name is None:
+        # Component events name no agent; the subject's (trusted) agent token is theirs.
+        event = event.model_copy(update={"agent_name": where.agent})
     if event.org != where.org or event.agent != where.agent:
         return Rejected(
             "tenant_mismatch",
