@@ -3,24 +3,12 @@
 import { api } from "./api.js";
 import { chartLegend, statCards, statCardsLoading, timelineBuckets, timelineChart } from "./charts.js";
 import { clear, debounce, h, toast } from "./dom.js";
-import { RANGES, hasFilters, listParams, matches, readFilters, statsHours, writeFilters } from "./filters.js";
+import { filterBar } from "./filterbar.js";
+import { hasFilters, listParams, matches, readFilters, statsHours, writeFilters } from "./filters.js";
 import * as fmt from "./format.js";
 import { headerRow, renderRow } from "./rows.js";
 
 const PAGE_SIZE = 50;
-
-function select(name, label, options, value) {
-  return h(
-    "label",
-    { class: "field" },
-    h("span", {}, label),
-    h(
-      "select",
-      { name, "data-filter": name },
-      options.map(([v, text]) => h("option", { value: v, selected: v === (value ?? "") }, text)),
-    ),
-  );
-}
 
 export class ExecutionsPage {
   constructor(root, { agents, navigate, role }) {
@@ -73,34 +61,14 @@ export class ExecutionsPage {
   }
 
   filterBar() {
-    const f = this.filters;
-    const agentOptions = this.agents.map((a) => [a.name, a.display_name || a.name]);
-    if (this.fleetWide) agentOptions.unshift(["", "All agents"]);
-    if (f.agent_name && !this.agents.some((a) => a.name === f.agent_name)) agentOptions.push([f.agent_name, f.agent_name]);
-    const search = h("input", {
-      type: "search",
-      name: "search",
-      "data-filter": "search",
-      placeholder: "Search messages and responses",
-      value: f.search ?? "",
+    this.form = filterBar({
+      filters: this.filters,
+      agents: this.agents,
+      anyAgent: this.fleetWide,
+      onChange: (patch, options) => this.setFilters({ ...this.filters, ...patch }, options),
+      onClear: () => this.setFilters({}),
     });
-    const form = h(
-      "form",
-      { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
-      select("agent_name", "Agent", agentOptions, f.agent_name),
-      select("status", "Status", [["", "Any status"], ...fmt.STATUSES.map((x) => [x, x])], f.status),
-      select("triggered_by", "Trigger", [["", "Any trigger"], ...fmt.TRIGGERS.map((x) => [x, x])], f.triggered_by),
-      select("hours", "Time range", RANGES, f.hours),
-      h("label", { class: "field field-search" }, h("span", {}, "Search"), search),
-      h("button", { class: "btn btn-clear", type: "button", onclick: () => this.setFilters({}) }, "Clear filters"),
-    );
-    for (const el of form.querySelectorAll("select")) {
-      el.addEventListener("change", () => this.setFilters({ ...this.filters, [el.name]: el.value }));
-    }
-    const searchChanged = debounce(() => this.setFilters({ ...this.filters, search: search.value.trim() }, { keepForm: true }), 350);
-    search.addEventListener("input", searchChanged);
-    this.form = form;
-    return form;
+    return this.form;
   }
 
   /** Change filters: URL, localStorage, the form, the list, the stats, the live subscription. */
@@ -169,6 +137,8 @@ export class ExecutionsPage {
       this.cursor = page.next_cursor ?? null;
       this.hasMore = Boolean(page.has_more && this.cursor);
       this.total = page.total_count ?? this.rows.size;
+      // Past a cap the API stops counting exactly (`total_count_exact: false`).
+      this.totalExact = page.total_count_exact !== false;
       this.showState(this.rows.size ? null : "empty");
     } catch (err) {
       if (err.name === "AbortError") return;
@@ -207,7 +177,8 @@ export class ExecutionsPage {
   renderSummary() {
     this.more.hidden = !this.hasMore;
     const shown = this.rows.size;
-    this.summary.textContent = shown ? `Showing ${fmt.count(shown)} of ${fmt.count(this.total)} executions` : "";
+    const total = `${fmt.count(this.total)}${this.totalExact === false ? "+" : ""}`;
+    this.summary.textContent = shown ? `Showing ${fmt.count(shown)} of ${total} executions` : "";
     this.compareButton.hidden = this.selected.size !== 2;
   }
 
@@ -299,6 +270,7 @@ export class ExecutionsPage {
       if (toasts && exec.status === "failed") failureToast(exec);
     }
     this.total = page.total_count ?? this.total;
+    this.totalExact = page.total_count_exact !== false;
     this.renderSummary();
     if (toasts && this.fleetWide) this.loadStats();
   }

@@ -1,0 +1,57 @@
+// The filter bar: agent, status, trigger, time range, debounced search, "Clear filters".
+
+import { debounce, h } from "./dom.js";
+import { RANGES } from "./filters.js";
+import { STATUSES, TRIGGERS } from "./format.js";
+
+const SEARCH_DEBOUNCE_MS = 350;
+
+function select(name, label, options, value) {
+  return h(
+    "label",
+    { class: "field" },
+    h("span", {}, label),
+    h(
+      "select",
+      { name, "data-filter": name },
+      options.map(([v, text]) => h("option", { value: v, selected: v === (value ?? "") }, text)),
+    ),
+  );
+}
+
+/**
+ * The form for `filters`. `onChange(patch, {keepForm})` gets the changed filter only (the form
+ * may outlive several changes while the user types); "Clear filters" calls `onClear()`.
+ * `anyAgent` offers "All agents" (clients must pick one of their agents).
+ */
+export function filterBar({ filters, agents, anyAgent, onChange, onClear }) {
+  const agentOptions = agents.map((a) => [a.name, a.display_name || a.name]);
+  if (anyAgent) agentOptions.unshift(["", "All agents"]);
+  if (filters.agent_name && !agents.some((a) => a.name === filters.agent_name)) {
+    agentOptions.push([filters.agent_name, filters.agent_name]);
+  }
+  const search = h("input", {
+    type: "search",
+    name: "search",
+    "data-filter": "search",
+    placeholder: "Search messages and responses",
+    value: filters.search ?? "",
+  });
+  const form = h(
+    "form",
+    { class: "filters", role: "search", onsubmit: (e) => e.preventDefault() },
+    select("agent_name", "Agent", agentOptions, filters.agent_name),
+    select("status", "Status", [["", "Any status"], ...STATUSES.map((x) => [x, x])], filters.status),
+    select("triggered_by", "Trigger", [["", "Any trigger"], ...TRIGGERS.map((x) => [x, x])], filters.triggered_by),
+    select("hours", "Time range", RANGES, filters.hours),
+    h("label", { class: "field field-search" }, h("span", {}, "Search"), search),
+    h("button", { class: "btn btn-clear", type: "button", onclick: () => onClear() }, "Clear filters"),
+  );
+  for (const el of form.querySelectorAll("select")) {
+    el.addEventListener("change", () => onChange({ [el.name]: el.value }));
+  }
+  // Typing keeps the same form (and focus); the list follows once the user pauses.
+  const searchChanged = debounce(() => onChange({ search: search.value.trim() }, { keepForm: true }), SEARCH_DEBOUNCE_MS);
+  search.addEventListener("input", searchChanged);
+  return form;
+}
