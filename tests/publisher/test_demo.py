@@ -1,0 +1,80 @@
+"""The demo fleet: plans that look like a real fleet, and a short live run on real NATS."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime
+
+import orjson
+from nats.js import JetStreamContext
+
+from services.ingest.validate import Rejected, validate
+from shared.events import Event
+from shared.publisher.demo import run_demo
+from shared.publisher.demo_fleet import DEMO_ORGS, fleet, history_events, plan_run
+from shared.subjects import Subjects
+from tests.publisher.conftest import stream_messages
+
+
+def test_fleet_spans_orgs_projects_and_tens_of_agents() -> None:
+    agents = fleet()
+    assert len(agents) >= 20
+    assert {a.org for a in agents} == set(DEMO_ORGS)
+    assert len({(a.org, a.project) for a in agents}) >= 6
+    assert any(a.project is None for a in agents)  # standalone agents exist too
+
+
+def test_plans_cover_the_shapes_a_dashboard_needs() -> None:
+    rng = random.Random(7)
+    agents = fleet()
+    by_name = {(a.org, a.name): a for a in agents}
+    outcomes: Counter[str] = Counter()
+    triggers: Counter[str] = Counter()
+    retries: Counter[str] = Counter()
+    events: list[Event] = []
+    for i in range(400):
+        plan = plan_run(rng, rng.choice(agents), by_name)
+        outcomes[plan.outcome] += 1
+        triggers[plan.triggered_by] += 1
+        for step in plan.steps:
+            if len(step.attempts) > 1:
+                expected = step.max_attempts is None or len(step.attempts) <= step.max_attempts
+                retries["expected" if expected else "unexpected"] += 1
+        raw = history_events(plan, datetime(2026, 2, 5, 10, tzinfo=UTC), f"run-{i}")
+        events += [Event.model_validate(e) for e in raw]
+    assert set(outcomes) == {"success", "failed", "stuck"}
+    assert {"schedule", "manual", "mcp", "agent"} <= set(triggers) | {
+        e.execution.triggered_by for e in events if e.execution
+    }
+    assert retries["expected"] > 0
+    assert retries["unexpected"] > 0
+    children = [e for e in events if e.execution and e.execution.parent_execution_id]
+    assert children
+    failed = [e for e in events if e.type == "execution_failed"]
+    assert failed
+    assert all(e.execution and e.execution.error_type for e in failed)
+    assert any(e.execution and e.execution.tool_calls for e in events)
+
+
+async def test_live_demo_publishes_what_ingest_accepts(
+    nats_url: str, streams: Subjects, js: JetStreamContext
+) -> None:
+    stats = await run_demo(
+        nats_url, streams, rate=40, duration=1.5, stop=None, seed=3, speed=30,
+        backfill_runs=20, grace=3,
+    )  # fmt: skip
+    assert stats.errors == 0
+    assert stats.runs > 20
+    messages = await stream_messages(js, streams.events_stream)
+    types: Counter[str] = Counter()
+    for subject, headers, body in messages:
+        result = validate(streams, subject, orjson.dumps(body))
+        assert not isinstance(result, Rejected), result
+        assert headers["Nats-Msg-Id"] == result.event_id
+        types[result.type.value] += 1
+    assert types["execution_started"] >= stats.backfilled + 20
+    assert types["execution_completed"] > 0
+    assert types["execution_failed"] + types["component_failed"] > 0
+    assert types["component_started"] > 0
+    assert {m[2]["org"] for m in messages} == set(DEMO_ORGS)
