@@ -85,7 +85,7 @@ async def stream_messages(nats_url: str, subjects: Subjects) -> list[tuple[str, 
 
 
 async def wait_until(
-    conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], want: Any, timeout: float = 20
+    conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], want: Any, timeout: float = 45
 ) -> Any:
     deadline = time.monotonic() + timeout
     while True:

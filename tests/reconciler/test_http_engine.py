@@ -163,7 +163,7 @@ async def test_pass_reports_every_kind_dry_run_changes_nothing_fix_is_applied(
                 3,
             )
             events = await db.fetchval("SELECT count(*) FROM events WHERE org = $1", org)
-            assert done == 3, (events, ingest.log()[-3000:])
+            assert done == 3, (events, ingest.log_path, ingest.log()[-3000:])
         rows = {
             r["id"]: r
             for r in await db.fetch(
