@@ -206,7 +206,8 @@ async def wait_for(
     deadline = time.monotonic() + timeout
     result: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
+        # Until the server is ready it answers 503 in plain text.
+        with contextlib.suppress(httpx.HTTPError, ValueError):
             result = await query(client, base, promql)
             if result and float(result[0]["value"][1]) == want:
                 return result
