@@ -87,9 +87,7 @@ def own_nats(tmp_path: Path) -> Iterator[OwnNats]:
 async def make_streams(nats_url: str, subjects: Subjects) -> None:
     nc = await nats.connect(nats_url)
     try:
-        await ensure_streams(
-            nc.jetstream(), CommonSettings(FLEETWATCH_SUBJECT_PREFIX=subjects.prefix)
-        )
+        await ensure_streams(nc.jetstream(), CommonSettings(subject_prefix=subjects.prefix))
     finally:
         await nc.close()
 

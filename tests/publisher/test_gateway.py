@@ -29,7 +29,7 @@ async def client(
     pool = await create_pool(database_url, max_size=2)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    settings = CommonSettings(FLEETWATCH_SUBJECT_PREFIX=streams.prefix)
+    settings = CommonSettings(subject_prefix=streams.prefix)
     app = FastAPI()
     app.include_router(create_gateway_router(settings, lambda: pool, lambda: js))
     transport = httpx.ASGITransport(app=app)
