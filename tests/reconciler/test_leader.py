@@ -1,0 +1,48 @@
+"""Two reconciler processes at once: one leads (advisory lock) and acts; the other takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+
+import httpx
+
+from tests.procs import running
+
+LOOPS = re.compile(r'^reconciler_loops_total\{outcome="ok"\} (\S+)$', re.MULTILINE)
+
+
+async def _state(client: httpx.AsyncClient, url: str) -> tuple[bool, float]:
+    ready = (await client.get(f"{url}/readyz")).json()
+    found = LOOPS.search((await client.get(f"{url}/metrics/")).text)
+    return bool(ready["leader"]), float(found.group(1)) if found else 0.0
+
+
+async def test_only_one_replica_acts_and_another_takes_over(service_env: dict[str, str]) -> None:
+    fast = {"RECONCILER_INTERVAL_SECONDS": "0.2"}
+    async with (
+        running("reconciler", service_env, extra_env=fast) as first,
+        running("reconciler", service_env, extra_env=fast) as second,
+        httpx.AsyncClient(timeout=5) as client,
+    ):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [await _state(client, s.url) for s in (first, second)]
+            if any(leader for leader, _ in states):
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        states = [await _state(client, s.url) for s in (first, second)]
+        assert sorted(leader for leader, _ in states) == [False, True]
+        leader, follower = (first, second) if states[0][0] else (second, first)
+        assert (await _state(client, leader.url))[1] > 0
+        assert (await _state(client, follower.url))[1] == 0
+
+        leader.kill(signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while (await _state(client, follower.url))[1] == 0:
+            assert time.monotonic() < deadline, "the follower never took over"
+            await asyncio.sleep(0.2)
+        assert (await _state(client, follower.url))[0]
