@@ -87,6 +87,7 @@ class Fleet:
         self._drained = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._subject_cache: dict[tuple[str, str, str], str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -276,7 +277,12 @@ class Fleet:
 
     async def publish(self, event: dict[str, Any]) -> bool:
         """Publish one envelope; True once JetStream acked it, False if it was spooled."""
-        subject = self.subjects.event(event["org"], agent_of(event), event["type"])
+        key = (event["org"], agent_of(event), event["type"])
+        subject = self._subject_cache.get(key)
+        if subject is None:
+            if len(self._subject_cache) > 10_000:
+                self._subject_cache.clear()
+            subject = self._subject_cache[key] = self.subjects.event(*key)
         return await self.send(OutgoingEvent(subject, str(event["event_id"]), encode(event)))
 
     async def send(self, event: OutgoingEvent) -> bool:
