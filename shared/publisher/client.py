@@ -88,6 +88,7 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._subject_cache: dict[tuple[str, str, str], str] = {}
+        self._replies: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -112,9 +113,10 @@ class Fleet:
         if self.spool is not None and self.spool.pending and self.connected:
             await self.flush(drain_timeout)
         self._closing = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._replies]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -262,7 +264,9 @@ class Fleet:
         else:
             # Several processes may serve one agent: answer "not here" late, so that the
             # process that holds the run answers first (a request takes the first reply).
-            self._tasks.append(asyncio.create_task(self._reply_unknown(msg)))
+            task = asyncio.create_task(self._reply_unknown(msg))
+            self._replies.add(task)
+            task.add_done_callback(self._replies.discard)
 
     async def _reply_unknown(self, msg: Msg) -> None:
         await asyncio.sleep(self.unknown_reply_delay)
