@@ -20,7 +20,7 @@ class CommonSettings(BaseSettings):
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
     subject_prefix: str = Field(default="fleet", validation_alias="FLEETWATCH_SUBJECT_PREFIX")
     jwt_secret: SecretStr = Field(
-        default=SecretStr("fleetwatch-dev-secret-change-me"),
+        default=SecretStr("fleetwatch-development-secret-change-me-0123"),
         validation_alias="FLEETWATCH_JWT_SECRET",
     )
     jwks_url: str | None = Field(default=None, validation_alias="FLEETWATCH_JWKS_URL")

@@ -27,6 +27,16 @@ NATS_URL = os.environ.get("NATS_URL", DEFAULT_NATS_URL)
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Registered here (the top-level conftest) so that `pytest tests/chaos --chaos-long` works.
+    parser.addoption(
+        "--chaos-long",
+        action="store_true",
+        default=False,
+        help="run the long versions of the fault matrix and write bench/results/chaos.md",
+    )
+
+
 def with_database(url: str, name: str) -> str:
     """The same server URL pointing at another database."""
     parts = urlsplit(url)
@@ -132,6 +142,6 @@ def service_env(nats_url: str, database_url: str, subjects: Subjects) -> dict[st
         NATS_URL=nats_url,
         DATABASE_URL=database_url,
         FLEETWATCH_SUBJECT_PREFIX=subjects.prefix,
-        FLEETWATCH_JWT_SECRET="test-secret",
+        FLEETWATCH_JWT_SECRET="fleetwatch-test-secret-0123456789abcdef",
     )
     return env

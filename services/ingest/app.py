@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from services.ingest.consumer import TRANSIENT_ERRORS, BatchConsumer
+from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
@@ -101,6 +102,16 @@ async def _poll_lag(state: IngestState, settings: IngestSettings, metrics: Inges
         await asyncio.sleep(settings.lag_poll_interval)
 
 
+async def _poll_running(pool: asyncpg.Pool, fleet: FleetMetrics, settings: IngestSettings) -> None:
+    """Running and stuck executions per org, for the fleet gauges and the stuck alert."""
+    while True:
+        try:
+            await fleet.refresh_running(pool)
+        except Exception as exc:  # best effort, like the lag
+            log.debug("running executions unavailable: %s", exc)
+        await asyncio.sleep(settings.running_poll_interval)
+
+
 def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> FastAPI:
     metrics = metrics or IngestMetrics.create()
     state = IngestState()
@@ -113,6 +124,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
         state.js = state.nc.jetstream()
         await ensure_streams(state.js, settings)
         state.pool = await _connect_pool(settings)
+        fleet = FleetMetrics(metrics.registry)
         state.consumer = BatchConsumer(
             pool=state.pool,
             js=state.js,
@@ -120,12 +132,13 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             metrics=metrics,
             retry_min=settings.retry_min,
             retry_max=settings.retry_max,
-            fleet=_fleet_observer(metrics),
+            fleet=fleet,
             max_in_flight=settings.max_in_flight,
         )
         state.broker = build_broker(settings, state)
         await state.broker.start()
         lag_task = asyncio.create_task(_poll_lag(state, settings, metrics))
+        running_task = asyncio.create_task(_poll_running(state.pool, fleet, settings))
         log.info("ingest consuming %s as %r", settings.subjects.all_events, settings.durable)
         try:
             yield
@@ -133,6 +146,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             # Drain: stop fetching, let the in-flight batch commit and ack, then close.
             state.consumer.stopping.set()
             lag_task.cancel()
+            running_task.cancel()
             await state.broker.stop()
             await state.consumer.drain()
             await state.nc.drain()
@@ -162,15 +176,6 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
 
     _include_gateway(app, settings, state)
     return app
-
-
-def _fleet_observer(metrics: IngestMetrics) -> Any:
-    """Fleet-level metrics (executions by org/agent/status), when that module is present."""
-    try:
-        module = importlib.import_module("services.ingest.fleet_metrics")
-    except ImportError:
-        return None
-    return module.FleetMetrics(metrics.registry)
 
 
 def _include_gateway(app: FastAPI, settings: IngestSettings, state: IngestState) -> None:
