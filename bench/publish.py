@@ -96,15 +96,19 @@ def overhead_us(n: int) -> dict[str, float]:
     }
 
 
-async def _timed(n: int, publish: Callable[[int], Awaitable[Any]], pipelined: bool) -> float:
-    began = time.perf_counter()
+async def _timed(
+    n: int, publish: Callable[[int], Awaitable[Any]], pipelined: bool
+) -> tuple[float, float]:
+    """Messages per second (wall clock) and this process's CPU microseconds per message."""
+    began, cpu = time.perf_counter(), time.process_time()
     if pipelined:
         for start in range(0, n, CHUNK):
             await asyncio.gather(*(publish(i) for i in range(start, min(n, start + CHUNK))))
     else:
         for i in range(n):
             await publish(i)
-    return n / (time.perf_counter() - began)
+    wall = time.perf_counter() - began
+    return n / wall, (time.process_time() - cpu) / n * 1e6
 
 
 async def rates(nats_url: str, n: int, rounds: int) -> dict[str, Any]:
@@ -118,8 +122,8 @@ async def rates(nats_url: str, n: int, rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         for mode in ("sequential", "pipelined"):
-            raw_rates: list[float] = []
-            pub_rates: list[float] = []
+            raw_runs: list[tuple[float, float]] = []
+            pub_runs: list[tuple[float, float]] = []
             for r in range(rounds):
                 tag = f"{mode}-{r}"
                 payloads = [encode(event(i, f"raw-{tag}")) for i in range(n)]
@@ -133,16 +137,26 @@ async def rates(nats_url: str, n: int, rounds: int) -> dict[str, Any]:
                 async def pub(i: int, tag: str = tag) -> None:
                     await fleet.publish(event(i, f"pub-{tag}"))
 
-                raw_rates.append(await _timed(n, raw, mode == "pipelined"))
-                pub_rates.append(await _timed(n, pub, mode == "pipelined"))
-            raw_median = statistics.median(raw_rates)
-            pub_median = statistics.median(pub_rates)
+                # Alternate who goes first, so a drift of the machine's load favours neither.
+                pipelined = mode == "pipelined"
+                if r % 2:
+                    pub_runs.append(await _timed(n, pub, pipelined))
+                    raw_runs.append(await _timed(n, raw, pipelined))
+                else:
+                    raw_runs.append(await _timed(n, raw, pipelined))
+                    pub_runs.append(await _timed(n, pub, pipelined))
+            ratios = [p[0] / q[0] for p, q in zip(pub_runs, raw_runs, strict=True)]
+            raw_cpu = statistics.median(q[1] for q in raw_runs)
+            pub_cpu = statistics.median(p[1] for p in pub_runs)
             results[mode] = {
-                "raw_nats_py_msgs_per_s": round(raw_median),
-                "publisher_msgs_per_s": round(pub_median),
-                "ratio": round(pub_median / raw_median, 3),
-                "raw_rounds": [round(x) for x in raw_rates],
-                "publisher_rounds": [round(x) for x in pub_rates],
+                "raw_nats_py_msgs_per_s": round(statistics.median(q[0] for q in raw_runs)),
+                "publisher_msgs_per_s": round(statistics.median(p[0] for p in pub_runs)),
+                "ratio_median_of_rounds": round(statistics.median(ratios), 3),
+                "ratios": [round(x, 3) for x in ratios],
+                "raw_cpu_us_per_msg": round(raw_cpu, 1),
+                "publisher_cpu_us_per_msg": round(pub_cpu, 1),
+                # When one core is the limit, throughput follows CPU per message.
+                "cpu_bound_ratio": round(raw_cpu / pub_cpu, 3),
             }
         info = await js.stream_info(subjects.events_stream)
         results["stored"] = info.state.messages
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nats-url", help="default: start an own nats-server")
     parser.add_argument("--out", type=Path, default=Path("bench/results/publish.json"))
     args = parser.parse_args(argv)
-    n, rounds = (2000, 3) if args.quick else (10_000, 5)
+    n, rounds = (2000, 4) if args.quick else (5000, 8)
     proc = None
     with tempfile.TemporaryDirectory() as store:
         nats_url = args.nats_url

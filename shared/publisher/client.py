@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from shared.publisher.envelope import OutgoingEvent, agent_of, encode
+from shared.publisher.envelope import MSG_ID_HEADER, OutgoingEvent, agent_of, encode
 from shared.publisher.run import Run, TerminateCallback, current_run
 from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
 from shared.subjects import Subjects
@@ -287,9 +287,23 @@ class Fleet:
             if len(self._subject_cache) > 10_000:
                 self._subject_cache.clear()
             subject = self._subject_cache[key] = self.subjects.event(*key)
-        return await self.send(OutgoingEvent(subject, str(event["event_id"]), encode(event)))
+        event_id = str(event["event_id"])
+        payload = encode(event)
+        # The hot path calls nats-py directly: every layer here costs throughput.
+        js, spool = self._js, self.spool
+        if js is None or (spool is not None and (spool.pending or not self.connected)):
+            return await self.send(OutgoingEvent(subject, event_id, payload))
+        try:
+            await js.publish(
+                subject, payload, timeout=self.ack_timeout, headers={MSG_ID_HEADER: event_id}
+            )
+        except _PUBLISH_ERRORS as exc:
+            return self._not_acked(OutgoingEvent(subject, event_id, payload), exc)
+        self.stats.published += 1
+        return True
 
     async def send(self, event: OutgoingEvent) -> bool:
+        """Publish a ready-made event; True once JetStream acked it, False if it was spooled."""
         spool = self.spool
         if spool is not None and (spool.pending or not self.connected):
             self._spool(event)
@@ -297,12 +311,15 @@ class Fleet:
         try:
             await self._publish_now(event)
         except _PUBLISH_ERRORS as exc:
-            if spool is None:
-                raise PublishError(f"event {event.event_id} not acknowledged: {exc!r}") from exc
-            self._spool(event)
-            return False
+            return self._not_acked(event, exc)
         self.stats.published += 1
         return True
+
+    def _not_acked(self, event: OutgoingEvent, exc: BaseException) -> bool:
+        if self.spool is None:
+            raise PublishError(f"event {event.event_id} not acknowledged: {exc!r}") from exc
+        self._spool(event)
+        return False
 
     async def _publish_now(self, event: OutgoingEvent) -> None:
         if self._js is None:

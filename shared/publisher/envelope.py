@@ -77,12 +77,11 @@ def iso(moment: datetime) -> str:
 
 def _clean(fields: dict[str, Any]) -> dict[str, Any]:
     """Drop unknown (None) fields and write datetimes as the contract does."""
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        out[key] = iso(value) if isinstance(value, datetime) else value
-    return out
+    return {
+        key: iso(value) if isinstance(value, datetime) else value
+        for key, value in fields.items()
+        if value is not None
+    }
 
 
 def execution_event(
