@@ -8,10 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import httpx
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from services.reconciler.engines import EngineError, EngineRun
+from services.reconciler.engines.http_client import (
+    HttpConnectionError,
+    HttpTimeout,
+    KeepAliveClient,
+)
 from shared.events import Status
 
 
@@ -58,16 +63,13 @@ class _Transient(Exception):
 class HttpEngine:
     """Retries not-found (runs register late) and 5xx/timeouts with exponential backoff."""
 
-    def __init__(self, config: HttpEngineConfig, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: HttpEngineConfig) -> None:
         self._config = config
-        self._client = client or httpx.AsyncClient(
-            base_url=config.base_url,
+        self._client = KeepAliveClient(
+            config.base_url,
+            max_connections=config.max_connections,
             timeout=config.timeout_seconds,
             headers=dict(config.headers),
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-            ),
         )
 
     @property
@@ -116,11 +118,9 @@ class HttpEngine:
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
         try:
-            response = await self._client.get(path, params=params)
-        except httpx.TimeoutException as exc:
-            raise _Transient(f"timed out after {self._config.timeout_seconds:g} s") from exc
-        except httpx.HTTPError as exc:
-            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+            response = await self._client.get(path, params)
+        except (HttpTimeout, HttpConnectionError) as exc:
+            raise _Transient(str(exc)) from exc
         if response.status_code == 404:
             raise _NotFound
         if response.status_code >= 500 or response.status_code == 429:
@@ -128,8 +128,8 @@ class HttpEngine:
         if response.status_code >= 400:
             raise EngineError(f"{self._config.name}: GET {path}: HTTP {response.status_code}")
         try:
-            return response.json()
-        except ValueError:
+            return orjson.loads(response.body)
+        except orjson.JSONDecodeError:
             raise EngineError(f"{self._config.name}: GET {path}: bad payload: not JSON") from None
 
     async def _with_retries(self, path: str, params: dict[str, str] | None = None) -> Any:
