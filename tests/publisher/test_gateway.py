@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,14 +15,14 @@ import pytest_asyncio
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 
-from services.ingest.apikeys import create_key, revoke_key
+from services.ingest.apikeys import create_key, org_for_key, revoke_key
 from services.ingest.gateway import create_gateway_router
 from shared.db import connect, create_pool
 from shared.events import EventType
 from shared.publisher.envelope import component_event, execution_event
 from shared.settings import CommonSettings
 from shared.subjects import Subjects
-from tests.publisher.conftest import stream_messages
+from tests.publisher.conftest import REPO, stream_messages
 
 
 @pytest_asyncio.fixture
@@ -145,3 +148,56 @@ async def test_good_batch_as_array_ndjson_and_single(
     ]
     assert all(m[1]["Nats-Msg-Id"] == m[2]["event_id"] for m in messages)
     assert messages[0][2]["org"] == org
+
+
+async def test_unacknowledged_batch_answers_503_with_the_ids(
+    nats_url: str, database_url: str, api_key: str, org: str, subjects: Subjects
+) -> None:
+    # No stream for this prefix: JetStream acknowledges nothing.
+    pool = await create_pool(database_url, max_size=1)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    app = FastAPI()
+    settings = CommonSettings(subject_prefix=subjects.prefix)
+    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        ) as http:
+            batch = [started(org, "a", "r1"), started(org, "a", "r2")]
+            response = await http.post("/api/events", json=batch, headers={"X-API-Key": api_key})
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["not_acknowledged"] == [e["event_id"] for e in batch]
+    finally:
+        await nc.close()
+        await pool.close()
+
+
+async def test_apikey_command(database_url: str, org: str) -> None:
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.cli", "apikey", "--database-url", database_url, *args,
+            cwd=REPO, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, key = await cli("create", "--org", org, "--label", "cron")
+    assert code == 0
+    key = key.strip()
+    assert key.startswith("fwk_")
+    conn = await connect(database_url)
+    try:
+        assert await org_for_key(conn, key) == org
+        key_id = key.split("_")[1]
+        code, listing = await cli("list", "--org", org)
+        assert listing.split("\t")[:2] == [key_id, "cron"]
+        assert key.split("_", 2)[2] not in listing
+        assert (await cli("revoke", "--org", "someone-else", key_id))[0] == 1
+        assert (await cli("revoke", "--org", org, key_id))[0] == 0
+        assert await org_for_key(conn, key) is None
+        assert "revoked" in (await cli("list", "--org", org))[1]
+    finally:
+        await conn.close()

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import nats
+import pytest
 
-from shared.publisher import Fleet
+from shared.publisher import Fleet, SpoolFullError
 from shared.subjects import Subjects
 from tests.publisher.conftest import (
     OwnNats,
@@ -94,3 +95,30 @@ async def test_killed_agent_with_a_spool_drains_after_restart(
         (f"run-{i}", t) for i in range(5) for t in ("execution_started", "execution_completed")
     ]
     assert (spool / "events.log").stat().st_size == 0
+
+
+async def test_spool_overflow_is_reported_never_silent(
+    tmp_path: Path, org: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dropped: list[str] = []
+    fleet = Fleet(
+        f"nats://127.0.0.1:{free_port()}", org=org, spool_dir=tmp_path / "spool",
+        spool_max_bytes=2000, connect_timeout=0.3,
+        on_overflow=lambda event: dropped.append(event.event_id),
+    )  # fmt: skip
+    await fleet.start()
+    try:
+        for i in range(20):
+            async with fleet.execution("a", id=f"r{i}", message="x" * 100):
+                pass
+        assert fleet.spool is not None
+        assert fleet.stats.spooled == fleet.spool.pending > 0
+        assert fleet.stats.dropped == len(dropped) == 40 - fleet.stats.spooled
+        assert fleet.spool.pending_bytes <= 2000
+        assert any("spool full" in r.message for r in caplog.records if r.levelname == "ERROR")
+        fleet.raise_on_overflow = True
+        with pytest.raises(SpoolFullError):
+            async with fleet.execution("a"):
+                pass
+    finally:
+        await fleet.close(drain_timeout=0)
