@@ -137,7 +137,9 @@ export async function renderDetail(root, id, { navigate, current = () => true })
   const log = exec.log_url === null || exec.has_log === false ? "" : await loadLog(id);
   if (!current()) return null;
   const compareInput = h("input", { type: "text", placeholder: "another execution id", "aria-label": "Compare with execution id" });
-  const fields = Object.keys(exec).filter((k) => !HIDDEN_FIELDS.has(k));
+  const isSet = (k) => exec[k] !== null && exec[k] !== undefined && exec[k] !== "";
+  const fields = Object.keys(exec).filter((k) => !HIDDEN_FIELDS.has(k) && isSet(k));
+  const unset = Object.keys(exec).filter((k) => !HIDDEN_FIELDS.has(k) && !isSet(k));
   const link = engineLink(exec);
   clear(root).append(
     h(
@@ -157,6 +159,7 @@ export async function renderDetail(root, id, { navigate, current = () => true })
         ),
       ),
       h("dl", { class: "fields" }, fields.map((k) => h("div", { class: "pair" }, h("dt", {}, k.replace(/_/g, " ")), h("dd", { dataset: { field: k } }, fieldValue(k, exec[k], exec))))),
+      unset.length ? h("p", { class: "muted small unset" }, `Not reported: ${unset.map((k) => k.replace(/_/g, " ")).join(", ")}.`) : null,
       LONG_FIELDS.filter((k) => exec[k]).map((k) => section(k[0].toUpperCase() + k.slice(1), h("pre", { class: k === "error" ? "pre-error" : "" }, exec[k]))),
       section(componentsTitle(exec), waterfall(exec, exec.components)),
       section("Child executions", childrenTable(exec.children)),
