@@ -202,7 +202,7 @@ async def main_async(args: argparse.Namespace, port: int) -> dict[str, Any]:
         "rows": rows,
         "concurrency": args.concurrency,
         "engine_delay_ms": args.delay_ms,
-        "baseline_raw_gets": {
+        "baseline_raw_gets_httpx": {
             "seconds": round(baseline_s, 3),
             "per_second": round(rows / baseline_s),
         },

@@ -182,6 +182,10 @@ async def test_pass_reports_every_kind_dry_run_changes_nothing_fix_is_applied(
             f"reconcile:{org}:x-fail:failed",
             f"reconcile:{org}:x-late:success",
         ]
+        sample = reconciler.metrics.registry.get_sample_value
+        assert sample("reconciler_mismatches_fixed_total", {"kind": "status_mismatch"}) == 3
+        assert sample("reconciler_mismatches_found_total", {"kind": "engine_error"}) == 6
+        assert sample("reconciler_engine_errors_total", {"engine": "http"}) == 6
         # A second fix pass publishes the same ids: JetStream drops them as duplicates.
         again = await reconciler.run_pass(fix=True)
         assert again.published == 0

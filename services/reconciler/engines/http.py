@@ -159,7 +159,7 @@ class HttpEngine:
         return self.parse_run(payload, external_id)
 
     async def list_runs(self, since: datetime, until: datetime) -> list[EngineRun]:
-        if self._config.list_path is None:
+        if not self._config.list_path:
             return []
         params = {"since": since.isoformat(), "until": until.isoformat()}
         try:
