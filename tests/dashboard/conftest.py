@@ -143,8 +143,14 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
             await wait_ready(service.url, timeout=30)
 
         async def answer_terminate(msg: Msg) -> None:
-            stack.terminate_requests.append({"subject": msg.subject, **json.loads(msg.data)})
+            """Like an agent: accept, then report the execution cancelled."""
+            request = json.loads(msg.data)
+            stack.terminate_requests.append({"subject": msg.subject, **request})
             await msg.respond(b'{"accepted": true, "reason": null}')
+            await stack.publish(
+                "execution_cancelled",
+                {"id": request["execution_id"], "agent_name": "alpha", "error": "stopped by ada"},
+            )
 
         await nc.subscribe(subjects.terminate(org, "alpha"), cb=answer_terminate)
         yield stack

@@ -153,6 +153,10 @@ async def test_stop_sends_the_terminate_command(admin_page: Page, stack: Stack) 
     await expect(page.locator(".toast-success").last).to_contain_text("Stop requested")
     assert [r["execution_id"] for r in stack.terminate_requests] == [RUNNING_ID]
     assert stack.terminate_requests[0]["requested_by"] == "ada"
+    # The agent then reports the execution cancelled: the row follows, and its Stop goes away.
+    row = page.locator(f'tr[data-id="{RUNNING_ID}"]')
+    await expect(row).to_have_attribute("data-status", "cancelled")
+    await expect(row.locator("[data-action=stop]")).to_have_count(0)
 
 
 async def test_detail_page_and_compare(admin_page: Page, stack: Stack) -> None:
@@ -201,6 +205,7 @@ async def test_user_sees_only_their_agents(browser: Browser, stack: Stack) -> No
         await screenshot(page, "06-user-phone-detail", full_page=True)
         await page.goto(f"{stack.base_url}/?agent_name=gamma")
         await expect(page.locator(".error-box")).to_be_visible()
+        await screenshot(page, "06-user-phone-forbidden")
     finally:
         await context.close()
 

@@ -42,6 +42,7 @@ export class ExecutionsPage {
     this.compareButton = h("button", { class: "btn", type: "button", hidden: true, onclick: () => this.compare() }, "Compare");
     this.tbody = h("tbody");
     this.table = h("table", { class: "executions" }, headerRow(), this.tbody);
+    this.tableWrap = h("div", { class: "table-wrap" }, this.table);
     this.state = h("div", { class: "list-state" });
     this.more = h("button", { class: "btn btn-more", type: "button", hidden: true, onclick: () => this.loadMore() }, "Load more");
     return h(
@@ -54,7 +55,7 @@ export class ExecutionsPage {
         : null,
       this.filterBar(),
       h("div", { class: "list-head" }, this.summary, this.compareButton),
-      h("div", { class: "table-wrap" }, this.table),
+      this.tableWrap,
       this.state,
       h("div", { class: "list-foot" }, this.more),
     );
@@ -108,7 +109,8 @@ export class ExecutionsPage {
   async loadChart() {
     const hours = statsHours(this.filters);
     const bucket = hours > 72 ? "day" : "hour";
-    const params = { hours, bucket, agent_name: this.filters.agent_name, status: this.filters.status, triggered_by: this.filters.triggered_by };
+    const { agent_name, status, triggered_by, search } = this.filters;
+    const params = { hours, bucket, agent_name, status, triggered_by, search };
     try {
       const data = await api("/api/executions/timeline", { params });
       const width = Math.max(320, Math.min(this.chart.clientWidth || 720, 1400));
@@ -184,7 +186,7 @@ export class ExecutionsPage {
 
   showState(kind, err) {
     this.table.dataset.state = kind ?? "ready";
-    this.table.hidden = kind === "error" || kind === "empty";
+    this.tableWrap.hidden = kind === "error" || kind === "empty";
     clear(this.state);
     this.state.dataset.state = kind ?? "ready";
     if (kind === "loading") {
@@ -196,7 +198,13 @@ export class ExecutionsPage {
       );
     } else if (kind === "error") {
       this.state.append(
-        h("div", { class: "error-box", role: "alert" }, h("p", {}, `Could not load executions: ${err.message}`), h("button", { class: "btn", type: "button", onclick: () => this.reload() }, "Retry")),
+        h(
+          "div",
+          { class: "error-box", role: "alert" },
+          h("p", {}, `Could not load executions: ${err.message}`),
+          h("button", { class: "btn", type: "button", onclick: () => this.reload() }, "Retry"),
+          hasFilters(this.filters) ? [" ", h("button", { class: "btn", type: "button", onclick: () => this.setFilters({}) }, "Clear filters")] : null,
+        ),
       );
     }
   }

@@ -106,11 +106,11 @@ export class LiveFeed {
 
   send() {
     if (this.socket?.readyState !== WebSocket.OPEN) return;
-    // The notifier takes lists (values OR'd); the page filters on one value of each.
+    // Only the agent narrows the feed on the server: a status or trigger filter there would also
+    // hold back the events that move a shown row on (a completion has another status and often
+    // no trigger). The page matches new rows against its other filters itself.
     const subscribe = {};
-    for (const key of ["agent_name", "status", "triggered_by"]) {
-      if (this.filters[key]) subscribe[key] = [this.filters[key]];
-    }
+    if (this.filters.agent_name) subscribe.agent_name = [this.filters.agent_name];
     const message = { subscribe };
     // Replaying the last seen event again is harmless (rows update idempotently); missing one is not.
     if (this.lastSeq !== null) message.resume_from = this.lastSeq;
