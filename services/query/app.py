@@ -57,6 +57,12 @@ def create_app(settings: QuerySettings) -> FastAPI:
             per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
         ),
         stats_cache=TTLCache(maxsize=4096, ttl=settings.stats_ttl_s or 1e-9),
+        scope_cache=TTLCache(maxsize=50_000, ttl=settings.scope_ttl_s)
+        if settings.scope_ttl_s
+        else None,
+        count_cache=TTLCache(maxsize=10_000, ttl=settings.count_ttl_s)
+        if settings.count_ttl_s
+        else None,
     )
 
     @asynccontextmanager

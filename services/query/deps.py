@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import asyncpg
@@ -18,7 +19,7 @@ from services.query.metrics import QueryMetrics
 from services.query.ratelimit import RateLimiter
 from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
-from shared.auth import AuthError, Claims, decode_token
+from shared.auth import AuthError, Claims, Role, decode_token
 
 
 @dataclass
@@ -28,9 +29,19 @@ class QueryState:
     settings: QuerySettings
     metrics: QueryMetrics
     limiter: RateLimiter
-    stats_cache: TTLCache[Any, dict[str, Any]]
+    stats_cache: TTLCache[Any, Any]
+    #: Users' and clients' scopes by (org, sub, role), for `settings.scope_ttl_s`.
+    scope_cache: TTLCache[tuple[str, str, str], Scope] | None = None
+    #: Capped list counts by (scope, filters), for `settings.count_ttl_s`.
+    count_cache: TTLCache[Any, tuple[int, bool]] | None = None
     pool: asyncpg.Pool | None = None
     nats: NatsClient | None = None
+
+    def forget_scopes(self, org: str) -> None:
+        """Drop the cached scopes of one org (its agents' owners or shares changed)."""
+        if self.scope_cache is not None:
+            for key in [k for k in self.scope_cache if k[0] == org]:
+                self.scope_cache.pop(key, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +51,30 @@ class Ctx:
     conn: asyncpg.Connection
     scope: Scope
     state: QueryState
+    #: Set by handlers that change owners or shares: cached scopes are dropped after COMMIT.
+    changes: list[str] = field(default_factory=list)
+
+    def scopes_changed(self) -> None:
+        self.state.forget_scopes(self.scope.org)  # now, and again once the change is visible
+        self.changes.append(self.scope.org)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A caller known without a database round trip when their scope is cached (or admin).
+
+    For answers served from a cache: `connect()` opens the org-bound RLS transaction only
+    when the handler needs the database after all.
+    """
+
+    claims: Claims
+    scope: Scope
+    state: QueryState
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Ctx]:
+        async with _transaction(self.state, self.claims.org) as conn:
+            yield Ctx(conn=conn, scope=self.scope, state=self.state)
 
 
 def get_state(request: Request) -> QueryState:
@@ -68,8 +103,8 @@ async def authenticate(request: Request, state: QueryState) -> Claims:
         raise _unauthorized(str(exc)) from None
 
 
-async def caller(request: Request) -> AsyncIterator[Ctx]:
-    """Authenticate, rate-limit, then hold a connection in a transaction bound to the org."""
+async def _admitted(request: Request) -> tuple[QueryState, Claims]:
+    """Authenticate and rate-limit."""
     state = get_state(request)
     claims = await authenticate(request, state)
     wait = state.limiter.check(f"{claims.org}/{claims.sub}")
@@ -80,23 +115,73 @@ async def caller(request: Request) -> AsyncIterator[Ctx]:
             detail="rate limit exceeded",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
+    return state, claims
+
+
+@asynccontextmanager
+async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection in a transaction under the app role with the org set (RLS)."""
     if state.pool is None:
         raise HTTPException(503, detail="database not ready")
     async with state.pool.acquire() as conn, conn.transaction():
-        await repo.enter_org(conn, claims.org)
+        await repo.enter_org(conn, org)
+        yield conn
+
+
+def _scope_key(claims: Claims) -> tuple[str, str, str]:
+    return (claims.org, claims.sub, claims.role.value)
+
+
+def cached_scope(state: QueryState, claims: Claims) -> Scope | None:
+    """The scope without a query: admins see the whole org; others if cached."""
+    if claims.role is Role.ADMIN:
+        return Scope(org=claims.org, user=claims.sub, role=claims.role, agents=None)
+    if state.scope_cache is None:
+        return None
+    return state.scope_cache.get(_scope_key(claims))
+
+
+async def resolve_scope(state: QueryState, conn: asyncpg.Connection, claims: Claims) -> Scope:
+    """The caller's scope: cached briefly, else read (in the caller's RLS transaction)."""
+    scope = cached_scope(state, claims)
+    if scope is None:
         scope = await load_scope(conn, claims)
-        yield Ctx(conn=conn, scope=scope, state=state)
+        if state.scope_cache is not None:
+            state.scope_cache[_scope_key(claims)] = scope
+    return scope
+
+
+async def caller(request: Request) -> AsyncIterator[Ctx]:
+    """Authenticate, rate-limit, then hold a connection in a transaction bound to the org."""
+    state, claims = await _admitted(request)
+    async with _transaction(state, claims.org) as conn:
+        scope = await resolve_scope(state, conn, claims)
+        ctx = Ctx(conn=conn, scope=scope, state=state)
+        yield ctx
+    for org in ctx.changes:  # committed: nobody can reload the old scope any more
+        state.forget_scopes(org)
+
+
+async def light_caller(request: Request) -> Caller:
+    """Authenticate, rate-limit and resolve the scope, touching the database only on a miss."""
+    state, claims = await _admitted(request)
+    scope = cached_scope(state, claims)
+    if scope is None:
+        async with _transaction(state, claims.org) as conn:
+            scope = await resolve_scope(state, conn, claims)
+    return Caller(claims=claims, scope=scope, state=state)
 
 
 CallerDep = Annotated[Ctx, Depends(caller)]
+LightCallerDep = Annotated[Caller, Depends(light_caller)]
 StateDep = Annotated[QueryState, Depends(get_state)]
 
 
-def require_fleet_wide(ctx: Ctx) -> None:
+def require_fleet_wide(ctx: Ctx | Caller) -> None:
     if not ctx.scope.fleet_wide:
         raise HTTPException(403, detail="clients may use only the per-agent endpoints")
 
 
-def require_agent_visible(ctx: Ctx, agent_name: str) -> None:
+def require_agent_visible(ctx: Ctx | Caller, agent_name: str) -> None:
     if not ctx.scope.allows(agent_name):
         raise HTTPException(403, detail=f"agent {agent_name!r} is not visible to you")

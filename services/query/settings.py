@@ -21,6 +21,12 @@ class QuerySettings(CommonSettings):
     pool_max_size: int = Field(default=10, ge=1)
     #: How long stats stay cached per caller scope.
     stats_ttl_s: float = Field(default=5.0, ge=0)
+    #: How long a user's or client's visible agents stay cached (0: read on every request).
+    #: Owner and share changes made through this process apply at once; others within this.
+    scope_ttl_s: float = Field(default=15.0, ge=0)
+    #: How long a list's capped `total_count` stays cached per (scope, filters); paging
+    #: through one list and dashboard refreshes count once (0: count on every page).
+    count_ttl_s: float = Field(default=5.0, ge=0)
     #: Sustained requests per caller per minute, and the burst allowed above it.
     rate_limit_per_minute: float = Field(default=1200, gt=0)
     rate_limit_burst: int = Field(default=200, ge=1)

@@ -70,6 +70,8 @@ async def put_agent(name: str, body: AgentUpdate, ctx: CallerDep) -> dict[str, A
         )
     except asyncpg.ForeignKeyViolationError:
         raise HTTPException(404, detail=f"organization {ctx.scope.org!r} not found") from None
+    if body.owner is not None:
+        ctx.scopes_changed()
     return dict(row)
 
 
@@ -101,6 +103,7 @@ async def put_share(name: str, user: str, ctx: CallerDep) -> Response:
     _check_user(user)
     await _may_share(ctx, name)
     await repo.put_share(ctx.conn, ctx.scope.org, name, user)
+    ctx.scopes_changed()
     return Response(status_code=204)
 
 
@@ -110,4 +113,5 @@ async def delete_share(name: str, user: str, ctx: CallerDep) -> Response:
     await _may_share(ctx, name)
     if not await repo.delete_share(ctx.conn, ctx.scope.org, name, user):
         raise HTTPException(404, detail=f"agent {name!r} is not shared with {user!r}")
+    ctx.scopes_changed()
     return Response(status_code=204)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from services.query import repo
 from services.query.cursor import CursorError, CursorKey, decode_cursor, encode_cursor
 from services.query.deps import CallerDep, Ctx, require_agent_visible, require_fleet_wide
-from services.query.filters import FilterError, ListQuery, parse_list_query
-from services.query.views import summary
-from services.query.where import after, filtered
+from services.query.filters import FilterError, ListFilters, ListQuery, parse_list_query
+from services.query.views import json_response, summary
+from services.query.where import Where, after, filtered
 
 router = APIRouter(tags=["executions"])
 
@@ -21,7 +21,7 @@ Multi = Annotated[list[str] | None, Query()]
 One = Annotated[str | None, Query()]
 
 
-async def run_list(ctx: Ctx, query: ListQuery) -> dict[str, Any]:
+async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     """One page of the list, the total count and the cursor of the next page."""
     filters, page = query.filters, query.page
     for name in filters.agent_name:
@@ -36,20 +36,46 @@ async def run_list(ctx: Ctx, query: ListQuery) -> dict[str, Any]:
     rows = await repo.list_page(ctx.conn, where, limit=page.limit + 1, offset=page.offset)
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
-    total, exact = await repo.count(ctx.conn, base, cap=ctx.state.settings.exact_count_limit)
+    if page.cursor is None and not has_more and (rows or page.offset == 0):
+        total, exact = page.offset + len(rows), True  # the whole rest of the list is here
+    else:
+        total, exact = await _count(ctx, filters, base)
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
         next_cursor = encode_cursor(CursorKey(sort_at=last["sort_at"], id=last["id"]))
-    return {
-        "executions": [summary(r) for r in rows],
-        "total_count": total,
-        "total_count_exact": exact,
-        "has_more": has_more,
-        "next_cursor": next_cursor,
-        "filters_applied": filters.applied(),
-        "limit": page.limit,
-    }
+    return json_response(
+        {
+            "executions": [summary(r) for r in rows],
+            "total_count": total,
+            "total_count_exact": exact,
+            "has_more": has_more,
+            "next_cursor": next_cursor,
+            "filters_applied": filters.applied(),
+            "limit": page.limit,
+        }
+    )
+
+
+async def _count(ctx: Ctx, filters: ListFilters, base: Where) -> tuple[int, bool]:
+    """The capped count of the whole list, cached briefly per (scope, filters).
+
+    Paging through one list and a dashboard refreshing its first page then count once per
+    `count_ttl_s`, not on every request (the count may lag new rows by that long).
+    """
+    cap = ctx.state.settings.exact_count_limit
+    cache = ctx.state.count_cache
+    key = (ctx.scope.cache_key, filters, cap)
+    if cache is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            ctx.state.metrics.cache.labels("count", "hit").inc()
+            return hit
+        ctx.state.metrics.cache.labels("count", "miss").inc()
+    result = await repo.count(ctx.conn, base, cap=cap)
+    if cache is not None:
+        cache[key] = result
+    return result
 
 
 @router.get("/api/executions", summary="List executions (filtered, newest first)")
@@ -67,7 +93,7 @@ async def list_executions(
     limit: Annotated[int | None, Query(ge=1, le=200)] = None,
     cursor: One = None,
     offset: Annotated[int | None, Query(ge=0)] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Repeated values of one filter are OR'd (`status=failed&status=running`)."""
     require_fleet_wide(ctx)
     return await run_list(ctx, parse_list_query(request.query_params.multi_items()))
@@ -88,7 +114,7 @@ async def list_agent_executions(
     limit: Annotated[int | None, Query(ge=1, le=200)] = None,
     cursor: One = None,
     offset: Annotated[int | None, Query(ge=0)] = None,
-) -> dict[str, Any]:
+) -> Response:
     """The same list for one agent; clients may use it for agents shared with them."""
     items = request.query_params.multi_items()
     if any(key == "agent_name" for key, _ in items):

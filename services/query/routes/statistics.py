@@ -6,14 +6,20 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from services.query import repo
-from services.query.deps import CallerDep, Ctx, require_agent_visible, require_fleet_wide
+from services.query.deps import (
+    CallerDep,
+    Ctx,
+    LightCallerDep,
+    require_agent_visible,
+    require_fleet_wide,
+)
 from services.query.filters import FilterError, ListFilters, group_params, parse_filter_items
 from services.query.filters import parse_int as parse_bounded
 from services.query.stats import Bucket, fill_timeline, fold_stats
-from services.query.views import summary
+from services.query.views import json_bytes, summary
 from services.query.where import filtered
 
 router = APIRouter(tags=["statistics"])
@@ -51,12 +57,16 @@ async def compute_stats(ctx: Ctx, hours: int, agents: tuple[str, ...]) -> dict[s
 @router.get("/api/executions/stats", summary="Fleet statistics over the last hours")
 async def stats(
     request: Request,
-    ctx: CallerDep,
+    caller: LightCallerDep,
     hours: Annotated[int | None, Query(ge=1, le=168)] = None,
     agent_name: Multi = None,
-) -> dict[str, Any]:
-    """Cached for a few seconds per caller scope; `computed_at` says when it was computed."""
-    require_fleet_wide(ctx)
+) -> Response:
+    """Cached for a few seconds per caller scope; `computed_at` says when it was computed.
+
+    A hit touches no database (admins' scopes need none, others' are cached): the answer is
+    kept encoded.
+    """
+    require_fleet_wide(caller)
     filters, extra = parse_filter_items(
         request.query_params.multi_items(), extra=frozenset({"hours"})
     )
@@ -64,23 +74,25 @@ async def stats(
         raise FilterError("agent_name", "stats take only hours and agent_name")
     hours_value = parse_bounded("hours", _last(extra, "hours"), default=24, low=1, high=168)
     for name in filters.agent_name:
-        require_agent_visible(ctx, name)
-    key = (ctx.scope.cache_key, hours_value, tuple(sorted(filters.agent_name)))
-    cache = ctx.state.stats_cache
-    cached = cache.get(key)
+        require_agent_visible(caller, name)
+    key = (caller.scope.cache_key, hours_value, tuple(sorted(filters.agent_name)))
+    state = caller.state
+    cached: bytes | None = state.stats_cache.get(key)
     if cached is not None:
-        ctx.state.metrics.cache.labels("stats", "hit").inc()
-        return cached
-    ctx.state.metrics.cache.labels("stats", "miss").inc()
-    result = await compute_stats(ctx, hours_value, filters.agent_name)
+        state.metrics.cache.labels("stats", "hit").inc()
+        return Response(cached, media_type="application/json")
+    state.metrics.cache.labels("stats", "miss").inc()
+    async with caller.connect() as ctx:
+        result = await compute_stats(ctx, hours_value, filters.agent_name)
     result.update(
         hours=hours_value,
         agent_name=list(filters.agent_name) or None,
         computed_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        cache_ttl_s=ctx.state.settings.stats_ttl_s,
+        cache_ttl_s=state.settings.stats_ttl_s,
     )
-    cache[key] = result
-    return result
+    body = json_bytes(result)
+    state.stats_cache[key] = body
+    return Response(body, media_type="application/json")
 
 
 @router.get("/api/executions/timeline", summary="Executions per hour or day, zero-filled")
