@@ -17,6 +17,7 @@ async def run(args: argparse.Namespace) -> None:
         subjects=Subjects(args.prefix),
         spool_dir=args.spool,
         ack_timeout=0.5,
+        connect_timeout=0.5,
     )
     await fleet.start()
     for i in range(args.runs):

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import nats
 import orjson
+import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 
+from services.ingest import apikeys
 from services.ingest.apikeys import create_key, org_for_key, revoke_key
 from services.ingest.gateway import create_gateway_router
 from shared.db import connect, create_pool
@@ -22,7 +22,7 @@ from shared.events import EventType
 from shared.publisher.envelope import component_event, execution_event
 from shared.settings import CommonSettings
 from shared.subjects import Subjects
-from tests.publisher.conftest import REPO, stream_messages
+from tests.publisher.conftest import stream_messages
 
 
 @pytest_asyncio.fixture
@@ -174,15 +174,13 @@ async def test_unacknowledged_batch_answers_503_with_the_ids(
         await pool.close()
 
 
-async def test_apikey_command(database_url: str, org: str) -> None:
+async def test_apikey_command(
+    database_url: str, org: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     async def cli(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shared.cli", "apikey", "--database-url", database_url, *args,
-            cwd=REPO, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode()
+        # main() runs its own event loop, as it does under `fleetwatch apikey`.
+        code = await asyncio.to_thread(apikeys.main, ["--database-url", database_url, *args])
+        return code, capsys.readouterr().out
 
     code, key = await cli("create", "--org", org, "--label", "cron")
     assert code == 0
