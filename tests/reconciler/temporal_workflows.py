@@ -65,6 +65,29 @@ class Failing:
         )
 
 
+@activity.defn
+async def poll_forever(target: str) -> str:
+    raise ApplicationError(f"{target} not ready", type="NotReady")
+
+
+@workflow.defn
+class Retrying:
+    """Keeps retrying one activity without limit: the activity stays pending, with attempts."""
+
+    @workflow.run
+    async def run(self, target: str) -> str:
+        return await workflow.execute_activity(
+            poll_forever,
+            target,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(
+                maximum_attempts=0,
+                initial_interval=timedelta(milliseconds=100),
+                maximum_interval=timedelta(milliseconds=200),
+            ),
+        )
+
+
 @workflow.defn
 class Waiting:
     def __init__(self) -> None:
@@ -81,5 +104,5 @@ class Waiting:
         self._done = True
 
 
-WORKFLOWS = [Completing, Failing, Waiting]
-ACTIVITIES = [greet, charge, call_upstream]
+WORKFLOWS = [Completing, Failing, Waiting, Retrying]
+ACTIVITIES = [greet, charge, call_upstream, poll_forever]

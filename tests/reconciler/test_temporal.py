@@ -28,11 +28,18 @@ from services.reconciler.engines.temporal import (
 )
 from services.reconciler.rules import Action, Kind, Policy
 from shared import cli
-from shared.events import Status
+from shared.events import RetryPolicy, Status
 from shared.subjects import Subjects
 from tests.procs import running
 from tests.reconciler.helpers import insert_row, make_reconciler, stream_messages, wait_until
-from tests.reconciler.temporal_workflows import ACTIVITIES, WORKFLOWS, Completing, Failing, Waiting
+from tests.reconciler.temporal_workflows import (
+    ACTIVITIES,
+    WORKFLOWS,
+    Completing,
+    Failing,
+    Retrying,
+    Waiting,
+)
 
 POLICY = Policy(
     first_check_grace=timedelta(seconds=0),
@@ -263,3 +270,38 @@ def test_cli_dry_run_cross_reference_and_find_running(
 
     with pytest.raises(SystemExit):
         cli.main(["reconcile"])
+
+
+async def test_pending_retrying_activity_is_left_running_and_its_attempts_reported(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    client = temporal_env.client
+    queue = f"tq-{uuid.uuid4().hex}"
+    async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES):
+        handle = await client.start_workflow(
+            Retrying.run, "report-42", id=f"retry-{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        try:
+            engine = TemporalEngine(client)
+            deadline = time.monotonic() + 15
+            while True:
+                run = await engine.get_run(handle.id, with_steps=True)
+                assert run is not None
+                if run.steps and run.steps[-1].attempt >= 3:
+                    break
+                assert time.monotonic() < deadline, run
+                await asyncio.sleep(0.2)
+            assert run.status is Status.RUNNING
+            previous, current = run.steps[-2], run.steps[-1]
+            assert (current.status, current.retry_policy, current.max_attempts) == (
+                Status.RUNNING,
+                RetryPolicy.FOREVER,
+                0,
+            )
+            assert current.retry_class == "expected"
+            assert (previous.status, previous.attempt) == (Status.FAILED, current.attempt - 1)
+            assert previous.error == "report-42 not ready"
+            assert previous.error_type == "NotReady"
+            assert current.input == "report-42"
+        finally:
+            await handle.terminate("test over")
