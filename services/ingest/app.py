@@ -143,10 +143,12 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
         try:
             yield
         finally:
-            # Drain: stop fetching, let the in-flight batch commit and ack, then close.
+            # Drain: finish the batches in flight while the broker's connection (their acks
+            # travel on it) is still open, then stop fetching, then close.
             state.consumer.stopping.set()
             lag_task.cancel()
             running_task.cancel()
+            await state.consumer.drain()
             await state.broker.stop()
             await state.consumer.drain()
             await state.nc.drain()

@@ -88,8 +88,15 @@ class BatchConsumer:
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def submit(self, messages: Sequence[Msg]) -> None:
-        """Start processing a batch and return once a slot is taken (acks come after commit)."""
+        """Start processing a batch and return once a slot is taken (acks come after commit).
+
+        While stopping, a batch is processed before returning, so that the broker's graceful
+        stop (which waits for running handlers) also waits for it.
+        """
         await self._slots.acquire()
+        if self.stopping.is_set():
+            await self._run(messages)
+            return
         task = asyncio.create_task(self._run(messages))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
