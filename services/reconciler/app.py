@@ -16,7 +16,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from prometheus_client import make_asgi_app
 
-from services.reconciler.engines import Engine, EngineError
+from services.reconciler.engines import Engine
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.engines.temporal import TemporalEngine
 from services.reconciler.leader import LeaderLock, lock_key
@@ -64,17 +64,17 @@ async def build_reconciler(
     settings: ReconcilerSettings, nc: NatsClient | None, metrics: ReconcilerMetrics | None = None
 ) -> Reconciler:
     """Pool, engines and (given a NATS connection) a publisher, as one Reconciler."""
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
-    try:
-        engines = await build_engines(settings)
-    except EngineError:
-        await pool.close()
-        raise
     publisher = None
     if nc is not None:
         js = nc.jetstream()
         await ensure_streams(js, settings)
         publisher = EventPublisher(js, settings.subjects)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    try:
+        engines = await build_engines(settings)
+    except BaseException:
+        await pool.close()
+        raise
     return Reconciler(
         pool,
         engines,
@@ -120,6 +120,10 @@ def sync_handler(reconciler: Reconciler) -> Callable[[Msg], Awaitable[None]]:
     return handle
 
 
+#: Wait between attempts to reach NATS, Postgres and the engines at startup.
+START_RETRY_SECONDS = 5.0
+
+
 @dataclass
 class ReconcilerState:
     reconciler: Reconciler | None = None
@@ -129,39 +133,54 @@ class ReconcilerState:
     error: str | None = None
 
 
+async def _connect(
+    settings: ReconcilerSettings, state: ReconcilerState, metrics: ReconcilerMetrics
+) -> Reconciler | None:
+    """NATS, pool and engines, retried until they answer (an engine may start after us)."""
+    while not state.stop.is_set():
+        try:
+            if state.nc is None:
+                state.nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1)
+            return await build_reconciler(settings, state.nc, metrics)
+        except Exception as exc:  # any dependency down: say why in /readyz and retry
+            state.error = f"{type(exc).__name__}: {exc}"
+            log.error("reconciler cannot start yet: %s", state.error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.stop.wait(), timeout=START_RETRY_SECONDS)
+    return None
+
+
+async def _serve(
+    settings: ReconcilerSettings, state: ReconcilerState, metrics: ReconcilerMetrics
+) -> None:
+    reconciler = await _connect(settings, state, metrics)
+    if reconciler is None:
+        return
+    assert state.nc is not None
+    state.reconciler, state.error = reconciler, None
+    await state.nc.subscribe(
+        settings.subjects.sync_components(), queue="reconciler", cb=sync_handler(reconciler)
+    )
+    leader = LeaderLock(
+        settings.database_url, lock_key(settings.leader_lock_key, settings.subject_prefix)
+    )
+    await reconciler.run(leader, settings.interval_seconds, fix=settings.fix, stop=state.stop)
+
+
 def create_app(settings: ReconcilerSettings) -> FastAPI:
     metrics = ReconcilerMetrics()
     state = ReconcilerState()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1)
-        try:
-            state.reconciler = await build_reconciler(settings, state.nc, metrics)
-        except EngineError as exc:
-            state.error = str(exc)
-            log.error("reconciler cannot start: %s", exc)
-        if state.reconciler is not None:
-            await state.nc.subscribe(
-                settings.subjects.sync_components(),
-                queue="reconciler",
-                cb=sync_handler(state.reconciler),
-            )
-            leader = LeaderLock(
-                settings.database_url, lock_key(settings.leader_lock_key, settings.subject_prefix)
-            )
-            state.task = asyncio.create_task(
-                state.reconciler.run(
-                    leader, settings.interval_seconds, fix=settings.fix, stop=state.stop
-                )
-            )
+        state.task = asyncio.create_task(_serve(settings, state, metrics))
         try:
             yield
         finally:
             state.stop.set()
-            if state.task is not None:
-                await state.task
-            await state.nc.drain()
+            await state.task
+            if state.nc is not None:
+                await state.nc.drain()
             if state.reconciler is not None:
                 await close_reconciler(state.reconciler)
 

@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.procs import running
+from tests.procs import free_port, running, start_service, wait_ready
 
 LOOPS = re.compile(r'^reconciler_loops_total\{outcome="ok"\} (\S+)$', re.MULTILINE)
 
@@ -46,3 +46,28 @@ async def test_only_one_replica_acts_and_another_takes_over(service_env: dict[st
             assert time.monotonic() < deadline, "the follower never took over"
             await asyncio.sleep(0.2)
         assert (await _state(client, follower.url))[0]
+
+
+async def test_unreachable_engine_is_reported_in_readyz_not_fatal(
+    service_env: dict[str, str],
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    service = start_service(
+        "reconciler", service_env, extra_env={"RECONCILER_TEMPORAL_ADDRESS": dead}
+    )
+    try:
+        await wait_ready(service.url, path="/healthz")
+        async with httpx.AsyncClient(timeout=5) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                answer = await client.get(f"{service.url}/readyz")
+                if answer.json().get("error"):
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        assert answer.status_code == 503
+        assert dead in answer.json()["error"]
+        assert service.process.poll() is None
+    finally:
+        service.kill(signal.SIGTERM)
+        await asyncio.to_thread(service.wait, 30)
