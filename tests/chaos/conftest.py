@@ -1,0 +1,35 @@
+"""Fixtures of the fault matrix: its size (short, or long with `--chaos-long`) and results."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.js import JetStreamContext
+
+from tests.chaos.harness import ChaosResult, Scale, write_table
+
+
+@pytest.fixture(scope="session")
+def scale(request: pytest.FixtureRequest) -> Scale:
+    return Scale.pick(bool(request.config.getoption("--chaos-long", default=False)))
+
+
+@pytest.fixture(scope="session")
+def chaos_results(scale: Scale) -> Iterator[list[ChaosResult]]:
+    """Every fault run appends its row; the table is written when the session ends."""
+    results: list[ChaosResult] = []
+    yield results
+    if results:
+        write_table(sorted(results, key=lambda r: r.fault), scale.long)
+
+
+@pytest_asyncio.fixture
+async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
