@@ -33,7 +33,7 @@ def _cut(value: str | None, limit: int) -> str | None:
 
 
 def _exception_text(exc: BaseException) -> str:
-    return str(exc) or repr(exc)
+    return str(exc) or type(exc).__name__
 
 
 class Run:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import nats
+import orjson
 import pytest
 from nats.js import JetStreamContext
 
@@ -217,3 +220,37 @@ async def test_sync_wrapper(
     ]
     done = messages[-1][2]["execution"]
     assert (done["id"], done["response"], done["cost"]) == (run_id, "sync done", 0.5)
+
+
+async def test_sync_wrapper_terminate_sets_the_flag(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    ids: list[str] = []
+
+    def blocking() -> bool:
+        with (
+            SyncFleet(nats_url, org=org, subjects=streams) as fleet,
+            fleet.execution("cron-agent") as run,
+        ):
+            ids.append(run.id)
+            loop.call_soon_threadsafe(started.set)
+            deadline = time.monotonic() + 5
+            while not run.terminate_requested and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return bool(run.terminate_requested)
+
+    worker = asyncio.create_task(asyncio.to_thread(blocking))
+    await started.wait()
+    nc = await nats.connect(nats_url)
+    try:
+        reply = await nc.request(
+            streams.terminate(org, "cron-agent"), orjson.dumps({"execution_id": ids[0]}), timeout=3
+        )
+    finally:
+        await nc.close()
+    assert orjson.loads(reply.data)["accepted"] is True
+    assert await worker is True
+    messages = await wait_for_count(js, streams.events_stream, 2)
+    assert messages[-1][2]["type"] == "execution_cancelled"

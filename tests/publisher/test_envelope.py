@@ -1,0 +1,92 @@
+"""Pure: whatever a run is given, the events it builds are valid contract events."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.events import MAX_LOG, MAX_TEXT, Event
+from shared.publisher import Fleet
+from shared.publisher.envelope import OutgoingEvent, iso, new_event_id
+
+
+class CapturingFleet(Fleet):
+    """Records envelopes instead of sending them (the network is not under test here)."""
+
+    def __init__(self) -> None:
+        super().__init__(org="acme")
+        self.sent: list[dict[str, Any]] = []
+
+    async def publish(self, event: dict[str, Any]) -> bool:
+        self.sent.append(event)
+        return True
+
+    async def send(self, event: OutgoingEvent) -> bool:
+        raise AssertionError("not used")
+
+
+texts = st.text(max_size=300) | st.integers(MAX_TEXT - 2, MAX_TEXT + 20).map(lambda n: "é" * n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    message=st.none() | texts,
+    response=st.none() | texts,
+    error=texts,
+    cost=st.none() | st.floats(min_value=0, max_value=1e6),
+    tokens=st.none() | st.integers(min_value=0, max_value=10**9),
+    tool_calls=st.none() | st.lists(st.text(max_size=20), max_size=5),
+    fail=st.booleans(),
+)
+def test_any_run_publishes_valid_events(
+    message: str | None,
+    response: str | None,
+    error: str,
+    cost: float | None,
+    tokens: int | None,
+    tool_calls: list[str] | None,
+    fail: bool,
+) -> None:
+    fleet = CapturingFleet()
+
+    async def go() -> None:
+        try:
+            async with fleet.execution("a-1", message=message, triggered_by="weird") as run:
+                async with run.component("s", input={"q": message}) as step:
+                    step.output = [1, "x"]
+                run.set(response=response, cost=cost, tokens_in=tokens, tool_calls=tool_calls)
+                run.execution_log = "l" * (MAX_LOG + 5)
+                if fail:
+                    raise ValueError(error)
+        except ValueError:
+            pass
+
+    asyncio.run(go())
+    events = [Event.model_validate(e) for e in fleet.sent]
+    assert [e.type.value for e in events] == [
+        "execution_started",
+        "component_started",
+        "component_completed",
+        "execution_failed" if fail else "execution_completed",
+    ]
+    last = events[-1].execution
+    assert last is not None
+    assert len(last.execution_log or "") == MAX_LOG
+    if fail:
+        assert last.error == (error or "ValueError")[:MAX_TEXT]
+    assert len({e.event_id for e in events}) == 4
+
+
+def test_times_are_rfc3339_utc_with_z() -> None:
+    assert iso(datetime(2026, 2, 5, 10, 0, tzinfo=UTC)) == "2026-02-05T10:00:00Z"
+    plus_two = timezone(timedelta(hours=2))
+    assert iso(datetime(2026, 2, 5, 12, 0, 0, 5, tzinfo=plus_two)) == "2026-02-05T10:00:00.000005Z"
+
+
+def test_event_ids_are_unique() -> None:
+    ids = {new_event_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
