@@ -50,6 +50,39 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
+_ERRORS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "All events acknowledged by JetStream: `{accepted, duplicates}`."},
+    401: {"description": "Missing, malformed, unknown or revoked X-API-Key."},
+    403: {
+        "description": "An event names another org; nothing was published.",
+        "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
+    },
+    413: {"description": "Body over 8 MiB or more than 1000 events."},
+    422: {
+        "description": "Invalid events (index and field each); the whole batch is refused.",
+        "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
+    },
+    503: {"description": "JetStream did not acknowledge every event; resend the batch."},
+}
+
+
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
@@ -90,7 +123,7 @@ def create_gateway_router(
             )
         return results
 
-    @router.post("/api/events", status_code=202, openapi_extra=_BODY_DOC)
+    @router.post("/api/events", status_code=202, openapi_extra=_BODY_DOC, responses=_RESPONSES)
     async def post_events(
         request: Request,
         x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
