@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from cachetools import TTLCache
 
 from services.reconciler import repo
 from services.reconciler.corrections import component_events, execution_event
@@ -95,6 +96,11 @@ class Reconciler:
         self.component_window = component_window
         self.component_engines = tuple(component_engines)
         self.is_leader = False
+        # Runs synced in the background, by the row version synced: a sync that published
+        # only duplicates writes no step, so without this the same run would be fetched again.
+        self._synced: TTLCache[tuple[str, str], datetime] = TTLCache(
+            maxsize=100_000, ttl=max(component_window.total_seconds(), 1.0)
+        )
 
     async def _lookup(self, row: Row) -> Lookup:
         engine = self.engines[row.engine or ""]
@@ -230,14 +236,19 @@ class Reconciler:
         return SyncResult(ok=True, published=published, steps=len(events))
 
     async def sync_recent_components(self) -> int:
-        """Background cache fill: steps of runs that finished recently and have none stored."""
+        """Background cache fill: steps of recently finished runs, missing or stale."""
         since = datetime.now(UTC) - self.component_window
         total = 0
         for name in self.component_engines:
             async with self.pool.acquire() as conn:
-                rows = await repo.finished_without_steps(conn, name, since)
-            for row in rows:
+                found = await repo.finished_with_stale_steps(conn, name, since)
+            for row, version in found:
+                key = (row.org, row.id)
+                if self._synced.get(key) == version:
+                    continue
                 result = await self.sync_components(row.org, row.id, "background")
+                if result.ok:
+                    self._synced[key] = version
                 total += result.steps
         return total
 

@@ -50,16 +50,19 @@ WHERE engine = $1 AND external_id = ANY($2::text[])
 
 ROW_BY_ID = f"SELECT {_ROW_COLUMNS} FROM executions WHERE org = $1 AND id = $2"
 
-FINISHED_WITHOUT_STEPS = f"""
-SELECT {_ROW_COLUMNS}
+# Steps are stale when the execution changed after its last step was written (or none was).
+FINISHED_WITH_STALE_STEPS = f"""
+SELECT {_ROW_COLUMNS}, e.updated_at
 FROM executions e
 WHERE e.engine = $1
   AND e.external_id IS NOT NULL
   AND e.status IN ('success', 'failed', 'cancelled')
   AND e.updated_at >= $2
-  AND NOT EXISTS (
-      SELECT 1 FROM component_executions c WHERE c.org = e.org AND c.execution_id = e.id
-  )
+  AND coalesce(
+      (SELECT max(c.updated_at) FROM component_executions c
+       WHERE c.org = e.org AND c.execution_id = e.id),
+      '-infinity'
+  ) < e.updated_at
 ORDER BY e.updated_at DESC
 LIMIT $3
 """
@@ -109,8 +112,10 @@ async def row_by_id(conn: asyncpg.Connection, org: str, execution_id: str) -> Ro
     return None if record is None else _row(record)
 
 
-async def finished_without_steps(
+async def finished_with_stale_steps(
     conn: asyncpg.Connection, engine: str, since: datetime, limit: int = 200
-) -> list[Row]:
-    """Recently finished runs of an engine whose steps were never synced."""
-    return [_row(r) for r in await conn.fetch(FINISHED_WITHOUT_STEPS, engine, since, limit)]
+) -> list[tuple[Row, datetime]]:
+    """Recently finished runs of an engine whose steps are missing or older than the run's
+    last change, with that change's time."""
+    records = await conn.fetch(FINISHED_WITH_STALE_STEPS, engine, since, limit)
+    return [(_row(r), r["updated_at"]) for r in records]

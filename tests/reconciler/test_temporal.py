@@ -166,6 +166,8 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
                 (org,),
                 synced,
             )
+            # Synced steps are not fetched again while the run does not change.
+            assert await reconciler.sync_recent_components() == 0
             # On demand, as the query service asks for a running execution's steps.
             await nc.subscribe(subjects.sync_components(), cb=sync_handler(reconciler))
             reply = await nc.request(
