@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -15,15 +14,13 @@ from typing import Any
 
 import nats
 import nats.errors
-import orjson
 from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from shared.publisher.envelope import MSG_ID_HEADER, OutgoingEvent, agent_of, encode
 from shared.publisher.run import Run, TerminateCallback, current_run
 from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
+from shared.publisher.terminate import TerminateResponder
 from shared.subjects import Subjects
 
 log = logging.getLogger("fleetwatch.publisher")
@@ -75,20 +72,16 @@ class Fleet:
         self.ack_timeout = ack_timeout
         self.on_overflow = on_overflow
         self.raise_on_overflow = raise_on_overflow
-        self.unknown_reply_delay = unknown_reply_delay
         self.connect_timeout = connect_timeout
         self.stats = PublisherStats()
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._runs: dict[tuple[str, str], Run] = {}
-        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._terminate_subs: dict[tuple[str, str], Subscription | None] = {}
+        self.terminate = TerminateResponder(self.subjects, unknown_reply_delay)
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._subject_cache: dict[tuple[str, str, str], str] = {}
-        self._replies: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -113,10 +106,10 @@ class Fleet:
         if self.spool is not None and self.spool.pending and self.connected:
             await self.flush(drain_timeout)
         self._closing = True
-        tasks = [*self._tasks, *self._replies]
-        for task in tasks:
+        await self.terminate.close()
+        for task in self._tasks:
             task.cancel()
-        for task in tasks:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -158,8 +151,7 @@ class Fleet:
         )
         self._nc = await asyncio.wait_for(connecting, self.connect_timeout)
         self._js = self._nc.jetstream()
-        for key in list(self._terminate_subs):
-            await self._subscribe_terminate(*key)
+        await self.terminate.subscribe_all(self._nc)
         self._wake.set()
 
     async def _connect_forever(self) -> None:
@@ -222,60 +214,11 @@ class Fleet:
         )
 
     async def _register(self, run: Run) -> None:
-        self._runs[(run.org, run.id)] = run
-        key = (run.org, run.agent)
-        if key not in self._terminate_subs:
-            self._terminate_subs[key] = None
-            if self.connected:
-                await self._subscribe_terminate(*key)
+        if self.terminate.track(run) and self._nc is not None and self.connected:
+            await self.terminate.subscribe(self._nc, run.org, run.agent)
 
     def _unregister(self, run: Run) -> None:
-        self._runs.pop((run.org, run.id), None)
-        self._finished[(run.org, run.id)] = None
-        while len(self._finished) > 1000:
-            self._finished.popitem(last=False)
-
-    async def _subscribe_terminate(self, org: str, agent: str) -> None:
-        assert self._nc is not None
-        if self._terminate_subs.get((org, agent)) is not None:
-            return
-
-        async def handler(msg: Msg) -> None:
-            await self._on_terminate(org, msg)
-
-        self._terminate_subs[(org, agent)] = await self._nc.subscribe(
-            self.subjects.terminate(org, agent), cb=handler
-        )
-
-    async def _on_terminate(self, org: str, msg: Msg) -> None:
-        try:
-            request = orjson.loads(msg.data)
-            execution_id = str(request["execution_id"])
-            reason = request.get("reason")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            await self._reply(msg, False, "request must be JSON with execution_id")
-            return
-        run = self._runs.get((org, execution_id))
-        if run is not None:
-            accepted, why = await run.request_terminate(reason if isinstance(reason, str) else None)
-            await self._reply(msg, accepted, why)
-        elif (org, execution_id) in self._finished:
-            await self._reply(msg, False, "execution already finished")
-        else:
-            # Several processes may serve one agent: answer "not here" late, so that the
-            # process that holds the run answers first (a request takes the first reply).
-            task = asyncio.create_task(self._reply_unknown(msg))
-            self._replies.add(task)
-            task.add_done_callback(self._replies.discard)
-
-    async def _reply_unknown(self, msg: Msg) -> None:
-        await asyncio.sleep(self.unknown_reply_delay)
-        await self._reply(msg, False, "execution is not running in this agent")
-
-    async def _reply(self, msg: Msg, accepted: bool, reason: str | None) -> None:
-        if msg.reply:
-            with contextlib.suppress(*_PUBLISH_ERRORS):
-                await msg.respond(orjson.dumps({"accepted": accepted, "reason": reason}))
+        self.terminate.untrack(run)
 
     # -- publishing ----------------------------------------------------------------------------
 

@@ -25,9 +25,9 @@ from shared.publisher.demo_fleet import (
     RunPlan,
     count_runs,
     fleet,
-    history_events,
     plan_run,
 )
+from shared.publisher.demo_history import history_events
 from shared.publisher.envelope import new_id
 from shared.publisher.run import Run
 from shared.subjects import Subjects

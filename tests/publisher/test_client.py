@@ -156,7 +156,7 @@ async def test_terminate_cancels_the_run_and_answers(
         subject = streams.terminate(org, "long-agent")
         reply = await nc.request(subject, b'{"execution_id": "nope"}', timeout=3)
         assert reply.data == b'{"accepted":false,"reason":"execution is not running in this agent"}'
-        run_id = fleet._runs and next(iter(fleet._runs))[1]
+        run_id = next(iter(fleet.terminate.runs))[1]
         reply = await nc.request(
             subject, f'{{"execution_id": "{run_id}", "reason": "by ops"}}'.encode(), timeout=3
         )

@@ -12,7 +12,8 @@ from nats.js import JetStreamContext
 from services.ingest.validate import Rejected, validate
 from shared.events import Event
 from shared.publisher.demo import run_demo
-from shared.publisher.demo_fleet import DEMO_ORGS, fleet, history_events, plan_run
+from shared.publisher.demo_fleet import DEMO_ORGS, fleet, plan_run
+from shared.publisher.demo_history import history_events
 from shared.subjects import Subjects
 from tests.publisher.conftest import stream_messages
 

@@ -1,0 +1,102 @@
+"""Answer `<prefix>.commands.<org>.<agent>.terminate` for the runs this process holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.subjects import Subjects
+
+if TYPE_CHECKING:
+    from shared.publisher.run import Run
+
+_REMEMBER_FINISHED = 1000
+
+
+class TerminateResponder:
+    """Tracks running runs by (org, id) and subscribes once per (org, agent) they belong to."""
+
+    def __init__(self, subjects: Subjects, unknown_reply_delay: float = 0.5) -> None:
+        self.subjects = subjects
+        self.unknown_reply_delay = unknown_reply_delay
+        self.runs: dict[tuple[str, str], Run] = {}
+        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._subs: dict[tuple[str, str], Subscription | None] = {}
+        self._replies: set[asyncio.Task[None]] = set()
+
+    def track(self, run: Run) -> bool:
+        """Hold `run`; True when its (org, agent) has no subscription yet."""
+        self.runs[(run.org, run.id)] = run
+        key = (run.org, run.agent)
+        if key in self._subs:
+            return False
+        self._subs[key] = None
+        return True
+
+    def untrack(self, run: Run) -> None:
+        self.runs.pop((run.org, run.id), None)
+        self._finished[(run.org, run.id)] = None
+        while len(self._finished) > _REMEMBER_FINISHED:
+            self._finished.popitem(last=False)
+
+    async def subscribe_all(self, nc: NatsClient) -> None:
+        """Subscribe for every agent seen so far (after a late first connect)."""
+        for org, agent in list(self._subs):
+            await self.subscribe(nc, org, agent)
+
+    async def subscribe(self, nc: NatsClient, org: str, agent: str) -> None:
+        if self._subs.get((org, agent)) is not None:
+            return
+
+        async def handler(msg: Msg) -> None:
+            await self._on_request(org, msg)
+
+        self._subs[(org, agent)] = await nc.subscribe(
+            self.subjects.terminate(org, agent), cb=handler
+        )
+
+    async def close(self) -> None:
+        for task in list(self._replies):
+            task.cancel()
+        for task in list(self._replies):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _on_request(self, org: str, msg: Msg) -> None:
+        try:
+            request = orjson.loads(msg.data)
+            execution_id = str(request["execution_id"])
+            reason = request.get("reason")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            await _reply(msg, False, "request must be JSON with execution_id")
+            return
+        run = self.runs.get((org, execution_id))
+        if run is not None:
+            accepted, why = await run.request_terminate(reason if isinstance(reason, str) else None)
+            await _reply(msg, accepted, why)
+        elif (org, execution_id) in self._finished:
+            await _reply(msg, False, "execution already finished")
+        else:
+            # Several processes may serve one agent: answer "not here" late, so that the
+            # process that holds the run answers first (a request takes the first reply).
+            task = asyncio.create_task(self._reply_unknown(msg))
+            self._replies.add(task)
+            task.add_done_callback(self._replies.discard)
+
+    async def _reply_unknown(self, msg: Msg) -> None:
+        await asyncio.sleep(self.unknown_reply_delay)
+        await _reply(msg, False, "execution is not running in this agent")
+
+
+async def _reply(msg: Msg, accepted: bool, reason: str | None) -> None:
+    if msg.reply:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await msg.respond(orjson.dumps({"accepted": accepted, "reason": reason}))
