@@ -6,7 +6,9 @@ fails; `Waiting` finishes one step and then waits for a signal, so it stays runn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
@@ -105,4 +107,4 @@ class Waiting:
 
 
 WORKFLOWS = [Completing, Failing, Waiting, Retrying]
-ACTIVITIES = [greet, charge, call_upstream, poll_forever]
+ACTIVITIES: list[Callable[..., Any]] = [greet, charge, call_upstream, poll_forever]

@@ -204,7 +204,7 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
         assert "upstream http://billing down" in rows["x-fail"]["error"]
         assert rows["x-wait"]["status"] == "running"
         assert rows["x-gone"]["status"] == "running"
-        orphan_row = rows[orphan.execution_id]  # type: ignore[index]
+        orphan_row = rows[orphan.execution_id]
         assert (orphan_row["status"], orphan_row["agent_name"]) == ("success", "agent-9")
         assert orphan_row["external_id"] == fleet.ids["x-done"].replace("done", "orphan")
 
