@@ -44,6 +44,7 @@ async def test_rows_for_success_failure_and_terminate(
     ingest: Ingest, nats_url: str, subjects: Subjects, db: asyncpg.Connection, org: str
 ) -> None:
     entered = asyncio.Event()
+    running: list[str] = []
     async with Fleet(nats_url, org=org, subjects=subjects) as fleet:
         async with fleet.execution(
             "ruby-agent", message="Process invoice", triggered_by="schedule"
@@ -59,13 +60,13 @@ async def test_rows_for_success_failure_and_terminate(
 
         async def long_job() -> None:
             async with fleet.execution("slow-agent", message="crawl") as run:
+                running.append(run.id)
                 entered.set()
-                long_job.run_id = run.id  # type: ignore[attr-defined]
                 await asyncio.sleep(60)
 
         task = asyncio.create_task(long_job())
         await entered.wait()
-        run_id = long_job.run_id  # type: ignore[attr-defined]
+        run_id = running[0]
         assert fleet._nc is not None
         reply = await fleet._nc.request(
             subjects.terminate(org, "slow-agent"),
