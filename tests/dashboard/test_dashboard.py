@@ -23,6 +23,13 @@ async def shown_ids(page: Page) -> list[str]:
     return ids
 
 
+async def settled(page: Page) -> None:
+    """Wait until the list has loaded (rows shown, or the empty state)."""
+    await expect(page.locator(".list-state")).to_have_attribute(
+        "data-state", re.compile(r"^(ready|empty)$")
+    )
+
+
 async def clear_filters(page: Page) -> None:
     await page.locator("form.filters .btn-clear").click()
     await expect(page.locator(ROWS)).to_have_count(50)
@@ -34,6 +41,20 @@ async def api_top(stack: Stack) -> list[tuple[str, str]]:
     async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
         page = (await client.get("/api/executions", params={"limit": 3})).json()
     return [(e["id"], e["status"]) for e in page["executions"]]
+
+
+async def ingest_progress(stack: Stack) -> str:
+    """Where the stream and ingest's consumer stand (to tell a stuck ingest from a slow page)."""
+    js = stack.nc.jetstream()
+    stream = await js.stream_info(stack.subjects.events_stream)
+    lines = [f"stream last seq {stream.state.last_seq}"]
+    for info in (await js.consumers_info(stack.subjects.events_stream)) or []:
+        lines.append(
+            f"consumer {info.name}: delivered {info.delivered.stream_seq}, "
+            f"ack floor {info.ack_floor.stream_seq}, pending {info.num_pending}, "
+            f"ack pending {info.num_ack_pending}, waiting {info.num_waiting}"
+        )
+    return "\n".join(lines)
 
 
 def now_iso() -> str:
@@ -216,6 +237,7 @@ async def test_agent_link_empty_state_and_compare_selection(admin_page: Page, st
     await page.locator('tr[data-agent="gamma"] .c-agent a').first.click()
     await expect(page).to_have_url(re.compile(r"\?agent_name=gamma$"))
     await expect(page.locator("select[name=agent_name]")).to_have_value("gamma")
+    await settled(page)
     agents = await page.locator(ROWS).evaluate_all("rows => rows.map(r => r.dataset.agent)")
     assert set(agents) == {"gamma"}
 
@@ -300,7 +322,7 @@ async def test_polling_when_the_notifier_stops(admin_page: Page, stack: Stack) -
     except AssertionError as exc:
         newest = await api_top(stack)
         raise AssertionError(
-            f"{exc}\nthe API's newest rows: {newest}\ningest log:\n{stack.ingest.log()[-3000:]}"
+            f"{exc}\nthe API's newest rows: {newest}\n{await ingest_progress(stack)}"
         ) from None
     row = page.locator('tr[data-id="live-002"]')
     await expect(row).to_have_attribute("data-status", "success", timeout=12_000)

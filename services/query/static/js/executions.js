@@ -19,6 +19,8 @@ export class ExecutionsPage {
     this.filters = readFilters();
     if (role === "client" && !this.filters.agent_name && agents.length) this.filters.agent_name = agents[0].name;
     this.rows = new Map();
+    this.replacing = false;
+    this.pending = [];
     this.selected = new Set();
     this.cursor = null;
     this.hasMore = false;
@@ -86,7 +88,6 @@ export class ExecutionsPage {
   }
 
   reload() {
-    this.rows.clear();
     this.cursor = null;
     if (this.fleetWide) {
       this.loadStats();
@@ -121,16 +122,24 @@ export class ExecutionsPage {
   }
 
   async loadPage({ replace = false } = {}) {
+    if (!replace && this.replacing) return; // the list is being replaced: nothing to extend yet
     this.request?.abort();
     const controller = new AbortController();
     this.request = controller;
     const [path, params] = this.listRequest();
     if (!replace && this.cursor) params.cursor = this.cursor;
-    this.showState(replace ? "loading" : null);
+    if (replace) {
+      // Live updates that arrive while the list is replaced wait for it (see upsert).
+      this.replacing = true;
+      this.showState("loading");
+    }
     this.more.disabled = true;
     try {
       const page = await api(path, { params, signal: controller.signal });
-      if (replace) clear(this.tbody);
+      if (replace) {
+        this.rows.clear();
+        clear(this.tbody);
+      }
       for (const exec of page.executions ?? []) {
         if (this.rows.has(exec.id)) continue;
         this.rows.set(exec.id, exec);
@@ -144,13 +153,26 @@ export class ExecutionsPage {
       this.showState(this.rows.size ? null : "empty");
     } catch (err) {
       if (err.name === "AbortError") return;
-      if (replace) clear(this.tbody);
+      if (replace) {
+        this.rows.clear();
+        clear(this.tbody);
+      }
       this.showState("error", err);
     } finally {
-      if (this.request === controller) this.request = null;
-      this.more.disabled = false;
-      this.renderSummary();
+      if (this.request === controller) {
+        this.request = null;
+        this.more.disabled = false;
+        this.renderSummary();
+        if (replace) this.flushPending();
+      }
     }
+  }
+
+  flushPending() {
+    this.replacing = false;
+    const pending = this.pending;
+    this.pending = [];
+    for (const [exec, options] of pending) this.upsert(exec, options);
   }
 
   /** The list's path and parameters; clients may only use their agents' own lists. */
@@ -216,6 +238,10 @@ export class ExecutionsPage {
 
   /** Put one execution into the list: update its row in place, or add it at the top. */
   upsert(exec, { highlight = true } = {}) {
+    if (this.replacing) {
+      this.pending.push([exec, { highlight }]);
+      return;
+    }
     const old = this.rows.get(exec.id);
     if (old) {
       const merged = { ...old };
