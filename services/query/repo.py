@@ -32,6 +32,14 @@ ORDER BY e.sort_at DESC, e.id DESC
 COUNT = "SELECT count(*) FROM executions WHERE {where}"
 # Counting stops after the cap: an exact count of 300,000 rows costs more than the page itself.
 CAPPED_COUNT = "SELECT count(*) FROM (SELECT 1 FROM executions WHERE {where} LIMIT {cap}) AS c"
+# A search's count looks at the newest `budget` rows of the list only (ILIKE cannot use the
+# trigram index under row-level security: it is not leakproof), so its cost is bounded.
+SEARCH_COUNT = """
+SELECT count(*) FILTER (WHERE message ILIKE {pattern} OR response ILIKE {pattern}) AS matched,
+    count(*) AS scanned
+FROM (SELECT message, response FROM executions WHERE {where}
+      ORDER BY sort_at DESC, id DESC LIMIT {budget}) AS s
+"""
 
 DETAIL = """
 SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.triggered_by,
@@ -150,6 +158,17 @@ async def count(conn: asyncpg.Connection, where: Where, *, cap: int = 0) -> tupl
     sql = CAPPED_COUNT.format(where=where.sql, cap=int(cap) + 1)
     value = int(await conn.fetchval(sql, *where.args))
     return (value, True) if value <= cap else (cap, False)
+
+
+async def search_count(
+    conn: asyncpg.Connection, where: Where, pattern: str, *, budget: int
+) -> tuple[int, bool]:
+    """Matches of `pattern` among the newest `budget` rows of `where` (without the search):
+    exact if the list is shorter than that, else a lower bound (False)."""
+    w = where.copy()
+    sql = SEARCH_COUNT.format(where=w.sql, pattern=w.param(pattern), budget=int(budget))
+    row = await conn.fetchrow(sql, *w.args)
+    return int(row["matched"]), int(row["scanned"]) < budget
 
 
 async def detail(conn: asyncpg.Connection, org: str, execution_id: str) -> asyncpg.Record | None:

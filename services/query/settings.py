@@ -36,6 +36,11 @@ class QuerySettings(CommonSettings):
     #: `total_count` is exact up to this many rows, then reported as this with
     #: `total_count_exact: false` (0: always exact, however slow).
     exact_count_limit: int = Field(default=10_000, ge=0)
+    #: A search's `total_count` counts matches among the newest this many rows of the list
+    #: (exact when the list is shorter, else a lower bound): ILIKE cannot use the trigram
+    #: index under row-level security, so an uncapped search count reads the whole org.
+    #: 0: count searches like other filters (up to `exact_count_limit` matches).
+    search_count_scan: int = Field(default=2_000, ge=0)
     export_batch_size: int = Field(default=2000, ge=10, le=50_000)
     #: Shown to the dashboard by `/api/config` (None: the page picks `ws://<host>:8001/ws`).
     notifier_url: str | None = None

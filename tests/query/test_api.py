@@ -386,3 +386,43 @@ async def test_count_is_capped_and_says_so(database_url: str, nats_url: str, row
         few = (await capped.get("/api/executions", headers=ADMIN, params={"search": "0%"})).json()
         assert few["total_count"] == 1
         assert few["total_count_exact"] is True
+
+
+async def test_cached_stats_and_scopes_need_no_database(
+    database_url: str, nats_url: str, rows: Any
+) -> None:
+    """A stats hit is answered from memory: auth, the scope cache and the encoded answer."""
+    async with client_for(settings_for(database_url, nats_url)) as fresh:
+        app = fresh._transport.app  # type: ignore[attr-defined]
+        state = app.state.query
+        callers = (ADMIN, USER)
+        first = [(await fresh.get("/api/executions/stats", headers=h)).json() for h in callers]
+        pool, state.pool = state.pool, None  # any database access now answers 503
+        try:
+            for h, before in zip(callers, first, strict=True):
+                again = await fresh.get("/api/executions/stats", headers=h)
+                assert again.status_code == 200
+                assert again.json() == before
+            assert (await fresh.get("/api/executions", headers=USER)).status_code == 503
+        finally:
+            state.pool = pool
+        assert first[1]["total"] < first[0]["total"]
+
+
+async def test_search_count_is_a_bounded_lower_bound(
+    database_url: str, nats_url: str, rows: Any
+) -> None:
+    settings = settings_for(database_url, nats_url, search_count_scan=30)
+    async with client_for(settings) as scanned:
+        params = {"search": "please", "limit": 10}
+        body = (await scanned.get("/api/executions", headers=ADMIN, params=params)).json()
+        assert body["total_count_exact"] is False
+        assert 11 <= body["total_count"] <= 30
+        assert body["has_more"] is True
+        # A search whose matches fit on the page is counted exactly from the page.
+        few = (await scanned.get("/api/executions", headers=ADMIN, params={"search": "0%"})).json()
+        assert (few["total_count"], few["total_count_exact"]) == (1, True)
+    async with client_for(settings_for(database_url, nats_url, search_count_scan=0)) as exact:
+        body = (await exact.get("/api/executions", headers=ADMIN, params=params)).json()
+        assert body["total_count_exact"] is True
+        assert body["total_count"] == sum(1 for r in rows if "please" in r["message"])

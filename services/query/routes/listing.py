@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -9,7 +10,13 @@ from fastapi import APIRouter, Query, Request, Response
 from services.query import repo
 from services.query.cursor import CursorError, CursorKey, decode_cursor, encode_cursor
 from services.query.deps import CallerDep, Ctx, require_agent_visible, require_fleet_wide
-from services.query.filters import FilterError, ListFilters, ListQuery, parse_list_query
+from services.query.filters import (
+    FilterError,
+    ListFilters,
+    ListQuery,
+    parse_list_query,
+    search_pattern,
+)
 from services.query.views import json_response, summary
 from services.query.where import Where, after, filtered
 
@@ -39,7 +46,10 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     if page.cursor is None and not has_more and (rows or page.offset == 0):
         total, exact = page.offset + len(rows), True  # the whole rest of the list is here
     else:
+        seen = page.offset + len(rows) + int(has_more)  # at least this many match
         total, exact = await _count(ctx, filters, base)
+        if not exact:
+            total = max(total, seen)
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
@@ -72,7 +82,13 @@ async def _count(ctx: Ctx, filters: ListFilters, base: Where) -> tuple[int, bool
             ctx.state.metrics.cache.labels("count", "hit").inc()
             return hit
         ctx.state.metrics.cache.labels("count", "miss").inc()
-    result = await repo.count(ctx.conn, base, cap=cap)
+    budget = ctx.state.settings.search_count_scan
+    if filters.search is not None and budget > 0:
+        unsearched = filtered(ctx.scope.org, ctx.scope.agents, replace(filters, search=None))
+        pattern = search_pattern(filters.search)
+        result = await repo.search_count(ctx.conn, unsearched, pattern, budget=budget)
+    else:
+        result = await repo.count(ctx.conn, base, cap=cap)
     if cache is not None:
         cache[key] = result
     return result
