@@ -24,7 +24,7 @@ class Refused(RuntimeError):
 
 
 async def wait_until(
-    db: asyncpg.Connection, query: str, *args: Any, expect: Any, timeout: float = 15.0
+    db: asyncpg.Connection, query: str, *args: Any, expect: Any, timeout: float = 40.0
 ) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -77,7 +77,9 @@ async def test_rows_for_success_failure_and_terminate(
         await asyncio.wait_for(task, 5)
 
     count = "SELECT count(*) FROM executions WHERE org = $1 AND status <> 'running'"
-    assert await wait_until(db, count, org, expect=3) == 3
+    finished = await wait_until(db, count, org, expect=3)
+    state = await db.fetch("SELECT id, status FROM executions WHERE org = $1", org)
+    assert finished == 3, [tuple(r) for r in state]
     done = await row(db, org, ok.id)
     assert (done["status"], done["response"], done["cost"]) == ("success", "3 invoices", 0.02)
     assert (done["tokens_in"], done["tokens_out"], done["triggered_by"]) == (100, 20, "schedule")
@@ -128,7 +130,7 @@ async def test_nats_restart_mid_run_stores_every_event_once(
         assert await fleet.flush(15)
         await fleet.close()
         events = "SELECT count(*) FROM events WHERE org = $1"
-        assert await wait_until(db, events, org, expect=80, timeout=30) == 80
+        assert await wait_until(db, events, org, expect=80) == 80
         rows = await db.fetch("SELECT id, status, response FROM executions WHERE org = $1", org)
         assert sorted(r["id"] for r in rows) == sorted(ids)
         assert {(r["status"], r["response"]) for r in rows} == {("success", "ok")}
