@@ -102,6 +102,11 @@ export class ExecutionsPage {
     try {
       const stats = await api("/api/executions/stats", { params: { hours, agent_name: this.filters.agent_name } });
       clear(this.cards).append(...statCards(stats, hours));
+      // The stats endpoint narrows by agent and window only; say so rather than mislead.
+      const narrower = ["status", "triggered_by", "search"].filter((k) => this.filters[k]);
+      if (narrower.length) {
+        this.cards.append(h("p", { class: "cards-note muted small" }, `Statistics cover ${this.filters.agent_name ? "this agent" : "all agents"} in the window; the ${narrower.map((k) => k.replace("_", " ")).join(" and ")} ${narrower.length > 1 ? "filters apply" : "filter applies"} to the chart and the list only.`));
+      }
     } catch (err) {
       clear(this.cards).append(h("div", { class: "card card-error" }, `Statistics unavailable: ${err.message}`));
     }
