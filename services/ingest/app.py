@@ -26,6 +26,7 @@ from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
+from shared.faststream_compat import patch_pull_timeout
 from shared.streams import ensure_streams
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ async def _connect_pool(settings: IngestSettings) -> asyncpg.Pool:
 
 
 def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBroker:
+    patch_pull_timeout()
     broker = NatsBroker(
         settings.nats_url,
         graceful_timeout=30.0,
@@ -112,6 +114,26 @@ async def _poll_running(pool: asyncpg.Pool, fleet: FleetMetrics, settings: Inges
         await asyncio.sleep(settings.running_poll_interval)
 
 
+async def _stop_consuming(
+    broker: NatsBroker, consumer: BatchConsumer, settings: IngestSettings
+) -> None:
+    """Stop the pull loop without dropping a batch it has fetched (see BatchConsumer.submit)."""
+    await consumer.drain()
+    # Under load the loop parks in the handler within one batch window; when the stream is
+    # idle it never does, and there is nothing in flight to lose.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(consumer.parked.wait(), timeout=settings.batch_timeout * 4 + 0.2)
+    stopping = asyncio.create_task(broker.stop())
+    subscribers = list(broker.subscribers)
+    for _ in range(200):  # the subscriber flips `running` first thing in its stop()
+        if not any(getattr(sub, "running", False) for sub in subscribers):
+            break
+        await asyncio.sleep(0.01)
+    consumer.release.set()
+    await stopping
+    await consumer.drain()
+
+
 def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> FastAPI:
     metrics = metrics or IngestMetrics.create()
     state = IngestState()
@@ -148,9 +170,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             state.consumer.stopping.set()
             lag_task.cancel()
             running_task.cancel()
-            await state.consumer.drain()
-            await state.broker.stop()
-            await state.consumer.drain()
+            await _stop_consuming(state.broker, state.consumer, settings)
             await state.nc.drain()
             await state.pool.close()
 

@@ -83,6 +83,8 @@ class BatchConsumer:
         self._fleet = fleet
         self._on_applied = on_applied
         self.stopping = asyncio.Event()
+        self.parked = asyncio.Event()
+        self.release = asyncio.Event()
         # Batches in flight at once: while Postgres commits one, Python validates the next.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -96,6 +98,11 @@ class BatchConsumer:
         await self._slots.acquire()
         if self.stopping.is_set():
             await self._run(messages)
+            # Hold the pull loop here until the subscriber has stopped running: a batch it
+            # fetched after that point would be dropped unacked by faststream (and come back
+            # only after ack_wait), while from here it simply exits its loop.
+            self.parked.set()
+            await self.release.wait()
             return
         task = asyncio.create_task(self._run(messages))
         self._in_flight.add(task)

@@ -18,7 +18,7 @@ class IngestSettings(CommonSettings):
     batch_size: int = Field(default=500, ge=1, le=10_000)
     batch_timeout: float = Field(default=0.05, gt=0, le=30)
     #: JetStream redelivers a message not acked within this time (seconds).
-    ack_wait: float = Field(default=30.0, gt=0)
+    ack_wait: float = Field(default=10.0, gt=0)
     max_ack_pending: int = Field(default=20_000, ge=1)
     #: Backoff between retries while the database is unreachable (seconds).
     retry_min: float = Field(default=0.2, gt=0)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import asyncpg
 import nats
-import pytest
 from nats.js import JetStreamContext
 
 from shared.db import connect
@@ -134,12 +133,6 @@ async def test_sigkill_before_commit_and_after_commit_before_ack(
     assert windows.committed_not_acked > 0, "no kill landed between commit and ack"
 
 
-@pytest.mark.xfail(
-    reason="ingest shutdown bug (docs/reliability.md): broker.stop() closes the connection the "
-    "in-flight batches ack on before consumer.drain(), and a fetched batch is neither handled "
-    "nor nak'd, so messages come back only after ack_wait",
-    strict=False,
-)
 async def test_sigterm_under_load_drains_in_flight_batches(
     subjects: Subjects,
     service_env: dict[str, str],
