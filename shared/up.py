@@ -75,7 +75,10 @@ def main(argv: Sequence[str] = ()) -> int:
         prog="fleetwatch up", description="run ingest, query, notifier, reconciler and a demo fleet"
     )
     parser.add_argument("--run-dir", default=".run", help="data and logs (default .run)")
-    parser.add_argument("--rate", type=float, default=5.0, help="demo events per second")
+    parser.add_argument("--rate", type=float, default=1.0, help="new demo runs per second")
+    parser.add_argument(
+        "--backfill", type=int, default=300, help="demo runs published at once as history"
+    )
     parser.add_argument("--no-demo", action="store_true", help="start no demo publisher")
     args = parser.parse_args(argv)
 
@@ -111,7 +114,10 @@ def main(argv: Sequence[str] = ()) -> int:
         if not args.no_demo:
             log = logs / "demo.log"
             children["demo"] = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "demo", "--rate", str(args.rate)],
+                [
+                    *[sys.executable, "-m", "shared.cli", "demo"],
+                    *["--rate", str(args.rate), "--backfill-runs", str(args.backfill)],
+                ],
                 env=env,
                 stdout=log.open("ab"),
                 stderr=subprocess.STDOUT,
