@@ -100,7 +100,13 @@ def main(argv: Sequence[str] = ()) -> int:
         orgs = _demo_orgs()
         asyncio.run(_seed(database_url, orgs))
 
-        env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url}
+        env = {
+            **os.environ,
+            "NATS_URL": nats_url,
+            "DATABASE_URL": database_url,
+            # The page asks the query service where the live feed is.
+            "QUERY_NOTIFIER_URL": f"ws://127.0.0.1:{_port('notifier')}/ws",
+        }
         for name in SERVICES:
             log = logs / f"{name}.log"
             children[name] = subprocess.Popen(
