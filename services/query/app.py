@@ -79,6 +79,9 @@ def create_app(settings: QuerySettings) -> FastAPI:
         try:
             yield
         finally:
+            for task in list(state.tasks):  # background stats refreshes
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
             connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting

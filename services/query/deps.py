@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -36,6 +37,15 @@ class QueryState:
     count_cache: TTLCache[Any, tuple[int, bool]] | None = None
     pool: asyncpg.Pool | None = None
     nats: NatsClient | None = None
+    #: Stats cache keys being recomputed in the background, and those tasks.
+    refreshing: set[Any] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` in the background, held until it ends (cancelled at shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def forget_scopes(self, org: str) -> None:
         """Drop the cached scopes of one org (its agents' owners or shares changed)."""

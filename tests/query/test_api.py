@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -426,3 +427,21 @@ async def test_search_count_is_a_bounded_lower_bound(
         body = (await exact.get("/api/executions", headers=ADMIN, params=params)).json()
         assert body["total_count_exact"] is True
         assert body["total_count"] == sum(1 for r in rows if "please" in r["message"])
+
+
+async def test_stats_are_refreshed_ahead_of_expiry(
+    database_url: str, nats_url: str, rows: Any
+) -> None:
+    """Past half the TTL a hit still answers at once and a background task recomputes."""
+    async with client_for(settings_for(database_url, nats_url, stats_ttl_s=1.0)) as fresh:
+        state = fresh._transport.app.state.query  # type: ignore[attr-defined]
+        first = (await fresh.get("/api/executions/stats", headers=ADMIN)).json()
+        await asyncio.sleep(0.6)
+        stale = (await fresh.get("/api/executions/stats", headers=ADMIN)).json()
+        assert stale["computed_at"] == first["computed_at"]  # served from the cache
+        for _ in range(100):  # the refresh lands well before the entry would expire
+            if not state.refreshing:
+                break
+            await asyncio.sleep(0.01)
+        again = (await fresh.get("/api/executions/stats", headers=ADMIN)).json()
+        assert again["computed_at"] > first["computed_at"]

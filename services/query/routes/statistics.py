@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -10,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from services.query import repo
 from services.query.deps import (
+    Caller,
     CallerDep,
     Ctx,
     LightCallerDep,
@@ -22,6 +25,7 @@ from services.query.stats import Bucket, fill_timeline, fold_stats
 from services.query.views import json_bytes, summary
 from services.query.where import filtered
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["statistics"])
 
 Multi = Annotated[list[str] | None, Query()]
@@ -77,22 +81,52 @@ async def stats(
         require_agent_visible(caller, name)
     key = (caller.scope.cache_key, hours_value, tuple(sorted(filters.agent_name)))
     state = caller.state
-    cached: bytes | None = state.stats_cache.get(key)
+    cached: tuple[float, bytes] | None = state.stats_cache.get(key)
     if cached is not None:
         state.metrics.cache.labels("stats", "hit").inc()
-        return Response(cached, media_type="application/json")
+        computed, body = cached
+        if time.monotonic() - computed > state.settings.stats_ttl_s / 2:
+            _refresh_ahead(caller, key, hours_value, filters.agent_name)
+        return Response(body, media_type="application/json")
     state.metrics.cache.labels("stats", "miss").inc()
+    body = await _compute_and_cache(caller, key, hours_value, filters.agent_name)
+    return Response(body, media_type="application/json")
+
+
+async def _compute_and_cache(
+    caller: Caller, key: Any, hours: int, agents: tuple[str, ...]
+) -> bytes:
+    state = caller.state
     async with caller.connect() as ctx:
-        result = await compute_stats(ctx, hours_value, filters.agent_name)
+        result = await compute_stats(ctx, hours, agents)
     result.update(
-        hours=hours_value,
-        agent_name=list(filters.agent_name) or None,
+        hours=hours,
+        agent_name=list(agents) or None,
         computed_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         cache_ttl_s=state.settings.stats_ttl_s,
     )
     body = json_bytes(result)
-    state.stats_cache[key] = body
-    return Response(body, media_type="application/json")
+    state.stats_cache[key] = (time.monotonic(), body)
+    return body
+
+
+def _refresh_ahead(caller: Caller, key: Any, hours: int, agents: tuple[str, ...]) -> None:
+    """Past half its life, an entry is recomputed in the background (one task per key), so
+    that callers polling stats keep getting answers under `stats_ttl_s` old without waiting."""
+    state = caller.state
+    if key in state.refreshing:
+        return
+    state.refreshing.add(key)
+
+    async def refresh() -> None:
+        try:
+            await _compute_and_cache(caller, key, hours, agents)
+        except Exception:  # the next miss computes in the foreground and reports
+            log.warning("background stats refresh failed", exc_info=True)
+        finally:
+            state.refreshing.discard(key)
+
+    state.spawn(refresh())
 
 
 @router.get("/api/executions/timeline", summary="Executions per hour or day, zero-filled")
