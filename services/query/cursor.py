@@ -40,6 +40,11 @@ def decode_cursor(text: str) -> CursorKey:
         if isinstance(exc, CursorError):
             raise
         raise CursorError("not a cursor of this list") from None
-    if moment.tzinfo is None or not isinstance(ident, str) or not 1 <= len(ident) <= 200:
+    if (
+        moment.tzinfo is None
+        or not isinstance(ident, str)
+        or not 1 <= len(ident) <= 200
+        or "\x00" in ident  # PostgreSQL text cannot hold it
+    ):
         raise CursorError("not a cursor of this list")
     return CursorKey(sort_at=moment, id=ident)

@@ -19,6 +19,9 @@ DEFAULT_LIMIT = 50
 MAX_OFFSET = 100_000
 MAX_SEARCH = 200
 MAX_VALUES = 50
+#: PostgreSQL text cannot hold NUL: a value with one would fail in the database (a 500).
+NUL = "\x00"
+NUL_MESSAGE = "must not contain NUL characters"
 _TRIGGER_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
@@ -43,6 +46,14 @@ class ListFilters:
     start_time: datetime | None = None
     end_time: datetime | None = None
     search: str | None = None
+
+    def __post_init__(self) -> None:
+        # Filters built from path segments (workflow and project stats) skip group_params.
+        for name in ("agent_name", "status", "triggered_by", "project", "workflow"):
+            if any(NUL in value for value in getattr(self, name)):
+                raise FilterError(name, NUL_MESSAGE)
+        if self.search is not None and NUL in self.search:
+            raise FilterError("search", NUL_MESSAGE)
 
     def applied(self) -> dict[str, Any]:
         """The filters as the response's `filters_applied` reports them (only those set)."""
@@ -95,6 +106,8 @@ def group_params(items: Iterable[tuple[str, str]], allowed: frozenset[str]) -> d
     for key, value in items:
         if key not in allowed:
             raise FilterError(key, f"unknown parameter (allowed: {', '.join(sorted(allowed))})")
+        if NUL in value:
+            raise FilterError(key, NUL_MESSAGE)
         grouped.setdefault(key, []).append(value)
     return grouped
 

@@ -14,6 +14,7 @@ from shared.auth import Role
 from shared.events import is_valid_name
 
 router = APIRouter(tags=["agents"])
+_NO_NUL = r"^[^\x00]*$"
 
 
 class AgentUpdate(BaseModel):
@@ -21,9 +22,10 @@ class AgentUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str | None = Field(default=None, min_length=1, max_length=200)
-    owner: str | None = Field(default=None, min_length=1, max_length=200)
-    project: str | None = Field(default=None, min_length=1, max_length=200)
+    # No NUL: PostgreSQL text cannot hold it.
+    display_name: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NO_NUL)
+    owner: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NO_NUL)
+    project: str | None = Field(default=None, min_length=1, max_length=200, pattern=_NO_NUL)
 
 
 def _check_name(name: str) -> None:
@@ -89,10 +91,16 @@ async def _may_share(ctx: Ctx, name: str) -> None:
 
 
 def _check_user(user: str) -> None:
-    if not 1 <= len(user) <= 200:
+    if not 1 <= len(user) <= 200 or "\x00" in user:
         raise HTTPException(
             422,
-            detail=[{"loc": ["path", "user"], "msg": "1 to 200 characters", "type": "value_error"}],
+            detail=[
+                {
+                    "loc": ["path", "user"],
+                    "msg": "1 to 200 characters, no NUL",
+                    "type": "value_error",
+                }
+            ],
         )
 
 

@@ -27,9 +27,14 @@ def _not_found(execution_id: str) -> HTTPException:
     return HTTPException(404, detail=f"execution {execution_id!r} not found")
 
 
+def _possible_id(execution_id: str) -> bool:
+    """Could be stored: 1 to 200 characters, no NUL (PostgreSQL text cannot hold it)."""
+    return 1 <= len(execution_id) <= 200 and "\x00" not in execution_id
+
+
 async def _visible(ctx: Ctx, execution_id: str) -> Any:
     """The row, or 404 alike for a missing id, another org's id or an agent out of scope."""
-    if not 1 <= len(execution_id) <= 200:
+    if not _possible_id(execution_id):
         raise _not_found(execution_id)
     row = await repo.detail(ctx.conn, ctx.scope.org, execution_id)
     if row is None or not ctx.scope.allows(row["agent_name"]):
@@ -84,7 +89,7 @@ async def execution_detail(execution_id: str, ctx: CallerDep) -> dict[str, Any]:
     response_class=PlainTextResponse,
 )
 async def execution_log(execution_id: str, ctx: CallerDep) -> PlainTextResponse:
-    if not 1 <= len(execution_id) <= 200:
+    if not _possible_id(execution_id):
         raise _not_found(execution_id)
     row = await repo.execution_log(ctx.conn, ctx.scope.org, execution_id)
     if row is None or not ctx.scope.allows(row["agent_name"]):
