@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from shared.events import MAX_EVENT_BYTES, Event
 from shared.subjects import SubjectError, Subjects
+
+# A JSON escape for NUL: `\u0000` after an even number of backslashes (`\\u0000` is a
+# literal backslash followed by the text "u0000", which is fine). Raw NUL bytes are not JSON.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
     except SubjectError as exc:
         unknown_type = "unknown event type" in str(exc)
         return Rejected("unknown_type" if unknown_type else "bad_subject", str(exc))
-    if b"\\u0000" in data:
+    if b"\\u0000" in data and _NUL_ESCAPE.search(data):
         # Postgres text and jsonb cannot hold NUL; refusing here keeps the batch insertable.
         return Rejected("schema", "strings must not contain NUL (\\u0000)")
     try:
