@@ -8,12 +8,12 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     JsonValue,
+    StringConstraints,
     model_validator,
 )
 
@@ -36,13 +36,8 @@ def is_valid_name(value: str) -> bool:
     return bool(_NAME_RE.fullmatch(value))
 
 
-def _check_name(value: str) -> str:
-    if not is_valid_name(value):
-        raise ValueError("must match [A-Za-z0-9_-]{1,64}")
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
+# A pattern constraint runs in pydantic-core (Rust), not as a Python call per field.
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 #: Counts and durations fit Postgres bigint.

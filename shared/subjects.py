@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from shared.events import EventType, is_valid_name
 
@@ -72,18 +73,21 @@ class Subjects:
         return f"{self.prefix}.rpc.reconciler.sync_components"
 
     def parse_event(self, subject: str) -> EventSubject:
-        parts = subject.split(".")
-        if len(parts) != 5 or parts[0] != self.prefix or parts[1] != "events":
-            raise SubjectError(
-                f"subject {subject!r} is not {self.prefix}.events.<org>.<agent>.<type>"
-            )
-        _, _, org, agent, type_token = parts
-        if not is_valid_name(org) or not is_valid_name(agent):
-            raise SubjectError(f"subject {subject!r} has an invalid org or agent token")
-        try:
-            type_ = EventType(type_token)
-        except ValueError:
-            raise SubjectError(
-                f"subject {subject!r} names unknown event type {type_token!r}"
-            ) from None
-        return EventSubject(org=org, agent=agent, type=type_)
+        """The org, agent and type a subject names; raises SubjectError for any other shape."""
+        return _parse_event(self.prefix, subject)
+
+
+@lru_cache(maxsize=8192)
+def _parse_event(prefix: str, subject: str) -> EventSubject:
+    # Cached: a fleet publishes on a bounded set of subjects, and ingest parses every message's.
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != prefix or parts[1] != "events":
+        raise SubjectError(f"subject {subject!r} is not {prefix}.events.<org>.<agent>.<type>")
+    _, _, org, agent, type_token = parts
+    if not is_valid_name(org) or not is_valid_name(agent):
+        raise SubjectError(f"subject {subject!r} has an invalid org or agent token")
+    try:
+        type_ = EventType(type_token)
+    except ValueError:
+        raise SubjectError(f"subject {subject!r} names unknown event type {type_token!r}") from None
+    return EventSubject(org=org, agent=agent, type=type_)
