@@ -11,8 +11,10 @@ from services.ingest import repo
 from services.ingest.merge import (
     ComponentKey,
     ExecutionKey,
+    Finished,
     component_key,
     execution_key,
+    finished_in,
     fold,
 )
 from services.ingest.validate import Rejected
@@ -33,8 +35,15 @@ class Outcome:
     duplicates: list[Event] = field(default_factory=list)
     #: Events valid on their own but contradicting stored rows (index into the input).
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)
+    #: Executions that reached a terminal status in this batch (counted once each).
+    finished: list[Finished] = field(default_factory=list)
     executions_written: int = 0
     components_written: int = 0
+
+
+def _status_rank(versions: dict[str, str]) -> int:
+    version = versions.get("status")
+    return int(version[0]) if version else -1
 
 
 def _owners(
@@ -107,7 +116,9 @@ async def apply_batch(conn: asyncpg.Connection, items: list[Incoming]) -> Outcom
     if not new_events:
         return outcome
 
+    ranks_before = {k: _status_rank(s.versions) for k, s in stored_ex.items()}
     folded = fold(new_events, stored_ex, stored_co)
+    outcome.finished = finished_in(ranks_before, folded.executions)
     outcome.executions_written = await repo.write_rows(conn, folded.executions, components=False)
     outcome.components_written = await repo.write_rows(conn, folded.components, components=True)
     await _register(conn, new_events)

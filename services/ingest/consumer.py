@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.ingest.batch import Incoming, Outcome, apply_batch
+from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
 from services.ingest.validate import Rejected, validate
 from shared.events import Event
@@ -44,7 +45,7 @@ _DETAIL_MAX = 900
 
 
 class FleetObserver(Protocol):
-    def observe(self, events: Sequence[Event]) -> None: ...
+    def observe(self, events: Sequence[Event], finished: Sequence[Finished]) -> None: ...
 
 
 def _stream_seq(msg: Msg) -> int | None:
@@ -184,7 +185,7 @@ class BatchConsumer:
                 batch[index][0], rejected, type_label=batch[index][1].event.type
             )
         if self._fleet is not None and outcome.applied:
-            self._fleet.observe(outcome.applied)
+            self._fleet.observe(outcome.applied, outcome.finished)
         if self._on_applied is not None:
             await self._on_applied(outcome)
 

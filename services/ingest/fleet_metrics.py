@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.ingest.merge import Finished
 from shared.events import Event, trigger_group
 
 OTHER = "other"
@@ -179,29 +180,40 @@ class FleetMetrics:
             self.label_overflow.labels("agent").inc()
         return org_label, agent_label
 
-    def observe(self, events: Iterable[Event]) -> None:
-        """Count the execution events of a committed batch (component events are ignored)."""
+    def observe(self, events: Iterable[Event], finished: Sequence[Finished] | None = None) -> None:
+        """Count a committed batch: starts from its events, finishes from `finished`.
+
+        Ingest passes `finished`, the executions whose status became terminal in the batch
+        with their merged fields (the trigger comes from the started event, the cost from the
+        last report), so each execution counts once. Without it, terminal events stand in.
+        """
+        events = list(events)
+        children: dict[tuple[Any, ...], Any] = {}
+
+        def child(metric: Any, *labels: str) -> Any:
+            # labels() costs a lock and a dict look-up; a batch repeats the same few sets.
+            key = (id(metric), *labels)
+            found = children.get(key)
+            if found is None:
+                found = children[key] = metric.labels(*labels)
+            return found
+
         for event in events:
             execution = event.execution
-            if execution is None:
-                continue
-            status = event.status
-            if not status.is_terminal and event.type.value != "execution_started":
-                continue
-            org, agent = self.labels_for(event.org, execution.agent_name)
-            if not status.is_terminal:
-                self.started.labels(org, agent).inc()
-                continue
-            trigger = trigger_group(execution.triggered_by)
-            self.executions.labels(org, agent, status.value, trigger).inc()
-            if execution.cost is not None:
-                self.cost.labels(org, agent).inc(execution.cost)
-                self.cost_per_execution.labels(org).observe(execution.cost)
-            seconds = duration_seconds(
-                execution.duration_ms, execution.started_at, execution.completed_at
-            )
+            if execution is not None and event.type.value == "execution_started":
+                child(self.started, *self.labels_for(event.org, execution.agent_name)).inc()
+        if finished is None:
+            finished = [_finished_from(e) for e in events if _is_terminal_execution(e)]
+        for done in finished:
+            org, agent = self.labels_for(done.org, done.agent_name)
+            trigger = trigger_group(done.triggered_by)
+            child(self.executions, org, agent, done.status, trigger).inc()
+            if done.cost is not None:
+                child(self.cost, org, agent).inc(done.cost)
+                child(self.cost_per_execution, org).observe(done.cost)
+            seconds = duration_seconds(done.duration_ms, done.started_at, done.completed_at)
             if seconds is not None:
-                self.duration.labels(org, agent).observe(seconds)
+                child(self.duration, org, agent).observe(seconds)
 
     def set_running(self, rows: Sequence[RunningRow]) -> None:
         """Replace the running/stuck gauges with a fresh reading of the database."""
@@ -256,3 +268,22 @@ class _Fetcher(Protocol):
     """The part of an asyncpg connection or pool `refresh_running` uses."""
 
     async def fetch(self, query: str, *args: Any) -> Any: ...
+
+
+def _is_terminal_execution(event: Event) -> bool:
+    return event.execution is not None and event.status.is_terminal
+
+
+def _finished_from(event: Event) -> Finished:
+    execution = event.execution
+    assert execution is not None
+    return Finished(
+        org=event.org,
+        agent_name=execution.agent_name,
+        status=event.status.value,
+        triggered_by=execution.triggered_by,
+        cost=execution.cost,
+        duration_ms=execution.duration_ms,
+        started_at=execution.started_at,
+        completed_at=execution.completed_at,
+    )

@@ -80,6 +80,8 @@ class RowState:
     versions: dict[str, str] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
     is_new: bool = True
+    #: A few stored values of a row read back from the database (see FINISH_FIELDS).
+    stored: dict[str, Any] = field(default_factory=dict)
 
 
 def _apply(state: RowState, version: str, offered: dict[str, Any]) -> None:
@@ -165,4 +167,65 @@ def fold(
             if state is None:
                 state = out.components[ckey] = new_state(event)
             merge(state, event)
+    return out
+
+
+#: What a finished execution is counted by (fleet metrics), read back for stored rows.
+FINISH_FIELDS: tuple[str, ...] = (
+    "status",
+    "triggered_by",
+    "cost",
+    "duration_ms",
+    "started_at",
+    "completed_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An execution that reached a terminal status in this batch, with its merged fields."""
+
+    org: str
+    agent_name: str
+    status: str
+    triggered_by: str | None
+    cost: float | None
+    duration_ms: int | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+def _rank(version: str | None) -> int:
+    return int(version[0]) if version else -1
+
+
+def finished_in(
+    before: dict[ExecutionKey, int], after: dict[ExecutionKey, RowState]
+) -> list[Finished]:
+    """Executions whose status rank went from below terminal to terminal.
+
+    `before` holds the stored status rank of rows that existed before the batch, so an
+    execution is counted once however many terminal events (or corrections) it receives.
+    """
+    out = []
+    for key, state in after.items():
+        if _rank(state.versions.get("status")) != 2 or before.get(key, -1) == 2:
+            continue
+
+        def value(name: str, state: RowState = state) -> Any:
+            found = state.values.get(name)
+            return found if found is not None else state.stored.get(name)
+
+        out.append(
+            Finished(
+                org=key[0],
+                agent_name=state.agent_name,
+                status=value("status"),
+                triggered_by=value("triggered_by"),
+                cost=value("cost"),
+                duration_ms=value("duration_ms"),
+                started_at=value("started_at"),
+                completed_at=value("completed_at"),
+            )
+        )
     return out

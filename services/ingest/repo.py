@@ -13,6 +13,7 @@ import orjson
 from services.ingest.merge import (
     COMPONENT_FIELDS,
     EXECUTION_FIELDS,
+    FINISH_FIELDS,
     ComponentKey,
     ExecutionKey,
     RowState,
@@ -91,11 +92,11 @@ def _update_sql(table: str, key: dict[str, str], fields: dict[str, str]) -> str:
     )
 
 
-def _fetch_sql(table: str, key: dict[str, str]) -> str:
+def _fetch_sql(table: str, key: dict[str, str], extra: tuple[str, ...] = ()) -> str:
     names = list(key)
     params = ", ".join(f"${i}::{t}[]" for i, t in enumerate(key.values(), 1))
     match = " AND ".join(f"t.{k} = k.{k}" for k in key)
-    cols = ", ".join(f"t.{k}" for k in key)
+    cols = ", ".join(f"t.{k}" for k in (*key, *extra))
     return (
         f"SELECT {cols}, t.agent_name, t.first_seen_at, t.versions FROM {table} AS t "
         f"JOIN unnest({params}) AS k({', '.join(names)}) ON {match}"
@@ -103,7 +104,7 @@ def _fetch_sql(table: str, key: dict[str, str]) -> str:
 
 
 UPDATE_EXECUTIONS = _update_sql("executions", _EXECUTION_KEY, _EXECUTION_TYPES)
-FETCH_EXECUTIONS = _fetch_sql("executions", _EXECUTION_KEY)
+FETCH_EXECUTIONS = _fetch_sql("executions", _EXECUTION_KEY, FINISH_FIELDS)
 UPDATE_COMPONENTS = _update_sql("component_executions", _COMPONENT_KEY, _COMPONENT_TYPES)
 FETCH_COMPONENTS = _fetch_sql("component_executions", _COMPONENT_KEY)
 
@@ -182,12 +183,13 @@ async def insert_events(
     return {(row[0], row[1]) for row in fresh}
 
 
-def _state_from_record(record: asyncpg.Record) -> RowState:
+def _state_from_record(record: asyncpg.Record, stored: tuple[str, ...] = ()) -> RowState:
     return RowState(
         agent_name=record["agent_name"],
         first_seen_at=record["first_seen_at"],
         versions=dict(record["versions"]),
         is_new=False,
+        stored={name: record[name] for name in stored},
     )
 
 
@@ -197,7 +199,7 @@ async def fetch_executions(
     if not keys:
         return {}
     records = await conn.fetch(FETCH_EXECUTIONS, *_columns(keys, 2))
-    return {(r["org"], r["id"]): _state_from_record(r) for r in records}
+    return {(r["org"], r["id"]): _state_from_record(r, FINISH_FIELDS) for r in records}
 
 
 async def fetch_components(

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.merge import EXECUTION_FIELDS, event_version, fold
+from services.ingest.merge import EXECUTION_FIELDS, event_version, finished_in, fold
 from shared.events import STATUS_RANK, Event, EventType, Status
 
 T0 = datetime(2026, 2, 5, 10, tzinfo=UTC)
@@ -124,3 +124,25 @@ def test_a_later_terminal_event_corrects_an_earlier_one() -> None:
 def test_first_seen_is_the_earliest_occurrence() -> None:
     events = [_event("execution_progress", 9, "p"), _event("execution_queued", 2, "q")]
     assert _row(events)[2] == T0 + timedelta(seconds=2)
+
+
+def test_an_execution_finishes_once_with_its_merged_trigger_and_cost() -> None:
+    started = _event("execution_started", 0, "s", triggered_by="schedule")
+    completed = _event("execution_completed", 45, "c", cost=0.02, duration_ms=45000)
+    correction = _event("execution_failed", 600, "r", error="engine says failed")
+
+    first = fold([started, completed]).executions
+    done = finished_in({}, first)
+    assert [(d.status, d.triggered_by, d.cost, d.duration_ms) for d in done] == [
+        ("success", "schedule", 0.02, 45000)
+    ]
+    # A later batch with a correction: the row was terminal already, so nothing new finishes.
+    stored = {("acme", "x1"): first[("acme", "x1")]}
+    ranks = {key: int(state.versions["status"][0]) for key, state in stored.items()}
+    assert finished_in(ranks, fold([correction], stored).executions) == []
+    # A row stored as running that completes now counts, with the stored trigger.
+    running = fold([started]).executions
+    running[("acme", "x1")].stored = {"triggered_by": "schedule"}
+    running[("acme", "x1")].values = {}
+    later = finished_in({("acme", "x1"): 1}, fold([completed], running).executions)
+    assert [(d.status, d.triggered_by) for d in later] == [("success", "schedule")]
