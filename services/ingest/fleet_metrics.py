@@ -1,6 +1,7 @@
 """Metrics of the fleet itself (executions, cost, durations), with bounded label cardinality.
 
-Ingest calls `FleetMetrics.observe(events)` with the events of a batch it has just committed.
+Ingest calls `FleetMetrics.observe(events, finished)` after each commit: the batch's events and
+the executions that turned terminal in it (each counted once, with its merged trigger and cost).
 Counters are per process: with several ingest replicas, sum them in PromQL (`sum by (...)`).
 
 Cardinality bound (documented in docs/deploy.md): at most `max_orgs` distinct `org` values
