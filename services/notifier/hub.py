@@ -3,12 +3,16 @@
 A client's queue is its transport's write buffer. Writing is synchronous (as
 `websockets.broadcast` does), so one stuck socket never delays the others; when a buffer passes
 `client_queue_bytes` that client is closed with 4008 and dropped from fan-out.
+
+Clients are grouped by what decides delivery, (scope's rows, filters), so each event is checked
+once per group, and framed once: every member's transport gets the same WebSocket frame bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -31,21 +35,52 @@ CLOSE_SLOW = 4008
 CLOSE_UNAUTHORIZED = 4401
 
 
+#: What decides whether a client receives an event: the rows its scope covers, its filters.
+GroupKey = tuple[tuple[str, str, str], Filter]
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented server text frame (RFC 6455 5.2); the server sends no
+    extensions (compression is off), so these are exactly the bytes `send_text` would write.
+    """
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", 0x81, 126, size) + payload
+    return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
 class Client:
     """One authenticated connection: who it is, what it asked for, where it stands."""
 
-    __slots__ = ("claims", "conn", "filter", "last_seq", "live", "pending", "scope")
+    __slots__ = ("claims", "conn", "filter", "group", "last_seq", "live", "pending", "scope")
 
     def __init__(self, conn: ServerConnection, claims: Claims, scope: Scope) -> None:
         self.conn = conn
         self.claims = claims
         self.scope = scope
+        #: Set through `Hub.set_filter`, which moves the client to its new group.
         self.filter: Filter = EVERYTHING
+        self.group: Group | None = None
         #: Until live, events are held in `pending` (hello window, then replay).
         self.live = False
         self.pending: deque[Outgoing] = deque()
         #: Highest stream seq sent to this client: the dedupe mark at the replay→live hand-over.
         self.last_seq = 0
+
+
+class Group:
+    """Clients whose scopes cover the same rows and who asked for the same filters."""
+
+    __slots__ = ("filter", "key", "members", "scope")
+
+    def __init__(self, key: GroupKey, scope: Scope, flt: Filter) -> None:
+        self.key = key
+        #: Any member's scope: they all cover the same rows (`Scope.cache_key`).
+        self.scope = scope
+        self.filter = flt
+        self.members: dict[Client, None] = {}
 
 
 class Hub:
@@ -63,6 +98,7 @@ class Hub:
         self.pending_max = pending_max
         self.slow_close_grace_s = slow_close_grace_s
         self.clients: set[Client] = set()
+        self.groups: dict[GroupKey, Group] = {}
         #: Last stream seq fan-out has passed; set by the live consumer before the first event.
         self.last_seq = 0
         #: Recent events for cheap resumes; it holds every valid event with seq > ring_floor.
@@ -77,12 +113,40 @@ class Hub:
 
     def add(self, client: Client) -> None:
         self.clients.add(client)
+        self._join(client)
         self.metrics.connections.set(len(self.clients))
 
     def remove(self, client: Client) -> None:
         self.clients.discard(client)
+        self._leave(client)
         client.pending.clear()
         self.metrics.connections.set(len(self.clients))
+
+    def set_filter(self, client: Client, flt: Filter) -> None:
+        """Replace a client's filters (a later `subscribe`), moving it to its new group."""
+        if flt == client.filter:
+            return
+        client.filter = flt
+        if client.group is not None:
+            self._leave(client)
+            self._join(client)
+
+    def _join(self, client: Client) -> None:
+        key: GroupKey = (client.scope.cache_key, client.filter)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = Group(key, client.scope, client.filter)
+        group.members[client] = None
+        client.group = group
+
+    def _leave(self, client: Client) -> None:
+        group = client.group
+        if group is None:
+            return
+        client.group = None
+        group.members.pop(client, None)
+        if not group.members and self.groups.get(group.key) is group:
+            del self.groups[group.key]
 
     def publish(self, out: Outgoing, published_at: float | None = None) -> None:
         """Fan one event out. Synchronous on purpose: nothing here waits for any client."""
@@ -91,38 +155,50 @@ class Hub:
             self.ring_floor = self.ring[0].seq
         self.ring.append(out)
         sent = 0
-        for client in tuple(self.clients):
-            if not delivers(client.scope, client.filter, out.meta):
+        meta = out.meta
+        frame: bytes | None = None
+        for group in tuple(self.groups.values()):
+            if not delivers(group.scope, group.filter, meta):
                 continue
-            if client.live:
-                sent += self._write(client, out)
-            else:
-                client.pending.append(out)
-                if len(client.pending) > self.pending_max:
-                    self.cut_off(client, "replay_backlog")
+            if frame is None:
+                frame = text_frame(out.payload)
+            for client in tuple(group.members):
+                if client.live:
+                    sent += self._write(client, out.seq, frame)
+                else:
+                    client.pending.append(out)
+                    if len(client.pending) > self.pending_max:
+                        self.cut_off(client, "replay_backlog")
         self.metrics.events.inc()
         if sent:
             self.metrics.messages_sent.labels("live").inc(sent)
         if published_at is not None:
             self.metrics.delivery_lag.observe(max(0.0, time.time() - published_at))
 
-    def _write(self, client: Client, out: Outgoing) -> int:
+    def _write(self, client: Client, seq: int, frame: bytes) -> int:
+        """Write a pre-built frame straight into the client's transport.
+
+        What `protocol.send_text` + `send_data` would do, minus building the frame again for
+        every client. It is safe because the connection flushes the protocol's own output
+        (pongs, close frames) synchronously after producing it, so nothing is queued there
+        for this frame to overtake, and the server never sends fragmented messages.
+        """
         conn = client.conn
         if conn.protocol.state is not State.OPEN:
             self.remove(client)
             return 0
-        if conn.transport.get_write_buffer_size() > self.queue_bytes:
+        transport = conn.transport
+        if transport.get_write_buffer_size() > self.queue_bytes:
             self.metrics.drops.inc()
             self.cut_off(client, "queue_full")
             return 0
         try:
-            conn.protocol.send_text(out.payload)
-            conn.send_data()
+            transport.write(frame)
         except Exception as exc:  # a broken socket must not stop the fan-out
             log.debug("write to client failed: %s", exc)
             self.remove(client)
             return 0
-        client.last_seq = out.seq
+        client.last_seq = seq
         return 1
 
     def go_live(self, client: Client, ready_seq: int) -> None:
@@ -143,7 +219,7 @@ class Hub:
         sent = 0
         for out in held:
             if out.seq > client.last_seq:
-                sent += self._write(client, out)
+                sent += self._write(client, out.seq, text_frame(out.payload))
                 if client not in self.clients:
                     return
         client.live = True

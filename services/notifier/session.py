@@ -106,7 +106,7 @@ async def _on_frame(
         await _send_error(client, frame.error, frame.detail)
         return None
     if frame.subscribe is not None:
-        client.filter = Filter.from_subscribe(frame.subscribe)
+        hub.set_filter(client, Filter.from_subscribe(frame.subscribe))
     if frame.resume_from is not None and started:
         hub.metrics.frame_errors.inc()
         await _send_error(
