@@ -1,6 +1,7 @@
 """Query API latency at scale: HTTP (real uvicorn process) against the same SQL run raw.
 
     .venv/bin/python -m bench.query_api [--quick] [--rows N] [--iterations N] [--reuse]
+        [--cases search,stats,...]
 
 Loads N executions (default 1,000,000; --quick 50,000) over 50 agents and 3 orgs into a
 dedicated database `fwbench_query_<N>` with COPY (`--reuse` keeps one of a previous run with
@@ -34,7 +35,7 @@ import httpx
 from services.query import repo
 from services.query.cursor import CursorKey, encode_cursor
 from services.query.filters import ListFilters, search_pattern
-from services.query.where import Where, after, filtered
+from services.query.where import Where, after, among, filtered
 from shared.auth import mint_token
 from shared.db import connect
 from shared.migrate import migrate
@@ -202,15 +203,31 @@ async def interleaved(
 
 
 async def raw_list(
-    pool: asyncpg.Pool, org: str, filters: ListFilters, where: Where, limit: int, cursor: bool
+    pool: asyncpg.Pool,
+    org: str,
+    filters: ListFilters,
+    where: Where,
+    limit: int,
+    cursor: CursorKey | None,
 ) -> None:
     """The statements `run_list` sends for one page when its count is not cached."""
     async with pool.acquire() as conn, conn.transaction():
         await repo.enter_org(conn, org)
+        candidates = None
+        if filters.search is not None:  # the search's candidate ids (migration 0012)
+            pattern = search_pattern(filters.search)
+            candidates = await repo.search_candidates(conn, pattern, cap=2000)
+            if candidates is not None:
+                where = among(where, candidates)
+        base = where
+        if cursor is not None:
+            where = after(where, cursor)
         rows = await repo.list_page(conn, where, limit=limit + 1, offset=0)
-        if not cursor and len(rows) <= limit:
+        if cursor is None and len(rows) <= limit:
             return  # the page is the whole list: its length is the count
-        if filters.search is not None:
+        if candidates is not None:
+            await repo.count(conn, base, cap=10_000)
+        elif filters.search is not None:
             unsearched = filtered(org, None, replace(filters, search=None))
             await repo.search_count(conn, unsearched, search_pattern(filters.search), budget=2000)
         else:
@@ -284,10 +301,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ("search common", {"search": "refund"}, ListFilters(search="refund"), None),
     ]
     results: dict[str, Any] = {}
+    wanted = [w.strip() for w in (args.cases or "").split(",") if w.strip()]
 
-    def iterations_for(name: str) -> int:
-        # A selective search reads the whole org (about 1 s at 1M rows): fewer rounds.
-        return min(args.iterations, 30) if name == "search selective" else args.iterations
+    def selected(name: str) -> bool:
+        """`--cases search,stats`: the cases whose name contains one of these (default all)."""
+        return not wanted or any(w in name for w in wanted)
 
     # Two servers side by side: `cold` counts on every page and computes stats on every
     # request (what the raw SQL does), `warm` has the default caches (count 5 s, stats 5 s).
@@ -299,8 +317,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             httpx.AsyncClient(base_url=warm_url, headers=headers, timeout=60) as warm,
         ):
             for name, params, filters, cursor in cases:
+                if not selected(name):
+                    continue
                 base = filtered(org, None, filters)
-                where = after(base, CursorKey(deep_at, deep_id)) if cursor else base
+                key = CursorKey(deep_at, deep_id) if cursor else None
 
                 async def http_cold(p: dict[str, Any] = params) -> None:
                     reply = await cold.get("/api/executions", params={**p, "limit": 50})
@@ -311,13 +331,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     reply.raise_for_status()
 
                 async def raw_call(
-                    f: ListFilters = filters, w: Where = where, c: bool = cursor is not None
+                    f: ListFilters = filters, w: Where = base, c: CursorKey | None = key
                 ) -> None:
                     await raw_list(pool, org, f, w, 50, c)
 
                 results[name] = await interleaved(
                     {"http": http_cold, "raw": raw_call, "http_cached": http_warm},
-                    iterations_for(name),
+                    args.iterations,
                 )
                 print(f"  {name}: done", flush=True)
 
@@ -330,11 +350,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async def stats_raw() -> None:
                 await raw_stats(pool, org, 24)
 
-            timing = await interleaved(
-                {"http": stats_cold, "raw": stats_raw, "http_cached": stats_warm}, args.iterations
-            )
-            results["stats cached"] = {"http": timing["http_cached"], "raw": timing["raw"]}
-            results["stats uncached"] = {"http": timing["http"], "raw": timing["raw"]}
+            if selected("stats cached") or selected("stats uncached"):
+                timing = await interleaved(
+                    {"http": stats_cold, "raw": stats_raw, "http_cached": stats_warm},
+                    args.iterations,
+                )
+                results["stats cached"] = {"http": timing["http_cached"], "raw": timing["raw"]}
+                results["stats uncached"] = {"http": timing["http"], "raw": timing["raw"]}
             rss_after = rss_mb(warm_proc.pid)
             rss_peak = max(rss_mb(warm_proc.pid, "VmHWM"), rss_mb(cold_proc.pid, "VmHWM"))
     finally:
@@ -415,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the bench database of a previous run with the same row count (migrated)",
     )
     parser.add_argument("--load-only", action="store_true", help="load the database and stop")
+    parser.add_argument(
+        "--cases",
+        help="comma-separated parts of case names to run (e.g. `search`, `stats`); default all",
+    )
     args = parser.parse_args(argv)
     args.rows = args.rows or (50_000 if args.quick else 1_000_000)
     args.iterations = args.iterations or (50 if args.quick else 300)
@@ -423,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print_table(result)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "query_api.json").write_text(json.dumps(result, indent=2) + "\n")
+    # A partial run (`--cases`) does not overwrite the full run's results.
+    suffix = "" if not args.cases else "_" + "_".join(args.cases.replace(" ", "").split(","))
+    (RESULTS / f"query_api{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -41,6 +41,9 @@ FROM (SELECT message, response FROM executions WHERE {where}
       ORDER BY sort_at DESC, id DESC LIMIT {budget}) AS s
 """
 
+# Migration 0012: the org's ids matching a search pattern when fewer than the cap, else NULL.
+SEARCH_CANDIDATES = "SELECT search_candidates($1, $2)"
+
 DETAIL = """
 SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.triggered_by,
     e.message, e.response, e.error, e.error_type, e.started_at, e.completed_at, e.duration_ms,
@@ -169,6 +172,15 @@ async def search_count(
     sql = SEARCH_COUNT.format(where=w.sql, pattern=w.param(pattern), budget=int(budget))
     row = await conn.fetchrow(sql, *w.args)
     return int(row["matched"]), int(row["scanned"]) < budget
+
+
+async def search_candidates(
+    conn: asyncpg.Connection, pattern: str, *, cap: int
+) -> list[str] | None:
+    """Every id of the transaction's org (`fleetwatch.org`) whose message or response matches
+    `pattern`, if fewer than `cap`; None for a common term (keep the ordered scan)."""
+    ids: list[str] | None = await conn.fetchval(SEARCH_CANDIDATES, pattern, int(cap))
+    return ids
 
 
 async def detail(conn: asyncpg.Connection, org: str, execution_id: str) -> asyncpg.Record | None:

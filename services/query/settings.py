@@ -41,6 +41,11 @@ class QuerySettings(CommonSettings):
     #: index under row-level security, so an uncapped search count reads the whole org.
     #: 0: count searches like other filters (up to `exact_count_limit` matches).
     search_count_scan: int = Field(default=2_000, ge=0)
+    #: A search first asks `search_candidates()` (migration 0012: trigram index, as the
+    #: function's owner, for the transaction's org only) for the matching ids when there are
+    #: fewer than this many; the list, its count and the export then read those ids by primary
+    #: key under RLS. A common term keeps the ordered scan. 0: never ask.
+    search_candidates: int = Field(default=2_000, ge=0, le=100_000)
     export_batch_size: int = Field(default=2000, ge=10, le=50_000)
     #: Shown to the dashboard by `/api/config` (None: the page picks `ws://<host>:8001/ws`).
     notifier_url: str | None = None

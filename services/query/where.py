@@ -95,6 +95,14 @@ def filtered(org: str, agents: frozenset[str] | None, filters: ListFilters) -> W
     return where
 
 
+def among(where: Where, ids: list[str]) -> Where:
+    """Only the rows whose id is in `ids` (search candidates: `id = ANY` is leakproof, so under
+    row-level security the primary key serves it, before the ILIKE rechecks each row)."""
+    out = where.copy()
+    out.add(f"id = ANY({out.param(ids)}::text[])")
+    return out
+
+
 def after(where: Where, key: CursorKey) -> Where:
     """Rows strictly after `key` in the list order `(sort_at DESC, id DESC)`."""
     out = where.copy()

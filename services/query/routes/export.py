@@ -14,8 +14,8 @@ from fastapi.responses import StreamingResponse
 
 from services.query import repo
 from services.query.deps import CallerDep, QueryState, require_agent_visible, require_fleet_wide
-from services.query.filters import FilterError, parse_filter_items
-from services.query.where import Where, filtered
+from services.query.filters import FilterError, parse_filter_items, search_pattern
+from services.query.where import Where, among, filtered
 
 router = APIRouter(tags=["executions"])
 
@@ -69,7 +69,11 @@ def ndjson_chunk(rows: list[dict[str, Any]]) -> bytes:
 
 
 async def _stream(
-    state: QueryState, org: str, where: Where, fmt: Literal["csv", "ndjson"]
+    state: QueryState,
+    org: str,
+    where: Where,
+    fmt: Literal["csv", "ndjson"],
+    pattern: str | None = None,
 ) -> AsyncIterator[bytes | str]:
     # Its own connection: the request's transaction ends before the body is streamed.
     assert state.pool is not None
@@ -77,6 +81,12 @@ async def _stream(
     first = True
     async with state.pool.acquire() as conn, conn.transaction(readonly=True):
         await repo.enter_org(conn, org)
+        cap = state.settings.search_candidates
+        if pattern is not None and cap > 0:
+            # A selective search reads its candidates by primary key (migration 0012).
+            candidates = await repo.search_candidates(conn, pattern, cap=cap)
+            if candidates is not None:
+                where = among(where, candidates)
         async for rows in repo.export_batches(conn, where, batch=state.settings.export_batch_size):
             yield csv_chunk(rows, header=first) if fmt == "csv" else ndjson_chunk(rows)
             first = False
@@ -110,10 +120,11 @@ async def export(
     for name in filters.agent_name:
         require_agent_visible(ctx, name)
     where = filtered(ctx.scope.org, ctx.scope.agents, filters)
+    pattern = None if filters.search is None else search_pattern(filters.search)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     kind: Literal["csv", "ndjson"] = "csv" if fmt == "csv" else "ndjson"
     return StreamingResponse(
-        _stream(ctx.state, ctx.scope.org, where, kind),
+        _stream(ctx.state, ctx.scope.org, where, kind, pattern),
         media_type=_MEDIA[fmt],
         headers={"Content-Disposition": f'attachment; filename="executions-{stamp}.{fmt}"'},
     )

@@ -18,7 +18,7 @@ from services.query.filters import (
     search_pattern,
 )
 from services.query.views import json_response, summary
-from services.query.where import Where, after, filtered
+from services.query.where import Where, after, among, filtered
 
 router = APIRouter(tags=["executions"])
 
@@ -34,6 +34,9 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     for name in filters.agent_name:
         require_agent_visible(ctx, name)
     base = filtered(ctx.scope.org, ctx.scope.agents, filters)
+    candidates = await search_candidates(ctx, filters)
+    if candidates is not None:
+        base = among(base, candidates)
     where = base
     if page.cursor is not None:
         try:
@@ -47,7 +50,7 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
         total, exact = page.offset + len(rows), True  # the whole rest of the list is here
     else:
         seen = page.offset + len(rows) + int(has_more)  # at least this many match
-        total, exact = await _count(ctx, filters, base)
+        total, exact = await _count(ctx, filters, base, searched=candidates is not None)
         if not exact:
             total = max(total, seen)
     next_cursor = None
@@ -67,11 +70,23 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     )
 
 
-async def _count(ctx: Ctx, filters: ListFilters, base: Where) -> tuple[int, bool]:
+async def search_candidates(ctx: Ctx, filters: ListFilters) -> list[str] | None:
+    """For a search, the org's matching ids if the term is selective (fewer than
+    `search_candidates`), else None: the list keeps its ordered scan with the ILIKE."""
+    cap = ctx.state.settings.search_candidates
+    if filters.search is None or cap <= 0:
+        return None
+    return await repo.search_candidates(ctx.conn, search_pattern(filters.search), cap=cap)
+
+
+async def _count(
+    ctx: Ctx, filters: ListFilters, base: Where, *, searched: bool = False
+) -> tuple[int, bool]:
     """The capped count of the whole list, cached briefly per (scope, filters).
 
     Paging through one list and a dashboard refreshing its first page then count once per
-    `count_ttl_s`, not on every request (the count may lag new rows by that long).
+    `count_ttl_s`, not on every request (the count may lag new rows by that long). `searched`:
+    `base` holds a selective search's candidate ids, so its exact count is cheap.
     """
     cap = ctx.state.settings.exact_count_limit
     cache = ctx.state.count_cache
@@ -83,7 +98,7 @@ async def _count(ctx: Ctx, filters: ListFilters, base: Where) -> tuple[int, bool
             return hit
         ctx.state.metrics.cache.labels("count", "miss").inc()
     budget = ctx.state.settings.search_count_scan
-    if filters.search is not None and budget > 0:
+    if filters.search is not None and budget > 0 and not searched:
         unsearched = filtered(ctx.scope.org, ctx.scope.agents, replace(filters, search=None))
         pattern = search_pattern(filters.search)
         result = await repo.search_count(ctx.conn, unsearched, pattern, budget=budget)
