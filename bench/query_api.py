@@ -213,16 +213,19 @@ async def raw_list(
     """The statements `run_list` sends for one page when its count is not cached."""
     async with pool.acquire() as conn, conn.transaction():
         await repo.enter_org(conn, org)
-        candidates = None
+        candidates = walk = None
+        base = where
         if filters.search is not None:  # the search's candidate ids (migration 0012)
             pattern = search_pattern(filters.search)
             candidates = await repo.search_candidates(conn, pattern, cap=2000)
             if candidates is not None:
-                where = among(where, candidates)
-        base = where
+                base = where = among(where, candidates)
+            else:  # a common term: the ILIKE over the list walked in order
+                where = filtered(org, None, replace(filters, search=None))
+                walk = pattern
         if cursor is not None:
             where = after(where, cursor)
-        rows = await repo.list_page(conn, where, limit=limit + 1, offset=0)
+        rows = await repo.list_page(conn, where, limit=limit + 1, offset=0, search=walk)
         if cursor is None and len(rows) <= limit:
             return  # the page is the whole list: its length is the count
         if candidates is not None:

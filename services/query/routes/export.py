@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -14,8 +15,8 @@ from fastapi.responses import StreamingResponse
 
 from services.query import repo
 from services.query.deps import CallerDep, QueryState, require_agent_visible, require_fleet_wide
-from services.query.filters import FilterError, parse_filter_items, search_pattern
-from services.query.where import Where, among, filtered
+from services.query.filters import FilterError, ListFilters, parse_filter_items, search_pattern
+from services.query.where import among, filtered
 
 router = APIRouter(tags=["executions"])
 
@@ -71,9 +72,9 @@ def ndjson_chunk(rows: list[dict[str, Any]]) -> bytes:
 async def _stream(
     state: QueryState,
     org: str,
-    where: Where,
+    agents: frozenset[str] | None,
+    filters: ListFilters,
     fmt: Literal["csv", "ndjson"],
-    pattern: str | None = None,
 ) -> AsyncIterator[bytes | str]:
     # Its own connection: the request's transaction ends before the body is streamed.
     assert state.pool is not None
@@ -81,13 +82,23 @@ async def _stream(
     first = True
     async with state.pool.acquire() as conn, conn.transaction(readonly=True):
         await repo.enter_org(conn, org)
-        cap = state.settings.search_candidates
-        if pattern is not None and cap > 0:
-            # A selective search reads its candidates by primary key (migration 0012).
-            candidates = await repo.search_candidates(conn, pattern, cap=cap)
+        where = filtered(org, agents, filters)
+        walk = None
+        if filters.search is not None:
+            # As the list: a selective term's candidate ids by primary key (migration 0012),
+            # a common term's ILIKE over the list walked in order.
+            pattern = search_pattern(filters.search)
+            cap = state.settings.search_candidates
+            candidates = await repo.search_candidates(conn, pattern, cap=cap) if cap else None
             if candidates is not None:
                 where = among(where, candidates)
-        async for rows in repo.export_batches(conn, where, batch=state.settings.export_batch_size):
+            else:
+                where = filtered(org, agents, replace(filters, search=None))
+                walk = pattern
+        batches = repo.export_batches(
+            conn, where, batch=state.settings.export_batch_size, search=walk
+        )
+        async for rows in batches:
             yield csv_chunk(rows, header=first) if fmt == "csv" else ndjson_chunk(rows)
             first = False
             counter.inc(len(rows))
@@ -119,12 +130,10 @@ async def export(
         raise FilterError("format", "must be csv or ndjson")
     for name in filters.agent_name:
         require_agent_visible(ctx, name)
-    where = filtered(ctx.scope.org, ctx.scope.agents, filters)
-    pattern = None if filters.search is None else search_pattern(filters.search)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     kind: Literal["csv", "ndjson"] = "csv" if fmt == "csv" else "ndjson"
     return StreamingResponse(
-        _stream(ctx.state, ctx.scope.org, where, kind, pattern),
+        _stream(ctx.state, ctx.scope.org, ctx.scope.agents, filters, kind),
         media_type=_MEDIA[fmt],
         headers={"Content-Disposition": f'attachment; filename="executions-{stamp}.{fmt}"'},
     )

@@ -35,15 +35,22 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
         require_agent_visible(ctx, name)
     base = filtered(ctx.scope.org, ctx.scope.agents, filters)
     candidates = await search_candidates(ctx, filters)
+    walk = None  # a common term's pattern, applied to the list walked in order
     if candidates is not None:
-        base = among(base, candidates)
-    where = base
+        base = where = among(base, candidates)
+    elif filters.search is not None:
+        where = filtered(ctx.scope.org, ctx.scope.agents, replace(filters, search=None))
+        walk = search_pattern(filters.search)
+    else:
+        where = base
     if page.cursor is not None:
         try:
-            where = after(base, decode_cursor(page.cursor))
+            where = after(where, decode_cursor(page.cursor))
         except CursorError as exc:
             raise FilterError("cursor", str(exc)) from None
-    rows = await repo.list_page(ctx.conn, where, limit=page.limit + 1, offset=page.offset)
+    rows = await repo.list_page(
+        ctx.conn, where, limit=page.limit + 1, offset=page.offset, search=walk
+    )
     has_more = len(rows) > page.limit
     rows = rows[: page.limit]
     if page.cursor is None and not has_more and (rows or page.offset == 0):
