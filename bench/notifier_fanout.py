@@ -1,10 +1,11 @@
 """Fan-out benchmark: 1,000 WebSocket clients at 20 events/s, notifier vs raw `websockets`.
 
 Both servers are separate processes fed by the same NATS subject (the raw one by a core
-subscription that broadcasts each message unchanged with `websockets.broadcast`); the clients
-and the publisher share one asyncio process, so publish and receipt times use one clock. The
-clients speak just enough WebSocket to time a frame (server frames are unmasked; pings are
-answered), so the client process costs little next to the servers being measured.
+subscription that broadcasts each message unchanged with `websockets.broadcast`). The clients
+run in `--workers` processes (default 2, on uvloop) for every phase, so the client side is not
+what gets measured; the publisher is the main process. Publish and receipt times are both
+CLOCK_MONOTONIC, one clock for every process on the machine. The clients speak just enough
+WebSocket to time a frame (server frames are unmasked; pings are answered).
 
     .venv/bin/python -m bench.notifier_fanout            # full: 1,000 clients, 15 s phases
     .venv/bin/python -m bench.notifier_fanout --quick    # 200 clients, 5 s phases
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
+import multiprocessing
 import os
 import resource
 import socket
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +50,17 @@ def _free_port() -> int:
 
 
 class Receipts:
-    """Publish times and every (client, event) delivery latency of one phase."""
+    """Every (client, event) receipt of one phase in one worker: event id and time."""
 
     def __init__(self) -> None:
-        self.published: dict[bytes, int] = {}
-        self.latencies_ns: list[int] = []
-        self.counting = True
+        self.got: list[tuple[bytes, int]] = []
 
     def received(self, payload: bytes, now: int) -> None:
         at = payload.find(EVENT_ID)
         if at < 0:
             return
         start = at + len(EVENT_ID)
-        sent = self.published.get(payload[start : payload.index(b'"', start)])
-        if sent is not None and self.counting:
-            self.latencies_ns.append(now - sent)
+        self.got.append((payload[start : payload.index(b'"', start)], now))
 
 
 class MiniClient(asyncio.Protocol):
@@ -76,8 +76,8 @@ class MiniClient(asyncio.Protocol):
         self.upgraded = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, but are one.
+        self.transport = transport  # type: ignore[assignment]
         key = base64.b64encode(os.urandom(16)).decode()
         transport.write(
             (
@@ -159,6 +159,84 @@ async def connect_clients(
     return clients
 
 
+async def worker_async(pipe: Connection) -> None:
+    """One client process: connect a phase's clients, hand back their receipts, repeat."""
+    loop = asyncio.get_running_loop()
+    while True:
+        cmd = await loop.run_in_executor(None, pipe.recv)
+        if cmd[0] == "exit":
+            return
+        _, port, path, n, stuck = cmd
+        receipts = Receipts()
+        clients = await connect_clients(port, path, n, receipts)
+        slow: list[MiniClient] = []
+        if stuck:
+            # Clients that stop reading at once: their buffers fill until the notifier cuts them.
+            slow = await connect_clients(port, path, stuck, Receipts(), rcvbuf=4096)
+            for c in slow:
+                assert c.transport is not None
+                c.transport.pause_reading()
+        pipe.send(("ready",))
+        await loop.run_in_executor(None, pipe.recv)  # "collect"
+        got, receipts.got = receipts.got, []
+        for c in clients + slow:
+            if c.transport is not None:
+                c.transport.abort()
+        pipe.send(("receipts", got))
+
+
+def worker_main(pipe: Connection) -> None:
+    import uvloop
+
+    uvloop.install()
+    asyncio.run(worker_async(pipe))
+
+
+class Workers:
+    """The client processes; a phase's clients (and stuck clients) are split among them."""
+
+    def __init__(self, n: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.procs = []
+        for _ in range(n):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(theirs,), daemon=True)
+            proc.start()
+            self.pipes.append(ours)
+            self.procs.append(proc)
+
+    async def _ask(self, msgs: list[tuple[Any, ...]]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        for pipe, msg in zip(self.pipes, msgs, strict=True):
+            pipe.send(msg)
+        return list(await asyncio.gather(*(loop.run_in_executor(None, p.recv) for p in self.pipes)))
+
+    async def connect(self, port: int, path: str, n: int, stuck: int) -> None:
+        k = len(self.pipes)
+        await self._ask(
+            [
+                ("phase", port, path, n // k + (i < n % k), stuck // k + (i < stuck % k))
+                for i in range(k)
+            ]
+        )
+
+    async def collect(self) -> list[tuple[bytes, int]]:
+        got: list[tuple[bytes, int]] = []
+        for reply in await self._ask([("collect",)] * len(self.pipes)):
+            got += reply[1]
+        return got
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send(("exit",))
+        for proc in self.procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+
+
 async def slow_disconnects(port: int) -> int:
     """The notifier's own count of clients it closed with 4008."""
     async with httpx.AsyncClient() as http:
@@ -179,6 +257,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def wait_http(port: int, path: str) -> None:
     async with httpx.AsyncClient() as http:
         for _ in range(400):
@@ -192,7 +276,7 @@ async def wait_http(port: int, path: str) -> None:
 
 
 async def publish_phase(
-    js: Any, prefix: str, receipts: Receipts, rate: float, seconds: float
+    js: Any, prefix: str, published: dict[bytes, int], rate: float, seconds: float
 ) -> int:
     """Publish `rate` events/s for `seconds`; each event's publish time keyed by its id."""
     period = 1.0 / rate
@@ -215,10 +299,22 @@ async def publish_phase(
                 "message": "m" * 200,
             },
         }
-        receipts.published[event_id.encode()] = time.monotonic_ns()
+        published[event_id.encode()] = time.monotonic_ns()
         await js.publish(f"{prefix}.events.bench.a1.execution_started", orjson.dumps(event))
     await asyncio.sleep(1.0)  # let the last deliveries land
     return total
+
+
+def by_second(pairs: list[tuple[int, int]], t0: int) -> list[float]:
+    """p99 (ms) of the deliveries of the events published in each second: where spikes are."""
+    buckets: dict[int, list[int]] = {}
+    for sent, lat in pairs:
+        buckets.setdefault((sent - t0) // 1_000_000_000, []).append(lat)
+    out = []
+    for sec in sorted(buckets):
+        ordered = sorted(buckets[sec])
+        out.append(round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] / 1e6, 1))
+    return out
 
 
 def percentiles(latencies_ns: list[int]) -> dict[str, float]:
@@ -273,33 +369,39 @@ async def phase(
     prefix: str,
     args: argparse.Namespace,
     pid: int,
+    workers: Workers,
     stuck: int = 0,
 ) -> dict[str, Any]:
-    receipts = Receipts()
-    clients = await connect_clients(port, path, n, receipts)
-    slow: list[MiniClient] = []
-    if stuck:
-        # Extra clients that stop reading at once: their buffers fill until the notifier cuts them.
-        slow = await connect_clients(port, path, stuck, Receipts(), rcvbuf=4096)
-        for c in slow:
-            assert c.transport is not None
-            c.transport.pause_reading()
+    await workers.connect(port, path, n, stuck)
     await asyncio.sleep(1.0)  # past the notifier's hello window
     rss_before = rss_mb(pid)
-    sent = await publish_phase(js, prefix, receipts, args.rate, args.seconds + (10 if stuck else 0))
+    cpu_before = cpu_s(pid)
+    published: dict[bytes, int] = {}
+    t0 = time.monotonic_ns()
+    sent = await publish_phase(
+        js, prefix, published, args.rate, args.seconds + (10 if stuck else 0)
+    )
+    rss_after = rss_mb(pid)
+    cpu_used = cpu_s(pid) - cpu_before
+    # Deliveries later than 1 s after the last publish are not counted.
+    pairs = []
+    for event_id, now in await workers.collect():
+        at = published.get(event_id)
+        if at is not None:
+            pairs.append((at, now - at))
     row = {
         "phase": name,
         "clients": n,
         "stuck_clients": stuck,
         "events": sent,
         "expected_deliveries": sent * n,
-        **percentiles(receipts.latencies_ns),
-        "server_rss_mb": round(max(rss_before, rss_mb(pid)), 1),
+        **percentiles([lat for _, lat in pairs]),
+        "p99_ms_by_second": by_second(pairs, t0),
+        "server_rss_mb": round(max(rss_before, rss_after), 1),
+        # Load-independent: what the server spent, per event published.
+        "server_cpu_ms_per_event": round(1000 * cpu_used / sent, 2),
         "slow_disconnects": await slow_disconnects(port) if stuck else 0,
     }
-    for c in clients + slow:
-        if c.transport is not None:
-            c.transport.abort()
     await asyncio.sleep(0.5)
     return row
 
@@ -332,6 +434,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     rows: list[dict[str, Any]] = []
+    workers = Workers(args.workers)
     try:
         await wait_http(notifier_port, "/readyz")
         await wait_http(raw_port, "/healthz")
@@ -339,12 +442,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         path = f"/ws?token={tok}"
         rows.append(
             await phase(
-                "raw websockets broadcast", raw_port, "/", args.clients, js, prefix, args, raw.pid
+                "raw websockets broadcast",
+                raw_port,
+                "/",
+                args.clients,
+                js,
+                prefix,
+                args,
+                raw.pid,
+                workers,
             )
         )
         rows.append(
             await phase(
-                "notifier", notifier_port, path, args.clients, js, prefix, args, notifier.pid
+                "notifier",
+                notifier_port,
+                path,
+                args.clients,
+                js,
+                prefix,
+                args,
+                notifier.pid,
+                workers,
             )
         )
         rows.append(
@@ -357,10 +476,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 prefix,
                 args,
                 notifier.pid,
+                workers,
                 stuck=args.stuck,
             )
         )
     finally:
+        workers.close()
         for proc in (raw, notifier):
             proc.terminate()
             proc.wait(15)
@@ -377,6 +498,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "rate_per_s": args.rate,
         "seconds": args.seconds,
         "client_queue_bytes": args.queue_bytes,
+        "client_processes": args.workers,
+        "load_average_at_start": args.load_at_start,
         "phases": rows,
         "ratios": {
             "notifier_p99_over_raw_p99": round(fan_p99 / raw_p99, 2),
@@ -395,13 +518,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['command']}: {result['clients']} clients, {result['rate_per_s']} events/s")
     head = f"{'phase':<28}{'deliveries':>14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-    print(f"{head}{'RSS MB':>8}{'4008':>6}")
+    print(f"{head}{'RSS MB':>8}{'4008':>6}{'CPU ms/event':>14}")
     for r in result["phases"]:
         print(
             f"{r['phase']:<28}{r['samples']:>6}/{r['expected_deliveries']:<6}{r['p50_ms']:>8.2f} "
             f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {r['server_rss_mb']:>7.1f} "
-            f"{r['slow_disconnects']:>5}"
+            f"{r['slow_disconnects']:>5} {r['server_cpu_ms_per_event']:>13.2f}"
         )
+    for r in result["phases"]:
+        print(f"  {r['phase']}: p99 ms by second {r['p99_ms_by_second']}")
+    print("load average at start:", result["load_average_at_start"])
     print("ratios:", result["ratios"])
     print("goals: ", result["goals"])
 
@@ -426,7 +552,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--stuck", type=int, default=10)
     parser.add_argument("--queue-bytes", type=int, default=64 * 1024)
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
     args = parser.parse_args()
+    args.load_at_start = [round(x, 2) for x in os.getloadavg()]
     args.clients = args.clients or (200 if args.quick else 1000)
     args.seconds = args.seconds or (5.0 if args.quick else 15.0)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
