@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import asyncpg
@@ -30,6 +31,20 @@ from shared.db import create_pool
 from shared.streams import ensure_streams
 
 log = logging.getLogger(__name__)
+
+
+class NotifierConnection(ServerConnection):
+    """A server connection whose keepalive starts at a random point of its first interval.
+
+    Connections opened together (a reconnect storm after a restart, a benchmark) would
+    otherwise ping together every interval for the rest of their lives: a burst of 1,000
+    pings and pongs that delays the event fanned out behind it. Later pings keep the interval.
+    """
+
+    async def keepalive(self) -> None:
+        assert self.ping_interval is not None
+        await asyncio.sleep(random.uniform(0, self.ping_interval))
+        await super().keepalive()
 
 
 class Notifier:
@@ -89,6 +104,7 @@ class Notifier:
             handler,
             s.host,
             s.port,
+            create_connection=NotifierConnection,
             process_request=make_process_request(self.metrics.registry, lambda: self.ready),
             select_subprotocol=lambda _conn, offered: choose_subprotocol(offered),  # type: ignore[arg-type,return-value]
             compression=None,  # per-message deflate would compress each frame once per client
