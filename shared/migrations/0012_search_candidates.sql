@@ -20,8 +20,8 @@
 -- pattern on those rows: "customer 4242" must otherwise walk the posting lists of the
 -- trigrams of "customer", which are in every row (~3,000 index pages, 30-50 ms at 1M rows);
 -- "4242" alone reads ~500. Neither a combined message||response index nor `org` in the GIN
--- index (btree_gin) changes that cost: it is the frequent trigrams' posting lists, and the
--- org filter only rechecks a few more heap rows. Without pg_trgm (embedded Postgres) the same
+-- index (btree_gin) should change that cost (not built nor measured): it is the frequent
+-- trigrams' posting lists, and the org filter only rechecks a few more heap rows. Without pg_trgm (embedded Postgres) the same
 -- function works by sequential matching.
 CREATE OR REPLACE FUNCTION search_candidates(pattern text, cap integer)
 RETURNS text[]
