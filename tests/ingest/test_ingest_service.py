@@ -16,10 +16,10 @@ import orjson
 import pytest_asyncio
 from nats.js import JetStreamContext
 
-from services.ingest.merge import EXECUTION_FIELDS, fold
 from shared.db import connect
 from shared.events import Event
 from shared.subjects import Subjects
+from tests.checks import stored_equals_fold
 from tests.ingest.events_factory import execution_events, to_wire
 from tests.procs import running, start_service, wait_ready
 
@@ -56,28 +56,6 @@ async def wait_for_count(
         if count >= expected or time.monotonic() > deadline:
             return count
         await asyncio.sleep(0.2)
-
-
-def _stored_equals_fold(rows: list[asyncpg.Record], events: list[Event]) -> list[str]:
-    """Differences between stored rows and the pure fold of the events (empty when equal)."""
-    folded = fold(events).executions
-    problems = []
-    by_key = {(r["org"], r["id"]): r for r in rows}
-    if set(by_key) != set(folded):
-        problems.append(f"keys differ: {len(by_key)} stored vs {len(folded)} folded")
-    for key, state in folded.items():
-        row = by_key.get(key)
-        if row is None:
-            continue
-        for name in EXECUTION_FIELDS:
-            want = state.values.get(name)
-            if hasattr(want, "value"):
-                want = want.value
-            if row[name] != want:
-                problems.append(f"{key} {name}: stored {row[name]!r} != folded {want!r}")
-        if row["versions"] != state.versions:
-            problems.append(f"{key} versions differ")
-    return problems
 
 
 async def test_ten_thousand_shuffled_events_with_duplicates_fold_exactly(
@@ -119,7 +97,7 @@ async def test_ten_thousand_shuffled_events_with_duplicates_fold_exactly(
             await asyncio.sleep(0.5)  # nothing more may arrive
             assert await conn.fetchval("SELECT count(*) FROM events WHERE org=$1", org) == 10_000
             rows = await conn.fetch("SELECT * FROM executions WHERE org = $1", org)
-            assert _stored_equals_fold(rows, events) == []
+            assert stored_equals_fold(rows, events) == []
         finally:
             await conn.close()
 
@@ -212,6 +190,6 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(
             stored = await wait_for_count(conn, "SELECT count(*) FROM events", (), len(events))
             assert stored == len(events)
         rows = await conn.fetch("SELECT * FROM executions WHERE org = $1", org)
-        assert _stored_equals_fold(rows, events) == []
+        assert stored_equals_fold(rows, events) == []
     finally:
         await conn.close()
