@@ -18,9 +18,9 @@ ENTER_ORG = (
 # Summaries never carry the log, and the message is cut in SQL so big inputs never travel.
 SUMMARY_COLUMNS = """id, agent_name, project, workflow, schedule_id, status, triggered_by,
     left(message, 200) AS message, (error IS NOT NULL OR status = 'failed') AS has_error,
-    error_type, started_at, completed_at, duration_ms, cost, tokens_in, tokens_out,
-    context_used, context_max, engine, external_id, parent_execution_id, first_seen_at,
-    updated_at, sort_at"""
+    left(error, 200) AS error, error_type, started_at, completed_at, duration_ms, cost,
+    tokens_in, tokens_out, context_used, context_max, engine, external_id, parent_execution_id,
+    first_seen_at, updated_at, sort_at"""
 
 LIST = """
 SELECT e.*, a.display_name AS agent_display_name

@@ -47,6 +47,10 @@ class QuerySettings(CommonSettings):
     #: key under RLS. A common term keeps the ordered scan. 0: never ask.
     search_candidates: int = Field(default=2_000, ge=0, le=100_000)
     export_batch_size: int = Field(default=2000, ge=10, le=50_000)
+    #: Links from an execution to its run in an outside engine, per engine name, with
+    #: `{external_id}` (URL-quoted) in the template, e.g. (JSON in `QUERY_ENGINE_URLS`)
+    #: `{"temporal": "http://temporal-ui:8233/namespaces/default/workflows/{external_id}"}`.
+    engine_urls: dict[str, str] = Field(default_factory=dict)
     #: Shown to the dashboard by `/api/config` (None: the page picks `ws://<host>:8001/ws`).
     notifier_url: str | None = None
     static_dir: Path = STATIC_DIR

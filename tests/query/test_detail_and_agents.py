@@ -251,3 +251,19 @@ async def test_admin_cli_creates_org_user_agent_and_shares(database_url: str) ->
         assert await conn.fetchval("SELECT owner FROM agents WHERE org = 'cli-org'") == "u"
     finally:
         await conn.close()
+
+
+async def test_detail_links_to_the_engine_run_when_a_template_is_configured(
+    database_url: str, nats_url: str, seeded: Any
+) -> None:
+    template = "http://temporal-ui:8233/namespaces/default/workflows/{external_id}"
+    settings = settings_for(database_url, nats_url, engine_urls={"temporal": template})
+    async with client_for(settings) as client:
+        detail = (await client.get("/api/executions/engine-run", headers=ADMIN)).json()
+        assert detail["engine_url"] == template.replace("{external_id}", "wf-1")
+        other = (await client.get("/api/executions/parent", headers=ADMIN)).json()
+        assert other["engine_url"] is None
+        # List summaries carry the error text (cut to 200 characters) beside has_error.
+        listed = (await client.get("/api/executions", headers=ADMIN)).json()["executions"]
+        assert listed
+        assert all("error" in e and "has_error" in e for e in listed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import nats.errors
 import orjson
@@ -79,8 +80,19 @@ async def execution_detail(execution_id: str, ctx: CallerDep) -> dict[str, Any]:
         retries=retry_counts(parts),
         children=children,
         log_url=f"/api/executions/{execution_id}/log" if row["has_log"] else None,
+        engine_url=engine_url(ctx.state.settings.engine_urls, row["engine"], row["external_id"]),
     )
     return detail
+
+
+def engine_url(
+    templates: dict[str, str], engine: str | None, external_id: str | None
+) -> str | None:
+    """The link to an execution's run in its engine, when one is configured for that engine."""
+    template = templates.get(engine or "")
+    if template is None or not external_id:
+        return None
+    return template.replace("{external_id}", quote(external_id, safe=""))
 
 
 @router.get(
