@@ -156,6 +156,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             retry_max=settings.retry_max,
             fleet=fleet,
             max_in_flight=settings.max_in_flight,
+            keepalive_interval=settings.ack_wait / 3,
         )
         state.broker = build_broker(settings, state)
         await state.broker.start()

@@ -74,6 +74,7 @@ class BatchConsumer:
         fleet: FleetObserver | None = None,
         on_applied: Callable[[Outcome], Awaitable[None]] | None = None,
         max_in_flight: int = 2,
+        keepalive_interval: float = 3.0,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -83,6 +84,7 @@ class BatchConsumer:
         self._retry_max = retry_max
         self._fleet = fleet
         self._on_applied = on_applied
+        self._keepalive_interval = keepalive_interval
         self.stopping = asyncio.Event()
         self.parked = asyncio.Event()
         self.release = asyncio.Event()
@@ -133,7 +135,13 @@ class BatchConsumer:
             else:
                 valid.append((msg, Incoming(checked, _stream_seq(msg))))
         if valid:
-            await self._commit(valid)
+            # A batch that takes longer than ack_wait (a slow database, a long retry) must not
+            # be redelivered while it is still being written: tell JetStream it is in progress.
+            keeper = asyncio.create_task(self._keep_alive_while_working(valid))
+            try:
+                await self._commit(valid)
+            finally:
+                keeper.cancel()
         for msg in messages:
             await msg.ack()
 
@@ -188,6 +196,11 @@ class BatchConsumer:
             self._fleet.observe(outcome.applied, outcome.finished)
         if self._on_applied is not None:
             await self._on_applied(outcome)
+
+    async def _keep_alive_while_working(self, batch: list[tuple[Msg, Incoming]]) -> None:
+        while True:
+            await asyncio.sleep(self._keepalive_interval)
+            await self._keep_alive(batch)
 
     async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]) -> None:
         # Ask JetStream not to redeliver while we wait for the database.

@@ -107,7 +107,9 @@ async def test_redelivery_storm(
             **service_env,
             "DATABASE_URL": url,
             "INGEST_ACK_WAIT": "0.5",
-            "INGEST_BATCH_SIZE": "200",
+            # 500 per batch at 100 ms per round trip: ~1.5 s, three ack waits (200 made the long
+            # run of 24,000 events a test of round trips rather than of redelivery).
+            "INGEST_BATCH_SIZE": "500",
         }
         load = Load(service_env["NATS_URL"], subjects, events, rate=scale.rate)
         conn = await connect(fresh_database_url)
@@ -190,7 +192,11 @@ async def test_poison_messages_mixed_into_the_load(
             deadline = time.monotonic() + 20
             while len(got) < len(poison) and time.monotonic() < deadline:
                 with contextlib.suppress(TimeoutError):
-                    got += await sub.fetch(len(poison) - len(got), timeout=1)
+                    fetched = await sub.fetch(min(500, len(poison) - len(got)), timeout=1)
+                    # Ack as we go: the consumer stops delivering at max_ack_pending (1,000).
+                    for m in fetched:
+                        await m.ack()
+                    got += fetched
             reasons = sorted(m.headers["Fleet-Dlq-Reason"] for m in got if m.headers)
             result.notes += f"; {len(got)} in the DLQ"
             assert reasons == sorted(p[2] for p in poison)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -132,6 +133,7 @@ def _expected(client: Client, acked: set[str], agent_of: dict[str, str]) -> set[
     return {e for e in acked if client.agents is None or agent_of[e] in client.agents}
 
 
+@pytest.mark.timeout(1200)  # the long version restarts six times under a 30 s load each
 async def test_notifier_restart_with_100_clients_some_stalled(
     subjects: Subjects,
     service_env: dict[str, str],
