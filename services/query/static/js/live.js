@@ -82,7 +82,11 @@ export class LiveFeed {
     let socket;
     try {
       // The subprotocol pair keeps the token out of URLs (and so out of access logs).
-      socket = token ? new WebSocket(this.url, ["bearer", token]) : new WebSocket(this.url);
+      // Resume through the URL: the notifier honours `resume_from` in the first frame only if
+      // it arrives within a short window, which a busy page or network can miss.
+      const url = new URL(this.url, window.location.href);
+      if (this.lastSeq !== null) url.searchParams.set("resume_from", String(this.lastSeq));
+      socket = token ? new WebSocket(url, ["bearer", token]) : new WebSocket(url);
     } catch {
       this.dropped();
       return;
@@ -112,8 +116,6 @@ export class LiveFeed {
     const subscribe = {};
     if (this.filters.agent_name) subscribe.agent_name = [this.filters.agent_name];
     const message = { subscribe };
-    // Replaying the last seen event again is harmless (rows update idempotently); missing one is not.
-    if (this.lastSeq !== null) message.resume_from = this.lastSeq;
     this.socket.send(JSON.stringify(message));
   }
 
