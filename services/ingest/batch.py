@@ -17,8 +17,8 @@ from services.ingest.merge import (
     finished_in,
     fold,
 )
-from services.ingest.validate import Rejected
 from shared.events import Event
+from shared.validation import Rejected
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,9 +22,9 @@ from nats.js import JetStreamContext
 from services.ingest.batch import Incoming, Outcome, apply_batch
 from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
-from services.ingest.validate import Rejected, validate
 from shared.events import Event
 from shared.subjects import Subjects
+from shared.validation import Rejected, validate
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
-from shared.events import MAX_EVENT_BYTES, Event, Status
-from shared.subjects import SubjectError, Subjects
+from shared.events import Event, Status
+from shared.subjects import Subjects
+from shared.validation import Rejected, validate
 
 #: As in the query API's list: long text is cut, the full text is one detail request away.
 TEXT_CUT = 200
@@ -70,25 +70,9 @@ class Outgoing:
 
 
 def decode(subjects: Subjects, subject: str, data: bytes) -> Event | None:
-    """The event, or None for anything ingest sends to the DLQ (the subject is the trusted part)."""
-    if len(data) > MAX_EVENT_BYTES:
-        return None
-    try:
-        where = subjects.parse_event(subject)
-        raw = orjson.loads(data)
-    except (SubjectError, orjson.JSONDecodeError):
-        return None
-    if not isinstance(raw, dict) or raw.get("type") != where.type.value:
-        return None
-    if where.type.is_component and "agent_name" not in raw:
-        raw["agent_name"] = where.agent
-    try:
-        event = Event.model_validate(raw)
-    except ValidationError:
-        return None
-    if event.org != where.org or event.agent != where.agent:
-        return None
-    return event
+    """The event, or None for anything ingest sends to the DLQ (the same contract check)."""
+    checked = validate(subjects, subject, data)
+    return None if isinstance(checked, Rejected) else checked
 
 
 def _cut(text: str | None) -> str | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.ingest.validate import Rejected, validate
 from shared.events import MAX_LOG
 from shared.subjects import Subjects
+from shared.validation import Rejected, validate
 
 S = Subjects("fleet")
 SUBJECT = "fleet.events.acme.ruby-agent.execution_started"

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import orjson
 from nats.js import JetStreamContext
 
-from services.ingest.validate import Rejected, validate
 from shared.events import Event
 from shared.publisher.demo import run_demo
 from shared.publisher.demo_fleet import DEMO_ORGS, fleet, plan_run
 from shared.publisher.demo_history import history_events
 from shared.subjects import Subjects
+from shared.validation import Rejected, validate
 from tests.publisher.conftest import stream_messages
 
 

@@ -1,4 +1,4 @@
-"""Turn one raw JetStream message into an Event, or say why it belongs in the DLQ."""
+"""Turn one raw JetStream message into an Event, or say why ingest would dead-letter it."""
 
 from __future__ import annotations
 
