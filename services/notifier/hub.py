@@ -54,7 +54,17 @@ def text_frame(payload: bytes) -> bytes:
 class Client:
     """One authenticated connection: who it is, what it asked for, where it stands."""
 
-    __slots__ = ("claims", "conn", "filter", "group", "last_seq", "live", "pending", "scope")
+    __slots__ = (
+        "claims",
+        "conn",
+        "filter",
+        "group",
+        "last_seq",
+        "live",
+        "pending",
+        "scope",
+        "sent_event",
+    )
 
     def __init__(self, conn: ServerConnection, claims: Claims, scope: Scope) -> None:
         self.conn = conn
@@ -68,6 +78,9 @@ class Client:
         self.pending: deque[Outgoing] = deque()
         #: Highest stream seq sent to this client: the dedupe mark at the replay→live hand-over.
         self.last_seq = 0
+        #: Whether any event frame (live, held or replayed) was written to this client; until
+        #: then a late `resume_from` can still be honoured (`Hub.hold`).
+        self.sent_event = False
 
 
 class Group:
@@ -199,6 +212,7 @@ class Hub:
             self.remove(client)
             return 0
         client.last_seq = seq
+        client.sent_event = True
         return 1
 
     def go_live(self, client: Client, ready_seq: int) -> None:
@@ -225,6 +239,21 @@ class Hub:
         client.live = True
         if sent:
             self.metrics.messages_sent.labels("held").inc(sent)
+
+    def hold(self, client: Client) -> bool:
+        """Take a live client that has had no event out of live delivery, for a late resume.
+
+        Synchronous, so no event can be fanned out between the check and the switch: every
+        event up to `last_seq` was not for this client, every later one is held in `pending`
+        until `go_live`. False once the client has had an event frame: a replay now could
+        only repeat events or send them out of order.
+        """
+        if client not in self.clients or not client.live or client.sent_event:
+            return False
+        client.live = False
+        # Nothing was sent, so nothing needs deduplicating: the resume point decides alone.
+        client.last_seq = 0
+        return True
 
     def cut_off(self, client: Client, reason: str) -> None:
         """Drop a client that cannot keep up: 4008 behind what it has, then abort after a grace."""

@@ -52,7 +52,7 @@ async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
             first = await _hello(conn, deps.settings.hello_timeout_s)
         await _start(client, first, deps)
         async for data in conn:
-            await _on_frame(client, parse_frame(data), deps.hub, started=True)
+            await _on_frame(client, parse_frame(data), deps, started=True)
     except ConnectionClosed:
         pass
     finally:
@@ -98,9 +98,10 @@ async def _hello(conn: ServerConnection, timeout_s: float) -> ClientFrame | Fram
 
 
 async def _on_frame(
-    client: Client, frame: ClientFrame | FrameError, hub: Hub, *, started: bool
+    client: Client, frame: ClientFrame | FrameError, deps: SessionDeps, *, started: bool
 ) -> int | None:
     """Apply a frame; answer errors with an `error` frame. Returns a resume point if asked for."""
+    hub = deps.hub
     if isinstance(frame, FrameError):
         hub.metrics.frame_errors.inc()
         await _send_error(client, frame.error, frame.detail)
@@ -108,12 +109,7 @@ async def _on_frame(
     if frame.subscribe is not None:
         hub.set_filter(client, Filter.from_subscribe(frame.subscribe))
     if frame.resume_from is not None and started:
-        hub.metrics.frame_errors.inc()
-        await _send_error(
-            client,
-            "resume_too_late",
-            "resume_from is honoured in the first frame or the URL; reconnect to resume",
-        )
+        await _late_resume(client, frame.resume_from, deps)
         return None
     if frame.subscribe is not None and started:
         await client.conn.send(control_frame("subscribed"), text=True)
@@ -125,8 +121,38 @@ async def _send_error(client: Client, error: str, detail: str) -> None:
 
 
 async def _start(client: Client, first: ClientFrame | FrameError | None, deps: SessionDeps) -> None:
+    resume_from = None if first is None else await _on_frame(client, first, deps, started=False)
+    await _catch_up(client, resume_from, deps)
+
+
+async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> None:
+    """A `resume_from` after live delivery began (the first frame missed the hello window).
+
+    Under load a client's first frame can reach us after the window although the client sent
+    it at once; as long as it has had no event frame, taking it out of live delivery and
+    resuming is exactly what an in-time frame would have got. After its first event, a replay
+    could only repeat events or send them out of order, so the frame is refused.
+    """
     hub = deps.hub
-    resume_from = None if first is None else await _on_frame(client, first, hub, started=False)
+    if not hub.hold(client):
+        hub.metrics.frame_errors.inc()
+        await _send_error(
+            client,
+            "resume_too_late",
+            "resume_from is honoured until the first event is sent; reconnect to resume",
+        )
+        return
+    await _catch_up(client, resume_from, deps)
+
+
+async def _catch_up(client: Client, resume_from: int | None, deps: SessionDeps) -> None:
+    """Replay what was missed (if asked), then hand over to live.
+
+    The client is held (not live) since `Hub.add` or `Hub.hold`, so every event fanned out
+    since then is in `pending`: events up to `live_seq` come from the replay, later ones from
+    `pending`, and `go_live` drops held ones the replay already covered.
+    """
+    hub = deps.hub
     live_seq = hub.last_seq
     if resume_from is not None:
         await _resume(client, resume_from, live_seq, deps)
@@ -165,6 +191,7 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
             if out.seq > plan.last:
                 break
             if delivers(client.scope, client.filter, out.meta):
+                client.sent_event = True
                 await client.conn.send(out.payload, text=True)
                 sent += 1
             client.last_seq = out.seq
@@ -176,6 +203,7 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
             if event is not None:
                 out = build_outgoing(seq, event)
                 if delivers(client.scope, client.filter, out.meta):
+                    client.sent_event = True
                     await client.conn.send(out.payload, text=True)
                     sent += 1
             client.last_seq = seq

@@ -231,7 +231,7 @@ async def test_invalid_client_frames_get_an_error_and_the_connection_stays_usabl
     # A bad first frame gets its error, and the connection still goes live.
     assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "error"
     assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
-    for bad in ("not json", "[1]", '{"subscribe": {"status": ["bogus"]}}', '{"resume_from": 3}'):
+    for bad in ("not json", "[1]", '{"subscribe": {"status": ["bogus"]}}', '{"resume_from": -1}'):
         await ws.send(bad)
         frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
         assert frame["type"] == "error", frame
