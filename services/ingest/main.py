@@ -10,6 +10,7 @@ import uvicorn
 
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from shared.gc_tuning import tune_for_throughput
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -23,8 +24,10 @@ def main(argv: Sequence[str] = ()) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    app = create_app(settings)
+    tune_for_throughput()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",
