@@ -14,6 +14,7 @@ agent only) (max_agents + max_orgs) x (buckets + 2).
 
 from __future__ import annotations
 
+from collections import Counter as CounterOf
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -189,32 +190,48 @@ class FleetMetrics:
         last report), so each execution counts once. Without it, terminal events stand in.
         """
         events = list(events)
-        children: dict[tuple[Any, ...], Any] = {}
+        labels: dict[tuple[str, str], tuple[str, str]] = {}
 
-        def child(metric: Any, *labels: str) -> Any:
-            # labels() costs a lock and a dict look-up; a batch repeats the same few sets.
-            key = (id(metric), *labels)
-            found = children.get(key)
+        def capped(org: str, agent: str) -> tuple[str, str]:
+            found = labels.get((org, agent))
             if found is None:
-                found = children[key] = metric.labels(*labels)
+                found = labels[(org, agent)] = self.labels_for(org, agent)
             return found
 
+        # Sum per label set first: labels() costs a lock and a look-up, inc() another lock,
+        # and a batch repeats the same few label sets hundreds of times.
+        starts: CounterOf[tuple[str, str]] = CounterOf()
         for event in events:
             execution = event.execution
             if execution is not None and event.type.value == "execution_started":
-                child(self.started, *self.labels_for(event.org, execution.agent_name)).inc()
+                starts[capped(event.org, execution.agent_name)] += 1
+        for key, count in starts.items():
+            self.started.labels(*key).inc(count)
         if finished is None:
             finished = [_finished_from(e) for e in events if _is_terminal_execution(e)]
+        counts: CounterOf[tuple[str, str, str, str]] = CounterOf()
+        costs: dict[tuple[str, str], float] = {}
+        cost_hist: dict[str, Any] = {}
+        duration_hist: dict[tuple[str, str], Any] = {}
         for done in finished:
-            org, agent = self.labels_for(done.org, done.agent_name)
-            trigger = trigger_group(done.triggered_by)
-            child(self.executions, org, agent, done.status, trigger).inc()
+            org, agent = capped(done.org, done.agent_name)
+            counts[(org, agent, done.status, trigger_group(done.triggered_by))] += 1
             if done.cost is not None:
-                child(self.cost, org, agent).inc(done.cost)
-                child(self.cost_per_execution, org).observe(done.cost)
+                costs[(org, agent)] = costs.get((org, agent), 0.0) + done.cost
+                hist = cost_hist.get(org)
+                if hist is None:
+                    hist = cost_hist[org] = self.cost_per_execution.labels(org)
+                hist.observe(done.cost)
             seconds = duration_seconds(done.duration_ms, done.started_at, done.completed_at)
             if seconds is not None:
-                child(self.duration, org, agent).observe(seconds)
+                hist = duration_hist.get((org, agent))
+                if hist is None:
+                    hist = duration_hist[(org, agent)] = self.duration.labels(org, agent)
+                hist.observe(seconds)
+        for key4, count in counts.items():
+            self.executions.labels(*key4).inc(count)
+        for key, total in costs.items():
+            self.cost.labels(*key).inc(total)
 
     def set_running(self, rows: Sequence[RunningRow]) -> None:
         """Replace the running/stuck gauges with a fresh reading of the database."""

@@ -10,11 +10,13 @@ leads the version; a late, lower-ranked event still fills fields that are empty.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
-from shared.events import ComponentFields, Event, ExecutionFields
+from shared.events import EVENT_STATUS, Event, EventType
 
 #: Merged execution columns (besides the key `org`, `id` and the constant `agent_name`).
 EXECUTION_FIELDS: tuple[str, ...] = (
@@ -63,11 +65,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 
+#: Status rank of what each event type asserts (looked up once per event, on the hot path).
+_TYPE_RANK: dict[EventType, int] = {t: status.rank for t, status in EVENT_STATUS.items()}
+_TYPE_STATUS: dict[EventType, str] = {t: status.value for t, status in EVENT_STATUS.items()}
+#: Body fields merged as they are; `status` comes from the event type, not the body.
+_EXECUTION_MERGED = frozenset(EXECUTION_FIELDS) - {"status"}
+_COMPONENT_MERGED = frozenset(COMPONENT_FIELDS) - {"status"}
+
+
 def event_version(event: Event) -> str:
     """A fixed-width string that sorts as (rank, occurred_at, event id hash)."""
     micros = (event.occurred_at - _EPOCH) // _MICRO
     digest = hashlib.blake2b(event.event_id.encode(), digest_size=4).hexdigest()
-    return f"{event.status.rank}{micros:016d}{digest}"
+    return f"{_TYPE_RANK[event.type]}{micros:016d}{digest}"
 
 
 @dataclass(slots=True)
@@ -84,30 +94,21 @@ class RowState:
     stored: dict[str, Any] = field(default_factory=dict)
 
 
-def _apply(state: RowState, version: str, offered: dict[str, Any]) -> None:
-    for name, value in offered.items():
-        if value is None:
+def _offered(event: Event) -> Iterator[tuple[str, Any]]:
+    """The (field, value) pairs an event sets: its status and every non-null merged field."""
+    yield "status", _TYPE_STATUS[event.type]
+    if event.execution is not None:
+        body: dict[str, Any] = event.execution.__dict__
+        merged = _EXECUTION_MERGED
+    else:
+        assert event.component is not None
+        body = event.component.__dict__
+        merged = _COMPONENT_MERGED
+    for name, value in body.items():
+        if value is None or name not in merged:
             continue
-        current = state.versions.get(name)
-        # Equal versions come from the same event, hence the same value: keep what is there.
-        if current is None or version > current:
-            state.versions[name] = version
-            state.values[name] = value
-            state.changed.add(name)
-
-
-def _execution_values(execution: ExecutionFields, event: Event) -> dict[str, Any]:
-    values = {name: getattr(execution, name) for name in EXECUTION_FIELDS}
-    values["status"] = event.status.value
-    return values
-
-
-def _component_values(component: ComponentFields, event: Event) -> dict[str, Any]:
-    values = {name: getattr(component, name) for name in COMPONENT_FIELDS if name != "status"}
-    values["status"] = event.status.value
-    if component.retry_policy is not None:
-        values["retry_policy"] = component.retry_policy.value
-    return values
+        # Enums are stored as their text (retry_policy is the only one besides status).
+        yield name, value.value if isinstance(value, StrEnum) else value
 
 
 def new_state(event: Event) -> RowState:
@@ -120,11 +121,14 @@ def merge(state: RowState, event: Event) -> RowState:
         state.first_seen_at = event.occurred_at
         state.changed.add("first_seen_at")
     version = event_version(event)
-    if event.execution is not None:
-        _apply(state, version, _execution_values(event.execution, event))
-    else:
-        assert event.component is not None
-        _apply(state, version, _component_values(event.component, event))
+    versions, values, changed = state.versions, state.values, state.changed
+    for name, value in _offered(event):
+        current = versions.get(name)
+        # Equal versions come from the same event, hence the same value: keep what is there.
+        if current is None or version > current:
+            versions[name] = version
+            values[name] = value
+            changed.add(name)
     return state
 
 
