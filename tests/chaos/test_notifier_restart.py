@@ -4,7 +4,9 @@ A steady publish load runs before, during and after each restart (SIGTERM, then 
 alternating). Every client that keeps reading reconnects with `resume_from` = the last seq it
 saw (docs/notifier.md) and must end with every event it may see, none twice and none of
 anyone else's; stalled clients (they never read) must not hold anyone up. Admins see the whole
-org, users only the agent they own.
+org, users only the agent they own. Most readers resume through the URL, as the dashboard
+does; a quarter send `resume_from` in their first frame, which under the reconnect storm can
+reach the notifier after its hello window (the late-resume path).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ TRACE = bool(os.environ.get("FLEETWATCH_TEST_TRACE"))
 CLIENTS = 100
 STALLED = 10
 USERS = 20  # of the reading clients: users who own agent-0 only; the rest are admins
+FRAME_EVERY = 4  # every fourth client resumes in its first frame, the others in the URL
 
 
 @dataclass
@@ -43,23 +46,33 @@ class Client:
     #: None: the whole org; else only these agents.
     agents: frozenset[str] | None
     stalled: bool = False
+    #: Resume in the first frame instead of the URL.
+    by_frame: bool = False
     last_seq: int = 0
     got: Counter[str] = field(default_factory=Counter)
     foreign: list[dict[str, Any]] = field(default_factory=list)
     resyncs: int = 0
     reconnects: int = 0
+    #: Connections that got a second `ready`: a late first-frame `resume_from` was honoured.
+    late_resumes: int = 0
     errors: list[str] = field(default_factory=list)
     ws: ClientConnection | None = None
     connected: bool = False
 
 
 async def _open(port: int, client: Client) -> ClientConnection:
-    """Connect (retrying while the notifier is down) and resume from the last seq seen."""
+    """Connect (retrying while the notifier is down) and resume from the last seq seen.
+
+    The token goes in the subprotocol; `resume_from` (after the first connection) in the URL,
+    or for `by_frame` clients in the first frame.
+    """
+    resume = client.last_seq if client.reconnects else None
+    query = "" if resume is None or client.by_frame else f"?resume_from={resume}"
     delay = 0.05
     while True:
         try:
             ws = await websockets.connect(
-                f"ws://127.0.0.1:{port}/ws",
+                f"ws://127.0.0.1:{port}/ws{query}",
                 subprotocols=["bearer", client.token],  # type: ignore[list-item]
                 open_timeout=5,
                 max_queue=1 if client.stalled else 64,
@@ -69,8 +82,8 @@ async def _open(port: int, client: Client) -> ClientConnection:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
             continue
-        first: dict[str, Any] = {"resume_from": client.last_seq} if client.last_seq else {}
-        await ws.send(orjson.dumps(first).decode())
+        if resume is not None and client.by_frame:
+            await ws.send(orjson.dumps({"resume_from": resume}).decode())
         return ws
 
 
@@ -79,6 +92,7 @@ async def _read(port: int, client: Client, stop: asyncio.Event) -> None:
         ws = await _open(port, client)
         client.ws = ws
         client.connected = True
+        readies = 0
         try:
             async for raw in ws:
                 frame = orjson.loads(raw)
@@ -95,6 +109,10 @@ async def _read(port: int, client: Client, stop: asyncio.Event) -> None:
                     if client.agents is not None and agent not in client.agents:
                         client.foreign.append(frame)
                     client.got[frame["event_id"]] += 1
+                elif kind == "ready":
+                    readies += 1
+                    if readies == 2:
+                        client.late_resumes += 1
                 elif kind == "resync_required":
                     client.resyncs += 1
                 elif kind == "error":
@@ -186,6 +204,7 @@ async def test_notifier_restart_with_100_clients_some_stalled(
                 ),
                 agents=frozenset({"agent-0"}) if user else None,
                 stalled=i >= CLIENTS - STALLED,
+                by_frame=i % FRAME_EVERY == FRAME_EVERY - 1,
             )
         )
     port = free_port()
@@ -259,24 +278,32 @@ async def test_notifier_restart_with_100_clients_some_stalled(
     lost = 0
     duplicated = 0
     problems: list[str] = []
+    clean = 0
     admins_all: set[str] | None = None
     for c in reading:
         want = _expected(c, acked, agent_of)
         have = set(c.got)
         missing = want - have
         lost += len(missing)
-        duplicated += sum(n - 1 for n in c.got.values() if n > 1)
+        twice = sum(n - 1 for n in c.got.values() if n > 1)
+        duplicated += twice
         strangers = have - set(agent_of)
+        found = len(problems)
         if missing:
             problems.append(f"{c.name}: {len(missing)} missing of {len(want)}")
+        if twice:
+            problems.append(f"{c.name}: {twice} duplicated")
         if strangers or c.foreign:
             problems.append(f"{c.name}: {len(strangers)} unknown, {len(c.foreign)} out of scope")
         if c.resyncs or c.errors:
             problems.append(f"{c.name}: {c.resyncs} resyncs, errors {c.errors[:3]}")
+        clean += len(problems) == found
         if c.agents is None:
             admins_all = have & acked if admins_all is None else admins_all & have
     recovery = max(recoveries) if recoveries else None
     reconnects = sum(c.reconnects for c in reading)
+    by_frame = sum(c.reconnects for c in reading if c.by_frame)
+    late = sum(c.late_resumes for c in reading)
     result = ChaosResult(
         fault=f"10. Notifier restarted with {CLIENTS} clients ({STALLED} stalled)",
         published=load.sent + tail.sent,
@@ -287,8 +314,11 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         recovery_s=None if recovery is None else round(recovery, 2),
         ok=not problems and done is not None and (recovery or 0) <= RECOVERY_LIMIT_S,
         notes=f"{restarts} restarts (SIGTERM/SIGKILL alternating); {len(reading)} reading clients "
-        f"({USERS} users seeing agent-0 only) reconnected {reconnects} times with resume_from; "
-        f"{after_last} events published after the last restart; "
+        f"({USERS} users seeing agent-0 only) reconnected {reconnects} times with resume_from "
+        f"({reconnects - by_frame} in the URL, {by_frame} in the first frame, of which {late} "
+        f"arrived after the hello window and were honoured); {clean}/{len(reading)} clients "
+        "passed every per-client check (all events they may see, none twice, none out of "
+        f"scope, no resync or error); {after_last} events published after the last restart; "
         "stored = events every admin client received; lost/duplicated count deliveries",
     )
     chaos_results.append(result)
