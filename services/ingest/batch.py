@@ -13,10 +13,10 @@ from services.ingest.merge import (
     ExecutionKey,
     Finished,
     component_key,
-    execution_key,
     finished_in,
     fold,
 )
+from services.ingest.registry import Registration, RegistryCache, registration_of
 from shared.events import Event
 from shared.validation import Rejected
 
@@ -37,6 +37,8 @@ class Outcome:
     rejected: list[tuple[int, Rejected]] = field(default_factory=list)
     #: Executions that reached a terminal status in this batch (counted once each).
     finished: list[Finished] = field(default_factory=list)
+    #: What was upserted into the registry tables (orgs, agents, projects, workflows).
+    registered: Registration = field(default_factory=Registration)
     executions_written: int = 0
     components_written: int = 0
 
@@ -55,11 +57,19 @@ def _owners(
     return owners
 
 
-async def apply_batch(conn: asyncpg.Connection, items: list[Incoming]) -> Outcome:
-    """Record, fold and write `items`; the caller owns the transaction and commits it."""
+async def apply_batch(
+    conn: asyncpg.Connection, items: list[Incoming], registry: RegistryCache | None = None
+) -> Outcome:
+    """Record, fold and write `items`; the caller owns the transaction and commits it.
+
+    With a `registry`, orgs and agents written lately are not upserted again; the caller
+    passes `outcome.registered` to `registry.remember` once the transaction has committed.
+    """
     outcome = Outcome()
-    ekeys = sorted({execution_key(i.event) for i in items})
-    ckeys = sorted({component_key(i.event) for i in items if i.event.component is not None})
+    # Each event's execution key and agent, computed once (properties cost on the hot path).
+    keyed = [(item, item.event, item.event.execution_id, item.event.agent) for item in items]
+    ekeys = sorted({(ev.org, ex_id) for _, ev, ex_id, _ in keyed})
+    ckeys = sorted({component_key(ev) for _, ev, _, _ in keyed if ev.component is not None})
     await repo.lock_executions(conn, ekeys)
     stored_ex = await repo.fetch_executions(conn, ekeys)
     stored_co = await repo.fetch_components(conn, ckeys)
@@ -71,42 +81,32 @@ async def apply_batch(conn: asyncpg.Connection, items: list[Incoming]) -> Outcom
         {k: s.agent_name for k, s in stored_co.items()},
     )
     accepted: list[Incoming] = []
+    rows: list[tuple[str, str, str, str, str, datetime, int | None]] = []
     seen: set[tuple[str, str]] = set()
-    for index, item in enumerate(items):
-        ev = item.event
-        owner = owners.setdefault(execution_key(ev), ev.agent)
-        if owner != ev.agent:
+    for index, (item, ev, ex_id, agent) in enumerate(keyed):
+        owner = owners.setdefault((ev.org, ex_id), agent)
+        if owner != agent:
             outcome.rejected.append(
                 (
                     index,
                     Rejected(
                         "agent_mismatch",
-                        f"execution {ev.execution_id!r} belongs to agent {owner!r}",
+                        f"execution {ex_id!r} belongs to agent {owner!r}",
                     ),
                 )
             )
             continue
-        if (ev.org, ev.event_id) in seen:
+        event_key = (ev.org, ev.event_id)
+        if event_key in seen:
             outcome.duplicates.append(ev)
             continue
-        seen.add((ev.org, ev.event_id))
+        seen.add(event_key)
         accepted.append(item)
+        rows.append(
+            (ev.org, ev.event_id, ev.type.value, agent, ex_id, ev.occurred_at, item.stream_seq)
+        )
 
-    fresh = await repo.insert_events(
-        conn,
-        [
-            (
-                i.event.org,
-                i.event.event_id,
-                i.event.type.value,
-                i.event.agent,
-                i.event.execution_id,
-                i.event.occurred_at,
-                i.stream_seq,
-            )
-            for i in accepted
-        ],
-    )
+    fresh = await repo.insert_events(conn, rows)
     new_events = []
     for item in accepted:
         if (item.event.org, item.event.event_id) in fresh:
@@ -121,27 +121,10 @@ async def apply_batch(conn: asyncpg.Connection, items: list[Incoming]) -> Outcom
     outcome.finished = finished_in(ranks_before, folded.executions)
     outcome.executions_written = await repo.write_rows(conn, folded.executions, components=False)
     outcome.components_written = await repo.write_rows(conn, folded.components, components=True)
-    await _register(conn, new_events)
+    wanted = registration_of(new_events)
+    outcome.registered = registry.pending(wanted) if registry is not None else wanted
+    if outcome.registered:
+        reg = outcome.registered
+        await repo.upsert_registry(conn, reg.orgs, reg.agents, reg.projects, reg.workflows)
     outcome.applied = new_events
     return outcome
-
-
-async def _register(conn: asyncpg.Connection, events: list[Event]) -> None:
-    orgs: set[str] = set()
-    agents: dict[tuple[str, str], tuple[str | None, datetime]] = {}
-    projects: set[tuple[str, str]] = set()
-    workflows: dict[tuple[str, str], str | None] = {}
-    for ev in events:
-        orgs.add(ev.org)
-        ex = ev.execution
-        project = ex.project if ex is not None else None
-        key = (ev.org, ev.agent)
-        prev = agents.get(key)
-        seen_at = ev.occurred_at if prev is None else max(prev[1], ev.occurred_at)
-        agents[key] = ((prev[0] if prev else None) or project, seen_at)
-        if ex is not None:
-            if ex.project:
-                projects.add((ev.org, ex.project))
-            if ex.workflow:
-                workflows.setdefault((ev.org, ex.workflow), ex.project)
-    await repo.upsert_registry(conn, orgs, agents, projects, workflows)

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from services.ingest.batch import Incoming, Outcome, apply_batch
 from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
+from services.ingest.registry import RegistryCache
 from shared.events import Event
 from shared.subjects import Subjects
 from shared.validation import Rejected, validate
@@ -101,6 +102,7 @@ class BatchConsumer:
         self._fleet = fleet
         self._on_applied = on_applied
         self._keepalive_interval = keepalive_interval
+        self._registry = RegistryCache()
         self.stopping = asyncio.Event()
         self.parked = asyncio.Event()
         self.release = asyncio.Event()
@@ -167,7 +169,7 @@ class BatchConsumer:
             started = time.perf_counter()
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    outcome = await apply_batch(conn, [item for _, item in batch])
+                    outcome = await apply_batch(conn, [item for _, item in batch], self._registry)
             except TRANSIENT_ERRORS as exc:
                 self._metrics.db_errors.labels("transient").inc()
                 if self.stopping.is_set():
@@ -182,6 +184,7 @@ class BatchConsumer:
                 await self._bisect(batch, exc)
                 return
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
+            self._registry.remember(outcome.registered)
             await self._after_commit(batch, outcome)
             return
 

@@ -199,10 +199,6 @@ class Finished:
     completed_at: datetime | None
 
 
-def _rank(version: str | None) -> int:
-    return int(version[0]) if version else -1
-
-
 def finished_in(
     before: dict[ExecutionKey, int], after: dict[ExecutionKey, RowState]
 ) -> list[Finished]:
@@ -213,23 +209,26 @@ def finished_in(
     """
     out = []
     for key, state in after.items():
-        if _rank(state.versions.get("status")) != 2 or before.get(key, -1) == 2:
+        version = state.versions.get("status")
+        if version is None or version[0] != "2" or before.get(key, -1) == 2:
             continue
-
-        def value(name: str, state: RowState = state) -> Any:
-            found = state.values.get(name)
-            return found if found is not None else state.stored.get(name)
-
+        values, stored = state.values, state.stored
         out.append(
             Finished(
                 org=key[0],
                 agent_name=state.agent_name,
-                status=value("status"),
-                triggered_by=value("triggered_by"),
-                cost=value("cost"),
-                duration_ms=value("duration_ms"),
-                started_at=value("started_at"),
-                completed_at=value("completed_at"),
+                status=_pick(values, stored, "status"),
+                triggered_by=_pick(values, stored, "triggered_by"),
+                cost=_pick(values, stored, "cost"),
+                duration_ms=_pick(values, stored, "duration_ms"),
+                started_at=_pick(values, stored, "started_at"),
+                completed_at=_pick(values, stored, "completed_at"),
             )
         )
     return out
+
+
+def _pick(values: dict[str, Any], stored: dict[str, Any], name: str) -> Any:
+    """The merged value of a field: set in this batch, else as stored."""
+    found = values.get(name)
+    return found if found is not None else stored.get(name)

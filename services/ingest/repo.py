@@ -239,8 +239,15 @@ async def write_rows(
         if not state.changed:
             continue
         if state.is_new:
-            values = [state.values.get(n) for n in types]
-            inserts.append((*key, state.agent_name, *values, state.first_seen_at, state.versions))
+            inserts.append(
+                (
+                    *key,
+                    state.agent_name,
+                    *map(state.values.get, types),
+                    state.first_seen_at,
+                    state.versions,
+                )
+            )
         else:
             mask = 0
             values = []
