@@ -25,6 +25,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.stream import bounds, follow
 from services.notifier.summary import build_outgoing, decode
 from services.notifier.triggers import TriggerMemory
+from services.notifier.warmup import read_recent
 from shared.access import Scope
 from shared.auth import Claims
 from shared.db import create_pool
@@ -58,6 +59,7 @@ class Notifier:
             queue_bytes=settings.client_queue_bytes,
             pending_max=settings.replay_pending_max,
             slow_close_grace_s=settings.slow_close_grace_s,
+            ring_size=settings.ring_size,
         )
         self.triggers = TriggerMemory()
         self._nc: NatsClient | None = None
@@ -91,9 +93,11 @@ class Notifier:
             return await fetch_scope(pool, claims)
 
         scopes = ScopeCache(load, ttl_s=s.scope_ttl_s)
-        # Start right after the stream's current end; every later event reaches the hub.
+        # Start right after the stream's current end; every later event reaches the hub. What
+        # came before is read back first, so a reconnect storm resumes from memory.
         start = await bounds(self._js, s.subjects)
-        self.hub.start_at(start.last_seq)
+        floor, recent = await read_recent(self._js, s.subjects, start, s.ring_size, self.triggers)
+        self.hub.start_at(start.last_seq, recent, floor)
         self._sub = await follow(self._js, s.subjects, start.last_seq + 1, self._on_message)
         deps = SessionDeps(settings=s, hub=self.hub, scopes=scopes, js=self._js)
 

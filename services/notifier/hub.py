@@ -15,7 +15,7 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
@@ -118,11 +118,18 @@ class Hub:
         self.ring: deque[Outgoing] = deque(maxlen=ring_size)
         self.ring_floor = 0
 
-    def start_at(self, last_seq: int) -> None:
-        """The stream's last seq when the live consumer starts after it."""
+    def start_at(
+        self, last_seq: int, recent: Sequence[Outgoing] = (), floor: int | None = None
+    ) -> None:
+        """The stream's last seq when the live consumer starts after it, and what the ring holds
+        then: `recent`, every valid event with seq in `floor+1..last_seq`, or nothing."""
         self.last_seq = last_seq
-        self.ring_floor = last_seq
         self.ring.clear()
+        self.ring.extend(recent)
+        self.ring_floor = last_seq if floor is None else floor
+        kept = self.ring.maxlen or 0
+        if len(recent) > kept:
+            self.ring_floor = recent[len(recent) - kept - 1].seq
 
     def add(self, client: Client) -> None:
         self.clients.add(client)

@@ -21,6 +21,9 @@ class NotifierSettings(CommonSettings):
     #: A client's outgoing queue (bytes written but not yet taken by the kernel). Past it the
     #: client is closed with 4008 and dropped from fan-out, so nobody else waits for it.
     client_queue_bytes: int = Field(default=512 * 1024, ge=1024)
+    #: Recent events kept in memory for resumes (read back from the stream at startup);
+    #: a resume from further back reads the stream through its own consumer.
+    ring_size: int = Field(default=10_000, ge=1)
     #: Live events held for a client while its replay runs (events, not bytes).
     replay_pending_max: int = Field(default=10_000, ge=1)
     #: SO_SNDBUF of each client socket; 0 keeps the kernel's autotuning. A fixed small buffer

@@ -99,3 +99,16 @@ def test_groups_decide_once_and_every_member_gets_the_same_frame() -> None:
     assert _got(failed_only).endswith(text_frame(b'{"x":1}'))
     assert failed_only.last_seq == 3
     assert _got(u) == text_frame(b'{"x":1}')
+
+
+def test_ring_read_back_at_startup_claims_only_what_it_keeps() -> None:
+    hub = Hub(Metrics(), queue_bytes=1 << 20, pending_max=10, slow_close_grace_s=1, ring_size=3)
+    recent = [_event(seq, "x", Status.RUNNING) for seq in range(5, 10)]
+    hub.start_at(10, recent, floor=4)
+    # Only 7..9 fit: a resume needing 6 must read the stream.
+    assert hub.ring_floor == 6
+    assert hub.replay_from_ring(6) is None
+    assert [out.seq for out in hub.replay_from_ring(7) or []] == [7, 8, 9]
+    hub.start_at(10)
+    assert hub.replay_from_ring(10) is None
+    assert hub.replay_from_ring(11) == []

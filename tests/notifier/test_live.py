@@ -157,11 +157,12 @@ async def test_resume_after_disconnect_has_no_gap_and_no_duplicate(
 async def test_resume_from_the_stream_after_a_restart_and_resync_past_retention(
     nats_url: str, database_url: str, js: JetStreamContext, subjects: Subjects, org: str
 ) -> None:
-    settings = settings_for(nats_url, database_url, subjects)
+    # A fresh notifier reads only the last 5 events back into memory: these replays must
+    # come from the stream.
+    settings = settings_for(nats_url, database_url, subjects, ring_size=5)
     await ensure_streams(js, settings)
     seqs = [await publish(js, subjects, execution_event(org, "x")) for _ in range(30)]
     tok = token(org, "boss", "admin")
-    # A fresh notifier has nothing in memory: the replay must come from the stream.
     async with running(settings) as app:
         ws = await websockets.connect(ws_url(app.port), subprotocols=["bearer", tok])  # type: ignore[list-item]
         await ws.send(orjson.dumps({"resume_from": seqs[9]}).decode())
@@ -175,6 +176,8 @@ async def test_resume_from_the_stream_after_a_restart_and_resync_past_retention(
         frames = await collect(ws, until_seq=seqs[-1])
         assert [f["seq"] for f in events_of(frames)] == seqs[20:]
         await ws.close()
+        resumes = app.metrics.registry.get_sample_value
+        assert resumes("notifier_resumes_total", {"outcome": "stream"}) == 2
         await js.purge_stream(subjects.events_stream)
         ws = await websockets.connect(ws_url(app.port, f"token={tok}&resume_from={seqs[9]}"))
         frames = await collect(ws, idle_s=0.5)
@@ -182,6 +185,35 @@ async def test_resume_from_the_stream_after_a_restart_and_resync_past_retention(
         assert frames[0]["reason"] == "past_retention"
         assert frames[1]["type"] == "ready"
         await ws.close()
+
+
+async def test_a_restarted_notifier_resumes_recent_events_from_memory(
+    nats_url: str, database_url: str, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    settings = settings_for(nats_url, database_url, subjects, ring_size=20)
+    await ensure_streams(js, settings)
+    # Events before the notifier starts, one of them invalid (skipped, as live).
+    seqs = [await publish(js, subjects, execution_event(org, "x")) for _ in range(15)]
+    bad = execution_event(org, "x")
+    bad["execution"]["status"] = "no-such-status"
+    await publish(js, subjects, bad)
+    seqs += [await publish(js, subjects, execution_event(org, "x")) for _ in range(15)]
+    tok = token(org, "boss", "admin")
+    # The last 20 sequences are in memory: from `floor` on a resume needs nothing else.
+    floor = seqs[-1] - 20
+    async with running(settings) as app:
+        resumes = app.metrics.registry.get_sample_value
+        for resume_from, outcome in ((floor, "ring"), (floor - 1, "stream")):
+            url = ws_url(app.port, f"token={tok}&resume_from={resume_from}")
+            ws = await websockets.connect(url)
+            frames = await collect(ws, until_seq=seqs[-1])
+            assert [f["seq"] for f in events_of(frames)] == [s for s in seqs if s > resume_from]
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
+            later = await publish(js, subjects, execution_event(org, "x"))
+            assert [f["seq"] for f in await collect(ws, until_seq=later)] == [later]
+            seqs.append(later)
+            await ws.close()
+            assert resumes("notifier_resumes_total", {"outcome": outcome}) == 1
 
 
 async def test_slow_client_is_cut_off_and_nobody_else_waits(
