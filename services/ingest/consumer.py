@@ -116,26 +116,31 @@ class BatchConsumer:
         While stopping, a batch is processed before returning, so that the broker's graceful
         stop (which waits for running handlers) also waits for it.
         """
+        # From the moment a batch is fetched until it is acked, JetStream must not redeliver
+        # it: neither while it waits for a slot nor while a slow database writes it (a
+        # redelivered copy would take a slot of its own and only be found a duplicate).
+        keeper = asyncio.create_task(self._keep_alive_while_working(messages))
         await self._slots.acquire()
         if self.stopping.is_set():
-            await self._run(messages)
+            await self._run(messages, keeper)
             # Hold the pull loop here until the subscriber has stopped running: a batch it
             # fetched after that point would be dropped unacked by faststream (and come back
             # only after ack_wait), while from here it simply exits its loop.
             self.parked.set()
             await self.release.wait()
             return
-        task = asyncio.create_task(self._run(messages))
+        task = asyncio.create_task(self._run(messages, keeper))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _run(self, messages: Sequence[Msg]) -> None:
+    async def _run(self, messages: Sequence[Msg], keeper: asyncio.Task[None]) -> None:
         try:
             await self.handle(messages)
         except Exception:
             # Unacked messages are redelivered after ack_wait; nothing is lost.
             log.exception("batch failed; its messages will be redelivered")
         finally:
+            keeper.cancel()
             self._slots.release()
 
     async def drain(self) -> None:
@@ -153,13 +158,7 @@ class BatchConsumer:
             else:
                 valid.append((msg, Incoming(checked, _stream_seq(msg))))
         if valid:
-            # A batch that takes longer than ack_wait (a slow database, a long retry) must not
-            # be redelivered while it is still being written: tell JetStream it is in progress.
-            keeper = asyncio.create_task(self._keep_alive_while_working(valid))
-            try:
-                await self._commit(valid)
-            finally:
-                keeper.cancel()
+            await self._commit(valid)
         for msg in messages:
             await msg.ack()
 
@@ -175,7 +174,7 @@ class BatchConsumer:
                 if self.stopping.is_set():
                     raise
                 log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
-                await self._keep_alive(batch)
+                await self._keep_alive([msg for msg, _ in batch])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
@@ -216,14 +215,14 @@ class BatchConsumer:
         if self._on_applied is not None:
             await self._on_applied(outcome)
 
-    async def _keep_alive_while_working(self, batch: list[tuple[Msg, Incoming]]) -> None:
+    async def _keep_alive_while_working(self, messages: Sequence[Msg]) -> None:
         while True:
             await asyncio.sleep(self._keepalive_interval)
-            await self._keep_alive(batch)
+            await self._keep_alive(messages)
 
-    async def _keep_alive(self, batch: list[tuple[Msg, Incoming]]) -> None:
+    async def _keep_alive(self, messages: Sequence[Msg]) -> None:
         # Ask JetStream not to redeliver while we wait for the database.
-        for msg, _ in batch:
+        for msg in messages:
             try:
                 await msg.in_progress()
             except Exception:  # a lost connection: redelivery is then harmless (idempotent)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 import time
 from typing import Any
 
@@ -89,6 +91,32 @@ async def test_duplicates_inside_and_outside_the_window(
         await conn.close()
 
 
+async def _freeze_now_and_then(
+    pid: int, stop: asyncio.Event, frozen_s: float, every_s: float
+) -> int:
+    """SIGSTOP the process for `frozen_s` (longer than ack_wait) every `every_s`, at least once.
+
+    A frozen ingest cannot send its in-progress signals, so JetStream redelivers whatever it
+    holds (as a long GC pause, CPU starvation or a stalled host would): the storm happens
+    whatever ingest does to avoid one. Returns how many times it froze the process.
+    """
+    pauses = 0
+    wait = min(0.5, every_s)  # the first soon, so that the short run freezes too
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+        wait = every_s
+        if pauses and stop.is_set():
+            break
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(frozen_s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        pauses += 1
+    return pauses
+
+
 async def test_redelivery_storm(
     subjects: Subjects,
     service_env: dict[str, str],
@@ -97,7 +125,7 @@ async def test_redelivery_storm(
     scale: Scale,
     chaos_results: list[ChaosResult],
 ) -> None:
-    """ack_wait 0.5 s and a database 100 ms away per round trip: batches outlive their ack."""
+    """ack_wait 0.5 s, a database 100 ms away per round trip, and ingest frozen now and then."""
     events = make_events(org, scale.events, seed=71)
     pg_port = int(fresh_database_url.rsplit(":", 1)[1].split("/")[0])
     async with proxy_to(pg_port) as proxy:
@@ -107,29 +135,40 @@ async def test_redelivery_storm(
             **service_env,
             "DATABASE_URL": url,
             "INGEST_ACK_WAIT": "0.5",
-            # 500 per batch at 100 ms per round trip: ~1.5 s, three ack waits (200 made the long
+            # 500 per batch at 100 ms per round trip: ~1 s, two ack waits (200 made the long
             # run of 24,000 events a test of round trips rather than of redelivery).
             "INGEST_BATCH_SIZE": "500",
         }
         load = Load(service_env["NATS_URL"], subjects, events, rate=scale.rate)
         conn = await connect(fresh_database_url)
+        stop_freezing = asyncio.Event()
         try:
             async with running("ingest", env) as ingest:
                 await load.start()
+                freezer = asyncio.create_task(
+                    _freeze_now_and_then(
+                        ingest.process.pid, stop_freezing, frozen_s=1.2, every_s=3.0
+                    )
+                )
+                await load.wait_sent(len(events), timeout=scale.duration_s + 60)
+                stop_freezing.set()
+                pauses = await freezer
                 result = await settle(
                     conn,
                     org,
                     load,
-                    fault="7. Redelivery storm (ack_wait 0.5 s, slow batches)",
+                    fault="7. Redelivery storm (ack_wait 0.5 s, slow batches, ingest frozen)",
                     lifted_at=None,
                     results=chaos_results,
-                    notes="50 ms each way to Postgres",
+                    notes=f"50 ms each way to Postgres; ingest frozen 1.2 s x {pauses}",
                 )
                 await asyncio.sleep(1)
                 result.absorbed = await ingest_counter(ingest.url, "duplicate")
                 proxy.latency = 0
+            assert pauses > 0
             assert result.absorbed > 0, "no redelivery happened: the storm was not a storm"
         finally:
+            stop_freezing.set()
             await load.close()
             await conn.close()
 
