@@ -169,6 +169,23 @@ class BatchConsumer:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     outcome = await apply_batch(conn, [item for _, item in batch], self._registry)
+            except asyncpg.exceptions.OutOfMemoryError as exc:
+                # "out of shared memory": the lock table is full (a batch takes one advisory
+                # lock per execution; replicas x max_in_flight x batch_size of them at once).
+                # Smaller transactions need fewer locks; a single event waits for room.
+                self._metrics.db_errors.labels("transient").inc()
+                if len(batch) > 1 and not self.stopping.is_set():
+                    log.warning("%s; writing the batch in halves", exc)
+                    middle = len(batch) // 2
+                    await self._commit(batch[:middle])
+                    await self._commit(batch[middle:])
+                    return
+                if self.stopping.is_set():
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
             except TRANSIENT_ERRORS as exc:
                 self._metrics.db_errors.labels("transient").inc()
                 if self.stopping.is_set():

@@ -180,6 +180,8 @@ class OwnPostgres:
 
     datadir: Path
     port: int
+    #: Extra server settings (`-c name=value`).
+    settings: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -190,6 +192,7 @@ class OwnPostgres:
 
     def start(self) -> None:
         opts = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1"
+        opts += "".join(f" -c {setting}" for setting in self.settings)
         log = self.datadir / "server.log"
         self._ctl("-o", opts, "-l", str(log), "start")
 
@@ -203,7 +206,7 @@ class OwnPostgres:
 
 
 @contextlib.asynccontextmanager
-async def own_postgres() -> AsyncIterator[OwnPostgres]:
+async def own_postgres(*settings: str) -> AsyncIterator[OwnPostgres]:
     """initdb + pg_ctl as the postgres user in a temp dir, migrated; removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="fw-chaos-pg-"))
     shutil.chown(root, "postgres", "postgres")
@@ -219,7 +222,7 @@ async def own_postgres() -> AsyncIterator[OwnPostgres]:
         "postgres",
         "--no-sync",
     )
-    pg = OwnPostgres(datadir=datadir, port=free_port())
+    pg = OwnPostgres(datadir=datadir, port=free_port(), settings=settings)
     await asyncio.to_thread(pg.start)
     try:
         conn = await asyncpg.connect(pg.url)

@@ -41,7 +41,9 @@ def test_agent_comes_back_when_last_seen_moves_past_the_resolution() -> None:
     cache.remember(wanted(T))
     later = cache.pending(wanted(T + timedelta(seconds=2)))
     assert later.agents == {("acme", "bot"): ("billing", T + timedelta(seconds=2))}
-    assert not later.orgs and not later.projects and not later.workflows
+    assert not later.orgs
+    assert not later.projects
+    assert not later.workflows
 
 
 def test_agent_comes_back_when_it_first_gets_a_project() -> None:
