@@ -24,6 +24,10 @@ from shared.auth import AuthError, Claims, decode_token
 log = logging.getLogger(__name__)
 
 
+#: After the hello window, how long a last look for a frame that arrived in time may take.
+HELLO_LAST_LOOK_S = 0.01
+
+
 @dataclass(frozen=True, slots=True)
 class SessionDeps:
     settings: NotifierSettings
@@ -93,7 +97,13 @@ async def _hello(conn: ServerConnection, timeout_s: float) -> ClientFrame | Fram
     try:
         data = await asyncio.wait_for(conn.recv(), timeout_s)
     except TimeoutError:
-        return None
+        # On a loop busy past the window (a reconnect storm), uvloop runs the window's timer
+        # before it polls the sockets, so a frame that arrived in time may not have been read
+        # yet. Cancelling the first `recv` took a loop turn, which read it: look once more.
+        try:
+            data = await asyncio.wait_for(conn.recv(), HELLO_LAST_LOOK_S)
+        except TimeoutError:
+            return None
     return parse_frame(data)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -159,3 +160,40 @@ async def test_resume_from_after_an_event_is_refused_and_the_feed_goes_on(
         assert [f["seq"] for f in frames] == [later]
         assert await collect(ws, idle_s=0.3) == []
         await ws.close()
+
+
+async def test_a_first_frame_that_arrived_in_time_counts_on_a_busy_loop(
+    notifier: Notifier, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    """A loop turn that runs long (a reconnect storm's replays) can run the hello window's timer
+    after a frame arrived in time but before the loop read it; that frame is still the first,
+    even though an event is already held for the client."""
+    missed = [await publish(js, subjects, execution_event(org, "x")) for _ in range(3)]
+    ws = await websockets.connect(
+        ws_url(notifier.port),
+        subprotocols=["bearer", token(org, "boss", "admin")],  # type: ignore[list-item]
+    )
+    for _ in range(200):  # until the server waits for the first frame
+        if notifier.hub.clients:
+            break
+        await asyncio.sleep(0.005)
+    held = await publish(js, subjects, execution_event(org, "x"))
+    for _ in range(200):  # until the event is held for the client
+        if notifier.hub.last_seq >= held:
+            break
+        await asyncio.sleep(0.005)
+
+    def busy_turn() -> None:
+        # The frame reaches the server's socket while this turn's work goes on; the window's
+        # timer is due by now and runs right after it, before the next poll of the sockets.
+        ws.protocol.send_text(orjson.dumps({"resume_from": missed[0]}))
+        ws.send_data()
+        time.sleep(HELLO_S)
+
+    asyncio.get_running_loop().call_soon(busy_turn)
+    time.sleep(HELLO_S * 2)  # noqa: ASYNC251 - the window ends while the loop is busy
+    frames = await collect(ws, until_seq=held)
+    frames += await collect(ws, idle_s=0.3)
+    await ws.close()
+    assert [f["type"] for f in frames] == ["execution_started"] * 3 + ["ready"]
+    assert [f["seq"] for f in events_of(frames)] == [*missed[1:], held]
