@@ -5,8 +5,9 @@ alternating). Every client that keeps reading reconnects with `resume_from` = th
 saw (docs/notifier.md) and must end with every event it may see, none twice and none of
 anyone else's; stalled clients (they never read) must not hold anyone up. Admins see the whole
 org, users only the agent they own. Most readers resume through the URL, as the dashboard
-does; a quarter send `resume_from` in their first frame, which under the reconnect storm can
-reach the notifier after its hello window (the late-resume path).
+does; a quarter send `resume_from` in their first frame (honoured even after the notifier's
+hello window while it has sent them no event). Those run on an event loop of their own
+(`ws_clients.OwnLoop`), as a client in its own process would.
 """
 
 from __future__ import annotations
@@ -15,21 +16,15 @@ import asyncio
 import os
 import signal
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
 import pytest
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from shared.auth import mint_token
 from shared.db import connect
 from shared.subjects import Subjects
 from tests.chaos.harness import RECOVERY_LIMIT_S, ChaosResult, Scale
 from tests.chaos.load import Load, make_events
+from tests.chaos.ws_clients import Client, OwnLoop, run_readers, stall
 from tests.procs import Service, free_port, start_service, wait_ready
 
 TRACE = bool(os.environ.get("FLEETWATCH_TEST_TRACE"))
@@ -37,94 +32,6 @@ CLIENTS = 100
 STALLED = 10
 USERS = 20  # of the reading clients: users who own agent-0 only; the rest are admins
 FRAME_EVERY = 4  # every fourth client resumes in its first frame, the others in the URL
-
-
-@dataclass
-class Client:
-    name: str
-    token: str
-    #: None: the whole org; else only these agents.
-    agents: frozenset[str] | None
-    stalled: bool = False
-    #: Resume in the first frame instead of the URL.
-    by_frame: bool = False
-    last_seq: int = 0
-    got: Counter[str] = field(default_factory=Counter)
-    foreign: list[dict[str, Any]] = field(default_factory=list)
-    resyncs: int = 0
-    reconnects: int = 0
-    #: Connections that got a second `ready`: a late first-frame `resume_from` was honoured.
-    late_resumes: int = 0
-    errors: list[str] = field(default_factory=list)
-    ws: ClientConnection | None = None
-    connected: bool = False
-
-
-async def _open(port: int, client: Client) -> ClientConnection:
-    """Connect (retrying while the notifier is down) and resume from the last seq seen.
-
-    The token goes in the subprotocol; `resume_from` (after the first connection) in the URL,
-    or for `by_frame` clients in the first frame.
-    """
-    resume = client.last_seq if client.reconnects else None
-    query = "" if resume is None or client.by_frame else f"?resume_from={resume}"
-    delay = 0.05
-    while True:
-        try:
-            ws = await websockets.connect(
-                f"ws://127.0.0.1:{port}/ws{query}",
-                subprotocols=["bearer", client.token],  # type: ignore[list-item]
-                open_timeout=5,
-                max_queue=1 if client.stalled else 64,
-                ping_interval=None,
-            )
-        except (OSError, InvalidHandshake, InvalidStatus, TimeoutError):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-            continue
-        if resume is not None and client.by_frame:
-            await ws.send(orjson.dumps({"resume_from": resume}).decode())
-        return ws
-
-
-async def _read(port: int, client: Client, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        ws = await _open(port, client)
-        client.ws = ws
-        client.connected = True
-        readies = 0
-        try:
-            async for raw in ws:
-                frame = orjson.loads(raw)
-                kind = frame.get("type", "")
-                if kind.startswith(("execution_", "component_")):
-                    if frame["seq"] <= client.last_seq:
-                        client.errors.append(f"seq went back: {frame['seq']} <= {client.last_seq}")
-                    client.last_seq = max(client.last_seq, frame["seq"])
-                    execution = frame.get("execution") or {}
-                    agent = execution.get("agent_name")
-                    if frame.get("event_id") is None:
-                        client.errors.append(f"event without id: {frame}")
-                        continue
-                    if client.agents is not None and agent not in client.agents:
-                        client.foreign.append(frame)
-                    client.got[frame["event_id"]] += 1
-                elif kind == "ready":
-                    readies += 1
-                    if readies == 2:
-                        client.late_resumes += 1
-                elif kind == "resync_required":
-                    client.resyncs += 1
-                elif kind == "error":
-                    client.errors.append(str(frame))
-        except ConnectionClosed:
-            pass
-        client.connected = False
-        client.reconnects += 1
-
-
-async def _stall(port: int, client: Client) -> None:
-    client.ws = await _open(port, client)  # and never read again
 
 
 async def _restart(service: Service, env: dict[str, str], sig: int) -> tuple[Service, float]:
@@ -209,10 +116,12 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         )
     port = free_port()
     notifier = start_service("notifier", env, port=port)
-    stop = asyncio.Event()
+    stop, own_stop = asyncio.Event(), asyncio.Event()
+    own = OwnLoop()
     load = Load(service_env["NATS_URL"], subjects, events, rate=rate)
     tail = Load(service_env["NATS_URL"], subjects, tail_events, rate=rate)
     readers: list[asyncio.Task[None]] = []
+    reading = [c for c in clients if not c.stalled]
     recoveries: list[float] = []
     still_publishing: list[bool] = []
     after_last = 0
@@ -220,12 +129,13 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         await wait_ready(notifier.url, timeout=30)
         for c in clients:
             if c.stalled:
-                await _stall(port, c)
-            else:
-                readers.append(asyncio.create_task(_read(port, c, stop)))
+                await stall(port, c)
+        by_url = [c for c in reading if not c.by_frame]
+        by_frame = [c for c in reading if c.by_frame]
+        readers.append(asyncio.create_task(run_readers(port, by_url, stop)))
+        readers.append(asyncio.create_task(own.run(run_readers(port, by_frame, own_stop))))
         await asyncio.sleep(1.0)  # every reader past its hello window: live
         _trace("clients connected")
-        reading = [c for c in clients if not c.stalled]
         await load.start()
         watches: list[asyncio.Task[float | None]] = []
         after_last = 0
@@ -261,11 +171,11 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         await asyncio.sleep(0.5)  # a late duplicate would show up now
     finally:
         stop.set()
-        for task in readers:
-            task.cancel()
+        own.call(own_stop.set)
         await asyncio.gather(*readers, return_exceptions=True)
-        for c in clients:  # stalled ones would never finish a closing handshake: abort all
-            if c.ws is not None:
+        own.close()
+        for c in clients:  # stalled ones would never finish a closing handshake
+            if c.stalled and c.ws is not None:
                 c.ws.transport.abort()
         await load.close()
         await tail.close()
@@ -302,7 +212,7 @@ async def test_notifier_restart_with_100_clients_some_stalled(
             admins_all = have & acked if admins_all is None else admins_all & have
     recovery = max(recoveries) if recoveries else None
     reconnects = sum(c.reconnects for c in reading)
-    by_frame = sum(c.reconnects for c in reading if c.by_frame)
+    frame_resumes = sum(c.reconnects for c in reading if c.by_frame)
     late = sum(c.late_resumes for c in reading)
     result = ChaosResult(
         fault=f"10. Notifier restarted with {CLIENTS} clients ({STALLED} stalled)",
@@ -315,7 +225,8 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         ok=not problems and done is not None and (recovery or 0) <= RECOVERY_LIMIT_S,
         notes=f"{restarts} restarts (SIGTERM/SIGKILL alternating); {len(reading)} reading clients "
         f"({USERS} users seeing agent-0 only) reconnected {reconnects} times with resume_from "
-        f"({reconnects - by_frame} in the URL, {by_frame} in the first frame, of which {late} "
+        f"({reconnects - frame_resumes} in the URL, {frame_resumes} in the first frame, of "
+        f"which {late} "
         f"arrived after the hello window and were honoured); {clean}/{len(reading)} clients "
         "passed every per-client check (all events they may see, none twice, none out of "
         f"scope, no resync or error); {after_last} events published after the last restart; "
