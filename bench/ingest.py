@@ -29,7 +29,9 @@ import nats
 from nats.js import JetStreamContext
 
 from bench.common import (
+    cpu_seconds,
     database_exists,
+    postgres_cpu_seconds,
     recreate_database,
     rss_mb,
     server_url,
@@ -107,6 +109,26 @@ async def preload(url: str, rows: int) -> None:
         for ddl in defs:
             await conn.execute(ddl)
         await conn.execute("VACUUM ANALYZE executions")
+        await quiet_tables(conn)
+    finally:
+        await conn.close()
+
+
+async def quiet_tables(conn: asyncpg.Connection) -> None:
+    """No background vacuum on the measured tables.
+
+    A vacuum of the million-row table (with its trigram indexes) takes a core for many
+    seconds; landing in one measurement and not the next, it made single runs differ 2-3x.
+    Each measured step also starts after a CHECKPOINT, so none pays for another's dirty pages.
+    """
+    for table in ("executions", "events"):
+        await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+
+
+async def checkpoint(url: str) -> None:
+    conn = await connect(url)
+    try:
+        await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
 
@@ -194,6 +216,7 @@ async def time_until(
     expected: int,
     pids: list[int],
     rss: list[float],
+    cpu: dict[str, float],
 ) -> tuple[float, int]:
     """Seconds from the first event stored to `expected` stored; events present at first sight.
 
@@ -209,10 +232,14 @@ async def time_until(
         if first_at is None:
             if await conn.fetchval(ANY_EVENT_SQL, orgs):
                 first_at, first_count = now, await conn.fetchval(COUNT_SQL, orgs)
+                cpu["ingest"] = -sum(cpu_seconds(pid) for pid in pids)
+                cpu["postgres"] = -postgres_cpu_seconds()
         elif (
             await conn.fetchval(TAIL_SQL, orgs, tail_ids) == len(tail_ids)
             and await conn.fetchval(COUNT_SQL, orgs) >= expected
         ):
+            cpu["ingest"] += sum(cpu_seconds(pid) for pid in pids)
+            cpu["postgres"] += postgres_cpu_seconds()
             return time.perf_counter() - first_at, first_count
         await asyncio.sleep(0.02)
 
@@ -249,7 +276,8 @@ async def measure_ingest(
         orgs = sorted({e.org for e in events})
         tail = [e.event_id for e in events[-200:]]
         pids = [svc.process.pid for svc in services]
-        elapsed, first = await time_until(conn, orgs, tail, len(events), pids, rss)
+        cpu: dict[str, float] = {}
+        elapsed, first = await time_until(conn, orgs, tail, len(events), pids, rss, cpu)
         rows = await conn.fetchval(
             "SELECT count(*) FROM executions WHERE org = ANY($1::text[])", orgs
         )
@@ -271,20 +299,27 @@ async def measure_ingest(
         "seconds": round(elapsed, 3),
         "events_per_s": round(applied / elapsed, 1),
         "rows_per_s": round(applied / elapsed * expected_rows / len(events), 1),
+        # CPU per applied event over the timed window: where the 2 cores went.
+        "ingest_cpu_us_per_event": round(cpu["ingest"] / applied * 1e6, 1),
+        "postgres_cpu_us_per_event": round(cpu["postgres"] / applied * 1e6, 1),
     }
 
 
-async def measure_copy(url: str, n: int, tag: str) -> float:
-    """Rows/s of one raw COPY of the very rows ingest would produce from `n` events."""
+async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float]:
+    """Rows/s of one raw COPY of the very rows ingest would produce from `n` events, and the
+    CPU it took per row (Postgres and the client's encoding), in µs."""
     events = [
         completed_event(f"{tag}-{ORGS[i % 3]}", AGENTS[i % 50], f"{tag}-{i}", i) for i in range(n)
     ]
     records = rows_for(events)
     conn = await connect(url)
     try:
+        pg_before, py_before = postgres_cpu_seconds(), time.process_time()
         began = time.perf_counter()
         await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
-        return n / (time.perf_counter() - began)
+        rate = n / (time.perf_counter() - began)
+        used = postgres_cpu_seconds() - pg_before + time.process_time() - py_before
+        return rate, used / n * 1e6
     finally:
         await conn.close()
 
@@ -384,6 +419,7 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
         await preload(url, preload_rows)
         print(f"  done in {time.perf_counter() - began:.0f}s")
     conn = await connect(url)
+    await quiet_tables(conn)
     table_rows = await conn.fetchval("SELECT count(*) FROM executions")
     await conn.close()
     run = uuid.uuid4().hex[:6]
@@ -395,13 +431,19 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
     # Raw COPY, one ingest process and two replicas take turns, `rounds` times: the table's
     # trigram indexes flush their pending lists now and then, which makes any single run noisy.
     copies: list[float] = []
+    copy_cpu: list[float] = []
     singles: list[dict[str, Any]] = []
     pairs_of_replicas: list[dict[str, Any]] = []
     for r in range(rounds):
-        copies.append(await measure_copy(url, n, f"copy{run}r{r}"))
+        await checkpoint(url)
+        rate, cpu_per_row = await measure_copy(url, n, f"copy{run}r{r}")
+        copies.append(rate)
+        copy_cpu.append(cpu_per_row)
         print(f"round {r + 1}: raw COPY {copies[-1]:,.0f} rows/s", flush=True)
+        await checkpoint(url)
         singles.append(await measure_ingest(url, js, one_per_row(f"one{run}r{r}", n), n, rss))
         print(f"round {r + 1}: ingest, 1 process: {singles[-1]}", flush=True)
+        await checkpoint(url)
         pairs_of_replicas.append(
             await measure_ingest(url, js, one_per_row(f"rep{run}r{r}", n), n, rss_two, 2)
         )
@@ -413,8 +455,10 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
     done = one_per_row(f"two{run}", n)
     pairs = [e for d in done for e in (started_event(d), d)]
     random.Random(5).shuffle(pairs)
+    await checkpoint(url)
     double = await measure_ingest(url, js, pairs, n, rss)
     print(f"ingest, 2 events/row (shuffled): {double}", flush=True)
+    await checkpoint(url)
     latency = await measure_latency(url, js, 1000, 10 if quick else 20, rss)
     print(f"latency at 1,000 events/s: {latency}", flush=True)
     await nc.close()
@@ -426,6 +470,7 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
         "rounds": rounds,
         "copy_rows_per_s_each_round": [round(c, 1) for c in copies],
         "copy_rows_per_s": round(copy_rate, 1),
+        "copy_cpu_us_per_row": round(statistics.median(copy_cpu), 1),
         "ingest_one_event_per_row": single,
         "ingest_one_event_per_row_each_round": [x["rows_per_s"] for x in singles],
         "ingest_two_replicas": replicated,
@@ -460,6 +505,11 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
         f"p99 {latency['p99_ms']} ms |"
     )
     print(f"| ingest RSS max | {result['ingest_rss_mb_max']} MB per process |")
+    print(
+        f"| CPU per row: COPY {result['copy_cpu_us_per_row']} µs; ingest (1 process) "
+        f"{single['ingest_cpu_us_per_event']} µs Python + "
+        f"{single['postgres_cpu_us_per_event']} µs Postgres |"
+    )
     print(f"written to {path}")
 
 

@@ -25,7 +25,7 @@ class IngestSettings(CommonSettings):
     retry_max: float = Field(default=5.0, gt=0)
     db_pool_size: int = Field(default=4, ge=1)
     #: Batches processed at once (each in its own transaction; rows are locked per execution).
-    max_in_flight: int = Field(default=2, ge=1, le=16)
+    max_in_flight: int = Field(default=4, ge=1, le=16)
     lag_poll_interval: float = Field(default=5.0, gt=0)
     #: How often the running/stuck gauges are read from Postgres (seconds).
     running_poll_interval: float = Field(default=30.0, gt=0)
