@@ -114,15 +114,20 @@ async def preload(url: str, rows: int) -> None:
         await conn.close()
 
 
-async def quiet_tables(conn: asyncpg.Connection) -> None:
-    """No background vacuum on the measured tables.
+async def quiet_tables(conn: asyncpg.Connection, quiet: bool = True) -> None:
+    """No background vacuum on the measured tables during the throughput steps.
 
     A vacuum of the million-row table (with its trigram indexes) takes a core for many
     seconds; landing in one measurement and not the next, it made single runs differ 2-3x.
     Each measured step also starts after a CHECKPOINT, so none pays for another's dirty pages.
+    The latency step runs with autovacuum on, as in production: without it every trigram
+    pending-list flush lands in some commit and shows as a latency spike.
     """
     for table in ("executions", "events"):
-        await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        if quiet:
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        else:
+            await conn.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
 
 async def checkpoint(url: str) -> None:
@@ -458,6 +463,10 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
     await checkpoint(url)
     double = await measure_ingest(url, js, pairs, n, rss)
     print(f"ingest, 2 events/row (shuffled): {double}", flush=True)
+    conn = await connect(url)
+    await quiet_tables(conn, quiet=False)
+    await conn.execute("VACUUM executions")  # flushes the trigram pending lists, as autovacuum
+    await conn.close()
     await checkpoint(url)
     latency = await measure_latency(url, js, 1000, 10 if quick else 20, rss)
     print(f"latency at 1,000 events/s: {latency}", flush=True)
