@@ -23,7 +23,7 @@ def chaos_results(scale: Scale) -> Iterator[list[ChaosResult]]:
     results: list[ChaosResult] = []
     yield results
     if results:
-        write_table(sorted(results, key=lambda r: r.fault), scale.long)
+        write_table(sorted(results, key=lambda r: int(r.fault.split(".")[0])), scale.long)
 
 
 @pytest_asyncio.fixture
