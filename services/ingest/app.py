@@ -26,7 +26,7 @@ from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
-from shared.faststream_compat import patch_pull_timeout
+from shared.faststream_compat import patch_fetch_takes_delivered, patch_pull_timeout
 from shared.streams import ensure_streams
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ async def _connect_pool(settings: IngestSettings) -> asyncpg.Pool:
 
 def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBroker:
     patch_pull_timeout()
+    patch_fetch_takes_delivered()
     broker = NatsBroker(
         settings.nats_url,
         graceful_timeout=30.0,
@@ -156,6 +157,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             retry_max=settings.retry_max,
             fleet=fleet,
             max_in_flight=settings.max_in_flight,
+            batch_size=settings.batch_size,
             keepalive_interval=settings.ack_wait / 3,
         )
         state.broker = build_broker(settings, state)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
@@ -72,6 +73,15 @@ def _stream_seq(msg: Msg) -> int | None:
     return None
 
 
+@dataclass(slots=True)
+class _Forming:
+    """A batch collecting fetched chunks until a slot is free."""
+
+    messages: list[Msg] = field(default_factory=list)
+    keepers: list[asyncio.Task[None]] = field(default_factory=list)
+    launched: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def _header_safe(text: str) -> str:
     return " ".join(text.split())[:_DETAIL_MAX]
 
@@ -91,6 +101,7 @@ class BatchConsumer:
         fleet: FleetObserver | None = None,
         on_applied: Callable[[Outcome], Awaitable[None]] | None = None,
         max_in_flight: int = 2,
+        batch_size: int = 500,
         keepalive_interval: float = 3.0,
     ) -> None:
         self._pool = pool
@@ -109,38 +120,66 @@ class BatchConsumer:
         # Batches in flight at once: while Postgres commits one, Python validates the next.
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Up to `batch_size` messages (from one or more fetches) waiting for a slot.
+        self._batch_size = batch_size
+        self._forming: _Forming | None = None
 
     async def submit(self, messages: Sequence[Msg]) -> None:
-        """Start processing a batch and return once a slot is taken (acks come after commit).
+        """Take a fetched chunk of messages; return once it is part of a batch (acks come later).
 
-        While stopping, a batch is processed before returning, so that the broker's graceful
+        A chunk joins the batch that is waiting for a slot, if there is one with room: when
+        every slot is busy, the small chunks a busy event loop fetches (the pull window is
+        wall-clock time, and so shrinks as the loop gets busier) become one full batch rather
+        than many small ones, each paying a transaction. With a slot free, a chunk starts at
+        once, so a quiet stream gets no added latency. While a full batch waits for a slot,
+        this call waits too: that is the back-pressure on fetching.
+
+        While stopping, a chunk is processed before returning, so that the broker's graceful
         stop (which waits for running handlers) also waits for it.
         """
-        # From the moment a batch is fetched until it is acked, JetStream must not redeliver
+        # From the moment a chunk is fetched until it is acked, JetStream must not redeliver
         # it: neither while it waits for a slot nor while a slow database writes it (a
         # redelivered copy would take a slot of its own and only be found a duplicate).
         keeper = asyncio.create_task(self._keep_alive_while_working(messages))
-        await self._slots.acquire()
         if self.stopping.is_set():
-            await self._run(messages, keeper)
+            await self._slots.acquire()
+            await self._run(list(messages), [keeper])
             # Hold the pull loop here until the subscriber has stopped running: a batch it
             # fetched after that point would be dropped unacked by faststream (and come back
             # only after ack_wait), while from here it simply exits its loop.
             self.parked.set()
             await self.release.wait()
             return
-        task = asyncio.create_task(self._run(messages, keeper))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        while (
+            self._forming is not None
+            and len(self._forming.messages) + len(messages) > self._batch_size
+        ):
+            await self._forming.launched.wait()
+        if self._forming is None:
+            self._forming = _Forming()
+            task = asyncio.create_task(self._launch(self._forming))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        self._forming.messages.extend(messages)
+        self._forming.keepers.append(keeper)
 
-    async def _run(self, messages: Sequence[Msg], keeper: asyncio.Task[None]) -> None:
+    async def _launch(self, forming: _Forming) -> None:
+        await self._slots.acquire()
+        # From here on the batch takes no more chunks.
+        if self._forming is forming:
+            self._forming = None
+        forming.launched.set()
+        await self._run(forming.messages, forming.keepers)
+
+    async def _run(self, messages: list[Msg], keepers: list[asyncio.Task[None]]) -> None:
         try:
             await self.handle(messages)
         except Exception:
             # Unacked messages are redelivered after ack_wait; nothing is lost.
             log.exception("batch failed; its messages will be redelivered")
         finally:
-            keeper.cancel()
+            for keeper in keepers:
+                keeper.cancel()
             self._slots.release()
 
     async def drain(self) -> None:

@@ -1,0 +1,93 @@
+"""Small fetched chunks join the batch that waits for a slot, up to the batch size.
+
+A busy event loop fetches small chunks (the pull window is wall-clock time). While every slot
+is busy they must become one batch, not one transaction each; with a slot free a chunk must
+start at once. Real JetStream messages, real Postgres; the one slot is kept busy by holding
+the advisory lock of the first chunk's execution from another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import nats
+import pytest
+
+from services.ingest.consumer import BatchConsumer
+from services.ingest.metrics import IngestMetrics
+from services.ingest.repo import lock_key
+from services.ingest.settings import IngestSettings
+from shared.db import connect, create_pool
+from shared.events import Event
+from shared.streams import ensure_streams
+from shared.subjects import Subjects
+from tests.ingest.events_factory import execution_events
+from tests.ingest.test_ingest_service import publish
+
+
+def _sizes(metrics: IngestMetrics) -> tuple[float | None, float | None]:
+    registry = metrics.registry
+    return (
+        registry.get_sample_value("fleetwatch_ingest_batch_size_count"),
+        registry.get_sample_value("fleetwatch_ingest_batch_size_sum"),
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_chunks_waiting_for_a_slot_become_one_batch(
+    nats_url: str, database_url: str, subjects: Subjects, org: str
+) -> None:
+    rng = random.Random(11)
+    # Fifteen executions, one event each, in stream order.
+    events: list[Event] = [execution_events(org, "ruby", f"co{i:02d}", rng)[-1] for i in range(15)]
+    settings = IngestSettings(
+        NATS_URL=nats_url, DATABASE_URL=database_url, FLEETWATCH_SUBJECT_PREFIX=subjects.prefix
+    )
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    await publish(js, subjects, events)
+    pull = await js.pull_subscribe(subjects.all_events, "coalesce", stream=subjects.events_stream)
+    chunks = [await pull.fetch(3, timeout=5) for _ in range(5)]
+    assert [len(c) for c in chunks] == [3] * 5
+
+    pool = await create_pool(database_url)
+    blocker = await connect(database_url)
+    metrics = IngestMetrics.create()
+    consumer = BatchConsumer(
+        pool=pool,
+        js=js,
+        subjects=subjects,
+        metrics=metrics,
+        max_in_flight=1,
+        batch_size=10,
+    )
+    try:
+        # The first chunk's execution is locked elsewhere: its batch holds the only slot.
+        await blocker.execute("SELECT pg_advisory_lock($1)", lock_key(org, "co00"))
+        await consumer.submit(chunks[0])  # a slot is free: it starts at once
+        await asyncio.sleep(0.3)
+        assert _sizes(metrics) == (1.0, 3.0)
+
+        for chunk in chunks[1:4]:  # 3 + 3 + 3 = 9 <= 10: they join one waiting batch
+            await asyncio.wait_for(consumer.submit(chunk), timeout=2)
+        # 9 + 3 > 10: the fifth chunk waits until the waiting batch gets a slot.
+        fifth = asyncio.create_task(consumer.submit(chunks[4]))
+        await asyncio.sleep(0.3)
+        assert not fifth.done()
+
+        await blocker.execute("SELECT pg_advisory_unlock_all()")
+        await asyncio.wait_for(fifth, timeout=10)
+        await asyncio.wait_for(consumer.drain(), timeout=20)
+        assert _sizes(metrics) == (3.0, 15.0)  # batches of 3, 9 and 3
+
+        async with pool.acquire() as conn:
+            stored = await conn.fetchval("SELECT count(*) FROM executions WHERE org = $1", org)
+        assert stored == 15
+        info = await js.consumer_info(subjects.events_stream, "coalesce")
+        assert info.num_ack_pending == 0  # every message acked after its commit
+    finally:
+        await blocker.close()
+        await pool.close()
+        await nc.close()
