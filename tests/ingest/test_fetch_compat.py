@@ -1,0 +1,103 @@
+"""The pull-fetch fixes of shared/faststream_compat.py, on the real JetStream.
+
+When the event loop is busy while a fetch waits, nats-py's own fetch returns the first message
+only and leaves the rest of the server's answer in the subscription's queue; the patched
+fetch returns them in the same batch. A window too short for a pull request takes only what
+was already delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+
+from shared.faststream_compat import patch_fetch_takes_delivered, take_delivered
+from shared.subjects import Subjects
+
+
+@contextlib.asynccontextmanager
+async def _pull(
+    nats_url: str, subjects: Subjects, count: int
+) -> AsyncIterator[JetStreamContext.PullSubscription]:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    stream = subjects.events_stream
+    await js.add_stream(StreamConfig(name=stream, subjects=[subjects.all_events]))
+    for i in range(count):
+        await js.publish(subjects.event("acme", "ruby", "execution_started"), f"{i}".encode())
+    try:
+        yield await js.pull_subscribe(subjects.all_events, "compat", stream=stream)
+    finally:
+        await nc.close()
+
+
+def _unpatched() -> Callable[..., Awaitable[list[Msg]]]:
+    fetch = JetStreamContext.PullSubscription.fetch
+    return getattr(fetch, "__wrapped__", fetch)
+
+
+async def _fetch_with_busy_loop(
+    sub: JetStreamContext.PullSubscription,
+    batch: int,
+    fetch: Callable[..., Awaitable[list[Msg]]] | None = None,
+) -> list[Msg]:
+    fetch = fetch or JetStreamContext.PullSubscription.fetch
+    task = asyncio.create_task(fetch(sub, batch, timeout=0.05))
+    await asyncio.sleep(0)  # the fetch sends its request and waits
+    time.sleep(0.2)  # noqa: ASYNC251 - the loop is busy past the window as the answer arrives
+    return await task
+
+
+async def test_nats_py_alone_returns_one_message_from_a_busy_loop(
+    nats_url: str, subjects: Subjects
+) -> None:
+    """The behaviour the patch exists for (if nats-py fixes it, this test says so)."""
+    async with _pull(nats_url, subjects, 10) as sub:
+        msgs = await _fetch_with_busy_loop(sub, 10, _unpatched())
+        await asyncio.sleep(0.1)
+        left = take_delivered(sub, 100)
+    assert len(msgs) < 10
+    assert len(msgs) + len(left) == 10
+
+
+async def test_patched_fetch_returns_what_was_delivered_meanwhile(
+    nats_url: str, subjects: Subjects
+) -> None:
+    patch_fetch_takes_delivered()
+    patch_fetch_takes_delivered()  # idempotent: one wrapper, around nats-py's own fetch
+    assert not hasattr(_unpatched(), "_takes_delivered")
+    async with _pull(nats_url, subjects, 10) as sub:
+        msgs = await _fetch_with_busy_loop(sub, 10)
+        assert [m.data for m in msgs] == [f"{i}".encode() for i in range(10)]
+        for m in msgs:
+            await m.ack()
+
+
+async def test_patched_fetch_caps_at_batch_and_keeps_the_rest(
+    nats_url: str, subjects: Subjects
+) -> None:
+    patch_fetch_takes_delivered()
+    async with _pull(nats_url, subjects, 10) as sub:
+        first = await _fetch_with_busy_loop(sub, 4)
+        second = await sub.fetch(6, timeout=1)
+    assert len(first) == 4
+    assert [m.data for m in first + second] == [f"{i}".encode() for i in range(10)]
+
+
+async def test_too_short_a_window_sends_no_request(nats_url: str, subjects: Subjects) -> None:
+    patch_fetch_takes_delivered()
+    async with _pull(nats_url, subjects, 3) as sub:
+        with pytest.raises(TimeoutError):
+            await sub.fetch(3, timeout=0.0001)  # nothing delivered yet, no request sent
+        await asyncio.sleep(0.2)
+        assert take_delivered(sub, 10) == []  # the server was not asked for anything
+        msgs = await sub.fetch(3, timeout=1)
+        assert len(msgs) == 3
