@@ -65,6 +65,19 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests while this machine wanted it (all cores).
+
+    A run that suffered steal is slower for reasons outside the code under test; benchmarks
+    report it beside their figures.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) / _CLOCK_TICKS if len(fields) > 8 else 0.0
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

