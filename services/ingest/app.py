@@ -26,7 +26,11 @@ from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
-from shared.faststream_compat import patch_fetch_takes_delivered, patch_pull_timeout
+from shared.faststream_compat import (
+    patch_fetch_takes_delivered,
+    patch_pull_timeout,
+    take_delivered,
+)
 from shared.streams import ensure_streams
 
 log = logging.getLogger(__name__)
@@ -130,6 +134,15 @@ async def _stop_consuming(
         if not any(getattr(sub, "running", False) for sub in subscribers):
             break
         await asyncio.sleep(0.01)
+    # The last pull request may still bring messages after its fetch has ended, into the
+    # subscription's queue, where no fetch takes them now. Wait out its window and finish
+    # them here rather than leave them unacknowledged until ack_wait.
+    await asyncio.sleep(settings.batch_timeout + 0.05)
+    for sub in subscribers:
+        leftovers = take_delivered(getattr(sub, "subscription", None), settings.max_ack_pending)
+        if leftovers:
+            log.info("finishing %d messages delivered after the last fetch", len(leftovers))
+            await consumer.finish(leftovers)
     consumer.release.set()
     await stopping
     await consumer.drain()

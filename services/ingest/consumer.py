@@ -137,19 +137,18 @@ class BatchConsumer:
         While stopping, a chunk is processed before returning, so that the broker's graceful
         stop (which waits for running handlers) also waits for it.
         """
-        # From the moment a chunk is fetched until it is acked, JetStream must not redeliver
-        # it: neither while it waits for a slot nor while a slow database writes it (a
-        # redelivered copy would take a slot of its own and only be found a duplicate).
-        keeper = asyncio.create_task(self._keep_alive_while_working(messages))
         if self.stopping.is_set():
-            await self._slots.acquire()
-            await self._run(list(messages), [keeper])
+            await self.finish(messages)
             # Hold the pull loop here until the subscriber has stopped running: a batch it
             # fetched after that point would be dropped unacked by faststream (and come back
             # only after ack_wait), while from here it simply exits its loop.
             self.parked.set()
             await self.release.wait()
             return
+        # From the moment a chunk is fetched until it is acked, JetStream must not redeliver
+        # it: neither while it waits for a slot nor while a slow database writes it (a
+        # redelivered copy would take a slot of its own and only be found a duplicate).
+        keeper = asyncio.create_task(self._keep_alive_while_working(messages))
         while (
             self._forming is not None
             and len(self._forming.messages) + len(messages) > self._batch_size
@@ -162,6 +161,12 @@ class BatchConsumer:
             task.add_done_callback(self._in_flight.discard)
         self._forming.messages.extend(messages)
         self._forming.keepers.append(keeper)
+
+    async def finish(self, messages: Sequence[Msg]) -> None:
+        """Process messages as one batch now, and return once they are committed and acked."""
+        keeper = asyncio.create_task(self._keep_alive_while_working(messages))
+        await self._slots.acquire()
+        await self._run(list(messages), [keeper])
 
     async def _launch(self, forming: _Forming) -> None:
         await self._slots.acquire()
