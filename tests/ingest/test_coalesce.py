@@ -9,21 +9,16 @@ the advisory lock of the first chunk's execution from another connection.
 from __future__ import annotations
 
 import asyncio
-import random
 
-import nats
 import pytest
+from nats.js import JetStreamContext
 
 from services.ingest.consumer import BatchConsumer
 from services.ingest.metrics import IngestMetrics
 from services.ingest.repo import lock_key
-from services.ingest.settings import IngestSettings
 from shared.db import connect, create_pool
-from shared.events import Event
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
-from tests.ingest.events_factory import execution_events
-from tests.ingest.test_ingest_service import publish
+from tests.ingest.pulled import one_event_per_execution
 
 
 def _sizes(metrics: IngestMetrics) -> tuple[float | None, float | None]:
@@ -38,16 +33,11 @@ def _sizes(metrics: IngestMetrics) -> tuple[float | None, float | None]:
 async def test_chunks_waiting_for_a_slot_become_one_batch(
     nats_url: str, database_url: str, subjects: Subjects, org: str
 ) -> None:
-    rng = random.Random(11)
-    # Fifteen executions, one event each, in stream order.
-    events: list[Event] = [execution_events(org, "ruby", f"co{i:02d}", rng)[-1] for i in range(15)]
-    settings = IngestSettings(
-        NATS_URL=nats_url, DATABASE_URL=database_url, FLEETWATCH_SUBJECT_PREFIX=subjects.prefix
-    )
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
-    await publish(js, subjects, events)
+    async with one_event_per_execution(nats_url, database_url, subjects, org, 15, "co") as p:
+        await _coalesce(p.js, database_url, subjects, org)
+
+
+async def _coalesce(js: JetStreamContext, database_url: str, subjects: Subjects, org: str) -> None:
     pull = await js.pull_subscribe(subjects.all_events, "coalesce", stream=subjects.events_stream)
     chunks = [await pull.fetch(3, timeout=5) for _ in range(5)]
     assert [len(c) for c in chunks] == [3] * 5
@@ -90,4 +80,3 @@ async def test_chunks_waiting_for_a_slot_become_one_batch(
     finally:
         await blocker.close()
         await pool.close()
-        await nc.close()

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from shared.faststream_compat import patch_fetch_takes_delivered, take_delivered
 from shared.subjects import Subjects
+from tests.ingest.pulled import fetch_from_busy_loop, unpatched_fetch
 
 
 @contextlib.asynccontextmanager
@@ -39,29 +38,12 @@ async def _pull(
         await nc.close()
 
 
-def _unpatched() -> Callable[..., Awaitable[list[Msg]]]:
-    fetch = JetStreamContext.PullSubscription.fetch
-    return getattr(fetch, "__wrapped__", fetch)
-
-
-async def _fetch_with_busy_loop(
-    sub: JetStreamContext.PullSubscription,
-    batch: int,
-    fetch: Callable[..., Awaitable[list[Msg]]] | None = None,
-) -> list[Msg]:
-    fetch = fetch or JetStreamContext.PullSubscription.fetch
-    task = asyncio.create_task(fetch(sub, batch, timeout=0.05))
-    await asyncio.sleep(0)  # the fetch sends its request and waits
-    time.sleep(0.2)  # noqa: ASYNC251 - the loop is busy past the window as the answer arrives
-    return await task
-
-
 async def test_nats_py_alone_returns_one_message_from_a_busy_loop(
     nats_url: str, subjects: Subjects
 ) -> None:
     """The behaviour the patch exists for (if nats-py fixes it, this test says so)."""
     async with _pull(nats_url, subjects, 10) as sub:
-        msgs = await _fetch_with_busy_loop(sub, 10, _unpatched())
+        msgs = await fetch_from_busy_loop(sub, 10, unpatched_fetch())
         await asyncio.sleep(0.1)
         left = take_delivered(sub, 100)
     assert len(msgs) < 10
@@ -73,9 +55,9 @@ async def test_patched_fetch_returns_what_was_delivered_meanwhile(
 ) -> None:
     patch_fetch_takes_delivered()
     patch_fetch_takes_delivered()  # idempotent: one wrapper, around nats-py's own fetch
-    assert not hasattr(_unpatched(), "_takes_delivered")
+    assert not hasattr(unpatched_fetch(), "_takes_delivered")
     async with _pull(nats_url, subjects, 10) as sub:
-        msgs = await _fetch_with_busy_loop(sub, 10)
+        msgs = await fetch_from_busy_loop(sub, 10)
         assert [m.data for m in msgs] == [f"{i}".encode() for i in range(10)]
         for m in msgs:
             await m.ack()
@@ -86,7 +68,7 @@ async def test_patched_fetch_caps_at_batch_and_keeps_the_rest(
 ) -> None:
     patch_fetch_takes_delivered()
     async with _pull(nats_url, subjects, 10) as sub:
-        first = await _fetch_with_busy_loop(sub, 4)
+        first = await fetch_from_busy_loop(sub, 4)
         second = await sub.fetch(6, timeout=1)
     assert len(first) == 4
     assert [m.data for m in first + second] == [f"{i}".encode() for i in range(10)]

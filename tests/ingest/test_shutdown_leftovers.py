@@ -9,11 +9,8 @@ for by its two parts the shutdown uses (`subscribers` and `stop`).
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from types import SimpleNamespace
 
-import nats
 from nats.js import JetStreamContext
 
 from services.ingest.app import _stop_consuming
@@ -21,33 +18,28 @@ from services.ingest.consumer import BatchConsumer
 from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
-from tests.ingest.events_factory import execution_events
-from tests.ingest.test_ingest_service import publish
+from tests.ingest.pulled import fetch_from_busy_loop, one_event_per_execution, unpatched_fetch
 
 
 async def test_messages_left_in_the_queue_are_finished_on_shutdown(
     nats_url: str, database_url: str, subjects: Subjects, org: str
 ) -> None:
-    rng = random.Random(5)
-    events = [execution_events(org, "ruby", f"so{i:02d}", rng)[-1] for i in range(10)]
-    settings = IngestSettings(
-        NATS_URL=nats_url, DATABASE_URL=database_url, FLEETWATCH_SUBJECT_PREFIX=subjects.prefix
-    )
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
-    await publish(js, subjects, events)
+    async with one_event_per_execution(nats_url, database_url, subjects, org, 10, "so") as p:
+        await _shutdown(p.js, p.settings, database_url, subjects, org)
+
+
+async def _shutdown(
+    js: JetStreamContext,
+    settings: IngestSettings,
+    database_url: str,
+    subjects: Subjects,
+    org: str,
+) -> None:
     sub = await js.pull_subscribe(subjects.all_events, "ingest", stream=subjects.events_stream)
     # nats-py's own fetch from a busy loop: it returns one message, the rest of the server's
     # answer lands in the subscription's queue.
-    fetch = JetStreamContext.PullSubscription.fetch
-    unpatched = getattr(fetch, "__wrapped__", fetch)
-    task = asyncio.create_task(unpatched(sub, 10, timeout=0.05))
-    await asyncio.sleep(0)
-    time.sleep(0.2)  # noqa: ASYNC251 - the loop is busy past the window as the answer arrives
-    taken = await task
+    taken = await fetch_from_busy_loop(sub, 10, unpatched_fetch())
     assert 0 < len(taken) < 10
 
     pool = await create_pool(database_url)
@@ -68,4 +60,3 @@ async def test_messages_left_in_the_queue_are_finished_on_shutdown(
         assert info.num_pending == 0
     finally:
         await pool.close()
-        await nc.close()
