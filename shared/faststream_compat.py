@@ -13,9 +13,9 @@ broker is built.
    validating and folding other batches) the window is gone by the time the first message is
    read, so the fetch returns one message while the rest of the server's answer already sits
    in the subscription's queue. Under a backlog, batches alternated 1 and 1,000 messages
-   (500 on average, each paying a transaction). The fetch now also
-   takes, without waiting, what has already been delivered to it, up to `batch`; the next
-   fetch would have taken those same messages first.
+   (500 on average, each paying a transaction). The fetch now also takes, without waiting,
+   what has already been delivered to it, up to `batch`; the next fetch would have taken
+   those same messages first.
 
 3. faststream fetches again with whatever is left of its window, which can be microseconds.
    nats-py turns a timeout into the pull request's `expires` minus 100 µs, so below that it
