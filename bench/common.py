@@ -78,6 +78,11 @@ def steal_seconds() -> float:
     return int(fields[8]) / _CLOCK_TICKS if len(fields) > 8 else 0.0
 
 
+def steal_pct(stolen: float, elapsed: float) -> float:
+    """Stolen CPU seconds as a share of all the machine's cores over `elapsed` seconds."""
+    return stolen / (max(elapsed, 1e-9) * (os.cpu_count() or 1)) * 100
+
+
 def write_result(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

@@ -39,6 +39,7 @@ from bench.common import (
     recreate_database,
     rss_mb,
     server_url,
+    steal_pct,
     steal_seconds,
     summary_ms,
     with_database,
@@ -316,7 +317,7 @@ async def measure_ingest(
         "ingest_cpu_us_per_event": round(cpu["ingest"] / applied * 1e6, 1),
         "postgres_cpu_us_per_event": round(cpu["postgres"] / applied * 1e6, 1),
         # Share of the machine's CPU time taken by other guests during the window.
-        "steal_pct": round(cpu["steal"] / (elapsed * (os.cpu_count() or 1)) * 100, 1),
+        "steal_pct": round(steal_pct(cpu["steal"], elapsed), 1),
     }
 
 
@@ -335,8 +336,7 @@ async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float, float]
         await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
         elapsed = time.perf_counter() - began
         used = postgres_cpu_seconds() - pg_before + time.process_time() - py_before
-        steal = (steal_seconds() - steal_before) / (elapsed * (os.cpu_count() or 1)) * 100
-        return n / elapsed, used / n * 1e6, steal
+        return n / elapsed, used / n * 1e6, steal_pct(steal_seconds() - steal_before, elapsed)
     finally:
         await conn.close()
 
