@@ -51,8 +51,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every local postgres process (backends, WAL writer, checkpointer, ...)."""
+def command_cpu_seconds(*names: str) -> float:
+    """CPU time of every local process whose command name is one of `names` (or starts with
+    `name:`, as Postgres titles its backends)."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -60,9 +61,32 @@ def postgres_cpu_seconds() -> float:
                 comm = (entry / "comm").read_text().strip()
             except OSError:
                 continue
-            if comm == "postgres" or comm.startswith("postgres:"):
+            if comm in names or comm.split(":", 1)[0] in names:
                 total += cpu_seconds(int(entry.name))
     return total
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every local postgres process (backends, WAL writer, checkpointer, ...)."""
+    return command_cpu_seconds("postgres")
+
+
+def nats_cpu_seconds() -> float:
+    """CPU time of every local nats-server process."""
+    return command_cpu_seconds("nats-server")
+
+
+def _cpu_line() -> list[str]:
+    try:
+        return Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return []
+
+
+def idle_seconds() -> float:
+    """CPU time no process wanted (idle + I/O wait, all cores)."""
+    fields = _cpu_line()
+    return (int(fields[4]) + int(fields[5])) / _CLOCK_TICKS if len(fields) > 5 else 0.0
 
 
 def steal_seconds() -> float:
@@ -71,16 +95,13 @@ def steal_seconds() -> float:
     A run that suffered steal is slower for reasons outside the code under test; benchmarks
     report it beside their figures.
     """
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    except OSError:
-        return 0.0
+    fields = _cpu_line()
     return int(fields[8]) / _CLOCK_TICKS if len(fields) > 8 else 0.0
 
 
-def steal_pct(stolen: float, elapsed: float) -> float:
-    """Stolen CPU seconds as a share of all the machine's cores over `elapsed` seconds."""
-    return stolen / (max(elapsed, 1e-9) * (os.cpu_count() or 1)) * 100
+def machine_pct(seconds: float, elapsed: float) -> float:
+    """CPU seconds (stolen, idle, ...) as a share of all the machine's cores over `elapsed` s."""
+    return seconds / (max(elapsed, 1e-9) * (os.cpu_count() or 1)) * 100
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:

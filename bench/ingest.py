@@ -35,11 +35,13 @@ from nats.js import JetStreamContext
 from bench.common import (
     cpu_seconds,
     database_exists,
+    idle_seconds,
+    machine_pct,
+    nats_cpu_seconds,
     postgres_cpu_seconds,
     recreate_database,
     rss_mb,
     server_url,
-    steal_pct,
     steal_seconds,
     summary_ms,
     with_database,
@@ -247,6 +249,8 @@ async def time_until(
                 cpu["ingest"] = -sum(cpu_seconds(pid) for pid in pids)
                 cpu["postgres"] = -postgres_cpu_seconds()
                 cpu["steal"] = -steal_seconds()
+                cpu["nats"] = -nats_cpu_seconds()
+                cpu["idle"] = -idle_seconds()
         elif (
             await conn.fetchval(TAIL_SQL, orgs, tail_ids) == len(tail_ids)
             and await conn.fetchval(COUNT_SQL, orgs) >= expected
@@ -254,6 +258,8 @@ async def time_until(
             cpu["ingest"] += sum(cpu_seconds(pid) for pid in pids)
             cpu["postgres"] += postgres_cpu_seconds()
             cpu["steal"] += steal_seconds()
+            cpu["nats"] += nats_cpu_seconds()
+            cpu["idle"] += idle_seconds()
             return time.perf_counter() - first_at, first_count
         await asyncio.sleep(0.02)
 
@@ -316,8 +322,11 @@ async def measure_ingest(
         # CPU per applied event over the timed window: where the 2 cores went.
         "ingest_cpu_us_per_event": round(cpu["ingest"] / applied * 1e6, 1),
         "postgres_cpu_us_per_event": round(cpu["postgres"] / applied * 1e6, 1),
+        "nats_cpu_us_per_event": round(cpu["nats"] / applied * 1e6, 1),
+        # Share of the machine's CPU time nobody wanted (idle or waiting for I/O).
+        "idle_pct": round(machine_pct(cpu["idle"], elapsed), 1),
         # Share of the machine's CPU time taken by other guests during the window.
-        "steal_pct": round(steal_pct(cpu["steal"], elapsed), 1),
+        "steal_pct": round(machine_pct(cpu["steal"], elapsed), 1),
     }
 
 
@@ -336,7 +345,7 @@ async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float, float]
         await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
         elapsed = time.perf_counter() - began
         used = postgres_cpu_seconds() - pg_before + time.process_time() - py_before
-        return n / elapsed, used / n * 1e6, steal_pct(steal_seconds() - steal_before, elapsed)
+        return n / elapsed, used / n * 1e6, machine_pct(steal_seconds() - steal_before, elapsed)
     finally:
         await conn.close()
 
