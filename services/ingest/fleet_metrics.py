@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.ingest.bulk_observe import observe_all
 from services.ingest.merge import Finished
 from shared.events import Event, trigger_group
 
@@ -210,28 +211,26 @@ class FleetMetrics:
         if finished is None:
             finished = [_finished_from(e) for e in events if _is_terminal_execution(e)]
         counts: CounterOf[tuple[str, str, str, str]] = CounterOf()
-        costs: dict[tuple[str, str], float] = {}
-        cost_hist: dict[str, Any] = {}
-        duration_hist: dict[tuple[str, str], Any] = {}
+        costs: dict[tuple[str, str], list[float]] = {}
+        durations: dict[tuple[str, str], list[float]] = {}
         for done in finished:
             org, agent = capped(done.org, done.agent_name)
             counts[(org, agent, done.status, trigger_group(done.triggered_by))] += 1
             if done.cost is not None:
-                costs[(org, agent)] = costs.get((org, agent), 0.0) + done.cost
-                hist = cost_hist.get(org)
-                if hist is None:
-                    hist = cost_hist[org] = self.cost_per_execution.labels(org)
-                hist.observe(done.cost)
+                costs.setdefault((org, agent), []).append(done.cost)
             seconds = duration_seconds(done.duration_ms, done.started_at, done.completed_at)
             if seconds is not None:
-                hist = duration_hist.get((org, agent))
-                if hist is None:
-                    hist = duration_hist[(org, agent)] = self.duration.labels(org, agent)
-                hist.observe(seconds)
+                durations.setdefault((org, agent), []).append(seconds)
         for key4, count in counts.items():
             self.executions.labels(*key4).inc(count)
-        for key, total in costs.items():
-            self.cost.labels(*key).inc(total)
+        cost_by_org: dict[str, list[float]] = {}
+        for (org, agent), amounts in costs.items():
+            self.cost.labels(org, agent).inc(sum(amounts))
+            cost_by_org.setdefault(org, []).extend(amounts)
+        for org, amounts in cost_by_org.items():
+            observe_all(self.cost_per_execution.labels(org), amounts)
+        for (org, agent), amounts in durations.items():
+            observe_all(self.duration.labels(org, agent), amounts)
 
     def set_running(self, rows: Sequence[RunningRow]) -> None:
         """Replace the running/stuck gauges with a fresh reading of the database."""
