@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -21,9 +21,8 @@ from shared.events import Event
 from shared.validation import Rejected
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A valid event with where it came from in the stream."""
+class Incoming(NamedTuple):
+    """A valid event with where it came from in the stream (a tuple: one is built per event)."""
 
     event: Event
     stream_seq: int | None = None
@@ -81,7 +80,10 @@ async def apply_batch(
         {k: s.agent_name for k, s in stored_co.items()},
     )
     accepted: list[Incoming] = []
-    rows: list[tuple[str, str, str, str, str, datetime, int | None]] = []
+    # Events of rows already stored are looked up in the events table; events of new rows
+    # are nearly always new themselves (see repo.insert_events).
+    rows: list[repo.EventRow] = []
+    rows_of_new: list[repo.EventRow] = []
     seen: set[tuple[str, str]] = set()
     for index, (item, ev, ex_id, agent) in enumerate(keyed):
         owner = owners.setdefault((ev.org, ex_id), agent)
@@ -102,11 +104,14 @@ async def apply_batch(
             continue
         seen.add(event_key)
         accepted.append(item)
-        rows.append(
-            (ev.org, ev.event_id, ev.type.value, agent, ex_id, ev.occurred_at, item.stream_seq)
-        )
+        row = (ev.org, ev.event_id, ev.type.value, agent, ex_id, ev.occurred_at, item.stream_seq)
+        if ev.component is None:
+            stored = (ev.org, ex_id) in stored_ex
+        else:
+            stored = component_key(ev) in stored_co
+        (rows if stored else rows_of_new).append(row)
 
-    fresh = await repo.insert_events(conn, rows)
+    fresh = await repo.insert_events(conn, rows, rows_of_new)
     new_events = []
     for item in accepted:
         if (item.event.org, item.event.event_id) in fresh:

@@ -165,19 +165,42 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
 
+EventRow = tuple[str, str, str, str, str, datetime, int | None]
+
+
+async def _known_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> set[tuple[str, str]]:
+    if not rows:
+        return set()
+    known = await conn.fetch(KNOWN_EVENTS, *_columns(rows, 2))
+    return {(r["org"], r["event_id"]) for r in known}
+
+
 async def insert_events(
-    conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str, str, datetime, int | None]]
+    conn: asyncpg.Connection, rows: Sequence[EventRow], rows_of_new: Sequence[EventRow] = ()
 ) -> set[tuple[str, str]]:
     """Record events not recorded before and return their (org, event_id) pairs.
+
+    `rows` are looked up first. `rows_of_new` are events of executions and steps not stored
+    yet, which are nearly always new too, so they are written without the look-up; if one
+    was recorded after all (its row since deleted by retention, or its event_id reused by
+    another execution), the write is undone and they are looked up like the rest.
 
     The caller holds the locks of the events' executions, so no other writer can record the
     same events between the look-up and the COPY.
     """
-    if not rows:
-        return set()
-    known = await conn.fetch(KNOWN_EVENTS, *_columns(rows, 2))
-    seen = {(r["org"], r["event_id"]) for r in known}
+    seen = await _known_events(conn, rows)
     fresh = [row for row in rows if (row[0], row[1]) not in seen]
+    if rows_of_new:
+        try:
+            async with conn.transaction():  # a savepoint: a conflict undoes only this write
+                await conn.copy_records_to_table(
+                    "events", records=[*fresh, *rows_of_new], columns=EVENT_COLUMNS
+                )
+        except asyncpg.UniqueViolationError:
+            seen = await _known_events(conn, rows_of_new)
+            fresh += [row for row in rows_of_new if (row[0], row[1]) not in seen]
+        else:
+            return {(row[0], row[1]) for row in (*fresh, *rows_of_new)}
     if fresh:
         await conn.copy_records_to_table("events", records=fresh, columns=EVENT_COLUMNS)
     return {(row[0], row[1]) for row in fresh}
