@@ -10,13 +10,12 @@ leads the version; a late, lower-ranked event still fills fields that are empty.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
-from shared.events import EVENT_STATUS, Event, EventType
+from shared.events import EVENT_STATUS, ComponentFields, Event, EventType, ExecutionFields
 
 #: Merged execution columns (besides the key `org`, `id` and the constant `agent_name`).
 EXECUTION_FIELDS: tuple[str, ...] = (
@@ -94,21 +93,20 @@ class RowState:
     stored: dict[str, Any] = field(default_factory=dict)
 
 
-def _offered(event: Event) -> Iterator[tuple[str, Any]]:
-    """The (field, value) pairs an event sets: its status and every non-null merged field."""
-    yield "status", _TYPE_STATUS[event.type]
-    if event.execution is not None:
-        body: dict[str, Any] = event.execution.__dict__
-        merged = _EXECUTION_MERGED
-    else:
-        assert event.component is not None
-        body = event.component.__dict__
+def _offered(event: Event) -> dict[str, Any]:
+    """The fields an event sets, with their values: its status and every non-null merged field."""
+    offered: dict[str, Any] = {"status": _TYPE_STATUS[event.type]}
+    body: ExecutionFields | ComponentFields | None = event.execution
+    merged = _EXECUTION_MERGED
+    if body is None:
+        body = event.component
+        assert body is not None
         merged = _COMPONENT_MERGED
-    for name, value in body.items():
-        if value is None or name not in merged:
-            continue
-        # Enums are stored as their text (retry_policy is the only one besides status).
-        yield name, value.value if isinstance(value, StrEnum) else value
+    for name, value in body.__dict__.items():
+        if value is not None and name in merged:
+            # Enums are stored as their text (retry_policy is the only one besides status).
+            offered[name] = value.value if isinstance(value, StrEnum) else value
+    return offered
 
 
 def new_state(event: Event) -> RowState:
@@ -121,8 +119,15 @@ def merge(state: RowState, event: Event) -> RowState:
         state.first_seen_at = event.occurred_at
         state.changed.add("first_seen_at")
     version = event_version(event)
+    offered = _offered(event)
     versions, values, changed = state.versions, state.values, state.changed
-    for name, value in _offered(event):
+    if not versions:
+        # The row's first event (the common case): every field it offers is taken.
+        values.update(offered)
+        versions.update(dict.fromkeys(offered, version))
+        changed.update(offered)
+        return state
+    for name, value in offered.items():
         current = versions.get(name)
         # Equal versions come from the same event, hence the same value: keep what is there.
         if current is None or version > current:
@@ -185,8 +190,7 @@ FINISH_FIELDS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(NamedTuple):
     """An execution that reached a terminal status in this batch, with its merged fields."""
 
     org: str
