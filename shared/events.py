@@ -102,6 +102,9 @@ class RetryPolicy(StrEnum):
     FOREVER = "forever"
 
 
+#: The event types about one step (component) of an execution.
+COMPONENT_TYPES: frozenset[EventType] = frozenset(t for t in EventType if t.is_component)
+
 #: The status each event type asserts about its execution or component.
 EVENT_STATUS: dict[EventType, Status] = {
     EventType.EXECUTION_QUEUED: Status.PENDING,
@@ -182,23 +185,25 @@ class Event(_Record):
 
     @model_validator(mode="after")
     def _body_matches_type(self) -> Event:
+        # Runs in Python for every event ingest takes: plain look-ups, no enum properties.
         if not EARLIEST <= self.occurred_at <= LATEST:
             raise ValueError("occurred_at must lie between 2000 and 2199")
-        if self.type.is_component:
+        type_, execution = self.type, self.execution
+        if type_ in COMPONENT_TYPES:
             if self.component is None:
-                raise ValueError(f"{self.type.value} needs a 'component' object")
-            if self.execution is not None:
-                raise ValueError(f"{self.type.value} carries 'component', not 'execution'")
+                raise ValueError(f"{type_} needs a 'component' object")
+            if execution is not None:
+                raise ValueError(f"{type_} carries 'component', not 'execution'")
         else:
-            if self.execution is None:
-                raise ValueError(f"{self.type.value} needs an 'execution' object")
+            if execution is None:
+                raise ValueError(f"{type_} needs an 'execution' object")
             if self.component is not None:
-                raise ValueError(f"{self.type.value} carries 'execution', not 'component'")
-            asserted = EVENT_STATUS[self.type]
-            if self.execution.status is not None and self.execution.status != asserted:
+                raise ValueError(f"{type_} carries 'execution', not 'component'")
+            asserted = EVENT_STATUS[type_]
+            if execution.status is not None and execution.status is not asserted:
                 raise ValueError(
-                    f"execution.status {self.execution.status.value!r} contradicts "
-                    f"{self.type.value} (which means {asserted.value!r})"
+                    f"execution.status {execution.status.value!r} contradicts "
+                    f"{type_} (which means {asserted.value!r})"
                 )
         return self
 

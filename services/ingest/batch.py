@@ -104,7 +104,8 @@ async def apply_batch(
             continue
         seen.add(event_key)
         accepted.append(item)
-        row = (ev.org, ev.event_id, ev.type.value, agent, ex_id, ev.occurred_at, item.stream_seq)
+        # The type as is: a StrEnum is its text (`.value` is a slow property).
+        row = (ev.org, ev.event_id, ev.type, agent, ex_id, ev.occurred_at, item.stream_seq)
         if ev.component is None:
             stored = (ev.org, ex_id) in stored_ex
         else:

@@ -261,8 +261,9 @@ class BatchConsumer:
     async def _after_commit(self, batch: list[tuple[Msg, Incoming]], outcome: Outcome) -> None:
         m = self._metrics
         # One labels() look-up per type and outcome, not per event: it shows on the hot path.
-        counts = Counter((ev.type.value, "applied") for ev in outcome.applied)
-        counts.update((ev.type.value, "duplicate") for ev in outcome.duplicates)
+        # (An EventType is its own text as a label; `.value` is a slow property.)
+        counts = Counter((ev.type, "applied") for ev in outcome.applied)
+        counts.update((ev.type, "duplicate") for ev in outcome.duplicates)
         for (type_, result), count in counts.items():
             m.events.labels(type_, result).inc(count)
         m.rows_written.labels("executions").inc(outcome.executions_written)

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.ingest.bulk_observe import observe_all
 from services.ingest.merge import Finished
-from shared.events import Event, trigger_group
+from shared.events import Event, EventType, trigger_group
 
 OTHER = "other"
 DEFAULT_MAX_ORGS = 50
@@ -204,7 +204,7 @@ class FleetMetrics:
         starts: CounterOf[tuple[str, str]] = CounterOf()
         for event in events:
             execution = event.execution
-            if execution is not None and event.type.value == "execution_started":
+            if execution is not None and event.type is EventType.EXECUTION_STARTED:
                 starts[capped(event.org, execution.agent_name)] += 1
         for key, count in starts.items():
             self.started.labels(*key).inc(count)
