@@ -20,6 +20,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.ingest.acks import ack_all
 from services.ingest.batch import Incoming, Outcome, apply_batch
 from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
@@ -203,8 +204,7 @@ class BatchConsumer:
                 valid.append((msg, Incoming(checked, _stream_seq(msg))))
         if valid:
             await self._commit(valid)
-        for msg in messages:
-            await msg.ack()
+        await ack_all(messages)
 
     async def _commit(self, batch: list[tuple[Msg, Incoming]]) -> None:
         delay = self._retry_min
