@@ -33,9 +33,12 @@ async def ack_all(messages: Sequence[Msg]) -> None:
     """`msg.ack()` for every message, as one protocol write where nats-py allows it."""
     if not messages:
         return
-    client = messages[0]._client
-    bulk = _bulk_capable(client) and all(
-        m._client is client and m.reply and not m._ackd and not _UNSAFE.search(m.reply)
+    client: Any = getattr(messages[0], "_client", None)
+    bulk = client is not None and _bulk_capable(client) and all(
+        getattr(m, "_client", None) is client
+        and m.reply
+        and not getattr(m, "_ackd", True)
+        and not _UNSAFE.search(m.reply)
         for m in messages
     )
     if not bulk:
