@@ -34,12 +34,16 @@ async def ack_all(messages: Sequence[Msg]) -> None:
     if not messages:
         return
     client: Any = getattr(messages[0], "_client", None)
-    bulk = client is not None and _bulk_capable(client) and all(
-        getattr(m, "_client", None) is client
-        and m.reply
-        and not getattr(m, "_ackd", True)
-        and not _UNSAFE.search(m.reply)
-        for m in messages
+    bulk = (
+        client is not None
+        and _bulk_capable(client)
+        and all(
+            getattr(m, "_client", None) is client
+            and m.reply
+            and not getattr(m, "_ackd", True)
+            and not _UNSAFE.search(m.reply)
+            for m in messages
+        )
     )
     if not bulk:
         for msg in messages:
