@@ -65,8 +65,17 @@ async def apply_batch(
     passes `outcome.registered` to `registry.remember` once the transaction has committed.
     """
     outcome = Outcome()
-    # Each event's execution key and agent, computed once (properties cost on the hot path).
-    keyed = [(item, item.event, item.event.execution_id, item.event.agent) for item in items]
+    # Each event's execution id and agent, read once (properties cost on the hot path).
+    keyed = []
+    for item in items:
+        ev = item.event
+        body = ev.execution
+        if body is not None:
+            keyed.append((item, ev, body.id, body.agent_name))
+        else:
+            assert ev.component is not None
+            assert ev.agent_name is not None
+            keyed.append((item, ev, ev.component.execution_id, ev.agent_name))
     ekeys = sorted({(ev.org, ex_id) for _, ev, ex_id, _ in keyed})
     ckeys = sorted({component_key(ev) for _, ev, _, _ in keyed if ev.component is not None})
     await repo.lock_executions(conn, ekeys)

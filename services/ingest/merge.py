@@ -163,13 +163,24 @@ def fold(
         executions=dict(known_executions or {}),
         components=dict(known_components or {}),
     )
+    executions = out.executions
     for event in events:
-        if event.execution is not None:
-            key = execution_key(event)
-            state = out.executions.get(key)
+        execution = event.execution
+        if execution is not None:
+            key = (event.org, execution.id)
+            state = executions.get(key)
             if state is None:
-                state = out.executions[key] = new_state(event)
-            merge(state, event)
+                # A row's first event: its fields are taken whole (what merge would do).
+                offered = _offered(event)
+                executions[key] = RowState(
+                    agent_name=execution.agent_name,
+                    first_seen_at=event.occurred_at,
+                    values=offered,
+                    versions=dict.fromkeys(offered, event_version(event)),
+                    changed=set(offered),
+                )
+            else:
+                merge(state, event)
         else:
             ckey = component_key(event)
             state = out.components.get(ckey)
@@ -216,23 +227,21 @@ def finished_in(
         version = state.versions.get("status")
         if version is None or version[0] != "2" or before.get(key, -1) == 2:
             continue
-        values, stored = state.values, state.stored
+        values = state.values
+        if state.stored:
+            # A stored row: what this batch did not set comes from the database.
+            values = {**state.stored, **{k: v for k, v in values.items() if v is not None}}
+        get = values.get
         out.append(
             Finished(
-                org=key[0],
-                agent_name=state.agent_name,
-                status=_pick(values, stored, "status"),
-                triggered_by=_pick(values, stored, "triggered_by"),
-                cost=_pick(values, stored, "cost"),
-                duration_ms=_pick(values, stored, "duration_ms"),
-                started_at=_pick(values, stored, "started_at"),
-                completed_at=_pick(values, stored, "completed_at"),
+                key[0],
+                state.agent_name,
+                values["status"],  # set by this batch: it made the row terminal
+                get("triggered_by"),
+                get("cost"),
+                get("duration_ms"),
+                get("started_at"),
+                get("completed_at"),
             )
         )
     return out
-
-
-def _pick(values: dict[str, Any], stored: dict[str, Any], name: str) -> Any:
-    """The merged value of a field: set in this batch, else as stored."""
-    found = values.get(name)
-    return found if found is not None else stored.get(name)
