@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["ingest", "query_api", "notifier_fanout", "publish", "reconcile_http"]
+BENCHMARKS = ["ingest", "ingest_cpu", "query_api", "notifier_fanout", "publish", "reconcile_http"]
 
 
 def main() -> int:
