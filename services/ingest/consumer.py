@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from services.ingest.acks import ack_all
 from services.ingest.batch import Incoming, Outcome, apply_batch
+from services.ingest.inflight import KeysInFlight
 from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
 from services.ingest.registry import RegistryCache
@@ -124,6 +125,8 @@ class BatchConsumer:
         # Up to `batch_size` messages (from one or more fetches) waiting for a slot.
         self._batch_size = batch_size
         self._forming: _Forming | None = None
+        # Executions the batches in flight are writing (see services/ingest/inflight.py).
+        self._keys = KeysInFlight()
 
     async def submit(self, messages: Sequence[Msg]) -> None:
         """Take a fetched chunk of messages; return once it is part of a batch (acks come later).
@@ -203,8 +206,29 @@ class BatchConsumer:
             else:
                 valid.append((msg, Incoming(checked, _stream_seq(msg))))
         if valid:
-            await self._commit(valid)
+            await self._commit_apart_from_in_flight(valid)
         await ack_all(messages)
+
+    async def _commit_apart_from_in_flight(self, valid: list[tuple[Msg, Incoming]]) -> None:
+        """Commit the executions no other batch in flight is writing now, the others after."""
+        keys = [(incoming.event.org, incoming.event.execution_id) for _, incoming in valid]
+        free, busy = self._keys.take_free(set(keys))
+        try:
+            if free:
+                now = (
+                    valid
+                    if not busy
+                    else [p for p, k in zip(valid, keys, strict=True) if k in free]
+                )
+                await self._commit(now)
+        finally:
+            self._keys.release(free)
+        if busy:
+            await self._keys.take_when_free(busy)
+            try:
+                await self._commit([p for p, k in zip(valid, keys, strict=True) if k in busy])
+            finally:
+                self._keys.release(busy)
 
     async def _commit(self, batch: list[tuple[Msg, Incoming]]) -> None:
         delay = self._retry_min
