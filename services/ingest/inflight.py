@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-ExecutionKey = tuple[str, str]  # org, execution id
+from services.ingest.merge import ExecutionKey
 
 
 class KeysInFlight:
