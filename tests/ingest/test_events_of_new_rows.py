@@ -9,24 +9,12 @@ the row.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest_asyncio
 
 from services.ingest.batch import Incoming, apply_batch
-from shared.db import connect
 from shared.events import Event
 from tests.ingest.events_factory import execution_events
-
-
-@pytest_asyncio.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await connect(database_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def _apply(conn: asyncpg.Connection, events: list[Event]) -> tuple[int, int]:
@@ -35,35 +23,35 @@ async def _apply(conn: asyncpg.Connection, events: list[Event]) -> tuple[int, in
     return len(outcome.applied), len(outcome.duplicates)
 
 
-async def test_events_of_new_executions_are_recorded(conn: asyncpg.Connection, org: str) -> None:
+async def test_events_of_new_executions_are_recorded(db: asyncpg.Connection, org: str) -> None:
     events = execution_events(org, "agent-1", "n1", random.Random(1))
-    assert await _apply(conn, events) == (len(events), 0)
-    assert await conn.fetchval("SELECT count(*) FROM events WHERE org = $1", org) == len(events)
-    assert await _apply(conn, events) == (0, len(events))
+    assert await _apply(db, events) == (len(events), 0)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE org = $1", org) == len(events)
+    assert await _apply(db, events) == (0, len(events))
 
 
 async def test_an_event_of_a_deleted_execution_is_a_duplicate(
-    conn: asyncpg.Connection, org: str
+    db: asyncpg.Connection, org: str
 ) -> None:
     old = execution_events(org, "agent-1", "gone", random.Random(2))
-    await _apply(conn, old)
-    await conn.execute("DELETE FROM executions WHERE org = $1 AND id = 'gone'", org)
+    await _apply(db, old)
+    await db.execute("DELETE FROM executions WHERE org = $1 AND id = 'gone'", org)
     fresh = execution_events(org, "agent-1", "next", random.Random(3))
     # One batch: a redelivered event of the deleted execution beside a new execution.
-    applied, duplicates = await _apply(conn, [old[-1], *fresh])
+    applied, duplicates = await _apply(db, [old[-1], *fresh])
     assert (applied, duplicates) == (len(fresh), 1)
-    ids = await conn.fetch("SELECT id FROM executions WHERE org = $1", org)
+    ids = await db.fetch("SELECT id FROM executions WHERE org = $1", org)
     assert [r["id"] for r in ids] == ["next"]
-    assert await conn.fetchval("SELECT count(*) FROM events WHERE org = $1", org) == len(old) + len(
+    assert await db.fetchval("SELECT count(*) FROM events WHERE org = $1", org) == len(old) + len(
         fresh
     )
 
 
 async def test_an_event_id_reused_by_another_execution_is_a_duplicate(
-    conn: asyncpg.Connection, org: str
+    db: asyncpg.Connection, org: str
 ) -> None:
     first = execution_events(org, "agent-1", "a", random.Random(4))
-    await _apply(conn, first)
+    await _apply(db, first)
     reused = Event.model_validate(
         {
             **execution_events(org, "agent-1", "b", random.Random(5))[0].model_dump(),
@@ -71,6 +59,6 @@ async def test_an_event_id_reused_by_another_execution_is_a_duplicate(
         }
     )
     other = execution_events(org, "agent-1", "c", random.Random(6))
-    assert await _apply(conn, [reused, *other]) == (len(other), 1)
-    ids = await conn.fetch("SELECT id FROM executions WHERE org = $1 ORDER BY id", org)
+    assert await _apply(db, [reused, *other]) == (len(other), 1)
+    ids = await db.fetch("SELECT id FROM executions WHERE org = $1 ORDER BY id", org)
     assert [r["id"] for r in ids] == ["a", "c"]
