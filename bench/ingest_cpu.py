@@ -11,7 +11,7 @@ plain objects with a subject, a body and a JetStream reply subject, acked in mem
 Use it to compare two checkouts of the ingest code (run it in each, alternately); the
 ratio to a raw COPY is bench/ingest.py's job.
 
-Run: .venv/bin/python -m bench.ingest_cpu [--batches 20] [--rounds 5] [--two-events]
+Run: .venv/bin/python -m bench.ingest_cpu [--batches 20] [--rounds 5] [--two-events] [--quick]
 """
 
 from __future__ import annotations
@@ -134,5 +134,8 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=20, help="batches of 1,000 per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--two-events", action="store_true", help="started + completed per row")
+    parser.add_argument("--quick", action="store_true", help="5 batches, 2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.batches, args.rounds = 5, 2
     asyncio.run(main(args.batches, args.rounds, args.two_events))
