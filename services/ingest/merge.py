@@ -109,8 +109,16 @@ def _offered(event: Event) -> dict[str, Any]:
     return offered
 
 
-def new_state(event: Event) -> RowState:
-    return RowState(agent_name=event.agent, first_seen_at=event.occurred_at)
+def first_state(event: Event, agent_name: str) -> RowState:
+    """The row of an execution or step as its first event makes it: every offered field."""
+    offered = _offered(event)
+    return RowState(
+        agent_name=agent_name,
+        first_seen_at=event.occurred_at,
+        values=offered,
+        versions=dict.fromkeys(offered, event_version(event)),
+        changed=set(offered),
+    )
 
 
 def merge(state: RowState, event: Event) -> RowState:
@@ -121,12 +129,6 @@ def merge(state: RowState, event: Event) -> RowState:
     version = event_version(event)
     offered = _offered(event)
     versions, values, changed = state.versions, state.values, state.changed
-    if not versions:
-        # The row's first event (the common case): every field it offers is taken.
-        values.update(offered)
-        versions.update(dict.fromkeys(offered, version))
-        changed.update(offered)
-        return state
     for name, value in offered.items():
         current = versions.get(name)
         # Equal versions come from the same event, hence the same value: keep what is there.
@@ -170,23 +172,16 @@ def fold(
             key = (event.org, execution.id)
             state = executions.get(key)
             if state is None:
-                # A row's first event: its fields are taken whole (what merge would do).
-                offered = _offered(event)
-                executions[key] = RowState(
-                    agent_name=execution.agent_name,
-                    first_seen_at=event.occurred_at,
-                    values=offered,
-                    versions=dict.fromkeys(offered, event_version(event)),
-                    changed=set(offered),
-                )
+                executions[key] = first_state(event, execution.agent_name)
             else:
                 merge(state, event)
         else:
             ckey = component_key(event)
             state = out.components.get(ckey)
             if state is None:
-                state = out.components[ckey] = new_state(event)
-            merge(state, event)
+                out.components[ckey] = first_state(event, event.agent)
+            else:
+                merge(state, event)
     return out
 
 
