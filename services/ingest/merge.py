@@ -139,10 +139,6 @@ def merge(state: RowState, event: Event) -> RowState:
     return state
 
 
-def execution_key(event: Event) -> ExecutionKey:
-    return (event.org, event.execution_id)
-
-
 def component_key(event: Event) -> ComponentKey:
     assert event.component is not None
     c = event.component
