@@ -223,6 +223,17 @@ async def publish_all(js: JetStreamContext, subjects: Subjects, events: list[Eve
         )
 
 
+def _cpu_now(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far: the ingest processes', Postgres's, nats-server's, stolen, idle."""
+    return {
+        "ingest": sum(cpu_seconds(pid) for pid in pids),
+        "postgres": postgres_cpu_seconds(),
+        "nats": nats_cpu_seconds(),
+        "steal": steal_seconds(),
+        "idle": idle_seconds(),
+    }
+
+
 async def time_until(
     conn: asyncpg.Connection,
     orgs: list[str],
@@ -248,11 +259,7 @@ async def time_until(
             if await conn.fetchval(ANY_EVENT_SQL, orgs):
                 first_at = time.perf_counter()
                 first_count = await conn.fetchval(COUNT_SQL, orgs)
-                cpu["ingest"] = -sum(cpu_seconds(pid) for pid in pids)
-                cpu["postgres"] = -postgres_cpu_seconds()
-                cpu["steal"] = -steal_seconds()
-                cpu["nats"] = -nats_cpu_seconds()
-                cpu["idle"] = -idle_seconds()
+                cpu.update({name: -seconds for name, seconds in _cpu_now(pids).items()})
             else:
                 await asyncio.sleep(0.02)
             continue
@@ -261,11 +268,8 @@ async def time_until(
             await conn.fetchval(TAIL_SQL, orgs, tail_ids) == len(tail_ids)
             and await conn.fetchval(COUNT_SQL, orgs) >= expected
         ):
-            cpu["ingest"] += sum(cpu_seconds(pid) for pid in pids)
-            cpu["postgres"] += postgres_cpu_seconds()
-            cpu["steal"] += steal_seconds()
-            cpu["nats"] += nats_cpu_seconds()
-            cpu["idle"] += idle_seconds()
+            for name, seconds in _cpu_now(pids).items():
+                cpu[name] += seconds
             return checked_at - first_at, first_count
         await asyncio.sleep(0.02)
 
