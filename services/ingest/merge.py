@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, NamedTuple
 
 from shared.events import EVENT_STATUS, ComponentFields, Event, EventType, ExecutionFields
@@ -102,10 +101,18 @@ def _offered(event: Event) -> dict[str, Any]:
         body = event.component
         assert body is not None
         merged = _COMPONENT_MERGED
-    for name, value in body.__dict__.items():
-        if value is not None and name in merged:
-            # Enums are stored as their text (retry_policy is the only one besides status).
-            offered[name] = value.value if isinstance(value, StrEnum) else value
+    # Only the fields the publisher sent can hold a value (every other one is null by
+    # default): a few names instead of the whole body, on the hot path.
+    values = body.__dict__
+    for name in body.model_fields_set:
+        if name in merged:
+            value = values[name]
+            if value is not None:
+                offered[name] = value
+    policy = offered.get("retry_policy")
+    if policy is not None:
+        # Stored as its text; an execution's only enum is `status`, which the type sets.
+        offered["retry_policy"] = policy.value
     return offered
 
 

@@ -146,3 +146,42 @@ def test_an_execution_finishes_once_with_its_merged_trigger_and_cost() -> None:
     running[("acme", "x1")].values = {}
     later = finished_in({("acme", "x1"): 1}, fold([completed], running).executions)
     assert [(d.status, d.triggered_by) for d in later] == [("success", "schedule")]
+
+
+def test_an_event_offers_the_fields_it_sent_with_a_value_and_its_status() -> None:
+    event = _event("execution_started", 0, "s", message="hi", response=None, cost=0.0)
+    state = fold([event]).executions[("acme", "x1")]
+    # `response` was sent as null and `cost` as zero: null offers nothing, zero is a value.
+    assert state.values == {"status": "running", "message": "hi", "cost": 0.0}
+    assert state.changed == {"status", "message", "cost"}
+
+
+def test_a_step_offers_its_retry_policy_as_text() -> None:
+    step = Event.model_validate(
+        {
+            "type": "component_failed",
+            "event_id": "c1",
+            "occurred_at": T0,
+            "org": "acme",
+            "agent_name": "ruby",
+            "component": {
+                "execution_id": "x1",
+                "node_id": "fetch",
+                "attempt": 2,
+                "retry_policy": "exponential",
+                "max_attempts": 3,
+                "input": {"url": "u"},
+                "output": None,
+                "error": "timeout",
+            },
+        }
+    )
+    state = fold([step]).components[("acme", "x1", "fetch", 2)]
+    assert state.values == {
+        "status": "failed",
+        "retry_policy": "exponential",
+        "max_attempts": 3,
+        "input": {"url": "u"},
+        "error": "timeout",
+    }
+    assert type(state.values["retry_policy"]) is str
