@@ -69,6 +69,9 @@ _TYPE_STATUS: dict[EventType, str] = {t: status.value for t, status in EVENT_STA
 #: Body fields merged as they are; `status` comes from the event type, not the body.
 _EXECUTION_MERGED = frozenset(EXECUTION_FIELDS) - {"status"}
 _COMPONENT_MERGED = frozenset(COMPONENT_FIELDS) - {"status"}
+# `_offered` reads only the fields a publisher sent, so a merged field must default to null.
+assert all(ExecutionFields.model_fields[n].default is None for n in _EXECUTION_MERGED)
+assert all(ComponentFields.model_fields[n].default is None for n in _COMPONENT_MERGED)
 
 
 def event_version(event: Event) -> str:
