@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,9 +27,11 @@ from services.reconciler.rules import (
     Lookup,
     Policy,
     Row,
+    belongs,
     decide_row,
     needs_lookup,
     reconcile,
+    run_for,
 )
 from services.reconciler.settings import ReconcilerSettings
 
@@ -41,6 +44,7 @@ def policy_from(settings: ReconcilerSettings) -> Policy:
     return Policy(
         first_check_grace=timedelta(seconds=settings.first_check_grace_seconds),
         orphan_grace=timedelta(seconds=settings.orphan_grace_seconds),
+        orphan_run_grace=timedelta(seconds=settings.orphan_run_grace_seconds),
         missing_external_id_timeout=timedelta(seconds=settings.missing_external_id_timeout_seconds),
         fail_missing_external_id=settings.fail_missing_external_id,
         orphan_org=settings.orphan_org,
@@ -141,7 +145,9 @@ class Reconciler:
         for name in engines:
             try:
                 listed += await self.engines[name].list_runs(now - self.lookback, now)
-            except EngineError as exc:
+            except Exception as exc:  # an adapter bug must not stop the pass either
+                if not isinstance(exc, EngineError):
+                    log.exception("engine %s failed to list runs", name)
                 self.metrics.engine_errors.labels(name).inc()
                 report.engine_errors.append(str(exc))
                 report.decisions.append(
@@ -177,23 +183,34 @@ class Reconciler:
             for run in await self._listed(engines, now, report)
             if filters.org in (None, run.org) and filters.agent in (None, run.agent_name)
         ]
-        known: set[tuple[str, str]] = set()
         open_keys = {(r.org, r.id) for r in rows}
-        extra: list[Decision] = []
-        runs_by_key = {(run.engine, run.external_id): run for run in listed}
+        runs_by_key: defaultdict[tuple[str, str], list[EngineRun]] = defaultdict(list)
+        for run in listed:
+            runs_by_key[(run.engine, run.external_id)].append(run)
+        # Rows of every org: a run that names no org is nobody's orphan while one may be its.
+        stored: list[Row] = []
         async with self.pool.acquire() as conn:
             for name in engines:
-                ids = [run.external_id for run in listed if run.engine == name]
-                for row in await repo.rows_by_external_ids(conn, name, ids):
-                    assert row.external_id is not None
-                    known.add((name, row.external_id))
-                    # Finished rows are checked against the listing only (no extra engine call).
-                    if (row.org, row.id) not in open_keys and row.status.is_terminal:
-                        run = runs_by_key[(name, row.external_id)]
-                        decision = decide_row(row, Lookup(run=run), now, self.policy)
-                        if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
-                            extra.append(decision)
-        report.decisions += reconcile(rows, lookups, listed, known, now, self.policy) + extra
+                ids = sorted({run.external_id for run in listed if run.engine == name})
+                stored += await repo.rows_by_external_ids(conn, name, ids)
+        orgs_by_key: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        for row in stored:
+            orgs_by_key[(row.engine or "", row.external_id or "")].add(row.org)
+        extra: list[Decision] = []
+        for row in stored:
+            # Finished rows are checked against the listing only (no extra engine call).
+            if (row.org, row.id) in open_keys or not row.status.is_terminal:
+                continue
+            if filters.org not in (None, row.org) or filters.agent not in (None, row.agent_name):
+                continue
+            key = (row.engine or "", row.external_id or "")
+            found = run_for(row, runs_by_key[key], orgs_by_key[key])
+            if found is None:  # not this row's run, or several that could be
+                continue
+            decision = decide_row(row, Lookup(run=found), now, self.policy)
+            if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
+                extra.append(decision)
+        report.decisions += reconcile(rows, lookups, listed, stored, now, self.policy) + extra
         for decision in report.mismatches:
             self.metrics.mismatches_found.labels(decision.kind.value).inc()
         if fix:
@@ -226,6 +243,10 @@ class Reconciler:
             return SyncResult(ok=False, error=str(exc))
         if run is None:
             return SyncResult(ok=False, error=f"{row.engine} has no run {row.external_id!r}")
+        if not belongs(run, row):
+            return SyncResult(
+                ok=False, error=f"{row.engine} run {row.external_id!r} is another execution's"
+            )
         events = component_events(
             org, row.agent_name, execution_id, list(run.steps), datetime.now(UTC)
         )

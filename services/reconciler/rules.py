@@ -5,7 +5,8 @@ The one rule that outranks the others: never fail a run the engine still reports
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -24,6 +25,7 @@ class Kind(StrEnum):
     ORPHAN_RUN = "orphan_run"
     ORPHAN_RUN_UNATTRIBUTED = "orphan_run_unattributed"
     TERMINAL_BUT_ENGINE_RUNNING = "terminal_but_engine_running"
+    FOREIGN_RUN = "foreign_run"
     ENGINE_ERROR = "engine_error"
 
 
@@ -63,6 +65,9 @@ class Lookup:
 class Policy:
     first_check_grace: timedelta = timedelta(seconds=60)
     orphan_grace: timedelta = timedelta(minutes=15)
+    #: An engine run with no row is created only this long after it started: its row may
+    #: be on its way (ingest lag) or still lack its external id (see the timeout below).
+    orphan_run_grace: timedelta = timedelta(minutes=10)
     missing_external_id_timeout: timedelta = timedelta(minutes=10)
     fail_missing_external_id: bool = False
     orphan_org: str | None = None
@@ -109,6 +114,50 @@ def _age(now: datetime, since: datetime) -> str:
     return f"{(now - since).total_seconds():.0f} s"
 
 
+def belongs(run: EngineRun, row: Row) -> bool:
+    """Whether an engine run can be this row's: the same engine and run id, and no org or
+    execution id of the run's own that names another row (run ids are unique per org only,
+    and an engine may reuse a workflow id for a later run)."""
+    return (
+        run.engine == row.engine
+        and run.external_id == row.external_id
+        and run.org in (None, row.org)
+        and run.execution_id in (None, row.id)
+    )
+
+
+def run_for(row: Row, runs: Iterable[EngineRun], orgs: Collection[str]) -> EngineRun | None:
+    """The one listed run that is this row's, or None when none or several could be.
+
+    `orgs` are the orgs with a row under the same run id: a run that names neither org nor
+    execution is taken only when this row's org is the only one.
+    """
+    candidates = [
+        run
+        for run in runs
+        if belongs(run, row) and (run.org or run.execution_id or set(orgs) <= {row.org})
+    ]
+    named = [run for run in candidates if run.execution_id == row.id]
+    if len(named) == 1:
+        return named[0]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def claimed_runs(runs: Sequence[EngineRun], stored: Iterable[Row]) -> set[int]:
+    """Indexes of the `runs` that one of the `stored` rows may be about (not orphans)."""
+    by_key: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, run in enumerate(runs):
+        by_key[(run.engine, run.external_id)].append(index)
+    claimed: set[int] = set()
+    for row in stored:
+        if row.engine is None or row.external_id is None:
+            continue
+        claimed.update(
+            i for i in by_key.get((row.engine, row.external_id), ()) if belongs(runs[i], row)
+        )
+    return claimed
+
+
 def needs_lookup(row: Row, now: datetime, policy: Policy) -> bool:
     """Whether the row's run should be fetched from its engine at all this time."""
     return row.external_id is not None and now - row.since >= policy.first_check_grace
@@ -143,6 +192,15 @@ def decide_row(row: Row, lookup: Lookup | None, now: datetime, policy: Policy) -
             Kind.ORPHAN_ROW,
             Action.FLAG,
             f"engine has no run {row.external_id!r} {_age(now, row.since)} after it started",
+        )
+    if not belongs(run, row):
+        return _decision(
+            row,
+            Kind.FOREIGN_RUN,
+            Action.FLAG,
+            f"{row.engine} run {row.external_id!r} belongs to "
+            f"{run.org or row.org}/{run.execution_id or '?'}, not to this execution",
+            engine_status=run.status,
         )
     extra = {"engine_status": run.status, "run": run}
     if run.status == row.status:
@@ -205,12 +263,19 @@ def decide_missing_external_id(row: Row, now: datetime, policy: Policy) -> Decis
 
 
 def decide_orphan_runs(
-    runs: Iterable[EngineRun], known: Collection[tuple[str, str]], policy: Policy
+    runs: Sequence[EngineRun], stored: Iterable[Row], now: datetime, policy: Policy
 ) -> list[Decision]:
-    """Engine runs with no row (by engine and external id): create them when attributable."""
+    """Engine runs no stored row may be about: create them when attributable and old enough.
+
+    `stored` are our rows with the runs' external ids (of any org: a run that names no org
+    is no orphan while any row may be its).
+    """
     decisions = []
-    for run in runs:
-        if (run.engine, run.external_id) in known:
+    claimed = claimed_runs(runs, stored)
+    for index, run in enumerate(runs):
+        if index in claimed:
+            continue
+        if run.started_at is not None and now - run.started_at < policy.orphan_run_grace:
             continue
         org = run.org or policy.orphan_org
         agent = run.agent_name or policy.orphan_agent
@@ -257,12 +322,12 @@ def orphan_execution_id(run: EngineRun) -> str:
 def reconcile(
     rows: Iterable[Row],
     lookups: Mapping[tuple[str, str], Lookup],
-    listed: Iterable[EngineRun],
-    known: Collection[tuple[str, str]],
+    listed: Sequence[EngineRun],
+    stored: Iterable[Row],
     now: datetime,
     policy: Policy,
 ) -> list[Decision]:
     """Every decision of one pass: one per row, then one per engine run we have no row for."""
     decisions = [decide_row(row, lookups.get((row.org, row.id)), now, policy) for row in rows]
-    decisions += decide_orphan_runs(listed, known, policy)
+    decisions += decide_orphan_runs(listed, stored, now, policy)
     return decisions

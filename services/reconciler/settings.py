@@ -48,6 +48,8 @@ class ReconcilerSettings(CommonSettings):
     first_check_grace_seconds: float = Field(default=60.0, ge=0)
     #: A row whose engine run is still not found this long after it started is an orphan.
     orphan_grace_seconds: float = Field(default=900.0, ge=0)
+    #: An engine run with no row is created as an execution only this long after it started.
+    orphan_run_grace_seconds: float = Field(default=600.0, ge=0)
     #: How far back engines are listed for runs we have no row for.
     lookback_seconds: float = Field(default=3600.0, gt=0)
     concurrency: int = Field(default=64, ge=1, le=10_000)

@@ -14,9 +14,11 @@ from services.reconciler.rules import (
     Lookup,
     Policy,
     Row,
+    belongs,
     decide_orphan_runs,
     decide_row,
     reconcile,
+    run_for,
 )
 from shared.events import EventType, RetryPolicy, Status
 from shared.retries import classify_retry
@@ -116,21 +118,70 @@ def test_orphan_runs_are_created_when_attributable() -> None:
         run(Status.RUNNING, external_id="b"),
         run(Status.RUNNING, external_id="known", org="acme", agent_name="ruby"),
     ]
-    decisions = decide_orphan_runs(runs, {("temporal", "known")}, POLICY)
+    decisions = decide_orphan_runs(runs, [row(external_id="known")], NOW, POLICY)
     assert [(d.kind, d.action) for d in decisions] == [
         (Kind.ORPHAN_RUN, Action.PUBLISH),
         (Kind.ORPHAN_RUN_UNATTRIBUTED, Action.FLAG),
     ]
     assert decisions[0].execution_id == "temporal-a"
-    fallback = decide_orphan_runs(runs[1:2], set(), Policy(orphan_org="o", orphan_agent="g"))
+    fallback = decide_orphan_runs(runs[1:2], [], NOW, Policy(orphan_org="o", orphan_agent="g"))
     assert fallback[0].action is Action.PUBLISH
+
+
+def test_a_young_run_is_no_orphan_yet() -> None:
+    """Its row may be on its way, or still lack the external id: no duplicate is created."""
+    grace = timedelta(minutes=10)
+    young = run(
+        Status.RUNNING,
+        external_id="y",
+        org="acme",
+        agent_name="ruby",
+        started_at=NOW - grace + timedelta(seconds=1),
+    )
+    old = run(
+        Status.RUNNING, external_id="o", org="acme", agent_name="ruby", started_at=NOW - grace
+    )
+    policy = Policy(orphan_run_grace=grace)
+    assert [d.external_id for d in decide_orphan_runs([young, old], [], NOW, policy)] == ["o"]
+
+
+def test_a_run_is_matched_to_rows_of_its_own_org_and_execution_only() -> None:
+    acme, globex = row(org="acme"), row(org="globex", id="g1")
+    named = run(Status.FAILED, org="acme")
+    assert belongs(named, acme)
+    assert not belongs(named, globex)
+    anonymous = run(Status.FAILED)
+    assert belongs(anonymous, acme)
+    assert belongs(anonymous, globex)
+    assert not belongs(run(Status.FAILED, execution_id="other"), acme)
+    # Another org's row with the same run id does not make the run known there...
+    orphan = run(Status.SUCCESS, org="globex", agent_name="g", started_at=NOW - timedelta(hours=1))
+    assert [d.kind for d in decide_orphan_runs([orphan], [acme], NOW, POLICY)] == [Kind.ORPHAN_RUN]
+    # ...and an open row whose run id the engine gives to another org's run is flagged, not fixed.
+    d = decide_row(globex, Lookup(named), NOW, POLICY)
+    assert (d.kind, d.action, d.publish_status) == (Kind.FOREIGN_RUN, Action.FLAG, None)
+
+
+def test_a_reused_run_id_picks_the_run_that_names_the_row_or_none() -> None:
+    """Two runs of one workflow id: never guess which is whose."""
+    first = run(Status.FAILED, started_at=NOW - timedelta(hours=2))
+    second = run(Status.SUCCESS, started_at=NOW - timedelta(hours=1))
+    acme = {"acme"}
+    assert run_for(row(), [first, second], acme) is None
+    assert run_for(row(), [second], acme) is second
+    mine = run(Status.SUCCESS, execution_id="ex1")
+    assert run_for(row(), [first, mine], acme) is mine
+    assert run_for(row(id="ex2"), [first, mine], acme) is first
+    # A run that names no org, under a run id rows of two orgs carry: whose is it? Nobody's.
+    assert run_for(row(), [second], {"acme", "globex"}) is None
+    assert run_for(row(), [run(Status.SUCCESS, org="acme")], {"acme", "globex"}) is not None
 
 
 def test_reconcile_gives_one_decision_per_row_and_orphan() -> None:
     rows = [row(), row(id="ex2", external_id="wf-2")]
     lookups = {("acme", "ex1"): Lookup(run(Status.SUCCESS)), ("acme", "ex2"): Lookup(None)}
     orphan = run(Status.RUNNING, external_id="wf-9", org="acme", agent_name="ruby")
-    decisions = reconcile(rows, lookups, [orphan], set(), NOW, POLICY)
+    decisions = reconcile(rows, lookups, [orphan], [], NOW, POLICY)
     assert [d.kind for d in decisions] == [Kind.STATUS_MISMATCH, Kind.ORPHAN_ROW, Kind.ORPHAN_RUN]
     assert all(d.reason for d in decisions)
 
@@ -188,3 +239,20 @@ def test_retry_classes(
     policy: RetryPolicy | None, attempt: int, max_attempts: int | None, expected: str | None
 ) -> None:
     assert classify_retry(policy, attempt, max_attempts) == expected
+
+
+async def test_an_unreadable_memo_leaves_the_run_unattributed() -> None:
+    """Another team's workflow whose memo this converter cannot decode stops no pass."""
+    from services.reconciler.engines.temporal import MEMO_AGENT, MEMO_ORG, _our_memo
+
+    class Listed:
+        id = "theirs"
+
+        async def memo_value(self, key: str, default: object = None) -> object:
+            if key == MEMO_ORG:
+                raise KeyError("Unknown payload encoding binary/encrypted")
+            return "ruby" if key == MEMO_AGENT else default
+
+    memo = await _our_memo(Listed())  # type: ignore[arg-type]
+    assert memo[MEMO_ORG] is None
+    assert memo[MEMO_AGENT] == "ruby"

@@ -44,6 +44,7 @@ from tests.reconciler.temporal_workflows import (
 POLICY = Policy(
     first_check_grace=timedelta(seconds=0),
     orphan_grace=timedelta(minutes=5),
+    orphan_run_grace=timedelta(seconds=0),
     missing_external_id_timeout=timedelta(minutes=5),
 )
 
@@ -131,8 +132,27 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
         POLICY,
         component_engines=["temporal"],
     )
+    # Run ids are unique per org only: another org's rows with the id of this org's run (one
+    # open, one finished) are neither corrected nor do they hide the orphan.
+    other = f"{org}-b"
+    orphan_run_id = fleet.ids["x-done"].replace("done", "orphan")
+    await insert_row(db, other, "x-foreign", engine="temporal", external_id=orphan_run_id)
+    await insert_row(
+        db,
+        other,
+        "x-foreign-done",
+        engine="temporal",
+        external_id=fleet.ids["x-fail"],
+        status="success",
+    )
     try:
         report = await reconciler.run_pass(fix=False)
+        foreign = {d.execution_id: d for d in report.decisions if d.org == other}
+        assert (foreign["x-foreign"].kind, foreign["x-foreign"].action) == (
+            Kind.FOREIGN_RUN,
+            Action.FLAG,
+        )
+        assert "x-foreign-done" not in foreign
         mine = [d for d in report.decisions if d.org == org]
         by_id = {d.execution_id: d for d in mine}
         assert by_id["x-done"].kind is Kind.STATUS_MISMATCH

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.reconciler.engines import EngineError, EngineRun
 from services.reconciler.engines.temporal_history import failure_text, steps_from_history
 from shared.events import Status
+
+log = logging.getLogger(__name__)
 
 #: Memo keys a workflow may carry so that a run with no row can be attributed.
 MEMO_ORG = "fleetwatch_org"
@@ -51,6 +54,22 @@ def map_status(status: WorkflowExecutionStatus | None) -> tuple[Status, str | No
     return STATUS.get(status, (Status.RUNNING, None))
 
 
+async def _our_memo(run: WorkflowExecution) -> dict[str, Any]:
+    """The memo fields fleetwatch reads, each decoded on its own.
+
+    Any workflow of the namespace is listed, not only ours: one whose memo this converter
+    cannot decode (a codec's encoding, say) is simply not attributed, and the pass goes on.
+    """
+    values: dict[str, Any] = {}
+    for key in (MEMO_ORG, MEMO_AGENT, MEMO_EXECUTION_ID):
+        try:
+            values[key] = await run.memo_value(key, None)
+        except Exception as exc:
+            log.debug("workflow %s: memo %s unreadable: %s", run.id, key, exc)
+            values[key] = None
+    return values
+
+
 class TemporalEngine:
     """Reads one namespace through a connected client; workflow id is the external id."""
 
@@ -85,7 +104,7 @@ class TemporalEngine:
         runs = []
         try:
             async for wf in self._client.list_workflows(query, rpc_timeout=self._timeout):
-                memo = await wf.memo()
+                memo = await _our_memo(wf)
                 status, error_type = map_status(wf.status)
                 runs.append(
                     EngineRun(
@@ -113,7 +132,7 @@ class TemporalEngine:
             history = None
             if with_steps or status in (Status.FAILED, Status.CANCELLED):
                 history = await handle.fetch_history(rpc_timeout=self._timeout)
-            memo = await desc.memo()
+            memo = await _our_memo(desc)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 return None
