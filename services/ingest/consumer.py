@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from services.ingest.acks import ack_all
 from services.ingest.batch import Incoming, Outcome, apply_batch
+from services.ingest.db_errors import refused_content
 from services.ingest.inflight import KeysInFlight
 from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
@@ -46,6 +47,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _DETAIL_MAX = 900
+_DEFAULT_MAX_PAYLOAD = 1024 * 1024
+_HEADER_MARGIN = 64
 _V1_TOKENS = 9
 _V2_TOKENS = 11
 
@@ -82,6 +85,32 @@ class _Forming:
     messages: list[Msg] = field(default_factory=list)
     keepers: list[asyncio.Task[None]] = field(default_factory=list)
     launched: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _max_payload(js: JetStreamContext) -> int:
+    client = getattr(js, "_nc", None)
+    return int(getattr(client, "max_payload", 0) or _DEFAULT_MAX_PAYLOAD)
+
+
+def fit_payload(data: bytes, headers: dict[str, str], max_payload: int) -> bytes:
+    """`data` cut, when need be, so that it and `headers` fit one NATS message.
+
+    An agent may publish a body up to the server's limit; its dead letter carries headers too,
+    and the server would refuse it (and close the connection) every time it is redelivered.
+    A cut body is marked `Fleet-Dlq-Truncated: <original bytes>`; the whole original stays in
+    the events stream for its retention, at the sequence the dead letter's id names.
+    """
+    room = max_payload - _headers_size(headers) - _HEADER_MARGIN
+    if len(data) <= room:
+        return data
+    headers["Fleet-Dlq-Truncated"] = str(len(data))
+    room = max_payload - _headers_size(headers) - _HEADER_MARGIN
+    return data[: max(room, 0)]
+
+
+def _headers_size(headers: dict[str, str]) -> int:
+    # "NATS/1.0\r\n" + "Key: Value\r\n" per header + "\r\n", as nats-py writes them.
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _header_safe(text: str) -> str:
@@ -254,19 +283,19 @@ class BatchConsumer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if refused_content(exc):
+                    self._metrics.db_errors.labels("rejected").inc()
+                    await self._bisect(batch, exc)
+                    return
                 self._metrics.db_errors.labels("transient").inc()
                 if self.stopping.is_set():
                     raise
-                log.warning("database unavailable (%s); retrying in %.1fs", exc, delay)
+                log.warning("database cannot write now (%s); retrying in %.1fs", exc, delay)
                 await self._keep_alive([msg for msg, _ in batch])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue
-            except Exception as exc:
-                self._metrics.db_errors.labels("rejected").inc()
-                await self._bisect(batch, exc)
-                return
             self._metrics.commit_seconds.observe(time.perf_counter() - started)
             self._registry.remember(outcome.registered)
             await self._after_commit(batch, outcome)
@@ -324,7 +353,8 @@ class BatchConsumer:
         if seq is not None:
             # A redelivered poison message is stored once.
             headers["Nats-Msg-Id"] = f"dlq:{self._subjects.events_stream}:{seq}"
-        await self._js.publish(self._subjects.dlq(rejected.reason), msg.data, headers=headers)
+        data = fit_payload(msg.data, headers, _max_payload(self._js))
+        await self._js.publish(self._subjects.dlq(rejected.reason), data, headers=headers)
         self._metrics.dead_letters.labels(rejected.reason).inc()
         self._metrics.events.labels(
             str(getattr(type_label, "value", type_label)), "dead_lettered"

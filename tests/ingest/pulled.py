@@ -65,3 +65,14 @@ async def fetch_from_busy_loop(
     await asyncio.sleep(0)  # the fetch sends its request and waits
     time.sleep(0.2)  # noqa: ASYNC251 - the loop is busy past the window as the answer arrives
     return await task
+
+
+async def acks_pending_settle(sub: JetStreamContext.PullSubscription, within: float = 5.0) -> int:
+    """The consumer's unacknowledged count once it stops falling (the server applies acks
+    asynchronously), or after `within` seconds."""
+    deadline = time.monotonic() + within
+    pending = (await sub.consumer_info()).num_ack_pending
+    while pending and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        pending = (await sub.consumer_info()).num_ack_pending
+    return pending
