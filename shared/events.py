@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -42,6 +44,33 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 #: Counts and durations fit Postgres bigint.
 Count = Annotated[int, Field(ge=0, le=2**62)]
+#: A time Postgres and Python can both hold (checked in pydantic-core, not per call).
+Moment = Annotated[AwareDatetime, Field(ge=EARLIEST, le=LATEST)]
+
+#: Integers a JSON field may hold: what the JSON encoder on the way to jsonb can write.
+_JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
+
+
+def _storable(value: Any) -> Any:
+    """Refuse what JSON cannot carry to storage: NaN, infinities (which pydantic's parser
+    accepts, and which would be stored as null) and integers past 64 bits."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, int):
+        if not _JSON_INT_MIN <= value <= _JSON_INT_MAX:
+            raise ValueError("integers must fit 64 bits")
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _storable(item)
+    return value
+
+
+#: Free-form JSON (tool calls, a step's input and output), storable as jsonb.
+Json = Annotated[JsonValue, AfterValidator(_storable)]
 
 
 class EventType(StrEnum):
@@ -138,15 +167,15 @@ class ExecutionFields(_Record):
     response: Text | None = None
     error: Text | None = None
     error_type: Annotated[str, Field(max_length=200)] | None = None
-    started_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
+    started_at: Moment | None = None
+    completed_at: Moment | None = None
     duration_ms: Count | None = None
     context_used: Count | None = None
     context_max: Count | None = None
     cost: Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)] | None = None
     tokens_in: Count | None = None
     tokens_out: Count | None = None
-    tool_calls: Annotated[list[JsonValue], Field(max_length=10_000)] | None = None
+    tool_calls: Annotated[list[Json], Field(max_length=10_000)] | None = None
     execution_log: Annotated[str, Field(max_length=MAX_LOG)] | None = None
     engine: Annotated[str, Field(max_length=64)] | None = None
     external_id: Ident | None = None
@@ -162,12 +191,12 @@ class ComponentFields(_Record):
     attempt: Annotated[int, Field(ge=1, le=1_000_000)] = 1
     retry_policy: RetryPolicy | None = None
     max_attempts: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
-    input: JsonValue = None
-    output: JsonValue = None
+    input: Json = None
+    output: Json = None
     error: Text | None = None
     error_type: Annotated[str, Field(max_length=200)] | None = None
-    started_at: AwareDatetime | None = None
-    completed_at: AwareDatetime | None = None
+    started_at: Moment | None = None
+    completed_at: Moment | None = None
 
 
 class Event(_Record):
