@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
@@ -47,4 +47,10 @@ def decode_cursor(text: str) -> CursorKey:
         or "\x00" in ident  # PostgreSQL text cannot hold it
     ):
         raise CursorError("not a cursor of this list")
+    try:
+        # In UTC, as the database compares it: an offset can carry year 1 or 9999 past
+        # what a datetime (and the driver's encoder) can hold.
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise CursorError("not a cursor of this list") from None
     return CursorKey(sort_at=moment, id=ident)

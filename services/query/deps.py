@@ -40,6 +40,11 @@ class QueryState:
     #: Stats cache keys being recomputed in the background, and those tasks.
     refreshing: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Exports streaming now (`settings.export_concurrency`), each holding one connection.
+    export_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.export_slots = asyncio.Semaphore(self.settings.export_concurrency)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` in the background, held until it ends (cancelled at shutdown)."""
@@ -128,14 +133,45 @@ async def _admitted(request: Request) -> tuple[QueryState, Claims]:
     return state, claims
 
 
+def _busy(detail: str) -> HTTPException:
+    return HTTPException(503, detail=detail, headers={"Retry-After": "1"})
+
+
 @asynccontextmanager
 async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection in a transaction under the app role with the org set (RLS)."""
-    if state.pool is None:
+    """A pooled connection in a transaction under the app role with the org set (RLS).
+
+    A busy pool answers 503 after `pool_acquire_timeout_s` rather than queueing forever.
+    """
+    pool = state.pool
+    if pool is None:
         raise HTTPException(503, detail="database not ready")
-    async with state.pool.acquire() as conn, conn.transaction():
-        await repo.enter_org(conn, org)
-        yield conn
+    try:
+        conn = await pool.acquire(timeout=state.settings.pool_acquire_timeout_s)
+    except TimeoutError:
+        state.metrics.busy.labels("connection").inc()
+        raise _busy("no database connection free; try again") from None
+    try:
+        async with conn.transaction():
+            await repo.enter_org(conn, org)
+            yield conn
+    finally:
+        await pool.release(conn)
+
+
+@asynccontextmanager
+async def _export_slot(state: QueryState) -> AsyncIterator[None]:
+    """One of `export_concurrency` slots, waited for before any connection is taken."""
+    try:
+        async with asyncio.timeout(state.settings.pool_acquire_timeout_s):
+            await state.export_slots.acquire()
+    except TimeoutError:
+        state.metrics.busy.labels("export").inc()
+        raise _busy("too many exports at once; try again") from None
+    try:
+        yield
+    finally:
+        state.export_slots.release()
 
 
 def _scope_key(claims: Claims) -> tuple[str, str, str]:
@@ -161,15 +197,29 @@ async def resolve_scope(state: QueryState, conn: asyncpg.Connection, claims: Cla
     return scope
 
 
-async def caller(request: Request) -> AsyncIterator[Ctx]:
-    """Authenticate, rate-limit, then hold a connection in a transaction bound to the org."""
-    state, claims = await _admitted(request)
+@asynccontextmanager
+async def _held(state: QueryState, claims: Claims) -> AsyncIterator[Ctx]:
     async with _transaction(state, claims.org) as conn:
         scope = await resolve_scope(state, conn, claims)
         ctx = Ctx(conn=conn, scope=scope, state=state)
         yield ctx
     for org in ctx.changes:  # committed: nobody can reload the old scope any more
         state.forget_scopes(org)
+
+
+async def caller(request: Request) -> AsyncIterator[Ctx]:
+    """Authenticate, rate-limit, then hold a connection in a transaction bound to the org."""
+    state, claims = await _admitted(request)
+    async with _held(state, claims) as ctx:
+        yield ctx
+
+
+async def streaming_caller(request: Request) -> AsyncIterator[Ctx]:
+    """As `caller`, for a body streamed from the request's own connection (an export): at
+    most `export_concurrency` at once, so exports cannot take the whole pool."""
+    state, claims = await _admitted(request)
+    async with _export_slot(state), _held(state, claims) as ctx:
+        yield ctx
 
 
 async def light_caller(request: Request) -> Caller:
@@ -183,6 +233,9 @@ async def light_caller(request: Request) -> Caller:
 
 
 CallerDep = Annotated[Ctx, Depends(caller)]
+#: Held until the response body is sent (scope "request"), so a streamed body may use it:
+#: one connection per export, never a second one from the pool.
+StreamCallerDep = Annotated[Ctx, Depends(streaming_caller, scope="request")]
 LightCallerDep = Annotated[Caller, Depends(light_caller)]
 StateDep = Annotated[QueryState, Depends(get_state)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -197,7 +197,9 @@ def parse_filters(grouped: Mapping[str, Sequence[str]]) -> ListFilters:
         raise FilterError("end_time", "must not be before start_time")
     search = _single(grouped, "search")
     if search is not None:
-        search = search.strip() or None
+        search = search.strip()
+        if not search:  # dropping it would silently list everything
+            raise FilterError("search", "must not be blank")
     if search is not None and len(search) > MAX_SEARCH:
         raise FilterError("search", f"at most {MAX_SEARCH} characters")
     return ListFilters(
@@ -226,6 +228,16 @@ def parse_list_query(
     if cursor is not None and offset:
         raise FilterError("offset", "cannot be combined with cursor")
     return ListQuery(filters=filters, page=Page(limit=limit, cursor=cursor, offset=offset))
+
+
+def parse_agent_list_query(name: str, items: Iterable[tuple[str, str]]) -> ListQuery:
+    """The per-agent list's query: `name` (a path segment) is one agent name, never a list."""
+    items = list(items)
+    if any(key == "agent_name" for key, _ in items):
+        raise FilterError("agent_name", "the agent is given in the path")
+    (agent,) = _names("agent_name", [name])
+    query = parse_list_query(items)
+    return ListQuery(filters=replace(query.filters, agent_name=(agent,)), page=query.page)
 
 
 def parse_filter_items(

@@ -41,6 +41,12 @@ class QueryMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.busy = Counter(
+            "fleetwatch_query_busy_total",
+            "Requests refused with 503: no pool connection (or export slot) free in time",
+            ["wait"],
+            registry=self.registry,
+        )
         self.exported_rows = Counter(
             "fleetwatch_query_exported_rows_total",
             "Rows streamed by exports",

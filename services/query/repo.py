@@ -48,8 +48,9 @@ FROM (SELECT message, response FROM executions WHERE {where}
       ORDER BY sort_at DESC, id DESC LIMIT {budget}) AS s
 """
 
-# Migration 0012: the org's ids matching a search pattern when fewer than the cap, else NULL.
-SEARCH_CANDIDATES = "SELECT search_candidates($1, $2)"
+# Migration 0014: the ids of the org's rows (of the given agents; NULL: all) matching a search
+# pattern when fewer than the cap, else NULL.
+SEARCH_CANDIDATES = "SELECT search_candidates($1, $2, $3::text[])"
 
 DETAIL = """
 SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.triggered_by,
@@ -194,11 +195,13 @@ async def search_count(
 
 
 async def search_candidates(
-    conn: asyncpg.Connection, pattern: str, *, cap: int
+    conn: asyncpg.Connection, pattern: str, *, cap: int, agents: frozenset[str] | None = None
 ) -> list[str] | None:
-    """Every id of the transaction's org (`fleetwatch.org`) whose message or response matches
-    `pattern`, if fewer than `cap`; None for a common term (keep the ordered scan)."""
-    ids: list[str] | None = await conn.fetchval(SEARCH_CANDIDATES, pattern, int(cap))
+    """Every id of the transaction's org (`fleetwatch.org`) and of `agents` (None: every
+    agent) whose message or response matches `pattern`, if fewer than `cap`; None for a term
+    common among those rows (keep the ordered scan)."""
+    names = None if agents is None else sorted(agents)
+    ids: list[str] | None = await conn.fetchval(SEARCH_CANDIDATES, pattern, int(cap), names)
     return ids
 
 

@@ -19,6 +19,9 @@ class QuerySettings(CommonSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     pool_min_size: int = Field(default=2, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
+    #: How long a request waits for a free pool connection (or an export for its slot)
+    #: before it is answered 503 with `Retry-After`.
+    pool_acquire_timeout_s: float = Field(default=5.0, gt=0)
     #: How long stats stay cached per caller scope.
     stats_ttl_s: float = Field(default=5.0, ge=0)
     #: How long a user's or client's visible agents stay cached (0: read on every request).
@@ -41,12 +44,16 @@ class QuerySettings(CommonSettings):
     #: index under row-level security, so an uncapped search count reads the whole org.
     #: 0: count searches like other filters (up to `exact_count_limit` matches).
     search_count_scan: int = Field(default=2_000, ge=0)
-    #: A search first asks `search_candidates()` (migration 0012: trigram index, as the
-    #: function's owner, for the transaction's org only) for the matching ids when there are
-    #: fewer than this many; the list, its count and the export then read those ids by primary
-    #: key under RLS. A common term keeps the ordered scan. 0: never ask.
+    #: A search first asks `search_candidates()` (migrations 0012, 0014: trigram index, as the
+    #: function's owner, for the transaction's org and the caller's agents only) for the
+    #: matching ids when there are fewer than this many; the list, its count and the export
+    #: then read those ids by primary key under RLS. A common term keeps the ordered scan.
+    #: 0: never ask.
     search_candidates: int = Field(default=2_000, ge=0, le=100_000)
     export_batch_size: int = Field(default=2000, ge=10, le=50_000)
+    #: Exports streamed at once: each holds one pool connection until its body is sent (at
+    #: the client's pace), so keep this below `pool_max_size` to leave room for the rest.
+    export_concurrency: int = Field(default=4, ge=1)
     #: Links from an execution to its run in an outside engine, per engine name, with
     #: `{external_id}` (URL-quoted) in the template, e.g. (JSON in `QUERY_ENGINE_URLS`)
     #: `{"temporal": "http://temporal-ui:8233/namespaces/default/workflows/{external_id}"}`.

@@ -72,6 +72,17 @@ def _triggers(where: Where, values: tuple[str, ...]) -> None:
     where.add(parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")")
 
 
+def search_agents(
+    scope: frozenset[str] | None, agent_filter: tuple[str, ...]
+) -> frozenset[str] | None:
+    """The agents whose rows decide whether a search term is common (None: the whole org):
+    never more than the caller may see, so nothing they are shown depends on hidden rows."""
+    if not agent_filter:
+        return scope
+    wanted = frozenset(agent_filter)
+    return wanted if scope is None else wanted & scope
+
+
 def filtered(org: str, agents: frozenset[str] | None, filters: ListFilters) -> Where:
     """Scope plus every filter; times bound `sort_at` (started, else first seen), half-open."""
     where = scoped(org, agents)

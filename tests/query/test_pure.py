@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.query.cursor import CursorError, CursorKey, decode_cursor, encode_cursor
-from services.query.filters import FilterError, ListFilters, escape_like, parse_list_query
+from services.query.filters import (
+    FilterError,
+    ListFilters,
+    escape_like,
+    parse_agent_list_query,
+    parse_list_query,
+)
 from services.query.ratelimit import RateLimiter
+from services.query.routes.listing import proven_matches
 from services.query.stats import StatsGroup, TimelineRow, fill_timeline, fold_stats
-from services.query.where import after, filtered
+from services.query.where import after, filtered, search_agents
 
 
 def parse(*items: tuple[str, str]):  # type: ignore[no-untyped-def]
@@ -55,8 +64,40 @@ def test_times_accept_z_and_naive_as_utc() -> None:
     }
 
 
-def test_blank_search_is_no_filter() -> None:
-    assert parse(("search", "   ")).filters.search is None
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n "])
+def test_blank_search_is_refused_not_dropped(blank: str) -> None:
+    with pytest.raises(FilterError) as caught:
+        parse(("search", blank))
+    assert caught.value.field == "search"
+    assert parse(("search", "  refund ")).filters.search == "refund"
+
+
+def test_path_agent_name_is_one_name() -> None:
+    query = parse_agent_list_query("a-1", [("status", "failed"), ("limit", "5")])
+    assert query.filters.agent_name == ("a-1",)
+    assert query.filters.status == ("failed",)
+    assert query.page.limit == 5
+    for name in ("a,b", "a,", "", "a b", "x" * 65):
+        with pytest.raises(FilterError) as caught:
+            parse_agent_list_query(name, [])
+        assert caught.value.field == "agent_name"
+    with pytest.raises(FilterError) as caught:
+        parse_agent_list_query("a", [("agent_name", "b")])
+    assert caught.value.field == "agent_name"
+
+
+def test_search_commonness_is_judged_within_the_scope() -> None:
+    assert search_agents(None, ()) is None
+    assert search_agents(None, ("a",)) == frozenset({"a"})
+    assert search_agents(frozenset({"a", "b"}), ()) == frozenset({"a", "b"})
+    assert search_agents(frozenset({"a", "b"}), ("b", "c")) == frozenset({"b"})
+
+
+def test_an_empty_page_proves_no_match() -> None:
+    assert proven_matches(0, 0, has_more=False) == 0
+    assert proven_matches(40, 0, has_more=False) == 0
+    assert proven_matches(40, 3, has_more=False) == 43
+    assert proven_matches(40, 10, has_more=True) == 51
 
 
 @given(st.text(max_size=50))
@@ -93,6 +134,25 @@ def test_cursor_round_trips(moment: datetime, ident: str) -> None:
 def test_foreign_cursors_are_refused(text: str) -> None:
     with pytest.raises(CursorError):
         decode_cursor(text)
+
+
+def _forged(moment: str) -> str:
+    raw = orjson.dumps({"v": 1, "t": moment, "i": "x"})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_cursor_times_past_the_utc_range_are_refused(moment: str) -> None:
+    with pytest.raises(CursorError):
+        decode_cursor(_forged(moment))
+
+
+def test_cursor_times_come_back_in_utc() -> None:
+    key = decode_cursor(_forged("2026-02-05T12:00:00+02:00"))
+    assert key.sort_at == datetime(2026, 2, 5, 10, tzinfo=UTC)
+    assert key.sort_at.utcoffset() == timedelta(0)
+    edge = decode_cursor(_forged("0001-01-01T00:00:00-01:00"))
+    assert edge.sort_at == datetime(1, 1, 1, 1, tzinfo=UTC)
 
 
 def test_where_always_starts_with_org_and_binds_every_value() -> None:

@@ -1,4 +1,4 @@
-"""Search through `search_candidates()` (migration 0012): the same answers as the ordered
+"""Search through `search_candidates()` (migrations 0012, 0014): the same answers as the ordered
 scan, and a function that can never answer for another org than the transaction's."""
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ async def test_function_answers_for_the_transactions_org_only(
         assert await _in_org(conn, "", zebra, 2000) == []
         assert await _in_org(conn, A, "%", 0) == []
         # Not even the owner gets anything without the setting.
-        assert await conn.fetchval("SELECT search_candidates($1, 2000)", zebra) == []
+        assert await conn.fetchval("SELECT search_candidates($1, 2000, NULL)", zebra) == []
         # A common term (or more matches than the cap) is NULL: keep the ordered scan.
         assert await _in_org(conn, A, search_pattern("please"), 2000) is None
         assert await _in_org(conn, A, zebra, 3) is None
@@ -234,9 +234,12 @@ async def test_function_answers_for_the_transactions_org_only(
             "FROM pg_proc AS p WHERE p.proname = 'search_candidates'"
         )
         assert proc["prosecdef"] is True
+        # 0014 replaced the org-wide two-argument form: no caller can reach it any more.
+        count = "SELECT count(*) FROM pg_proc WHERE proname = 'search_candidates'"
+        assert await conn.fetchval(count) == 1
         assert proc["provolatile"] == "s"
         assert "search_path=pg_catalog, public" in proc["proconfig"]
-        assert proc["args"] == "pattern text, cap integer"
+        assert proc["args"] == "pattern text, cap integer, agent_names text[]"
         assert proc["public_exec"] is False
         assert proc["app_exec"] is True
     finally:
@@ -257,7 +260,7 @@ async def test_other_roles_cannot_call_it(database_url: str, rows: Any) -> None:
                 await conn.execute(f'SET LOCAL ROLE "{role}"')
                 await conn.execute("SELECT set_config('fleetwatch.org', $1, true)", A)
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.fetchval("SELECT search_candidates('%zebra%', 10)")
+                    await conn.fetchval("SELECT search_candidates('%zebra%', 10, NULL)")
                 raise _Rollback
     finally:
         await conn.execute(f'DROP ROLE IF EXISTS "{role}"')

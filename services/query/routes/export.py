@@ -14,8 +14,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from services.query import repo
-from services.query.deps import CallerDep, QueryState, require_agent_visible, require_fleet_wide
+from services.query.deps import Ctx, StreamCallerDep, require_agent_visible, require_fleet_wide
 from services.query.filters import FilterError, ListFilters, parse_filter_items, search_pattern
+from services.query.search import search_candidates
 from services.query.where import among, filtered
 
 router = APIRouter(tags=["executions"])
@@ -70,38 +71,31 @@ def ndjson_chunk(rows: list[dict[str, Any]]) -> bytes:
 
 
 async def _stream(
-    state: QueryState,
-    org: str,
-    agents: frozenset[str] | None,
-    filters: ListFilters,
-    fmt: Literal["csv", "ndjson"],
+    ctx: Ctx, filters: ListFilters, fmt: Literal["csv", "ndjson"]
 ) -> AsyncIterator[bytes | str]:
-    # Its own connection: the request's transaction ends before the body is streamed.
-    assert state.pool is not None
-    counter = state.metrics.exported_rows.labels(fmt)
+    # The request's own connection and transaction: `StreamCallerDep` holds them until the
+    # body is sent, so an export never waits on the pool for a second one (a pool of N
+    # exporting requests each waiting for another connection would never move again).
+    settings = ctx.state.settings
+    counter = ctx.state.metrics.exported_rows.labels(fmt)
+    org, agents = ctx.scope.org, ctx.scope.agents
     first = True
-    async with state.pool.acquire() as conn, conn.transaction(readonly=True):
-        await repo.enter_org(conn, org)
-        where = filtered(org, agents, filters)
-        walk = None
-        if filters.search is not None:
-            # As the list: a selective term's candidate ids by primary key (migration 0012),
-            # a common term's ILIKE over the list walked in order.
-            pattern = search_pattern(filters.search)
-            cap = state.settings.search_candidates
-            candidates = await repo.search_candidates(conn, pattern, cap=cap) if cap else None
-            if candidates is not None:
-                where = among(where, candidates)
-            else:
-                where = filtered(org, agents, replace(filters, search=None))
-                walk = pattern
-        batches = repo.export_batches(
-            conn, where, batch=state.settings.export_batch_size, search=walk
-        )
-        async for rows in batches:
-            yield csv_chunk(rows, header=first) if fmt == "csv" else ndjson_chunk(rows)
-            first = False
-            counter.inc(len(rows))
+    where = filtered(org, agents, filters)
+    walk = None
+    if filters.search is not None:
+        # As the list: a selective term's candidate ids by primary key (migration 0014),
+        # a common term's ILIKE over the list walked in order.
+        candidates = await search_candidates(ctx, filters)
+        if candidates is not None:
+            where = among(where, candidates)
+        else:
+            where = filtered(org, agents, replace(filters, search=None))
+            walk = search_pattern(filters.search)
+    batches = repo.export_batches(ctx.conn, where, batch=settings.export_batch_size, search=walk)
+    async for rows in batches:
+        yield csv_chunk(rows, header=first) if fmt == "csv" else ndjson_chunk(rows)
+        first = False
+        counter.inc(len(rows))
     if first and fmt == "csv":
         yield csv_chunk([], header=True)
 
@@ -109,7 +103,7 @@ async def _stream(
 @router.get("/api/executions/export", summary="Export the filtered list (CSV or NDJSON)")
 async def export(
     request: Request,
-    ctx: CallerDep,
+    ctx: StreamCallerDep,
     format: Annotated[Literal["csv", "ndjson"] | None, Query()] = None,
     agent_name: Multi = None,
     status: Multi = None,
@@ -133,7 +127,7 @@ async def export(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     kind: Literal["csv", "ndjson"] = "csv" if fmt == "csv" else "ndjson"
     return StreamingResponse(
-        _stream(ctx.state, ctx.scope.org, ctx.scope.agents, filters, kind),
+        _stream(ctx, filters, kind),
         media_type=_MEDIA[fmt],
         headers={"Content-Disposition": f'attachment; filename="executions-{stamp}.{fmt}"'},
     )

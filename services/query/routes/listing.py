@@ -14,9 +14,11 @@ from services.query.filters import (
     FilterError,
     ListFilters,
     ListQuery,
+    parse_agent_list_query,
     parse_list_query,
     search_pattern,
 )
+from services.query.search import search_candidates
 from services.query.views import json_response, summary
 from services.query.where import Where, after, among, filtered
 
@@ -56,10 +58,9 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     if page.cursor is None and not has_more and (rows or page.offset == 0):
         total, exact = page.offset + len(rows), True  # the whole rest of the list is here
     else:
-        seen = page.offset + len(rows) + int(has_more)  # at least this many match
         total, exact = await _count(ctx, filters, base, searched=candidates is not None)
         if not exact:
-            total = max(total, seen)
+            total = max(total, proven_matches(page.offset, len(rows), has_more=has_more))
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
@@ -77,13 +78,10 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     )
 
 
-async def search_candidates(ctx: Ctx, filters: ListFilters) -> list[str] | None:
-    """For a search, the org's matching ids if the term is selective (fewer than
-    `search_candidates`), else None: the list keeps its ordered scan with the ILIKE."""
-    cap = ctx.state.settings.search_candidates
-    if filters.search is None or cap <= 0:
-        return None
-    return await repo.search_candidates(ctx.conn, search_pattern(filters.search), cap=cap)
+def proven_matches(offset: int, shown: int, *, has_more: bool) -> int:
+    """How many rows a page proves match: an empty page proves nothing, not even that the
+    `offset` rows before it exist."""
+    return offset + shown + int(has_more) if shown else 0
 
 
 async def _count(
@@ -154,9 +152,6 @@ async def list_agent_executions(
     offset: Annotated[int | None, Query(ge=0)] = None,
 ) -> Response:
     """The same list for one agent; clients may use it for agents shared with them."""
-    items = request.query_params.multi_items()
-    if any(key == "agent_name" for key, _ in items):
-        raise FilterError("agent_name", "the agent is given in the path")
-    query = parse_list_query([*items, ("agent_name", name)])
+    query = parse_agent_list_query(name, request.query_params.multi_items())
     require_agent_visible(ctx, name)
     return await run_list(ctx, query)

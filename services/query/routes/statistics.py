@@ -19,7 +19,13 @@ from services.query.deps import (
     require_agent_visible,
     require_fleet_wide,
 )
-from services.query.filters import FilterError, ListFilters, group_params, parse_filter_items
+from services.query.filters import (
+    FilterError,
+    ListFilters,
+    group_params,
+    parse_filter_items,
+    parse_filters,
+)
 from services.query.filters import parse_int as parse_bounded
 from services.query.stats import Bucket, fill_timeline, fold_stats
 from services.query.views import json_bytes, summary
@@ -71,12 +77,10 @@ async def stats(
     kept encoded.
     """
     require_fleet_wide(caller)
-    filters, extra = parse_filter_items(
-        request.query_params.multi_items(), extra=frozenset({"hours"})
-    )
-    if filters != ListFilters(agent_name=filters.agent_name):
-        raise FilterError("agent_name", "stats take only hours and agent_name")
-    hours_value = parse_bounded("hours", _last(extra, "hours"), default=24, low=1, high=168)
+    # Only these two: any other name (a filter the stats cannot apply) is a 422 naming it.
+    grouped = group_params(request.query_params.multi_items(), frozenset({"agent_name", "hours"}))
+    filters = parse_filters({k: v for k, v in grouped.items() if k == "agent_name"})
+    hours_value = parse_bounded("hours", _last(grouped, "hours"), default=24, low=1, high=168)
     for name in filters.agent_name:
         require_agent_visible(caller, name)
     key = (caller.scope.cache_key, hours_value, tuple(sorted(filters.agent_name)))

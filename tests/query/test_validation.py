@@ -1,0 +1,126 @@
+"""Values that once widened a list silently or reached the database and failed there: each is
+now a 422 naming its field, on every endpoint that takes it."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+
+from shared.db import connect
+from tests.query.helpers import (
+    add_agent,
+    add_org,
+    client_for,
+    insert,
+    make_rows,
+    settings_for,
+    token,
+)
+
+ORG = "val-org"
+ADMIN = token(ORG, "ada", "admin")
+USER = token(ORG, "ulrich", "user")
+# Offsets that carry a valid local date-time past the range of a UTC datetime.
+EDGES = ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00")
+LISTS = ("/api/executions", "/api/agents/a1/executions")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def client(database_url: str, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, ORG)
+        await add_agent(conn, ORG, "a1", owner="ulrich")
+        await add_agent(conn, ORG, "a2", owner="ulrich")
+        await insert(conn, make_rows(ORG, ("a1", "a2"), 60, seed=4))
+    finally:
+        await conn.close()
+    async with client_for(settings_for(database_url, nats_url)) as found:
+        yield found
+
+
+def fields(reply: httpx.Response) -> list[str]:
+    assert reply.status_code == 422, (reply.status_code, reply.text[:300])
+    return [d["loc"][-1] for d in reply.json()["detail"]]
+
+
+def forged_cursor(moment: str) -> str:
+    raw = orjson.dumps({"v": 1, "t": moment, "i": "x"})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("moment", EDGES)
+@pytest.mark.parametrize("path", LISTS)
+async def test_cursor_past_the_datetime_range_is_422(
+    client: httpx.AsyncClient, path: str, moment: str
+) -> None:
+    reply = await client.get(path, headers=ADMIN, params={"cursor": forged_cursor(moment)})
+    assert fields(reply) == ["cursor"]
+
+
+@pytest.mark.parametrize("moment", EDGES)
+@pytest.mark.parametrize("name", ["start_time", "end_time"])
+@pytest.mark.parametrize("path", [*LISTS, "/api/executions/export", "/api/executions/timeline"])
+async def test_times_past_the_range_are_422(
+    client: httpx.AsyncClient, path: str, name: str, moment: str
+) -> None:
+    reply = await client.get(path, headers=ADMIN, params={name: moment})
+    assert fields(reply) == [name]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"status": "failed"}, "status"),
+        ({"agent_name": "a1", "search": "x"}, "search"),
+        ({"start_time": EDGES[0]}, "start_time"),
+        ({"triggered_by": "api"}, "triggered_by"),
+        ({"hours": "6", "project": "alpha"}, "project"),
+    ],
+)
+async def test_stats_name_the_parameter_they_cannot_apply(
+    client: httpx.AsyncClient, params: dict[str, str], field: str
+) -> None:
+    reply = await client.get("/api/executions/stats", headers=ADMIN, params=params)
+    assert fields(reply) == [field]
+
+
+async def test_stats_still_take_agent_name_and_hours(client: httpx.AsyncClient) -> None:
+    params = {"agent_name": "a1", "hours": "72"}
+    reply = await client.get("/api/executions/stats", headers=ADMIN, params=params)
+    assert reply.status_code == 200, reply.text
+    assert {a["agent_name"] for a in reply.json()["by_agent"]} == {"a1"}
+    assert fields(
+        await client.get("/api/executions/stats", headers=ADMIN, params={"agent_name": "a b"})
+    ) == ["agent_name"]
+
+
+@pytest.mark.parametrize("blank", ["   ", "", "\t \n"])
+@pytest.mark.parametrize("path", [*LISTS, "/api/executions/export", "/api/executions/timeline"])
+async def test_blank_search_is_422(client: httpx.AsyncClient, path: str, blank: str) -> None:
+    reply = await client.get(path, headers=ADMIN, params={"search": blank})
+    assert fields(reply) == ["search"]
+
+
+@pytest.mark.parametrize("headers", [ADMIN, USER], ids=["admin", "user"])
+@pytest.mark.parametrize("name", ["a1,a2", "a1%2Ca2", "a1 ", "a1,"])
+async def test_path_agent_name_is_one_name(
+    client: httpx.AsyncClient, headers: dict[str, str], name: str
+) -> None:
+    reply = await client.get(f"/api/agents/{name}/executions", headers=headers)
+    assert fields(reply) == ["agent_name"]
+
+
+async def test_path_agent_name_lists_that_agent(client: httpx.AsyncClient) -> None:
+    body: dict[str, Any] = (
+        await client.get("/api/agents/a2/executions", headers=USER, params={"limit": 200})
+    ).json()
+    assert body["executions"]
+    assert {e["agent_name"] for e in body["executions"]} == {"a2"}
+    assert body["filters_applied"]["agent_name"] == ["a2"]
