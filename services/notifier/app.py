@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -14,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from services.notifier.access import AccessGuard
 from services.notifier.handshake import choose_subprotocol
 from services.notifier.http import make_process_request
 from services.notifier.hub import Hub
@@ -67,6 +69,7 @@ class Notifier:
         self._pool: asyncpg.Pool | None = None
         self._sub: Any = None
         self._server: Server | None = None
+        self._guard_task: asyncio.Task[None] | None = None
         self._ready = False
 
     @property
@@ -90,16 +93,25 @@ class Notifier:
         pool = self._pool
 
         async def load(claims: Claims) -> Scope:
+            self.metrics.scope_loads.inc()
             return await fetch_scope(pool, claims)
 
         scopes = ScopeCache(load, ttl_s=s.scope_ttl_s)
+        guard = AccessGuard(self.hub, scopes)
         # Start right after the stream's current end; every later event reaches the hub. What
         # came before is read back first, so a reconnect storm resumes from memory.
         start = await bounds(self._js, s.subjects)
         floor, recent = await read_recent(self._js, s.subjects, start, s.ring_size, self.triggers)
         self.hub.start_at(start.last_seq, recent, floor)
         self._sub = await follow(self._js, s.subjects, start.last_seq + 1, self._on_message)
-        deps = SessionDeps(settings=s, hub=self.hub, scopes=scopes, js=self._js)
+        deps = SessionDeps(
+            settings=s,
+            hub=self.hub,
+            scopes=scopes,
+            js=self._js,
+            guard=guard,
+            triggers=self.triggers,
+        )
 
         async def handler(conn: ServerConnection) -> None:
             await handle(conn, deps)
@@ -118,6 +130,7 @@ class Notifier:
             max_size=s.max_client_frame,
             logger=logging.getLogger("services.notifier.ws"),
         )
+        self._guard_task = asyncio.create_task(guard.run(), name="notifier-access-guard")
         self._ready = True
         log.info("notifier listening on %s:%s", s.host, self.port)
 
@@ -141,6 +154,10 @@ class Notifier:
     async def stop(self) -> None:
         """Close every socket with 1001 "going away", then let go of NATS and Postgres."""
         self._ready = False
+        if self._guard_task is not None:
+            self._guard_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard_task
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()

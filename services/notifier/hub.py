@@ -17,14 +17,14 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
-from services.notifier.filters import EVERYTHING, Filter, delivers
+from services.notifier.clients import Client, Group, GroupKey
+from services.notifier.filters import Filter, delivers
 from services.notifier.metrics import Metrics
+from services.notifier.scopes import ScopeKey, scope_key
 from services.notifier.summary import Outgoing, control_frame
 from shared.access import Scope
-from shared.auth import Claims
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW = 4008
 CLOSE_UNAUTHORIZED = 4401
-
-
-#: What decides whether a client receives an event: the rows its scope covers, its filters.
-GroupKey = tuple[tuple[str, str, str], Filter]
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -49,51 +45,6 @@ def text_frame(payload: bytes) -> bytes:
     if size < 65536:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload
-
-
-class Client:
-    """One authenticated connection: who it is, what it asked for, where it stands."""
-
-    __slots__ = (
-        "claims",
-        "conn",
-        "filter",
-        "group",
-        "last_seq",
-        "live",
-        "pending",
-        "scope",
-        "sent_event",
-    )
-
-    def __init__(self, conn: ServerConnection, claims: Claims, scope: Scope) -> None:
-        self.conn = conn
-        self.claims = claims
-        self.scope = scope
-        #: Set through `Hub.set_filter`, which moves the client to its new group.
-        self.filter: Filter = EVERYTHING
-        self.group: Group | None = None
-        #: Until live, events are held in `pending` (hello window, then replay).
-        self.live = False
-        self.pending: deque[Outgoing] = deque()
-        #: Highest stream seq sent to this client: the dedupe mark at the replay→live hand-over.
-        self.last_seq = 0
-        #: Whether any event frame (live, held or replayed) was written to this client; until
-        #: then a late `resume_from` can still be honoured (`Hub.hold`).
-        self.sent_event = False
-
-
-class Group:
-    """Clients whose scopes cover the same rows and who asked for the same filters."""
-
-    __slots__ = ("filter", "key", "members", "scope")
-
-    def __init__(self, key: GroupKey, scope: Scope, flt: Filter) -> None:
-        self.key = key
-        #: Any member's scope: they all cover the same rows (`Scope.cache_key`).
-        self.scope = scope
-        self.filter = flt
-        self.members: dict[Client, None] = {}
 
 
 class Hub:
@@ -117,6 +68,8 @@ class Hub:
         #: Recent events for cheap resumes; it holds every valid event with seq > ring_floor.
         self.ring: deque[Outgoing] = deque(maxlen=ring_size)
         self.ring_floor = 0
+        #: Closing handshakes under way (`close`), referenced so they are not collected.
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start_at(
         self, last_seq: int, recent: Sequence[Outgoing] = (), floor: int | None = None
@@ -148,6 +101,20 @@ class Hub:
             return
         client.filter = flt
         if client.group is not None:
+            self._leave(client)
+            self._join(client)
+
+    def set_scope(self, client: Client, scope: Scope) -> None:
+        """Replace a client's scope (its caller's access was reloaded), moving it to its group.
+
+        Fan-out decides by group, so from this call on only what the new scope allows is sent;
+        events already held for the client are checked again when `go_live` sends them.
+        """
+        if client not in self.clients:
+            return
+        moved = scope.cache_key != client.scope.cache_key
+        client.scope = scope
+        if moved and client.group is not None:
             self._leave(client)
             self._join(client)
 
@@ -226,6 +193,8 @@ class Hub:
         """End the hand-over: `ready`, then held events past what replay sent, then live.
 
         All in one synchronous step, so no live event can slip in between (no gap, no duplicate).
+        Held events were matched against the scope and filters in force when they were fanned
+        out (in the hello window: no filters yet), so each is checked again against today's.
         """
         if client not in self.clients:
             return
@@ -239,7 +208,7 @@ class Hub:
         held, client.pending = client.pending, deque()
         sent = 0
         for out in held:
-            if out.seq > client.last_seq:
+            if out.seq > client.last_seq and delivers(client.scope, client.filter, out.meta):
                 sent += self._write(client, out.seq, text_frame(out.payload))
                 if client not in self.clients:
                     return
@@ -288,14 +257,31 @@ class Hub:
             return None
         return [out for out in self.ring if out.seq >= first]
 
-    def by_caller(self) -> dict[tuple[str, str, str], list[Client]]:
-        groups: dict[tuple[str, str, str], list[Client]] = {}
+    def by_caller(self) -> dict[ScopeKey, list[Client]]:
+        """Open clients by caller (the key their scope is cached under)."""
+        callers: dict[ScopeKey, list[Client]] = {}
         for client in self.clients:
-            c = client.claims
-            groups.setdefault((c.org, c.sub, c.role.value), []).append(client)
-        return groups
+            callers.setdefault(scope_key(client.claims), []).append(client)
+        return callers
 
-    def close_all(self, clients: Iterable[Client], code: int, reason: str) -> None:
+    def close(self, clients: Iterable[Client], code: int, reason: str) -> None:
+        """Drop clients from fan-out and close them with `code`: nothing reaches them after.
+
+        The close frame goes out synchronously, so no replay or held event written later can
+        slip out before it; the closing handshake (bounded by the close timeout) runs on.
+        """
+        loop = asyncio.get_running_loop()
         for client in tuple(clients):
+            if client not in self.clients:
+                continue
             self.remove(client)
-            asyncio.get_running_loop().create_task(client.conn.close(code, reason))
+            conn = client.conn
+            try:
+                if conn.protocol.state is State.OPEN:
+                    conn.protocol.send_close(code, reason)
+                    conn.send_data()
+            except Exception as exc:
+                log.debug("close frame failed: %s", exc)
+            task = loop.create_task(conn.close(code, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)

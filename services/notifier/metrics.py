@@ -54,6 +54,23 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.scope_loads = Counter(
+            "notifier_scope_loads_total",
+            "Callers' scopes read from Postgres (at connect on a cache miss, and refreshes)",
+            registry=r,
+        )
+        self.scope_load_failures = Counter(
+            "notifier_scope_load_failures_total",
+            "Scope refreshes for open connections that failed (the last scope is kept a while)",
+            registry=r,
+        )
+        self.access_closes = Counter(
+            "notifier_access_closes_total",
+            "Open connections closed because access ended: token_expired (4401) or "
+            "lookup_failed (1013)",
+            ["reason"],
+            registry=r,
+        )
         self.delivery_lag = Histogram(
             "notifier_delivery_lag_seconds",
             "From the event's arrival in JetStream to its frame written to every client's socket",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from cachetools import TTLCache
@@ -19,16 +20,39 @@ def scope_key(claims: Claims) -> ScopeKey:
 
 
 class ScopeCache:
-    """TTL cache with single-flight loading (concurrent misses for one caller share a query)."""
+    """TTL cache with single-flight loading (concurrent misses for one caller share a query).
 
-    def __init__(self, loader: Loader, *, ttl_s: float, maxsize: int = 50_000) -> None:
+    Each entry remembers when it was loaded, so the access refresh can ask for a scope younger
+    than the TTL (`max_age_s`) and reload a caller just before its entry runs out.
+    """
+
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        ttl_s: float,
+        maxsize: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._loader = loader
-        self._cache: TTLCache[ScopeKey, Scope] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._cache: TTLCache[ScopeKey, tuple[Scope, float]] = TTLCache(
+            maxsize=maxsize, ttl=ttl_s, timer=clock
+        )
         self._inflight: dict[ScopeKey, asyncio.Future[Scope]] = {}
 
-    async def get(self, claims: Claims) -> Scope:
+    def peek(self, key: ScopeKey, max_age_s: float) -> Scope | None:
+        """The cached scope if it was loaded at most `max_age_s` ago; never loads."""
+        entry = self._cache.get(key)
+        if entry is None or self._clock() - entry[1] > max_age_s:
+            return None
+        return entry[0]
+
+    async def get(self, claims: Claims, *, max_age_s: float | None = None) -> Scope:
+        """The caller's scope, loaded at most `max_age_s` (default: the TTL) ago."""
         key = scope_key(claims)
-        cached = self._cache.get(key)
+        cached = self.peek(key, self.ttl_s if max_age_s is None else max_age_s)
         if cached is not None:
             return cached
         running = self._inflight.get(key)
@@ -36,6 +60,7 @@ class ScopeCache:
             return await asyncio.shield(running)
         future: asyncio.Future[Scope] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        loaded_at = self._clock()
         try:
             scope = await self._loader(claims)
         except Exception as exc:
@@ -48,6 +73,7 @@ class ScopeCache:
             raise
         finally:
             self._inflight.pop(key, None)
-        self._cache[key] = scope
+        # Aged from the query's start: a change committed during the query may be missed.
+        self._cache[key] = (scope, loaded_at)
         future.set_result(scope)
         return scope

@@ -11,14 +11,17 @@ from nats.js import JetStreamContext
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from services.notifier.access import AccessGuard
+from services.notifier.clients import Client
 from services.notifier.filters import ClientFrame, Filter, FrameError, delivers, parse_frame
 from services.notifier.handshake import initial_frame, offered_subprotocols, token_from
-from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Client, Hub
+from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Hub
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
 from services.notifier.scopes import ScopeCache
 from services.notifier.settings import NotifierSettings
 from services.notifier.stream import bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
+from services.notifier.triggers import TriggerMemory
 from shared.auth import AuthError, Claims, decode_token
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ class SessionDeps:
     hub: Hub
     scopes: ScopeCache
     js: JetStreamContext
+    guard: AccessGuard
+    triggers: TriggerMemory
 
 
 async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
@@ -50,6 +55,7 @@ async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
     _limit_send_buffer(conn, deps.settings.socket_sndbuf)
     client = Client(conn, claims, scope)
     deps.hub.add(client)
+    deps.guard.watch(client)
     try:
         first = initial_frame(conn.request.path if conn.request else "")
         if first is None:
@@ -60,6 +66,7 @@ async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
     except ConnectionClosed:
         pass
     finally:
+        deps.guard.forget(client)
         deps.hub.remove(client)
 
 
@@ -141,9 +148,19 @@ async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> N
     Under load a client's first frame can reach us after the window although the client sent
     it at once; as long as it has had no event frame, taking it out of live delivery and
     resuming is exactly what an in-time frame would have got. After its first event, a replay
-    could only repeat events or send them out of order, so the frame is refused.
+    could only repeat events or send them out of order, so the frame is refused. So is any
+    resume after the first one of the connection: each opens a replay, and the one that
+    matters (the first, after a reconnect) has been served.
     """
     hub = deps.hub
+    if client.resumed:
+        hub.metrics.frame_errors.inc()
+        await _send_error(
+            client,
+            "resume_too_late",
+            "resume_from is honoured once per connection; reconnect to resume",
+        )
+        return
     if not hub.hold(client):
         hub.metrics.frame_errors.inc()
         await _send_error(
@@ -165,6 +182,7 @@ async def _catch_up(client: Client, resume_from: int | None, deps: SessionDeps) 
     hub = deps.hub
     live_seq = hub.last_seq
     if resume_from is not None:
+        client.resumed = True
         await _resume(client, resume_from, live_seq, deps)
     hub.go_live(client, live_seq)
 
@@ -211,7 +229,8 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
             seq = msg.metadata.sequence.stream
             event = decode(subjects, msg.subject, msg.data)
             if event is not None:
-                out = build_outgoing(seq, event)
+                # As live: a completion that omits its trigger still meets a trigger filter.
+                out = deps.triggers.enrich(build_outgoing(seq, event))
                 if delivers(client.scope, client.filter, out.meta):
                     client.sent_event = True
                     await client.conn.send(out.payload, text=True)

@@ -8,8 +8,9 @@ import pytest
 from websockets.frames import OP_TEXT, Frame
 from websockets.protocol import State
 
+from services.notifier.clients import Client
 from services.notifier.filters import EVERYTHING, Filter
-from services.notifier.hub import Client, Hub, text_frame
+from services.notifier.hub import Hub, text_frame
 from services.notifier.metrics import Metrics
 from services.notifier.summary import EventMeta, Outgoing
 from shared.access import Scope
@@ -31,11 +32,20 @@ class _Transport:
 class _Protocol:
     state = State.OPEN
 
+    def __init__(self) -> None:
+        self.control: list[bytes] = []
+
+    def send_text(self, data: bytes) -> None:
+        self.control.append(data)
+
 
 class _Conn:
     def __init__(self) -> None:
         self.protocol = _Protocol()
         self.transport = _Transport()
+
+    def send_data(self) -> None:
+        pass
 
 
 def _client(hub: Hub, scope: Scope) -> Client:
@@ -112,3 +122,29 @@ def test_ring_read_back_at_startup_claims_only_what_it_keeps() -> None:
     hub.start_at(10)
     assert hub.replay_from_ring(10) is None
     assert hub.replay_from_ring(11) == []
+
+
+def test_a_new_scope_moves_the_client_and_held_events_meet_todays_rules() -> None:
+    hub = Hub(Metrics(), queue_bytes=1 << 20, pending_max=10, slow_close_grace_s=1)
+    both = Scope(org="acme", user="u", role=Role.USER, agents=frozenset({"x", "y"}))
+    live = _client(hub, both)
+    held = _client(hub, both)
+    held.live = False
+    hub.publish(_event(1, "y", Status.RUNNING))
+    hub.publish(_event(2, "x", Status.FAILED))
+    assert _got(live) == text_frame(b'{"x":1}') * 2
+    # The share on y is gone, and the held client's first frame asked for failures only.
+    only_x = Scope(org="acme", user="u", role=Role.USER, agents=frozenset({"x"}))
+    for client in (live, held):
+        hub.set_scope(client, only_x)
+    hub.set_filter(held, Filter(statuses=frozenset({Status.FAILED})))
+    assert live.group is not None
+    assert live.group.scope is only_x
+    hub.publish(_event(3, "y", Status.FAILED, b'{"y":3}'))
+    hub.publish(_event(4, "x", Status.RUNNING, b'{"x":4}'))
+    assert _got(live) == text_frame(b'{"x":1}') * 2 + text_frame(b'{"x":4}')
+    hub.go_live(held, 0)
+    # Of the held events only seq 2 (x, failed) is still for this client.
+    assert _got(held) == text_frame(b'{"x":1}')
+    assert held.last_seq == 2
+    assert held.live

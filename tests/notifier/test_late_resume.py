@@ -197,3 +197,29 @@ async def test_a_first_frame_that_arrived_in_time_counts_on_a_busy_loop(
     await ws.close()
     assert [f["type"] for f in frames] == ["execution_started"] * 3 + ["ready"]
     assert [f["seq"] for f in events_of(frames)] == [*missed[1:], held]
+
+
+async def test_resume_from_is_honoured_once_per_connection(
+    notifier: Notifier, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    for _ in range(3):
+        await publish(js, subjects, execution_event(org, "x"))
+    # A client with no shares is never sent an event frame, so only the once-rule refuses it.
+    tok = token(org, "nobody", "client")
+    at_hello, _ = await connect_live(notifier.port, tok, {"resume_from": 0})
+    late, _ = await connect_live(notifier.port, tok)
+    await _send(late, {"resume_from": 0})
+    assert orjson.loads(await asyncio.wait_for(late.recv(), 5))["type"] == "ready"
+    for ws in (at_hello, late):
+        for _ in range(3):
+            await _send(ws, {"resume_from": 0})
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (frame["type"], frame.get("error")) == ("error", "resume_too_late"), frame
+    sample = notifier.metrics.registry.get_sample_value
+    outcomes = ("ring", "stream", "up_to_date", "resync")
+    assert sum(sample("notifier_resumes_total", {"outcome": o}) or 0 for o in outcomes) == 2
+    # The connections stay usable.
+    await _send(late, {"subscribe": {"agent_name": ["x"]}})
+    assert orjson.loads(await asyncio.wait_for(late.recv(), 5))["type"] == "subscribed"
+    for ws in (at_hello, late):
+        await ws.close()

@@ -310,3 +310,61 @@ async def test_health_ready_metrics_and_going_away(
         await asyncio.wait_for(ws.recv(), 5)
     assert caught.value.rcvd is not None
     assert caught.value.rcvd.code == 1001
+
+
+async def test_first_frame_filters_apply_to_events_held_in_the_hello_window(
+    nats_url: str, database_url: str, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    settings = settings_for(nats_url, database_url, subjects, hello_timeout_s=2.0)
+    async with running(settings) as app:
+        ws = await websockets.connect(
+            ws_url(app.port),
+            subprotocols=["bearer", token(org, "boss", "admin")],  # type: ignore[list-item]
+        )
+        for _ in range(200):  # until the server waits for the first frame
+            if app.hub.clients:
+                break
+            await asyncio.sleep(0.005)
+        running_seq = await publish(js, subjects, execution_event(org, "x"))
+        for _ in range(200):  # until the event is held for the client
+            if app.hub.last_seq >= running_seq:
+                break
+            await asyncio.sleep(0.005)
+        await ws.send(orjson.dumps({"subscribe": {"status": ["failed"]}}).decode())
+        failed = await publish(js, subjects, execution_event(org, "x", "execution_failed"))
+        frames = await collect(ws, until_seq=failed)
+        assert [(f["type"], f.get("seq")) for f in frames] == [
+            ("ready", running_seq),
+            ("execution_failed", failed),
+        ]
+        await ws.close()
+
+
+async def test_stream_replay_remembers_triggers_as_live_does(
+    nats_url: str, database_url: str, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    # The ring holds only the last 2 events: the replay below reads the stream.
+    settings = settings_for(nats_url, database_url, subjects, ring_size=2)
+    await ensure_streams(js, settings)
+    started = await publish(
+        js, subjects, execution_event(org, "x", id="s1", triggered_by="schedule")
+    )
+    # The completion omits its trigger, as completions often do.
+    done = await publish(js, subjects, execution_event(org, "x", "execution_completed", id="s1"))
+    for _ in range(3):
+        await publish(js, subjects, execution_event(org, "x", triggered_by="manual"))
+    tok = token(org, "boss", "admin")
+    async with running(settings) as app:
+        url = ws_url(app.port, f"token={tok}&resume_from={started - 1}&triggered_by=schedule")
+        ws = await websockets.connect(url)
+        frames = await collect(ws, idle_s=0.5)
+        assert [(f["type"], f.get("seq")) for f in frames][:2] == [
+            ("execution_started", started),
+            ("execution_completed", done),
+        ]
+        assert [f["type"] for f in frames][2:] == ["ready"]
+        assert (
+            app.metrics.registry.get_sample_value("notifier_resumes_total", {"outcome": "stream"})
+            == 1
+        )
+        await ws.close()

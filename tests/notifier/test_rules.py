@@ -15,10 +15,11 @@ from services.notifier.handshake import (
     token_from,
 )
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
+from services.notifier.scopes import ScopeCache, scope_key
 from services.notifier.summary import TEXT_CUT, build_outgoing, decode, meta_of
 from services.notifier.triggers import TriggerMemory
 from shared.access import Scope
-from shared.auth import Role
+from shared.auth import Claims, Role
 from shared.events import Event, Status
 from shared.subjects import Subjects
 
@@ -202,3 +203,27 @@ class TestHandshake:
         assert found.subscribe.status == [Status.FAILED, Status.RUNNING]
         assert initial_frame("/ws?token=t") is None
         assert isinstance(initial_frame("/ws?resume_from=abc"), FrameError)
+
+
+class TestScopeCache:
+    async def test_a_scope_younger_than_asked_is_reused_an_older_one_reloaded(self) -> None:
+        now = [0.0]
+        loads: list[str] = []
+
+        async def load(claims: Claims) -> Scope:
+            loads.append(claims.sub)
+            return Scope(org=claims.org, user=claims.sub, role=claims.role, agents=frozenset())
+
+        cache = ScopeCache(load, ttl_s=10, clock=lambda: now[0])
+        claims = Claims(sub="u", org="acme", role=Role.USER, exp=0)
+        first = await cache.get(claims)
+        now[0] = 7.0
+        assert await cache.get(claims) is first
+        assert cache.peek(scope_key(claims), max_age_s=7.5) is first
+        # The refresh asks for a scope younger than the TTL: reloaded before it runs out.
+        assert cache.peek(scope_key(claims), max_age_s=6.0) is None
+        assert await cache.get(claims, max_age_s=6.0) is not first
+        assert loads == ["u", "u"]
+        now[0] = 17.5
+        await cache.get(claims)
+        assert loads == ["u", "u", "u"]
