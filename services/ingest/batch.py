@@ -48,11 +48,15 @@ def _status_rank(versions: dict[str, str]) -> int:
 
 
 def _owners(
-    executions: dict[ExecutionKey, str], components: dict[ComponentKey, str]
+    executions: dict[ExecutionKey, str],
+    components: dict[ComponentKey, str],
+    steps: dict[ExecutionKey, str],
 ) -> dict[ExecutionKey, str]:
     owners = dict(executions)
     for (org, ex, _node, _attempt), agent in components.items():
         owners.setdefault((org, ex), agent)
+    for key, agent in steps.items():
+        owners.setdefault(key, agent)
     return owners
 
 
@@ -81,12 +85,15 @@ async def apply_batch(
     await repo.lock_executions(conn, ekeys)
     stored_ex = await repo.fetch_executions(conn, ekeys)
     stored_co = await repo.fetch_components(conn, ckeys)
+    # An execution whose steps arrived before it has no row yet, but its steps name its owner.
+    step_owners = await repo.fetch_step_owners(conn, [k for k in ekeys if k not in stored_ex])
 
     # An execution belongs to the agent that first reported it; another agent of the same
     # org cannot write into it (the subject is trusted only as far as its own agent).
     owners = _owners(
         {k: s.agent_name for k, s in stored_ex.items()},
         {k: s.agent_name for k, s in stored_co.items()},
+        step_owners,
     )
     accepted: list[Incoming] = []
     # Events of rows already stored are looked up in the events table; events of new rows

@@ -108,6 +108,15 @@ FETCH_EXECUTIONS = _fetch_sql("executions", _EXECUTION_KEY, FINISH_FIELDS)
 UPDATE_COMPONENTS = _update_sql("component_executions", _COMPONENT_KEY, _COMPONENT_TYPES)
 FETCH_COMPONENTS = _fetch_sql("component_executions", _COMPONENT_KEY)
 
+# Who wrote the steps of executions that have no row of their own yet (the first owner wins).
+STEP_OWNERS = """
+SELECT DISTINCT ON (c.org, c.execution_id) c.org, c.execution_id, c.agent_name
+FROM component_executions AS c
+JOIN unnest($1::text[], $2::text[]) AS k(org, execution_id)
+  ON c.org = k.org AND c.execution_id = k.execution_id
+ORDER BY c.org, c.execution_id, c.first_seen_at
+"""
+
 LOCK_KEYS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::int8[]) AS k"
 
 EVENT_COLUMNS = [
@@ -223,6 +232,16 @@ async def fetch_executions(
         return {}
     records = await conn.fetch(FETCH_EXECUTIONS, *_columns(keys, 2))
     return {(r["org"], r["id"]): _state_from_record(r, FINISH_FIELDS) for r in records}
+
+
+async def fetch_step_owners(
+    conn: asyncpg.Connection, keys: Sequence[ExecutionKey]
+) -> dict[ExecutionKey, str]:
+    """The agent that wrote the first stored step of each execution in `keys`, if any."""
+    if not keys:
+        return {}
+    records = await conn.fetch(STEP_OWNERS, *_columns(keys, 2))
+    return {(r["org"], r["execution_id"]): r["agent_name"] for r in records}
 
 
 async def fetch_components(
