@@ -2,7 +2,7 @@
 
 A batch is all or nothing at validation: one bad event refuses the whole request (422 naming
 each failing index and field) and nothing of it is published, so a client fixes and resends
-the same batch. A valid batch is published to JetStream with each `event_id` as
+the same batch. A valid batch is published to JetStream with each `<org>:<event_id>` as
 `Nats-Msg-Id`, and answered 202 only after every event was acknowledged; if JetStream fails
 part-way the answer is 503 and resending the whole batch is safe (duplicates are dropped).
 """
@@ -22,7 +22,7 @@ from nats.js.api import PubAck
 
 from services.ingest.apikeys import org_for_key
 from services.ingest.gateway_batch import check_batch, split_body
-from shared.publisher.envelope import MSG_ID_HEADER
+from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.settings import CommonSettings
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -108,7 +108,7 @@ def create_gateway_router(
     subjects = settings.subjects
 
     async def publish_all(
-        events: list[tuple[str, str, bytes]],
+        events: list[tuple[str, str, str, bytes]],
     ) -> list[PubAck | BaseException]:
         js = get_js()
         results: list[PubAck | BaseException] = []
@@ -116,8 +116,8 @@ def create_gateway_router(
             chunk = events[start : start + PUBLISH_CHUNK]
             results += await asyncio.gather(
                 *(
-                    js.publish(s, p, timeout=ACK_TIMEOUT, headers={MSG_ID_HEADER: i})
-                    for s, i, p in chunk
+                    js.publish(s, p, timeout=ACK_TIMEOUT, headers={MSG_ID_HEADER: dedupe_id(o, i)})
+                    for s, o, i, p in chunk
                 ),
                 return_exceptions=True,
             )
@@ -155,13 +155,14 @@ def create_gateway_router(
         outgoing = [
             (
                 subjects.event(event.org, event.agent, event.type),
+                event.org,
                 event.event_id,
                 orjson.dumps(raw),
             )
             for event, raw in checked.events
         ]
         results = await publish_all(outgoing)
-        failed = [o[1] for o, r in zip(outgoing, results, strict=True) if not isinstance(r, PubAck)]
+        failed = [o[2] for o, r in zip(outgoing, results, strict=True) if not isinstance(r, PubAck)]
         if failed:
             return JSONResponse(
                 {

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from nats.js import JetStreamContext
 
 from shared.events import Event
+from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.subjects import Subjects
 
 CHUNK = 256
@@ -23,7 +24,7 @@ class EventPublisher:
         ack = await self._js.publish(
             self._subjects.event(event.org, event.agent, event.type),
             event.model_dump_json(exclude_none=True).encode(),
-            headers={"Nats-Msg-Id": event.event_id},
+            headers={MSG_ID_HEADER: dedupe_id(event.org, event.event_id)},
         )
         return not ack.duplicate
 

@@ -17,7 +17,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from shared.publisher.envelope import MSG_ID_HEADER, OutgoingEvent, agent_of, encode
+from shared.publisher.envelope import MSG_ID_HEADER, OutgoingEvent, agent_of, dedupe_id, encode
 from shared.publisher.run import Run, TerminateCallback, current_run
 from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
 from shared.publisher.terminate import TerminateResponder
@@ -230,7 +230,7 @@ class Fleet:
             if len(self._subject_cache) > 10_000:
                 self._subject_cache.clear()
             subject = self._subject_cache[key] = self.subjects.event(*key)
-        event_id = str(event["event_id"])
+        event_id = dedupe_id(key[0], str(event["event_id"]))
         payload = encode(event)
         # The hot path calls nats-py directly: every layer here costs throughput.
         js, spool = self._js, self.spool

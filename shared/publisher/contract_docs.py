@@ -39,8 +39,9 @@ _HEADERS = {
     "properties": {
         "Nats-Msg-Id": {
             "type": "string",
-            "description": "The event's event_id: JetStream drops repeats inside its "
-            "duplicate window, so re-sending after a lost ack is safe.",
+            "description": "`<org>:<event_id>`: JetStream drops repeats inside its "
+            "duplicate window, so re-sending after a lost ack is safe. The org prefix keeps "
+            "one org's ids from hiding another's (the bare event_id is still accepted).",
         }
     },
 }

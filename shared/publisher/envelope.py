@@ -18,13 +18,23 @@ import orjson
 
 from shared.events import EventType
 
-#: The NATS header JetStream dedupes on; it carries the event's `event_id`.
+#: The NATS header JetStream dedupes on; it carries `dedupe_id(org, event_id)`.
 MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def dedupe_id(org: str, event_id: str) -> str:
+    """The `Nats-Msg-Id` of an event: its `event_id` within its org.
+
+    JetStream drops a repeated id across the whole stream, and event ids are unique per org
+    only (ingest keys them so): a bare event_id would let one org's event hide another's
+    for the duplicate window.
+    """
+    return f"{org}:{event_id}"
 
 
 @dataclass(frozen=True, slots=True)
 class OutgoingEvent:
-    """One event ready for the wire: its subject, dedupe id and JSON payload."""
+    """One event ready for the wire: its subject, dedupe id (`dedupe_id`) and JSON payload."""
 
     subject: str
     event_id: str

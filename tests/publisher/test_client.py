@@ -36,7 +36,7 @@ async def test_success_publishes_started_then_completed(
     assert [m[2]["type"] for m in messages] == ["execution_started", "execution_completed"]
     subject, headers, body = messages[1]
     assert subject == streams.event(org, "ruby-agent", "execution_completed")
-    assert headers["Nats-Msg-Id"] == body["event_id"]
+    assert headers["Nats-Msg-Id"] == f"{org}:{body['event_id']}"
     assert messages[0][2]["event_id"] != body["event_id"]
     event = Event.model_validate(body)
     assert event.execution is not None
@@ -254,3 +254,23 @@ async def test_sync_wrapper_terminate_sets_the_flag(
     assert await worker is True
     messages = await wait_for_count(js, streams.events_stream, 2)
     assert messages[-1][2]["type"] == "execution_cancelled"
+
+
+async def test_one_orgs_event_id_does_not_hide_anothers(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """JetStream dedupes across the stream; event ids are unique per org only."""
+    other = f"{org}-b"
+    for tenant in (org, other, org):  # the third is a real retry: dropped
+        async with Fleet(nats_url, org=tenant, subjects=streams) as fleet:
+            assert await fleet.publish(
+                {
+                    "type": "execution_started",
+                    "event_id": "run-42-started",
+                    "occurred_at": "2026-11-01T12:00:00Z",
+                    "org": tenant,
+                    "execution": {"id": "run-42", "agent_name": "ruby"},
+                }
+            )
+    messages = await stream_messages(js, streams.events_stream)
+    assert sorted(m[2]["org"] for m in messages) == sorted([org, other])

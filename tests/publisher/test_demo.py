@@ -72,7 +72,7 @@ async def test_live_demo_publishes_what_ingest_accepts(
     for subject, headers, body in messages:
         result = validate(streams, subject, orjson.dumps(body))
         assert not isinstance(result, Rejected), result
-        assert headers["Nats-Msg-Id"] == result.event_id
+        assert headers["Nats-Msg-Id"] == f"{result.org}:{result.event_id}"
         types[result.type.value] += 1
     assert types["execution_started"] >= stats.backfilled + 20
     assert types["execution_completed"] > 0

@@ -52,7 +52,7 @@ async def test_emit_from_flags_and_json(
     assert first.execution is not None
     assert (first.execution.cost, first.execution.response) == (0.25, "all good")
     assert first.execution.tool_calls == ["grep"]
-    assert messages[1][1]["Nats-Msg-Id"] == "e-42"
+    assert messages[1][1]["Nats-Msg-Id"] == f"{org}:e-42"
 
 
 async def test_emit_refuses_invalid_events(

@@ -146,7 +146,7 @@ async def test_good_batch_as_array_ndjson_and_single(
         streams.event(org, "b", "execution_started"),
         streams.event(org, "c", "execution_started"),
     ]
-    assert all(m[1]["Nats-Msg-Id"] == m[2]["event_id"] for m in messages)
+    assert all(m[1]["Nats-Msg-Id"] == f"{m[2]['org']}:{m[2]['event_id']}" for m in messages)
     assert messages[0][2]["org"] == org
 
 

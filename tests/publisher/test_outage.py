@@ -51,7 +51,7 @@ async def test_stop_and_restart_nats_mid_run_loses_nothing(
         await nc.close()
     event_ids = [m[2]["event_id"] for m in messages]
     assert len(event_ids) == len(set(event_ids)) == 120
-    assert all(m[1]["Nats-Msg-Id"] == m[2]["event_id"] for m in messages)
+    assert all(m[1]["Nats-Msg-Id"] == f"{m[2]['org']}:{m[2]['event_id']}" for m in messages)
     # Per run, started is stored before completed, and runs keep their order.
     order = [(m[2]["execution"]["id"], m[2]["type"]) for m in messages]
     expected = [(i, t) for i in ids for t in ("execution_started", "execution_completed")]
