@@ -41,17 +41,39 @@ def _jwks_client(url: str) -> jwt.PyJWKClient:
     return jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
 
 
-def decode_token(token: str, *, secret: str, jwks_url: str | None = None) -> Claims:
-    """Verify signature, algorithm and expiry; return the claims or raise AuthError."""
+def decode_token(
+    token: str,
+    *,
+    secret: str,
+    jwks_url: str | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> Claims:
+    """Verify signature, algorithm and expiry, and the audience and issuer where configured
+    (an identity provider shared with other applications signs their tokens with the same
+    keys); return the claims or raise AuthError."""
+    require = ["exp", "sub"] + (["aud"] if audience else []) + (["iss"] if issuer else [])
+    # Without a configured audience, a token that names one is refused (PyJWT's default).
+    options = {"require": require}
     try:
         if jwks_url:
             key = _jwks_client(jwks_url).get_signing_key_from_jwt(token).key
             payload = jwt.decode(
-                token, key, algorithms=_JWKS_ALGORITHMS, options={"require": ["exp", "sub"]}
+                token,
+                key,
+                algorithms=_JWKS_ALGORITHMS,
+                options=options,  # type: ignore[arg-type]
+                audience=audience,
+                issuer=issuer,
             )
         else:
             payload = jwt.decode(
-                token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+                token,
+                secret,
+                algorithms=["HS256"],
+                options=options,  # type: ignore[arg-type]
+                audience=audience,
+                issuer=issuer,
             )
     except jwt.PyJWTError as exc:
         raise AuthError(f"invalid token: {exc}") from None

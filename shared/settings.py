@@ -24,6 +24,9 @@ class CommonSettings(BaseSettings):
         validation_alias="FLEETWATCH_JWT_SECRET",
     )
     jwks_url: str | None = Field(default=None, validation_alias="FLEETWATCH_JWKS_URL")
+    #: When set, tokens must carry this `aud` / `iss` (set both with a shared identity provider).
+    jwt_audience: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_AUDIENCE")
+    jwt_issuer: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_ISSUER")
     log_level: str = Field(default="INFO", validation_alias="FLEETWATCH_LOG_LEVEL")
     stream_max_age_days: float = Field(default=7.0, validation_alias="FLEETWATCH_RETENTION_DAYS")
     stream_replicas: int = Field(default=1, validation_alias="FLEETWATCH_STREAM_REPLICAS")

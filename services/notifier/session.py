@@ -82,7 +82,11 @@ async def _authenticate(conn: ServerConnection, deps: SessionDeps) -> Claims | N
     settings = deps.settings
     try:
         return decode_token(
-            token, secret=settings.jwt_secret.get_secret_value(), jwks_url=settings.jwks_url
+            token,
+            secret=settings.jwt_secret.get_secret_value(),
+            jwks_url=settings.jwks_url,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
         )
     except AuthError as exc:
         deps.hub.metrics.auth_failures.inc()

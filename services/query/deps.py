@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -107,13 +108,17 @@ async def authenticate(request: Request, state: QueryState) -> Claims:
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token")
     settings = state.settings
-    secret = settings.jwt_secret.get_secret_value()
+    decode = functools.partial(
+        decode_token,
+        secret=settings.jwt_secret.get_secret_value(),
+        jwks_url=settings.jwks_url,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
     try:
         if settings.jwks_url:  # fetching keys blocks: keep it off the event loop
-            return await run_in_threadpool(
-                decode_token, token.strip(), secret=secret, jwks_url=settings.jwks_url
-            )
-        return decode_token(token.strip(), secret=secret)
+            return await run_in_threadpool(decode, token.strip())
+        return decode(token.strip())
     except AuthError as exc:
         raise _unauthorized(str(exc)) from None
 

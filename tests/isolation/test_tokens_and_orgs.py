@@ -110,3 +110,43 @@ async def test_another_orgs_data_is_invisible(query: str, seeded: tuple[str, str
         found = (await client.get("/api/executions", params={"search": a})).json()
         assert found["executions"] == []
         assert found["total_count"] == 0
+
+
+@pytest_asyncio.fixture(scope="module")
+async def query_with_audience(nats_url: str, database_url: str) -> AsyncIterator[str]:
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "DATABASE_URL": database_url,
+        "FLEETWATCH_SUBJECT_PREFIX": f"iso{uuid.uuid4().hex[:8]}",
+        "FLEETWATCH_JWT_SECRET": SECRET,
+        "FLEETWATCH_JWT_AUDIENCE": "fleetwatch",
+        "FLEETWATCH_JWT_ISSUER": "https://idp.example",
+    }
+    async with running("query", env) as service:
+        yield service.url
+
+
+async def test_with_an_audience_configured_other_applications_tokens_are_refused(
+    query_with_audience: str,
+) -> None:
+    """An identity provider shared with other applications signs their tokens too."""
+    base = {"sub": "u1", "org": "acme", "role": "admin", "exp": int(time.time()) + 3600}
+    tokens = {
+        "no_audience": {**base, "iss": "https://idp.example"},
+        "another_audience": {**base, "aud": "billing", "iss": "https://idp.example"},
+        "another_issuer": {**base, "aud": "fleetwatch", "iss": "https://evil.example"},
+        "ours": {**base, "aud": "fleetwatch", "iss": "https://idp.example"},
+    }
+    async with httpx.AsyncClient(base_url=query_with_audience, timeout=10) as client:
+        codes = {}
+        for kind, claims in tokens.items():
+            token = jwt.encode(claims, SECRET, algorithm="HS256")
+            r = await client.get("/api/executions", headers={"Authorization": f"Bearer {token}"})
+            codes[kind] = r.status_code
+    assert codes == {
+        "no_audience": 401,
+        "another_audience": 401,
+        "another_issuer": 401,
+        "ours": 200,
+    }
