@@ -5,30 +5,38 @@ each failing index and field) and nothing of it is published, so a client fixes 
 the same batch. A valid batch is published to JetStream with each `<org>:<event_id>` as
 `Nats-Msg-Id`, and answered 202 only after every event was acknowledged; if JetStream fails
 part-way the answer is 503 and resending the whole batch is safe (duplicates are dropped).
+A key that cannot be checked because the database is unreachable is 503 too, never 500 or 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import asyncpg
-import orjson
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from services.ingest.apikeys import org_for_key
-from services.ingest.gateway_batch import check_batch, split_body
+from services.ingest.gateway_batch import Outgoing, check_batch, split_body
 from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_EVENTS = 1000
 PUBLISH_CHUNK = 256
 ACK_TIMEOUT = 5.0
+#: A key lookup that has not answered by then (database down or unreachable) is answered 503.
+KEY_LOOKUP_TIMEOUT = 5.0
+KEY_LOOKUP_RETRY_AFTER = "5"
+#: What a key lookup raises when the database, not the key, is the problem.
+_DATABASE_DOWN = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -79,7 +87,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Invalid events (index and field each); the whole batch is refused.",
         "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
     },
-    503: {"description": "JetStream did not acknowledge every event; resend the batch."},
+    503: {
+        "description": "JetStream did not acknowledge every event, or the key could not be "
+        "checked (database unavailable); resend the batch after `Retry-After`."
+    },
 }
 
 
@@ -102,22 +113,31 @@ def create_gateway_router(
     settings: CommonSettings,
     get_pool: Callable[[], asyncpg.Pool],
     get_js: Callable[[], JetStreamContext],
+    *,
+    key_lookup_timeout: float = KEY_LOOKUP_TIMEOUT,
 ) -> APIRouter:
     """The `/api/events` route; the ingest app provides the pool and the JetStream context."""
     router = APIRouter(tags=["gateway"])
     subjects = settings.subjects
 
-    async def publish_all(
-        events: list[tuple[str, str, str, bytes]],
-    ) -> list[PubAck | BaseException]:
+    async def lookup_org(key: str) -> str | None:
+        async with asyncio.timeout(key_lookup_timeout):
+            return await org_for_key(get_pool(), key)
+
+    async def publish_all(events: list[Outgoing]) -> list[PubAck | BaseException]:
         js = get_js()
         results: list[PubAck | BaseException] = []
         for start in range(0, len(events), PUBLISH_CHUNK):
             chunk = events[start : start + PUBLISH_CHUNK]
             results += await asyncio.gather(
                 *(
-                    js.publish(s, p, timeout=ACK_TIMEOUT, headers={MSG_ID_HEADER: dedupe_id(o, i)})
-                    for s, o, i, p in chunk
+                    js.publish(
+                        e.subject,
+                        e.payload,
+                        timeout=ACK_TIMEOUT,
+                        headers={MSG_ID_HEADER: dedupe_id(e.event.org, e.event.event_id)},
+                    )
+                    for e in chunk
                 ),
                 return_exceptions=True,
             )
@@ -129,7 +149,15 @@ def create_gateway_router(
         x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     ) -> JSONResponse:
         """Publish events for the key's org; answered after JetStream acknowledged them."""
-        org = await org_for_key(get_pool(), x_api_key) if x_api_key else None
+        try:
+            org = await lookup_org(x_api_key) if x_api_key else None
+        except _DATABASE_DOWN as exc:
+            log.warning("API key lookup failed: %r", exc)
+            return JSONResponse(
+                {"detail": "API keys cannot be checked now (database unavailable); retry"},
+                status_code=503,
+                headers={"Retry-After": KEY_LOOKUP_RETRY_AFTER},
+            )
         if org is None:
             return _error(401, "a valid X-API-Key is required")
         body = await _read_limited(request)
@@ -138,7 +166,7 @@ def create_gateway_router(
         items, errors = split_body(body, request.headers.get("content-type", ""))
         if len(items) > MAX_EVENTS:
             return _error(413, f"more than {MAX_EVENTS} events in one request")
-        checked = check_batch(items, org)
+        checked = check_batch(items, org, subjects)
         if checked.foreign:
             return _error(
                 403,
@@ -152,17 +180,13 @@ def create_gateway_router(
                 "batch refused; nothing was published",
                 errors=[e.as_dict() for e in errors],
             )
-        outgoing = [
-            (
-                subjects.event(event.org, event.agent, event.type),
-                event.org,
-                event.event_id,
-                orjson.dumps(raw),
-            )
-            for event, raw in checked.events
-        ]
+        outgoing = checked.events
         results = await publish_all(outgoing)
-        failed = [o[2] for o, r in zip(outgoing, results, strict=True) if not isinstance(r, PubAck)]
+        failed = [
+            o.event.event_id
+            for o, r in zip(outgoing, results, strict=True)
+            if not isinstance(r, PubAck)
+        ]
         if failed:
             return JSONResponse(
                 {

@@ -1,5 +1,9 @@
 """Pure logic of the HTTP gateway: split a body into events and check each against the
-contract, naming the failing index and field. No I/O."""
+contract, naming the failing index and field. No I/O.
+
+An event passes only if the bytes the gateway will publish pass ingest's own check
+(`shared.validation.validate`), so nothing answered 202 is dead-lettered for its content.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from shared.events import MAX_EVENT_BYTES, Event
+from shared.events import MAX_EVENT_BYTES, Event, is_valid_name
+from shared.subjects import Subjects
+from shared.validation import Rejected, validate
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -24,11 +30,20 @@ class FieldError:
         return {"index": self.index, "field": self.field, "message": self.message}
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One checked event as it will be published: subject and exact payload."""
+
+    event: Event
+    subject: str
+    payload: bytes
+
+
 @dataclass(slots=True)
 class Checked:
     """A batch after checking: its events (when all are good) or why it is refused."""
 
-    events: list[tuple[Event, dict[str, Any]]] = field(default_factory=list)
+    events: list[Outgoing] = field(default_factory=list)
     errors: list[FieldError] = field(default_factory=list)
     #: Indexes of events naming an org other than the key's (403, not 422).
     foreign: list[FieldError] = field(default_factory=list)
@@ -71,36 +86,69 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts) or "event"
 
 
-def check_event(index: int, raw: Any, org: str) -> tuple[Event | None, list[FieldError]]:
+def _nul_field(value: Any, path: str = "") -> str | None:
+    """Where a NUL sits (in a string or a key), to name the field ingest's check refused."""
+    if isinstance(value, str):
+        return (path or "event") if "\x00" in value else None
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = _nul_field(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def check_event(
+    index: int, raw: Any, org: str, subjects: Subjects
+) -> tuple[Outgoing | None, list[FieldError]]:
     """Validate one event for the key's org; the org may be left out (the key decides it)."""
     if not isinstance(raw, dict):
         return None, [FieldError(index, "event", "must be a JSON object")]
-    if len(orjson.dumps(raw)) > MAX_EVENT_BYTES:
-        return None, [FieldError(index, "event", f"larger than {MAX_EVENT_BYTES} bytes")]
     raw.setdefault("org", org)
+    # Measured and checked as published: with the org the key added.
+    payload = orjson.dumps(raw)
+    if len(payload) > MAX_EVENT_BYTES:
+        return None, [
+            FieldError(index, "event", f"{len(payload)} bytes as published > {MAX_EVENT_BYTES}")
+        ]
     errors: list[FieldError] = []
     if str(raw.get("type", "")).startswith("component_") and "agent_name" not in raw:
         errors.append(
             FieldError(index, "agent_name", "component events name the agent that ran the step")
         )
     try:
-        event = Event.model_validate(raw)
+        event = Event.model_validate_json(payload)
     except ValidationError as exc:
         errors += [FieldError(index, _loc(e["loc"]), e["msg"]) for e in exc.errors()]
         return None, errors
-    return (None if errors else event), errors
+    if errors:
+        return None, errors
+    subject = subjects.event(event.org, event.agent, event.type)
+    verdict = validate(subjects, subject, payload)
+    if isinstance(verdict, Rejected):
+        return None, [FieldError(index, _nul_field(raw) or "event", verdict.detail)]
+    return Outgoing(event, subject, payload), []
 
 
-def check_batch(items: list[Any], org: str) -> Checked:
+def check_batch(items: list[Any], org: str, subjects: Subjects) -> Checked:
     checked = Checked()
     for index, raw in enumerate(items):
-        if isinstance(raw, dict) and "org" in raw and raw["org"] != org:
+        claimed = raw.get("org") if isinstance(raw, dict) else None
+        # Only a real org name is "another org"; null or a malformed name is invalid (422).
+        if isinstance(claimed, str) and is_valid_name(claimed) and claimed != org:
             checked.foreign.append(
                 FieldError(index, "org", f"this key publishes for org {org!r} only")
             )
             continue
-        event, errors = check_event(index, raw, org)
+        outgoing, errors = check_event(index, raw, org, subjects)
         checked.errors += errors
-        if event is not None:
-            checked.events.append((event, raw))
+        if outgoing is not None:
+            checked.events.append(outgoing)
     return checked
