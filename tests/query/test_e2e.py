@@ -68,3 +68,27 @@ async def test_query_process_serves_the_api(database_url: str, query_url: str, o
         assert (await client.get("/api/executions/stats", headers=headers)).status_code == 200
         assert "fleetwatch_query_request_seconds" in (await client.get("/metrics")).text
         assert (await client.get("/")).status_code == 200
+
+
+async def test_query_process_routes_percent_encoded_ids(
+    database_url: str, query_url: str, org: str
+) -> None:
+    """Over real HTTP: `%2F` inside an id stays in its segment (uvicorn's raw path)."""
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        rows = make_rows(org, ("bot",), 2, seed=4)
+        rows[0].update(id="wf/run-1", execution_log="done")
+        rows[1].update(id="wf", execution_log="other")
+        await insert(conn, rows)
+    finally:
+        await conn.close()
+    async with httpx.AsyncClient(base_url=query_url, headers=token(org, "ada", "admin")) as client:
+        detail = await client.get("/api/executions/wf%2Frun-1")
+        assert detail.status_code == 200, detail.text
+        assert detail.json()["id"] == "wf/run-1"
+        assert detail.json()["log_url"] == "/api/executions/wf%2Frun-1/log"
+        assert (await client.get(detail.json()["log_url"])).text == "done"
+        assert (await client.get("/api/executions/wf%2Flog")).status_code == 404
+        assert (await client.get("/api/executions/wf/log")).text == "other"
+        assert (await client.get("/api/executions/stats")).status_code == 200

@@ -1,16 +1,23 @@
-"""One execution: detail with its steps and children, its log, and the terminate command."""
+"""One execution: detail with its steps and children, its log, and the terminate command.
+
+An execution id may hold any character, `/` included (`wf/run-1`), so it travels as one
+percent-encoded path segment (`wf%2Frun-1`) and these routes match on the path as sent.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import nats.errors
 import orjson
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
+from starlette.routing import Match
+from starlette.types import Scope
 
 from services.query import repo
 from services.query.deps import CallerDep, Ctx
@@ -19,7 +26,46 @@ from shared.auth import Role
 from shared.events import Status, TerminateReply, TerminateRequest
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["executions"])
+
+
+def _sent_path(scope: Scope) -> str | None:
+    """The route path with the client's percent-encoding kept, when the server passed it on
+    (ASGI `raw_path`) and it is the path being routed (not a rewritten one)."""
+    raw = scope.get("raw_path")
+    if not raw:
+        return None
+    try:
+        sent = bytes(raw).split(b"?", 1)[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and sent.startswith(root) and path.startswith(root):
+        sent, path = sent[len(root) :], path[len(root) :]
+    return sent if unquote(sent) == path else None
+
+
+class SentPathRoute(APIRoute):
+    """Matches on the path as sent, so `%2F` inside an id stays inside its one segment.
+
+    Starlette routes the decoded path, where `/api/executions/wf%2Frun-1/log` would read as
+    the execution `wf` with extra segments (404), and `.../a%2Flog` as the log of `a`.
+    """
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        sent = _sent_path(scope)
+        if sent is None:
+            return super().matches(scope)
+        match, child = super().matches({**scope, "path": sent, "root_path": ""})
+        if match is not Match.NONE:
+            params = dict(child["path_params"])
+            for name in self.param_convertors:
+                params[name] = unquote(params[name])
+            child["path_params"] = params
+        return match, child
+
+
+router = APIRouter(tags=["executions"], route_class=SentPathRoute)
 
 _TERMINAL = frozenset({Status.SUCCESS.value, Status.FAILED.value, Status.CANCELLED.value})
 
@@ -79,7 +125,7 @@ async def execution_detail(execution_id: str, ctx: CallerDep) -> dict[str, Any]:
         components=parts,
         retries=retry_counts(parts),
         children=children,
-        log_url=f"/api/executions/{execution_id}/log" if row["has_log"] else None,
+        log_url=f"/api/executions/{quote(execution_id, safe='')}/log" if row["has_log"] else None,
         engine_url=engine_url(ctx.state.settings.engine_urls, row["engine"], row["external_id"]),
     )
     return detail
