@@ -237,7 +237,9 @@ async def light_caller(request: Request) -> Caller:
     return Caller(claims=claims, scope=scope, state=state)
 
 
-CallerDep = Annotated[Ctx, Depends(caller)]
+#: Committed and released as soon as the endpoint returns (scope "function"), before the
+#: response is sent: a client that got an answer to a change sees it in its next request.
+CallerDep = Annotated[Ctx, Depends(caller, scope="function")]
 #: Held until the response body is sent (scope "request"), so a streamed body may use it:
 #: one connection per export, never a second one from the pool.
 StreamCallerDep = Annotated[Ctx, Depends(streaming_caller, scope="request")]

@@ -198,7 +198,9 @@ async def test_agent_management_and_shares(client: httpx.AsyncClient) -> None:
     assert [a["name"] for a in seen] == ["worker"]
     assert "shared_with" not in seen[0]
     assert (await client.put("/api/agents/worker/shares/x", headers=OTHER)).status_code == 403
-    assert (await client.put("/api/agents/hidden/shares/x", headers=OWNER)).status_code == 404
+    # An agent out of the caller's scope is 403, as in the per-agent list, existing or not.
+    assert (await client.put("/api/agents/hidden/shares/x", headers=OWNER)).status_code == 403
+    assert (await client.put("/api/agents/no-such/shares/x", headers=OWNER)).status_code == 403
     assert (
         await client.delete("/api/agents/worker/shares/ursula", headers=ADMIN)
     ).status_code == 204

@@ -84,7 +84,11 @@ async def _may_share(ctx: Ctx, name: str) -> None:
         if agent is None:
             raise HTTPException(404, detail=f"agent {name!r} not found")
         return
-    if agent is None or not ctx.scope.allows(name):
+    if not ctx.scope.allows(name):
+        # As the per-agent list answers (DESIGN.md: 403 for an agent the caller may not see),
+        # whether or not it exists: its existence is not revealed either way.
+        raise HTTPException(403, detail=f"agent {name!r} is not in your scope")
+    if agent is None:
         raise HTTPException(404, detail=f"agent {name!r} not found")
     if agent["owner"] != ctx.scope.user or ctx.scope.role is not Role.USER:
         raise HTTPException(403, detail="only admins and the agent's owner manage its shares")
