@@ -260,7 +260,7 @@ async def test_share_doors(stack: Stack) -> None:
             return r.status_code
 
         assert await put(c["a-admin"], "delta", "boss") == 404  # B's agent: unknown in A
-        assert await put(c["a-owner"], "beta", "owner") == 403  # not visible to them: 403, as the per-agent list
+        assert await put(c["a-owner"], "beta", "owner") == 403  # not visible: as the per-agent list
         assert await put(c["a-sharer"], "beta", "nobody") == 403  # visible, not theirs
         assert await put(c["a-client"], "beta", "nobody") == 403
         r = await client.put("/api/agents/delta", json={"owner": "x"}, headers=c["a-owner"].headers)
