@@ -15,6 +15,15 @@ from shared.subjects import SubjectError, Subjects
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+#: Why an event holding NUL is refused: Postgres text and jsonb cannot store it.
+NUL_REFUSED = "strings must not contain NUL (\\u0000)"
+
+
+def has_nul(data: bytes) -> bool:
+    """Whether a JSON body holds a NUL escape (refused, so that its batch stays insertable)."""
+    return b"\\u0000" in data and _NUL_ESCAPE.search(data) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """Why a message cannot be ingested; `reason` is a short token used in the DLQ subject."""
@@ -40,9 +49,8 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
     except SubjectError as exc:
         unknown_type = "unknown event type" in str(exc)
         return Rejected("unknown_type" if unknown_type else "bad_subject", str(exc))
-    if b"\\u0000" in data and _NUL_ESCAPE.search(data):
-        # Postgres text and jsonb cannot hold NUL; refusing here keeps the batch insertable.
-        return Rejected("schema", "strings must not contain NUL (\\u0000)")
+    if has_nul(data):
+        return Rejected("schema", NUL_REFUSED)
     try:
         event = Event.model_validate_json(data)
     except ValidationError as exc:

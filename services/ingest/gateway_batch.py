@@ -1,8 +1,9 @@
 """Pure logic of the HTTP gateway: split a body into events and check each against the
 contract, naming the failing index and field. No I/O.
 
-An event passes only if the bytes the gateway will publish pass ingest's own check
-(`shared.validation.validate`), so nothing answered 202 is dead-lettered for its content.
+An event passes only if the bytes the gateway will publish pass ingest's own rules (the
+contract model, the size limit and `shared.validation.has_nul`), so nothing answered 202 is
+dead-lettered for its content.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from shared.events import MAX_EVENT_BYTES, Event, is_valid_name
 from shared.subjects import Subjects
-from shared.validation import Rejected, validate
+from shared.validation import NUL_REFUSED, has_nul
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -130,11 +131,9 @@ def check_event(
         return None, errors
     if errors:
         return None, errors
-    subject = subjects.event(event.org, event.agent, event.type)
-    verdict = validate(subjects, subject, payload)
-    if isinstance(verdict, Rejected):
-        return None, [FieldError(index, _nul_field(raw) or "event", verdict.detail)]
-    return Outgoing(event, subject, payload), []
+    if has_nul(payload):
+        return None, [FieldError(index, _nul_field(raw) or "event", NUL_REFUSED)]
+    return Outgoing(event, subjects.event(event.org, event.agent, event.type), payload), []
 
 
 def check_batch(items: list[Any], org: str, subjects: Subjects) -> Checked:
