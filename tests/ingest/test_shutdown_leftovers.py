@@ -19,7 +19,12 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
 from shared.subjects import Subjects
-from tests.ingest.pulled import fetch_from_busy_loop, one_event_per_execution, unpatched_fetch
+from tests.ingest.pulled import (
+    acks_pending_settle,
+    fetch_from_busy_loop,
+    one_event_per_execution,
+    unpatched_fetch,
+)
 
 
 async def test_messages_left_in_the_queue_are_finished_on_shutdown(
@@ -55,8 +60,8 @@ async def _shutdown(
         async with pool.acquire() as conn:
             stored = await conn.fetchval("SELECT count(*) FROM executions WHERE org = $1", org)
         assert stored == 10
+        assert await acks_pending_settle(sub) == 0  # the server applies acks asynchronously
         info = await js.consumer_info(subjects.events_stream, "ingest")
-        assert info.num_ack_pending == 0
         assert info.num_pending == 0
     finally:
         await pool.close()

@@ -80,6 +80,14 @@ async def _metric_reaches(app: Notifier, name: str, labels: dict[str, str], valu
     raise AssertionError(f"{name}{labels} never reached {value}")
 
 
+async def _hub_reaches(app: Notifier, seq: int) -> None:
+    for _ in range(200):
+        if app.hub.last_seq >= seq:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"the notifier never received stream seq {seq}")
+
+
 async def test_late_resume_from_is_honoured_while_no_event_was_sent(
     notifier: Notifier, js: JetStreamContext, subjects: Subjects, org: str
 ) -> None:
@@ -100,6 +108,8 @@ async def test_late_resume_from_is_honoured_while_no_event_was_sent(
     # since is filtered out.
     filtered = await _connect(notifier.port, "status=failed", tok)
     meanwhile = [await publish(js, subjects, execution_event(org, "x")) for _ in range(10)]
+    # Only once the notifier has them are they missed, not live, for a client connecting now.
+    await _hub_reaches(notifier, meanwhile[-1])
     # `silent` sends nothing within the window and goes live with nothing for it.
     silent = await _connect(notifier.port, "", tok)
     await asyncio.sleep(HELLO_S * 4)
