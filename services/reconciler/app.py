@@ -162,7 +162,9 @@ async def _serve(
         settings.subjects.sync_components(), queue="reconciler", cb=sync_handler(reconciler)
     )
     leader = LeaderLock(
-        settings.database_url, lock_key(settings.leader_lock_key, settings.subject_prefix)
+        settings.database_url,
+        lock_key(settings.leader_lock_key, settings.subject_prefix),
+        lease_s=settings.leader_lease_seconds,
     )
     await reconciler.run(leader, settings.interval_seconds, fix=settings.fix, stop=state.stop)
 

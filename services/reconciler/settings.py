@@ -54,6 +54,8 @@ class ReconcilerSettings(CommonSettings):
     lookback_seconds: float = Field(default=3600.0, gt=0)
     concurrency: int = Field(default=64, ge=1, le=10_000)
     leader_lock_key: int = 0x666C_7774  # "flwt"; the subject prefix is mixed in
+    #: A leader cut off from Postgres loses the lock within this long (see leader.py).
+    leader_lease_seconds: float = Field(default=30.0, gt=0)
 
     # Temporal: enabled when an address is set.
     temporal_address: str | None = None
