@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.events import NAME_PATTERN
 
 _JWKS_ALGORITHMS = ["RS256", "ES256", "PS256", "EdDSA"]
+JWKS_TIMEOUT_S = 10.0
 
 
 class Role(StrEnum):
@@ -36,9 +37,14 @@ class AuthError(Exception):
     """The token is missing, malformed, expired, unsigned or signed with the wrong key."""
 
 
+class AuthUnavailable(Exception):
+    """The identity provider's keys cannot be fetched now: the token was not judged at all."""
+
+
 @lru_cache(maxsize=4)
 def _jwks_client(url: str) -> jwt.PyJWKClient:
-    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300)
+    # A key fetch runs in a worker thread of its caller; past this it answers "unavailable".
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=JWKS_TIMEOUT_S)
 
 
 def decode_token(
@@ -75,6 +81,8 @@ def decode_token(
                 audience=audience,
                 issuer=issuer,
             )
+    except jwt.PyJWKClientConnectionError as exc:
+        raise AuthUnavailable(f"signing keys unavailable: {exc}") from None
     except jwt.PyJWTError as exc:
         raise AuthError(f"invalid token: {exc}") from None
     try:

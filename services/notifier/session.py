@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.stream import bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
 from services.notifier.triggers import TriggerMemory
-from shared.auth import AuthError, Claims, decode_token
+from shared.auth import AuthError, AuthUnavailable, Claims, decode_token
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +81,25 @@ async def _authenticate(conn: ServerConnection, deps: SessionDeps) -> Claims | N
         await conn.close(CLOSE_UNAUTHORIZED, "missing token")
         return None
     settings = deps.settings
+    decode = functools.partial(
+        decode_token,
+        secret=settings.jwt_secret.get_secret_value(),
+        jwks_url=settings.jwks_url,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
     try:
-        return decode_token(
-            token,
-            secret=settings.jwt_secret.get_secret_value(),
-            jwks_url=settings.jwks_url,
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-        )
+        if settings.jwks_url:  # fetching keys blocks: keep it off the loop every socket shares
+            return await asyncio.to_thread(decode, token)
+        return decode(token)
     except AuthError as exc:
         deps.hub.metrics.auth_failures.inc()
         # Close reasons are capped at 123 bytes by the protocol.
         await conn.close(CLOSE_UNAUTHORIZED, str(exc)[:120])
+        return None
+    except AuthUnavailable as exc:
+        # The token was not judged: the client should retry, not ask its user to log in again.
+        await conn.close(CLOSE_TRY_AGAIN, str(exc)[:120])
         return None
 
 

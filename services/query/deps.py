@@ -21,7 +21,7 @@ from services.query.metrics import QueryMetrics
 from services.query.ratelimit import RateLimiter
 from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
-from shared.auth import AuthError, Claims, Role, decode_token
+from shared.auth import AuthError, AuthUnavailable, Claims, Role, decode_token
 
 
 @dataclass
@@ -121,6 +121,9 @@ async def authenticate(request: Request, state: QueryState) -> Claims:
         return decode(token.strip())
     except AuthError as exc:
         raise _unauthorized(str(exc)) from None
+    except AuthUnavailable as exc:
+        # The token was not judged: a retry can succeed, and the client must not log out.
+        raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from None
 
 
 async def _admitted(request: Request) -> tuple[QueryState, Claims]:
