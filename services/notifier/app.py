@@ -96,7 +96,7 @@ class Notifier:
             self.metrics.scope_loads.inc()
             return await fetch_scope(pool, claims)
 
-        scopes = ScopeCache(load, ttl_s=s.scope_ttl_s)
+        scopes = ScopeCache(load, ttl_s=s.scope_ttl_s, load_timeout_s=s.scope_load_timeout_s)
         guard = AccessGuard(self.hub, scopes)
         # Start right after the stream's current end; every later event reaches the hub. What
         # came before is read back first, so a reconnect storm resumes from memory.

@@ -33,9 +33,11 @@ class ScopeCache:
         ttl_s: float,
         maxsize: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
+        load_timeout_s: float | None = None,
     ) -> None:
         self._loader = loader
         self.ttl_s = ttl_s
+        self._load_timeout_s = load_timeout_s
         self._clock = clock
         self._cache: TTLCache[ScopeKey, tuple[Scope, float]] = TTLCache(
             maxsize=maxsize, ttl=ttl_s, timer=clock
@@ -62,7 +64,7 @@ class ScopeCache:
         self._inflight[key] = future
         loaded_at = self._clock()
         try:
-            scope = await self._loader(claims)
+            scope = await _within(self._loader(claims), self._load_timeout_s)
         except Exception as exc:
             future.set_exception(exc)
             # Mark retrieved: waiters may be none, and an unobserved error would be logged.
@@ -77,3 +79,27 @@ class ScopeCache:
         self._cache[key] = (scope, loaded_at)
         future.set_result(scope)
         return scope
+
+
+async def _within(load: Awaitable[Scope], timeout_s: float | None) -> Scope:
+    """`load`'s result, or TimeoutError once `timeout_s` has passed.
+
+    Unlike `asyncio.wait_for`, this does not wait for the cancelled load to wind down: on a
+    hung database its clean-up (handing the connection back to the pool) hangs as well.
+    """
+    task = asyncio.ensure_future(load)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_observed)
+        raise TimeoutError(f"scope load took longer than {timeout_s} s")
+    return task.result()
+
+
+def _observed(task: asyncio.Future[Scope]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: an error of an abandoned load is not logged as unhandled

@@ -35,6 +35,9 @@ class NotifierSettings(CommonSettings):
     hello_timeout_s: float = Field(default=0.25, ge=0)
     #: How long a caller's scope (org, role, visible agents) is cached.
     scope_ttl_s: float = Field(default=15.0, gt=0)
+    #: A scope query that takes longer fails (a hung database must not hold up the sweep that
+    #: keeps every open connection's access current, nor a handshake).
+    scope_load_timeout_s: float = Field(default=5.0, gt=0)
     #: Largest frame a client may send.
     max_client_frame: int = Field(default=16 * 1024, ge=256)
     close_timeout_s: float = Field(default=5.0, gt=0)

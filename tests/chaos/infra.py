@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -156,6 +157,17 @@ class Proxy:
             # Dropping what is held back is the point: the peer never sees it.
             pipe.abort()
             self._pipes.discard(pipe)
+
+
+def url_through(url: str, port: int) -> str:
+    """`url` (postgresql:// or nats://) with its host and port replaced by a proxy's."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
+
+
+def port_of(url: str, default: int = 5432) -> int:
+    return urlsplit(url).port or default
 
 
 @contextlib.asynccontextmanager

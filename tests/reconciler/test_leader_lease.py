@@ -9,18 +9,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 from services.reconciler.leader import LeaderLock
-from tests.chaos.infra import proxy_to
+from tests.chaos.infra import port_of, proxy_to, url_through
 
 LEASE_S = 1.5
-
-
-def _through(database_url: str, port: int) -> str:
-    parts = urlsplit(database_url)
-    netloc = f"{parts.username}@127.0.0.1:{port}" if parts.username else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _key() -> int:
@@ -31,9 +24,8 @@ async def test_a_leader_cut_off_from_postgres_loses_the_lock_within_a_lease(
     database_url: str,
 ) -> None:
     key = _key()
-    pg_port = urlsplit(database_url).port or 5432
-    async with proxy_to(pg_port) as proxy:
-        cut_off = LeaderLock(_through(database_url, proxy.port), key, lease_s=LEASE_S)
+    async with proxy_to(port_of(database_url)) as proxy:
+        cut_off = LeaderLock(url_through(database_url, proxy.port), key, lease_s=LEASE_S)
         other = LeaderLock(database_url, key, lease_s=LEASE_S)
         try:
             assert await cut_off.try_acquire()

@@ -1,0 +1,70 @@
+"""A database that hangs (a partition, not a refusal) while sockets are open, on real parts.
+
+The sweep that keeps open connections' access current must not wait on it forever: each scope
+load times out, and a caller whose scope stays unconfirmed for a whole TTL is closed with 1013,
+as a failing lookup is. A handshake meanwhile gets 1013 within the timeout. Postgres is reached
+through a TCP proxy that stops passing bytes while its connections stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from services.notifier.app import Notifier
+from shared.subjects import Subjects
+from tests.chaos.infra import Proxy, port_of, proxy_to, url_through
+from tests.notifier.helpers import connect_live, running, settings_for, token, ws_url
+
+TTL_S = 0.5
+LOAD_TIMEOUT_S = 0.3
+
+
+async def _close_code(ws: websockets.ClientConnection, limit_s: float) -> int | None:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), limit_s)
+    except ConnectionClosed:
+        return ws.close_code
+
+
+async def test_a_hung_database_closes_open_sockets_with_1013_and_refuses_new_ones(
+    nats_url: str, database_url: str, subjects: Subjects, org: str
+) -> None:
+    async with proxy_to(port_of(database_url)) as proxy:
+        settings = settings_for(
+            nats_url,
+            url_through(database_url, proxy.port),
+            subjects,
+            scope_ttl_s=TTL_S,
+            scope_load_timeout_s=LOAD_TIMEOUT_S,
+        )
+        async with running(settings) as app:
+            try:
+                await _partitioned(app, proxy, org)
+            finally:
+                proxy.latency = 0.0
+                proxy.reset_all()  # let the pool close: its connections see a reset
+
+
+async def _partitioned(app: Notifier, proxy: Proxy, org: str) -> None:
+    # A client's scope is read from the database (an admin's needs no table).
+    ws, _ = await connect_live(app.port, token(org, "cust", "client"))
+    proxy.latency = 3600.0  # nothing gets through, nothing is closed
+    partitioned = time.monotonic()
+    assert await _close_code(ws, limit_s=10) == 1013
+    # Within a TTL of failed reloads, each cut short by the timeout, plus the sweep's tick.
+    assert time.monotonic() - partitioned < TTL_S * 2 + LOAD_TIMEOUT_S * 3 + 2
+    failures = app.metrics.registry.get_sample_value("notifier_scope_load_failures_total")
+    assert (failures or 0) >= 1
+
+    started = time.monotonic()
+    fresh = await websockets.connect(
+        ws_url(app.port),
+        subprotocols=["bearer", token(org, "other", "client")],  # type: ignore[list-item]
+    )
+    assert await _close_code(fresh, limit_s=10) == 1013
+    assert time.monotonic() - started < LOAD_TIMEOUT_S + 2
