@@ -72,10 +72,8 @@ class Stack:
         return mint_token(secret=SECRET, org=self.org, user=user, role=role)
 
     def page_url(self, user: str = "ada", role: str = "admin", query: str = "") -> str:
-        """The dashboard, signed in through `#token=`, pointed at this notifier."""
-        sep = "&" if query else ""
-        token = self.token(user, role)
-        return f"{self.base_url}/?{query}{sep}notifier={self.notifier_ws}#token={token}"
+        """The dashboard, signed in through `#token=`."""
+        return f"{self.base_url}/?{query}#token={self.token(user, role)}"
 
     async def publish(self, type_: str, execution: dict[str, Any]) -> None:
         event = Event.model_validate(
@@ -135,7 +133,9 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
     )
     ingest = start_service("ingest", env)
     notifier = start_service("notifier", env, free_port())
-    query = start_service("query", env)
+    # The page learns where the notifier is from the server (`/api/config`), never from its URL.
+    query_env = {**env, "QUERY_NOTIFIER_URL": f"ws://127.0.0.1:{notifier.port}/ws"}
+    query = start_service("query", query_env)
     stack = Stack(org, subjects, env, query, notifier, ingest, await nats.connect(nats_url), rows)
     nc = stack.nc
     try:

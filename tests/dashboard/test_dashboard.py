@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 
@@ -202,6 +203,32 @@ async def test_detail_page_and_compare(admin_page: Page, stack: Stack) -> None:
     await page.go_back()
     await page.go_back()
     await expect(page.locator(ROWS).first).to_be_visible()
+
+
+async def test_a_link_cannot_point_the_live_feed_elsewhere(browser: Browser, stack: Stack) -> None:
+    """The socket carries the user's token, so a crafted `?notifier=` (or one an earlier version
+    remembered) must not choose where it goes: the page asks the server only."""
+    handshakes: list[bytes] = []
+
+    async def trap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handshakes.append(await reader.read(4096))
+        writer.close()
+
+    server = await asyncio.start_server(trap, "127.0.0.1", 0)
+    elsewhere = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(f"{stack.base_url}/")
+        await page.evaluate("url => localStorage.setItem('fleetwatch.notifier', url)", elsewhere)
+        token = stack.token("ada", "admin")
+        await page.goto(f"{stack.base_url}/?status=failed&notifier={elsewhere}#token={token}")
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        assert handshakes == []
+        assert await page.evaluate("localStorage.getItem('fleetwatch.notifier')") is None
+    finally:
+        await context.close()
+        server.close()
 
 
 async def test_user_sees_only_their_agents(browser: Browser, stack: Stack) -> None:

@@ -6,23 +6,18 @@
 
 import { api, getToken } from "./api.js";
 
-const NOTIFIER_KEY = "fleetwatch.notifier";
 export const POLL_MS = 10_000;
 const MAX_BACKOFF_MS = 10_000;
 
-/** Where the notifier listens: ?notifier=, a saved choice, /api/config, the meta tag, :8001. */
+/**
+ * Where the notifier listens: /api/config, the meta tag, else :8001 on the page's host.
+ *
+ * Never from the page's URL or anything a link can set: the socket carries the user's token,
+ * so a crafted link naming another host would hand the token to it.
+ */
 export async function notifierUrl() {
-  const params = new URLSearchParams(location.search);
-  const fromParam = params.get("notifier");
-  if (fromParam) {
-    localStorage.setItem(NOTIFIER_KEY, fromParam);
-    params.delete("notifier");
-    const query = params.toString();
-    history.replaceState(history.state, "", location.pathname + (query ? `?${query}` : ""));
-    return fromParam;
-  }
-  const saved = localStorage.getItem(NOTIFIER_KEY);
-  if (saved) return saved;
+  // What an earlier version remembered from a page URL's ?notifier= is not to be trusted.
+  localStorage.removeItem("fleetwatch.notifier");
   try {
     const config = await api("/api/config");
     if (config?.notifier_url) return config.notifier_url;
