@@ -15,10 +15,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from services.ingest.gateway import MAX_BODY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -138,6 +141,14 @@ def test_ingress_routes_api_dashboard_gateway_and_websocket(
     }
     services = {s["metadata"]["name"] for s in find(docs, "Service")}
     assert set(routes.values()) <= services
+    # The dashboard's live feed goes through this Ingress (with TLS: wss).
+    notifier = urlsplit(one(docs, "ConfigMap", "fleetwatch-config")["data"]["QUERY_NOTIFIER_URL"])
+    assert (notifier.hostname, notifier.path) == (rule["host"], "/ws")
+    assert notifier.scheme == ("wss" if ingress["spec"].get("tls") else "ws")
+    # The gateway's largest batch passes nginx.
+    body = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert body.endswith("m")
+    assert int(body[:-1]) * 1024 * 1024 > MAX_BODY_BYTES
 
 
 def test_autoscalers_jobs_and_monitoring(rendered: tuple[str, list[Doc]]) -> None:
@@ -192,6 +203,13 @@ def test_nats_is_a_three_node_jetstream_cluster(
     one(docs, "Service", "fleetwatch-nats")
     expected_replicas = {"dev": "1", "production": "3"}[overlay]
     assert config["FLEETWATCH_STREAM_REPLICAS"] == expected_replicas
+    # Lame-duck mode on preStop finds the server through its pid file.
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    (signal_arg,) = [a for a in container["lifecycle"]["preStop"]["exec"]["command"] if "ldm=" in a]
+    pid_file = signal_arg.split("ldm=", 1)[1]
+    assert f"pid_file: {pid_file}" in conf
+    mounts = [m["mountPath"] for m in container["volumeMounts"]]
+    assert str(Path(pid_file).parent) in mounts
 
     # The server itself accepts the configuration (syntax and option names).
     server = shutil.which("nats-server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
