@@ -205,6 +205,35 @@ async def test_detail_page_and_compare(admin_page: Page, stack: Stack) -> None:
     await expect(page.locator(ROWS).first).to_be_visible()
 
 
+async def test_a_live_refresh_of_the_detail_keeps_what_the_reader_opened(
+    browser: Browser, stack: Stack
+) -> None:
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        await page.goto(stack.page_url(query=f"execution={DETAILED_ID}"))
+        steps = page.locator(".waterfall .step")
+        await expect(steps).to_have_count(4)
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        await steps.nth(1).locator("summary").click()
+        await page.locator(".compare-form input").fill("seed-0")
+        detail = f"/api/executions/{DETAILED_ID}"
+        async with page.expect_response(lambda r: r.url.endswith(detail)) as refreshed:
+            for _ in range(3):  # a burst: one refresh
+                await stack.publish("execution_started", {"id": DETAILED_ID, "agent_name": "beta"})
+        assert (await refreshed.value).ok
+        await expect(page.locator(".loading")).to_have_count(0)
+        await expect(page.locator(".waterfall .step details[open]")).to_have_count(1)
+        await expect(steps.nth(1).locator("details")).to_have_attribute("open", "")
+        await expect(page.locator(".compare-form input")).to_have_value("seed-0")
+        fetched: list[str] = []
+        page.on("request", lambda r: fetched.append(r.url) if r.url.endswith(detail) else None)
+        await page.wait_for_timeout(1500)
+        assert fetched == []  # the burst's other events did not each refetch
+    finally:
+        await context.close()
+
+
 async def test_a_link_cannot_point_the_live_feed_elsewhere(browser: Browser, stack: Stack) -> None:
     """The socket carries the user's token, so a crafted `?notifier=` (or one an earlier version
     remembered) must not choose where it goes: the page asks the server only."""

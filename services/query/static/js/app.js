@@ -80,12 +80,23 @@ async function route() {
   }
 }
 
+// A burst of events for the execution shown (its steps, often) is one refresh, not one each.
+const DETAIL_REFRESH_MS = 400;
+let detailRefresh = null;
+
+function refreshDetailSoon() {
+  if (detailRefresh !== null) return;
+  const seq = routeSeq;
+  detailRefresh = setTimeout(() => {
+    detailRefresh = null;
+    if (seq !== routeSeq) return;
+    renderDetail(root, detailId, { navigate, current: () => seq === routeSeq, refresh: true });
+  }, DETAIL_REFRESH_MS);
+}
+
 function onLiveEvent(message) {
   if (page) page.onLive(message);
-  else if (detailId && message.execution.id === detailId) {
-    const seq = routeSeq;
-    renderDetail(root, detailId, { navigate, current: () => seq === routeSeq });
-  }
+  else if (detailId && message.execution.id === detailId) refreshDetailSoon();
   else if (message.execution.status === "failed") toast(`${agentLabel(message.execution)} failed`, "error");
 }
 

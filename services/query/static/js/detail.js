@@ -121,14 +121,46 @@ function section(title, ...body) {
   return h("section", { class: "panel" }, h("h2", {}, title), ...body);
 }
 
-/** `current()` says whether the page still wants this view (the user may have moved on). */
-export async function renderDetail(root, id, { navigate, current = () => true }) {
-  clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading execution…"));
+/** What the reader has open or typed on a detail page, to keep through a live refresh. */
+function viewState(root) {
+  const page = root.querySelector(".page-detail");
+  if (!page) return null;
+  const input = page.querySelector(".compare-form input");
+  return {
+    open: new Set([...page.querySelectorAll("li.step")].filter((li) => li.querySelector("details")?.open).map((li) => `${li.dataset.node}/${li.dataset.attempt}`)),
+    compare: input?.value ?? "",
+    focused: input !== null && document.activeElement === input,
+    scroll: window.scrollY,
+  };
+}
+
+function restoreView(root, state) {
+  for (const li of root.querySelectorAll(".page-detail li.step")) {
+    const details = li.querySelector("details");
+    if (details && state.open.has(`${li.dataset.node}/${li.dataset.attempt}`)) details.open = true;
+  }
+  const input = root.querySelector(".page-detail .compare-form input");
+  if (input) {
+    input.value = state.compare;
+    if (state.focused) input.focus();
+  }
+  window.scrollTo(0, state.scroll);
+}
+
+/**
+ * `current()` says whether the page still wants this view (the user may have moved on).
+ * With `refresh`, the page shown stays until the new one is ready, and what the reader opened,
+ * typed or scrolled to is kept (a live event for this execution re-renders it).
+ */
+export async function renderDetail(root, id, { navigate, current = () => true, refresh = false }) {
+  const kept = refresh ? viewState(root) : null;
+  if (!kept) clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading execution…"));
   let exec;
   try {
     exec = await api(`/api/executions/${encodeURIComponent(id)}`);
   } catch (err) {
     if (!current()) return null;
+    if (kept) return null; // keep what is shown; the next event or a reload tries again
     clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, `Could not load execution ${id}: ${err.message}`)));
     return null;
   }
@@ -167,6 +199,7 @@ export async function renderDetail(root, id, { navigate, current = () => true })
       section("Log", log ? h("pre", { class: "log" }, log) : h("p", { class: "muted" }, "No log recorded.")),
     ),
   );
+  if (kept) restoreView(root, kept);
   return exec;
 }
 
