@@ -13,11 +13,14 @@ hello window while it has sent them no event). Those run on an event loop of the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.auth import mint_token
 from shared.db import connect
@@ -44,6 +47,24 @@ async def _restart(service: Service, env: dict[str, str], sig: int) -> tuple[Ser
     if TRACE:
         print(f"restart {sig}: exit {t1 - t0:.2f}s, ready {time.monotonic() - t1:.2f}s")
     return fresh, time.monotonic()
+
+
+async def _connections_reach(url: str, count: int, within_s: float) -> None:
+    """Wait until the notifier's `notifier_connections` gauge is at least `count`."""
+    deadline = time.monotonic() + within_s
+    seen = 0.0
+    async with httpx.AsyncClient(timeout=2) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                text = (await client.get(url + "/metrics")).text
+                for family in text_string_to_metric_families(text):
+                    if family.name == "notifier_connections":
+                        seen = max((sample.value for sample in family.samples), default=0.0)
+            if seen >= count:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{seen:.0f} of {count} clients connected after {within_s}s")
+            await asyncio.sleep(0.05)
 
 
 _T0 = time.monotonic()
@@ -134,7 +155,9 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         by_frame = [c for c in reading if c.by_frame]
         readers.append(asyncio.create_task(run_readers(port, by_url, stop)))
         readers.append(asyncio.create_task(own.run(run_readers(port, by_frame, own_stop))))
-        await asyncio.sleep(1.0)  # every reader past its hello window: live
+        # Every client (stalled ones too) is in the notifier's hub: events from now on reach
+        # each, held until its hello window ends.
+        await _connections_reach(notifier.url, CLIENTS, within_s=30)
         _trace("clients connected")
         await load.start()
         watches: list[asyncio.Task[float | None]] = []

@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from shared.auth import mint_token
 from shared.db import connect
 from shared.subjects import Subjects
+from tests.checks import wait_for_count
 from tests.procs import Service, running
 
 SECRET = "scale-out-test-secret-0123456789abcdef"
@@ -147,6 +148,10 @@ async def test_two_ingest_and_two_notifier_replicas(
             assert await conn.fetchval("SELECT count(*) FROM executions WHERE org = $1", org) == (
                 EXECUTIONS
             )
+            # An execution's last event may be committed before others of the same batch run.
+            await wait_for_count(
+                conn, "SELECT count(*) FROM events WHERE org = $1", (org,), len(events), timeout=30
+            )
             stored = await conn.fetch(
                 "SELECT event_id, count(*) AS n FROM events WHERE org = $1 GROUP BY event_id", org
             )
@@ -155,8 +160,14 @@ async def test_two_ingest_and_two_notifier_replicas(
         finally:
             await conn.close()
 
+        # A replica counts a batch once it committed it: the last ones may lag the rows.
+        deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=5) as client:
-            per_replica = [await applied_events(client, i) for i in ingests]
-        applied = sum(o.get("applied", 0) for o in per_replica)
+            while True:
+                per_replica = [await applied_events(client, i) for i in ingests]
+                applied = sum(o.get("applied", 0) for o in per_replica)
+                if applied >= len(events) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
         # Each distinct event applied exactly once across both replicas.
         assert applied == len(events), per_replica

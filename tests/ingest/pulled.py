@@ -13,6 +13,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 
 from services.ingest.settings import IngestSettings
 from shared.streams import ensure_streams
@@ -21,6 +22,11 @@ from tests.ingest.events_factory import execution_events
 from tests.ingest.test_ingest_service import publish
 
 Fetch = Callable[..., Awaitable[list[Msg]]]
+#: Where the consumer's counts are read: a pull subscription, or a call returning them.
+InfoSource = JetStreamContext.PullSubscription | Callable[[], Awaitable[ConsumerInfo]]
+
+#: The window of `fetch_from_busy_loop`'s fetch.
+FETCH_WINDOW_S = 0.5
 
 
 @dataclass
@@ -59,20 +65,31 @@ def unpatched_fetch() -> Fetch:
 async def fetch_from_busy_loop(
     sub: JetStreamContext.PullSubscription, batch: int, fetch: Fetch | None = None
 ) -> list[Msg]:
-    """Fetch while the event loop is busy past the fetch window as the server answers."""
+    """Fetch while the event loop is busy past the fetch window as the server answers.
+
+    nats-py counts the window from the fetch's start but sends the pull request only once the
+    loop is free again; from then the first message may take up to `FETCH_WINDOW_S` (a loaded
+    machine needs that much), and the rest find the window gone.
+    """
     fetch = fetch or JetStreamContext.PullSubscription.fetch
-    task = asyncio.create_task(fetch(sub, batch, timeout=0.05))
+    task = asyncio.ensure_future(fetch(sub, batch, timeout=FETCH_WINDOW_S))
     await asyncio.sleep(0)  # the fetch sends its request and waits
-    time.sleep(0.2)  # noqa: ASYNC251 - the loop is busy past the window as the answer arrives
+    # The loop is busy past the window (only that matters, not by how much).
+    time.sleep(FETCH_WINDOW_S * 2)  # noqa: ASYNC251
     return await task
 
 
-async def acks_pending_settle(sub: JetStreamContext.PullSubscription, within: float = 5.0) -> int:
-    """The consumer's unacknowledged count once it stops falling (the server applies acks
-    asynchronously), or after `within` seconds."""
+async def acks_pending_settle(source: InfoSource, within: float = 5.0) -> int | None:
+    """The consumer's unacknowledged count once it reaches 0 (the server applies acks
+    asynchronously), or after `within` seconds.
+
+    `source` is a pull subscription, or a call returning the consumer's info (e.g. through
+    another connection once the one that pulled is gone).
+    """
+    info = source.consumer_info if isinstance(source, JetStreamContext.PullSubscription) else source
     deadline = time.monotonic() + within
-    pending = (await sub.consumer_info()).num_ack_pending
+    pending = (await info()).num_ack_pending
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-        pending = (await sub.consumer_info()).num_ack_pending
+        pending = (await info()).num_ack_pending
     return pending

@@ -100,7 +100,7 @@ async def test_fleet_wide_reads_show_exactly_the_callers_rows(stack: Stack, labe
     visible = world.visible(caller)
     ids = {r["id"] for r in visible}
     async with httpx.AsyncClient(base_url=query.url, timeout=20) as client:
-        endpoints = [
+        endpoints: list[tuple[str, dict[str, Any]]] = [
             ("/api/executions", {"limit": 200}),
             ("/api/executions/stats", {"hours": 168}),
             ("/api/executions/timeline", {"hours": 720, "bucket": "day"}),
@@ -278,7 +278,8 @@ async def test_share_doors(stack: Stack) -> None:
             assert r.status_code == 204
 
 
-async def _collect(ws: Any, seconds: float) -> list[dict[str, Any]]:
+async def _collect(ws: Any, seconds: float, until_seq: int | None = None) -> list[dict[str, Any]]:
+    """Frames for `seconds`, or (given `until_seq`) until the event at that seq, within them."""
     frames: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -290,6 +291,14 @@ async def _collect(ws: Any, seconds: float) -> list[dict[str, Any]]:
             frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), left)))
         except TimeoutError:
             return frames
+        last = frames[-1]
+        is_event = last.get("type", "").startswith("execution_")
+        if until_seq is not None and is_event and last["seq"] >= until_seq:
+            return frames
+
+
+def _sees(caller: Caller, org: str, agent: str) -> bool:
+    return org == caller.org and (caller.agents is None or agent in caller.agents)
 
 
 async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: str) -> None:
@@ -304,9 +313,11 @@ async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: 
         )
         await ws.send(orjson.dumps({"subscribe": {}}).decode())
         sockets[label] = ws
-    await asyncio.sleep(0.5)  # past the hello window: every socket is live
+    for label, ws in sockets.items():  # every socket live: it gets each event published after
+        ready = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ready["type"] == "ready", (label, ready)
     nc = await nats.connect(nats_url)
-    published: list[tuple[str, str, str]] = []
+    published: list[tuple[str, str, str, int]] = []
     try:
         js = nc.jetstream()
         for org, agents in (
@@ -323,15 +334,22 @@ async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: 
                         "org": org,
                         "execution": {"id": f"live-{org}-{agent}-{i}", "agent_name": agent},
                     }
-                    await js.publish(
+                    ack = await js.publish(
                         stack.subjects.event(org, agent, "execution_started"),
                         orjson.dumps(event),
                         headers={"Nats-Msg-Id": event_id},
                     )
-                    published.append((org, agent, event_id))
+                    published.append((org, agent, event_id, ack.seq))
+        # Each socket up to the last event it may see. The last one published is b-admin's:
+        # after it, the notifier has sent every event, so a stray one would be there already.
+        assert _sees(world.callers["b-admin"], *published[-1][:2])
         received = {}
-        for i, (label, ws) in enumerate(sockets.items()):
-            received[label] = await _collect(ws, 2.0 if i == 0 else 0.3)
+        for label, ws in sockets.items():
+            caller = world.callers[label]
+            seqs = [seq for org, agent, _, seq in published if _sees(caller, org, agent)]
+            received[label] = await _collect(ws, 10.0, max(seqs)) if seqs else []
+        for label, ws in sockets.items():
+            received[label] += await _collect(ws, 0.3)
     finally:
         await nc.close()
         for ws in sockets.values():
@@ -339,11 +357,7 @@ async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: 
     for label, frames in received.items():
         caller = world.callers[label]
         got = [f["event_id"] for f in frames if f.get("type", "").startswith("execution_")]
-        want = [
-            e
-            for org, agent, e in published
-            if org == caller.org and (caller.agents is None or agent in caller.agents)
-        ]
+        want = [e for org, agent, e, _ in published if _sees(caller, org, agent)]
         assert sorted(got) == sorted(want), (label, len(got), len(want))
         for f in frames:
             if "execution" in f:

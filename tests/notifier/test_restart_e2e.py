@@ -10,7 +10,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import httpx
 import orjson
 import pytest
 import websockets
@@ -27,6 +26,7 @@ from tests.notifier.helpers import (
     token,
     ws_url,
 )
+from tests.procs import wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -44,16 +44,12 @@ async def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         env={**env, "NOTIFIER_PORT": str(port), "FLEETWATCH_JWT_SECRET": SECRET},
         cwd=os.getcwd(),
     )
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError("notifier did not become ready")
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", timeout=30)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError("notifier did not become ready") from None
+    return proc
 
 
 @pytest.fixture

@@ -154,7 +154,9 @@ async def test_database_outage_during_key_lookup_is_503_with_retry_after(
         async with proxy_to(urlsplit(database_url).port or 5432) as proxy:
             pool = await create_pool(_through(database_url, proxy.port), max_size=1)
             try:
-                async with gateway(pool, nc.jetstream(), streams, key_lookup_timeout=0.5) as http:
+                # Long enough for a fresh connection through the proxy after heal() on a loaded
+                # machine; the cut lookup still hangs past it.
+                async with gateway(pool, nc.jetstream(), streams, key_lookup_timeout=2.0) as http:
                     http.headers["X-API-Key"] = api_key
 
                     async def post(run_id: str) -> httpx.Response:

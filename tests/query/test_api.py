@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -415,7 +416,7 @@ async def test_search_count_is_a_bounded_lower_bound(
 ) -> None:
     settings = settings_for(database_url, nats_url, search_count_scan=30)
     async with client_for(settings) as scanned:
-        params = {"search": "please", "limit": 10}
+        params: dict[str, str | int] = {"search": "please", "limit": 10}
         body = (await scanned.get("/api/executions", headers=ADMIN, params=params)).json()
         assert body["total_count_exact"] is False
         assert 11 <= body["total_count"] <= 30
@@ -433,15 +434,17 @@ async def test_stats_are_refreshed_ahead_of_expiry(
     database_url: str, nats_url: str, rows: Any
 ) -> None:
     """Past half the TTL a hit still answers at once and a background task recomputes."""
-    async with client_for(settings_for(database_url, nats_url, stats_ttl_s=1.0)) as fresh:
+    # A TTL long enough that a loaded machine still asks again between half of it and its end.
+    ttl_s = 4.0
+    async with client_for(settings_for(database_url, nats_url, stats_ttl_s=ttl_s)) as fresh:
         state = fresh._transport.app.state.query  # type: ignore[attr-defined]
+        expires = time.monotonic() + ttl_s  # at the earliest: the entry is computed after this
         first = (await fresh.get("/api/executions/stats", headers=ADMIN)).json()
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(ttl_s / 2 + 0.2)
         stale = (await fresh.get("/api/executions/stats", headers=ADMIN)).json()
         assert stale["computed_at"] == first["computed_at"]  # served from the cache
-        for _ in range(100):  # the refresh lands well before the entry would expire
-            if not state.refreshing:
-                break
+        while state.refreshing:  # the refresh lands before the entry would expire
+            assert time.monotonic() < expires, "the background refresh did not land in time"
             await asyncio.sleep(0.01)
         again = (await fresh.get("/api/executions/stats", headers=ADMIN)).json()
         assert again["computed_at"] > first["computed_at"]

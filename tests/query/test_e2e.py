@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from shared.db import connect
+from tests.procs import wait_ready
 from tests.query.helpers import SECRET, add_org, insert, make_rows, token
 
 pytestmark = pytest.mark.e2e
@@ -33,15 +34,10 @@ async def query_url(service_env: dict[str, str]) -> AsyncIterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(100):
-                try:
-                    if (await client.get(f"{url}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.returncode is None, "query exited early"
-                await asyncio.sleep(0.1)
+        try:
+            await wait_ready(url, timeout=30)
+        except TimeoutError:
+            raise AssertionError(f"query not ready (exit code {proc.returncode})") from None
         yield url
     finally:
         proc.terminate()

@@ -27,13 +27,15 @@ async def test_only_one_replica_acts_and_another_takes_over(service_env: dict[st
         running("reconciler", service_env, extra_env=fast) as second,
         httpx.AsyncClient(timeout=5) as client,
     ):
+        # Until one replica leads and has acted a few times (some 0.6 s of loops, in which a
+        # follower that acted would have too).
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        while True:
             states = [await _state(client, s.url) for s in (first, second)]
-            if any(leader for leader, _ in states):
+            if any(leader and loops >= 3 for leader, loops in states):
                 break
+            assert time.monotonic() < deadline, f"no replica led and acted: {states}"
             await asyncio.sleep(0.2)
-        await asyncio.sleep(1.0)
         states = [await _state(client, s.url) for s in (first, second)]
         assert sorted(leader for leader, _ in states) == [False, True]
         leader, follower = (first, second) if states[0][0] else (second, first)
