@@ -5,6 +5,7 @@ Imports only nats-py, pydantic (through the event contract) and orjson.
 
 from __future__ import annotations
 
+from shared.publisher.checks import InvalidEventError
 from shared.publisher.client import Fleet, PublishError, PublisherStats
 from shared.publisher.envelope import OutgoingEvent, component_event, execution_event, new_id
 from shared.publisher.run import Run, Step, current_run
@@ -13,6 +14,7 @@ from shared.publisher.sync import SyncFleet, SyncRun, SyncStep
 
 __all__ = [
     "Fleet",
+    "InvalidEventError",
     "OutgoingEvent",
     "PublishError",
     "PublisherStats",

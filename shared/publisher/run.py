@@ -14,7 +14,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from shared.events import MAX_LOG, MAX_TEXT, EventType, RetryPolicy
+from shared.publisher.checks import InvalidEventError
 from shared.publisher.envelope import component_event, execution_event, new_id, now
+from shared.publisher.fit import fit_text, scrub_nul
 
 if TYPE_CHECKING:
     from shared.publisher.client import Fleet
@@ -25,15 +27,20 @@ TerminateCallback = Callable[[str | None], Awaitable[None] | None]
 #: The run whose body is executing in this task, so nested runs link to it as parent.
 current_run: ContextVar[Run | None] = ContextVar("fleetwatch_current_run", default=None)
 
-_TEXT_FIELDS = ("message", "response", "error")
-
-
-def _cut(value: str | None, limit: int) -> str | None:
-    return None if value is None else value[:limit]
-
 
 def _exception_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+async def _send(fleet: Fleet, event: dict[str, Any]) -> None:
+    """Publish what a run captured; NUL in a JSON field (tool calls, a step's input or
+    output) is replaced as in the text fields, which `fit_text` already cleaned."""
+    try:
+        await fleet.publish(event)
+    except InvalidEventError as exc:
+        if not exc.holds_nul:
+            raise
+        await fleet.publish(scrub_nul(event))
 
 
 class Run:
@@ -164,7 +171,7 @@ class Run:
         suppress = False
         if self.terminate_requested or isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
             fields["status"] = "cancelled"
-            fields["error"] = _cut(self.terminate_reason or "cancelled", MAX_TEXT)
+            fields["error"] = fit_text(self.terminate_reason or "cancelled", MAX_TEXT)
             fields["error_type"] = "Terminated" if self.terminate_requested else "Cancelled"
             type_ = EventType.EXECUTION_CANCELLED
             # A cancellation we caused ends here; anyone else's keeps going up.
@@ -172,7 +179,7 @@ class Run:
                 suppress = self._task.uncancel() == 0
         elif exc is not None:
             fields["status"] = "failed"
-            fields["error"] = _cut(_exception_text(exc), MAX_TEXT)
+            fields["error"] = fit_text(_exception_text(exc), MAX_TEXT)
             fields["error_type"] = type(exc).__name__[:200]
             type_ = EventType.EXECUTION_FAILED
         else:
@@ -211,8 +218,8 @@ class Run:
             "workflow": self.workflow,
             "schedule_id": self.schedule_id,
             "triggered_by": self.triggered_by,
-            "message": _cut(self.message, MAX_TEXT),
-            "response": _cut(self.response, MAX_TEXT),
+            "message": fit_text(self.message, MAX_TEXT),
+            "response": fit_text(self.response, MAX_TEXT),
             "started_at": self.started_at,
             "cost": self.cost,
             "tokens_in": self.tokens_in,
@@ -220,7 +227,7 @@ class Run:
             "context_used": self.context_used,
             "context_max": self.context_max,
             "tool_calls": self.tool_calls,
-            "execution_log": _cut(self.execution_log, MAX_LOG),
+            "execution_log": fit_text(self.execution_log, MAX_LOG),
             "engine": self.engine,
             "external_id": self.external_id,
             "parent_execution_id": self.parent_execution_id,
@@ -228,10 +235,11 @@ class Run:
         return fields
 
     async def _publish(self, type_: EventType, fields: dict[str, Any]) -> None:
-        await self.fleet.publish(
+        await _send(
+            self.fleet,
             execution_event(
                 type_, org=self.org, execution=fields, source=self.fleet.source_for(self.agent)
-            )
+            ),
         )
 
     def _next_attempt(self, node_id: str) -> int:
@@ -287,7 +295,7 @@ class Step:
             fields["output"] = self.output
             await self._publish(EventType.COMPONENT_COMPLETED, fields)
         else:
-            fields["error"] = _cut(_exception_text(exc), MAX_TEXT)
+            fields["error"] = fit_text(_exception_text(exc), MAX_TEXT)
             fields["error_type"] = type(exc).__name__[:200]
             await self._publish(EventType.COMPONENT_FAILED, fields)
         return False
@@ -306,12 +314,13 @@ class Step:
 
     async def _publish(self, type_: EventType, fields: dict[str, Any]) -> None:
         run = self.run
-        await run.fleet.publish(
+        await _send(
+            run.fleet,
             component_event(
                 type_,
                 org=run.org,
                 agent=run.agent,
                 component=fields,
                 source=run.fleet.source_for(run.agent),
-            )
+            ),
         )

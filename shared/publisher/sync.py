@@ -45,15 +45,29 @@ class SyncFleet:
         async def make() -> Fleet:
             return await Fleet(self._nats_url, **self._options).start()
 
-        self._fleet = self._call(make())
+        try:
+            self._fleet = self._call(make())
+        except BaseException:
+            # `with` never calls __exit__ when __enter__ raises: stop the thread here.
+            self._stop_loop()
+            raise
         return self
 
     def close(self, drain_timeout: float = 5.0) -> None:
-        if self._fleet is not None:
-            self._call(self._fleet.close(drain_timeout))
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
+        try:
+            if self._fleet is not None:
+                self._call(self._fleet.close(drain_timeout))
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_closed():
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> SyncFleet:
         return self.start()

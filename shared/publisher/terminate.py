@@ -31,9 +31,12 @@ class TerminateResponder:
         self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._subs: dict[tuple[str, str], Subscription | None] = {}
         self._replies: set[asyncio.Task[None]] = set()
+        # A run's registration and a reconnect may subscribe the same agent at once.
+        self._subscribing = asyncio.Lock()
 
     def track(self, run: Run) -> bool:
-        """Hold `run`; True when its (org, agent) has no subscription yet."""
+        """Hold `run`; True when its (org, agent) is new. It stays listed without a
+        subscription until `subscribe` (or `subscribe_all`, run on every (re)connect) makes one."""
         self.runs[(run.org, run.id)] = run
         key = (run.org, run.agent)
         if key in self._subs:
@@ -48,20 +51,22 @@ class TerminateResponder:
             self._finished.popitem(last=False)
 
     async def subscribe_all(self, nc: NatsClient) -> None:
-        """Subscribe for every agent seen so far (after a late first connect)."""
+        """Subscribe for every agent seen so far that has no subscription yet (runs begun
+        before the first connect, or while reconnecting)."""
         for org, agent in list(self._subs):
             await self.subscribe(nc, org, agent)
 
     async def subscribe(self, nc: NatsClient, org: str, agent: str) -> None:
-        if self._subs.get((org, agent)) is not None:
-            return
+        async with self._subscribing:
+            if self._subs.get((org, agent)) is not None:
+                return
 
-        async def handler(msg: Msg) -> None:
-            await self._on_request(org, msg)
+            async def handler(msg: Msg) -> None:
+                await self._on_request(org, msg)
 
-        self._subs[(org, agent)] = await nc.subscribe(
-            self.subjects.terminate(org, agent), cb=handler
-        )
+            self._subs[(org, agent)] = await nc.subscribe(
+                self.subjects.terminate(org, agent), cb=handler
+            )
 
     async def close(self) -> None:
         for task in list(self._replies):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import nats
@@ -13,7 +14,7 @@ from nats.js import JetStreamContext
 from shared.events import Event
 from shared.publisher import Fleet, SyncFleet
 from shared.subjects import Subjects
-from tests.publisher.conftest import stream_messages, wait_for_count
+from tests.publisher.conftest import free_port, stream_messages, wait_for_count
 
 
 class Boom(RuntimeError):
@@ -220,6 +221,22 @@ async def test_sync_wrapper(
     ]
     done = messages[-1][2]["execution"]
     assert (done["id"], done["response"], done["cost"]) == (run_id, "sync done", 0.5)
+
+
+def publisher_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "fleetwatch-publisher")
+
+
+def test_sync_wrapper_failed_start_leaves_no_thread_behind(org: str) -> None:
+    before = publisher_threads()
+    unreachable = f"nats://127.0.0.1:{free_port()}"
+    for _ in range(5):
+        with (
+            pytest.raises((TimeoutError, OSError, nats.errors.Error)),
+            SyncFleet(unreachable, org=org, connect_timeout=0.3),
+        ):
+            pass
+    assert publisher_threads() == before
 
 
 async def test_sync_wrapper_terminate_sets_the_flag(

@@ -65,3 +65,27 @@ async def test_emit_refuses_invalid_events(
     assert code == 2
     assert b"execution.cost" in out
     assert (await js.stream_info(streams.events_stream)).state.messages == 0
+
+
+async def test_emit_refuses_what_ingest_would_dead_letter(
+    service_env: dict[str, str], streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    code, out = await emit(
+        service_env, "--org", org, "--agent", "cron", "--type", "execution_completed",
+        "--id", "r1", "--field", 'response="a\\u0000b"',
+    )  # fmt: skip
+    assert code == 2, out
+    assert b"execution.response" in out
+    assert b"NUL" in out
+    # 475k "é" are under MAX_LOG characters, and 950 KB (> 900 KiB) as published.
+    big = {
+        "type": "execution_completed",
+        "event_id": "e-big",
+        "occurred_at": "2026-02-05T10:00:45Z",
+        "execution": {"id": "r2", "agent_name": "cron", "execution_log": "é" * 475_000},
+    }
+    code, out = await emit(service_env, "--org", org, "--json", "-", stdin=orjson.dumps(big))
+    assert code == 2, out
+    assert b"too_large" in out
+    assert b"bytes > 921600" in out
+    assert (await js.stream_info(streams.events_stream)).state.messages == 0

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from shared.events import MAX_LOG, MAX_TEXT, Event
 from shared.publisher import Fleet
+from shared.publisher.checks import checked
 from shared.publisher.envelope import OutgoingEvent, iso, new_event_id
+from shared.publisher.fit import fit_text
 
 
 class CapturingFleet(Fleet):
@@ -22,6 +24,7 @@ class CapturingFleet(Fleet):
         self.sent: list[dict[str, Any]] = []
 
     async def publish(self, event: dict[str, Any]) -> bool:
+        self.prepare(event)  # the real check: raises what the real publish raises
         self.sent.append(event)
         return True
 
@@ -29,7 +32,12 @@ class CapturingFleet(Fleet):
         raise AssertionError("not used")
 
 
-texts = st.text(max_size=300) | st.integers(MAX_TEXT - 2, MAX_TEXT + 20).map(lambda n: "é" * n)
+# Long texts of 1-, 2- and 3-byte characters around the limit, and text with NUL.
+texts = (
+    st.text(max_size=300)
+    | st.integers(MAX_TEXT // 3 - 2, MAX_TEXT + 20).map(lambda n: "é漢a"[n % 3] * n)
+    | st.text(alphabet="a\x00\n", max_size=50)
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -66,6 +74,9 @@ def test_any_run_publishes_valid_events(
             pass
 
     asyncio.run(go())
+    # What ingest gets: these exact envelopes, checked by its own validator as bytes.
+    for event in fleet.sent:
+        checked(fleet.subjects, event)
     events = [Event.model_validate(e) for e in fleet.sent]
     assert [e.type.value for e in events] == [
         "execution_started",
@@ -77,7 +88,7 @@ def test_any_run_publishes_valid_events(
     assert last is not None
     assert len(last.execution_log or "") == MAX_LOG
     if fail:
-        assert last.error == (error or "ValueError")[:MAX_TEXT]
+        assert last.error == fit_text(error or "ValueError", MAX_TEXT)
     assert len({e.event_id for e in events}) == 4
 
 

@@ -1,0 +1,164 @@
+"""Whether an event can ever be published: ingest's own check on the exact bytes sent, and
+which NATS errors say that a message will never be accepted (so it must not be spooled)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+from pydantic import ValidationError
+
+from shared.events import MAX_EVENT_BYTES, Event, EventType, is_valid_name
+from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode
+from shared.subjects import Subjects
+from shared.validation import NUL_REFUSED, Rejected, has_nul, validate
+
+
+class InvalidEventError(ValueError):
+    """The event is never published nor spooled: ingest would dead-letter it, or NATS
+    refuses it for good. `field` names the offending field (`event` for the whole)."""
+
+    def __init__(self, event_id: str, field: str, reason: str, detail: str) -> None:
+        where = "" if detail.startswith(f"{field}: ") else f"{field}: "
+        super().__init__(f"event {event_id} refused ({reason}): {where}{detail}")
+        self.event_id = event_id
+        self.field = field
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def holds_nul(self) -> bool:
+        return self.detail == NUL_REFUSED
+
+
+def subject_of(subjects: Subjects, event: dict[str, Any]) -> str:
+    """The event's subject, or InvalidEventError naming what cannot stand in it."""
+    event_id = str(event.get("event_id"))
+    try:
+        type_ = EventType(str(event.get("type")))
+    except ValueError:
+        raise InvalidEventError(
+            event_id, "type", "unknown_type", f"{event.get('type')!r} is no event type"
+        ) from None
+    try:
+        agent: Any = agent_of(event)
+    except ValueError as exc:
+        raise InvalidEventError(event_id, "agent_name", "schema", str(exc)) from None
+    for name, value in (("org", event.get("org")), ("agent_name", agent)):
+        if not isinstance(value, str) or not is_valid_name(value):
+            detail = f"{value!r} must match [A-Za-z0-9_-]{{1,64}}"
+            raise InvalidEventError(event_id, name, "bad_subject", detail)
+    return subjects.event(str(event["org"]), agent, type_)
+
+
+def checked(
+    subjects: Subjects,
+    event: dict[str, Any],
+    subject: str | None = None,
+    *,
+    strict: bool = True,
+) -> OutgoingEvent:
+    """The envelope as it goes on the wire; raises InvalidEventError naming the field ingest
+    would refuse. `strict`: ingest's whole validator on the exact bytes. Otherwise only what
+    the subject and the bytes show at once (see `check_light`)."""
+    if subject is None:
+        subject = subject_of(subjects, event)
+    event_id = str(event.get("event_id"))
+    try:
+        payload = encode(event)
+    except TypeError as exc:  # orjson.JSONEncodeError: not a JSON value
+        raise InvalidEventError(event_id, "event", "not_json", str(exc)) from None
+    if strict:
+        check_payload(subjects, subject, event_id, payload)
+    else:
+        check_light(subjects, subject, event_id, payload)
+    return OutgoingEvent(subject, dedupe_id(str(event["org"]), event_id), payload)
+
+
+def check_light(subjects: Subjects, subject: str, event_id: str, payload: bytes) -> None:
+    """The refusals no well-typed caller can rule out, at a fraction of the whole check's
+    cost: over ingest's size limit, or NUL in a string (text from a model or a tool). The
+    subject is the client's own, built from the event's org and agent. When one trips, the
+    whole validator names the field. Wrong types or ranges pass here and are dead-lettered
+    by ingest (`Fleet(strict=True)` refuses them at publish time)."""
+    if len(payload) > MAX_EVENT_BYTES or has_nul(payload):
+        check_payload(subjects, subject, event_id, payload)
+
+
+def check_payload(subjects: Subjects, subject: str, event_id: str, payload: bytes) -> None:
+    """Raise InvalidEventError unless ingest (`shared.validation.validate`) accepts these
+    exact bytes on this subject."""
+    verdict = validate(subjects, subject, payload)
+    if isinstance(verdict, Rejected):
+        where = _field(verdict, payload)
+        raise InvalidEventError(event_id, where, verdict.reason, verdict.detail)
+
+
+def _field(verdict: Rejected, payload: bytes) -> str:
+    """Where a refused event is wrong; only computed once it is refused."""
+    if verdict.detail == NUL_REFUSED:
+        return nul_field(orjson.loads(payload)) or "event"
+    if verdict.reason == "tenant_mismatch":
+        return "org"
+    try:
+        Event.model_validate_json(payload)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0]["loc"]:
+            return ".".join(str(part) for part in errors[0]["loc"])
+    return "event"
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or key) holding NUL, if any."""
+    if isinstance(value, str):
+        return (path or "event") if "\x00" in value else None
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = nul_field(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """NATS will never take this message: over the server's max_payload, or refused by
+    JetStream as a bad request (e.g. over the stream's max_msg_size). Re-sending cannot help."""
+    return isinstance(exc, nats.errors.MaxPayloadError | nats.js.errors.BadRequestError)
+
+
+@dataclass(slots=True)
+class Settled:
+    """How a pipelined batch of spool records ended, from the head."""
+
+    #: Records from the head that are finished: acknowledged or refused for good.
+    done: int = 0
+    acked: int = 0
+    #: Indexes (within `done`) of records NATS refused for good.
+    refused: list[int] = field(default_factory=list)
+
+
+def settle(results: Sequence[object]) -> Settled:
+    """Walk a batch's publish results in order; the first transient failure stops the walk
+    (that record and the rest are re-sent later, and the dedupe id drops repeats)."""
+    settled = Settled()
+    for index, result in enumerate(results):
+        if isinstance(result, BaseException):
+            if not is_permanent(result):
+                break
+            settled.refused.append(index)
+        else:
+            settled.acked += 1
+        settled.done += 1
+    return settled

@@ -1,0 +1,235 @@
+"""Events that can never be stored are refused up front or dropped from the spool, so one of
+them never blocks the events behind it; what a run captures always fits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+
+from shared.events import MAX_LOG, Event, EventType
+from shared.publisher import Fleet, InvalidEventError, OutgoingEvent, Spool, execution_event
+from shared.publisher.envelope import dedupe_id, encode
+from shared.publisher.fit import NUL_REPLACEMENT
+from shared.subjects import Subjects
+from shared.validation import validate
+from tests.publisher.conftest import OwnNats, stream_messages
+
+Messages = list[tuple[str, dict[str, str], dict[str, Any]]]
+
+
+async def stored(js: JetStreamContext, subjects: Subjects) -> list[Event]:
+    """Every stored message as ingest's own validator reads it (fails on a dead letter)."""
+    events = []
+    info = await js.stream_info(subjects.events_stream)
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(subjects.events_stream, seq)
+        verdict = validate(subjects, msg.subject, msg.data or b"")
+        assert isinstance(verdict, Event), verdict
+        events.append(verdict)
+    return events
+
+
+def run_id_of(event: OutgoingEvent) -> str:
+    return str(orjson.loads(event.payload)["execution"]["id"])
+
+
+def completed(org: str, run_id: str, **fields: Any) -> dict[str, Any]:
+    return execution_event(
+        EventType.EXECUTION_COMPLETED,
+        org=org,
+        execution={"id": run_id, "agent_name": "writer", "status": "success", **fields},
+    )
+
+
+async def test_a_log_of_wide_characters_is_cut_to_fit_and_nothing_is_spooled(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str, tmp_path: Path
+) -> None:
+    # 400k characters (under MAX_LOG) of a 3-byte character: 1.2 MB, over NATS' max_payload.
+    log = "漢" * 400_000
+    async with Fleet(nats_url, org=org, subjects=streams, spool_dir=tmp_path / "spool") as fleet:
+        async with fleet.execution("writer", id="big") as run:
+            run.execution_log = log
+        for i in range(3):
+            async with fleet.execution("writer", id=f"small-{i}") as run:
+                run.response = "ok"
+        assert await fleet.flush(5)
+        assert (fleet.stats.spooled, fleet.stats.dropped, fleet.stats.published) == (0, 0, 8)
+    events = await stored(js, streams)
+    assert len(events) == 8
+    big = events[1].execution
+    assert big is not None
+    assert big.id == "big"
+    assert big.execution_log == log[: MAX_LOG // 3]
+    assert len(big.execution_log.encode()) <= MAX_LOG
+
+
+async def test_run_replaces_nul_in_what_it_captures(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    async with (
+        Fleet(nats_url, org=org, subjects=streams) as fleet,
+        fleet.execution("gamma", id="nul-run", message="sum\x00marise") as run,
+    ):
+        async with run.component("tool", input={"q\x00": ["a\x00"]}) as step:
+            step.output = "out\x00"
+        run.response = "model output with a stray \x00 byte"
+        run.tool_calls = [{"name": "grep", "args": "\x00"}]
+    events = await stored(js, streams)
+    assert [e.type.value for e in events] == [
+        "execution_started",
+        "component_started",
+        "component_completed",
+        "execution_completed",
+    ]
+    done = events[-1].execution
+    assert done is not None
+    assert done.message == f"sum{NUL_REPLACEMENT}marise"
+    assert done.response == f"model output with a stray {NUL_REPLACEMENT} byte"
+    assert done.tool_calls == [{"name": "grep", "args": NUL_REPLACEMENT}]
+    step_done = events[2].component
+    assert step_done is not None
+    assert step_done.input == {f"q{NUL_REPLACEMENT}": [f"a{NUL_REPLACEMENT}"]}
+    assert step_done.output == f"out{NUL_REPLACEMENT}"
+
+
+@pytest.mark.parametrize(("spooled", "strict"), [(False, False), (True, False), (False, True)])
+async def test_events_ingest_would_dead_letter_are_refused_naming_the_field(
+    nats_url: str,
+    streams: Subjects,
+    js: JetStreamContext,
+    org: str,
+    tmp_path: Path,
+    spooled: bool,
+    strict: bool,
+) -> None:
+    """NUL, size and names always; a value out of range with `strict` (else ingest refuses
+    it, from the dead-letter stream, as before)."""
+    spool_dir = tmp_path / "spool" if spooled else None
+    fleet_ = Fleet(nats_url, org=org, subjects=streams, spool_dir=spool_dir, strict=strict)
+    async with fleet_ as fleet:
+        with pytest.raises(InvalidEventError) as nul:
+            await fleet.publish(completed(org, "nul-run", response="a\x00b"))
+        assert nul.value.field == "execution.response"
+        assert "NUL" in str(nul.value)
+        # 475k "é" are under MAX_LOG characters, and 950 KB (> 900 KiB) as published.
+        with pytest.raises(InvalidEventError) as big:
+            await fleet.publish(completed(org, "big-run", execution_log="é" * 475_000))
+        assert (big.value.field, big.value.reason) == ("event", "too_large")
+        if strict:
+            with pytest.raises(InvalidEventError) as cost:
+                await fleet.publish(completed(org, "neg", cost=-3))
+            assert cost.value.field == "execution.cost"
+        with pytest.raises(InvalidEventError) as name:
+            await fleet.publish(completed(org, "x") | {"org": "not an org"})
+        assert name.value.field == "org"
+        assert isinstance(name.value, ValueError)
+        assert await fleet.publish(completed(org, "fine")) is True
+        assert fleet.spool is None or fleet.spool.pending == 0
+        assert fleet.stats.spooled == fleet.stats.dropped == 0
+    assert [e.execution.id for e in await stored(js, streams) if e.execution] == ["fine"]
+
+
+async def small_stream(nats_url: str, subjects: Subjects, max_msg_size: int) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().add_stream(
+            StreamConfig(
+                name=subjects.events_stream,
+                subjects=[subjects.all_events],
+                max_msg_size=max_msg_size,
+                duplicate_window=120,
+            )
+        )
+    finally:
+        await nc.close()
+
+
+async def test_an_event_jetstream_refuses_for_good_is_raised_not_spooled(
+    nats_url: str, subjects: Subjects, js: JetStreamContext, org: str, tmp_path: Path
+) -> None:
+    await small_stream(nats_url, subjects, max_msg_size=4096)
+    fleet = Fleet(nats_url, org=org, subjects=subjects, spool_dir=tmp_path / "spool")
+    async with fleet:
+        with pytest.raises(InvalidEventError) as refused:
+            await fleet.publish(completed(org, "big", response="x" * 8000))
+        assert refused.value.reason == "refused"
+        assert "BadRequestError" in refused.value.detail
+        assert fleet.spool is not None
+        assert fleet.spool.pending == 0
+        assert await fleet.publish(completed(org, "after")) is True
+    assert [e.execution.id for e in await stored(js, subjects) if e.execution] == ["after"]
+
+
+async def test_spooled_event_jetstream_refuses_is_dropped_and_the_rest_drain(
+    own_nats: OwnNats,
+    subjects: Subjects,
+    org: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await small_stream(own_nats.url, subjects, max_msg_size=4096)
+    dropped: list[OutgoingEvent] = []
+    fleet = Fleet(
+        own_nats.url, org=org, subjects=subjects, spool_dir=tmp_path / "spool",
+        ack_timeout=0.5, on_overflow=dropped.append,
+    )  # fmt: skip
+    await fleet.start()
+    try:
+        own_nats.stop()
+        # Valid for ingest (under 900 KiB), so spooled while NATS is away; over this stream's
+        # max_msg_size, so JetStream answers "bad request" when the spool re-sends it.
+        assert await fleet.publish(completed(org, "big", response="x" * 8000)) is False
+        for i in range(3):
+            assert await fleet.publish(completed(org, f"small-{i}")) is False
+        own_nats.start()
+        with caplog.at_level(logging.ERROR, "fleetwatch.publisher"):
+            assert await fleet.flush(15)
+        assert (fleet.stats.dropped, fleet.stats.refused, fleet.stats.resent) == (1, 1, 3)
+        assert [run_id_of(e) for e in dropped] == ["big"]
+        assert any("refuses it for good" in r.message for r in caplog.records)
+    finally:
+        await fleet.close()
+    nc = await nats.connect(own_nats.url)
+    try:
+        ids = [e.execution.id for e in await stored(nc.jetstream(), subjects) if e.execution]
+    finally:
+        await nc.close()
+    assert ids == ["small-0", "small-1", "small-2"]
+
+
+async def test_a_spool_poisoned_by_an_older_client_drains_after_upgrade(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str, tmp_path: Path
+) -> None:
+    # An older client spooled a 1.2 MB event (over NATS' max_payload) ahead of good ones.
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    for run_id, log in (("poison", "漢" * 400_000), ("next-1", "ok"), ("next-2", "ok")):
+        event = completed(org, run_id, execution_log=log)
+        spool.append(
+            OutgoingEvent(
+                streams.event(org, "writer", "execution_completed"),
+                dedupe_id(org, event["event_id"]),
+                encode(event),
+            )
+        )
+    spool.close()
+    dropped: list[OutgoingEvent] = []
+    fleet = Fleet(
+        nats_url, org=org, subjects=streams, spool_dir=tmp_path / "spool",
+        on_overflow=dropped.append,
+    )  # fmt: skip
+    async with fleet:
+        assert await fleet.flush(10)
+        assert fleet.spool is not None
+        assert fleet.spool.pending == 0
+        assert (fleet.stats.dropped, fleet.stats.refused, fleet.stats.resent) == (1, 1, 2)
+        assert [run_id_of(e) for e in dropped] == ["poison"]
+    messages: Messages = await stream_messages(js, streams.events_stream)
+    assert [m[2]["execution"]["id"] for m in messages] == ["next-1", "next-2"]
