@@ -199,7 +199,16 @@ def test_nats_is_a_three_node_jetstream_cluster(
         assert f"nats://fleetwatch-nats-{i}.{nats['spec']['serviceName']}:6222" in conf
     assert "jetstream" in conf
     config = one(docs, "ConfigMap", "fleetwatch-config")["data"]
-    assert config["NATS_URL"] == "nats://fleetwatch-nats:4222"
+    # The services reach NATS as its `fleetwatch` user: the URL, with its password, is a secret.
+    assert "NATS_URL" not in config
+    if overlay == "dev":
+        secret = one(docs, "Secret", "fleetwatch-secrets")["stringData"]
+        url = urlsplit(secret["NATS_URL"])
+        assert (url.username, url.hostname, url.port) == ("fleetwatch", "fleetwatch-nats", 4222)
+        auth = one(docs, "Secret", "fleetwatch-nats-auth")["stringData"]["authorization.conf"]
+        assert f'user: fleetwatch, password: "{url.password}"' in auth
+    else:  # made out of band, like fleetwatch-secrets
+        assert list(find(docs, "Secret", "fleetwatch-nats-auth")) == []
     one(docs, "Service", "fleetwatch-nats")
     expected_replicas = {"dev": "1", "production": "3"}[overlay]
     assert config["FLEETWATCH_STREAM_REPLICAS"] == expected_replicas
@@ -215,8 +224,18 @@ def test_nats_is_a_three_node_jetstream_cluster(
     server = shutil.which("nats-server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if server is None:
         pytest.skip("nats-server is not installed")
-    path = tmp_path / "nats.conf"
+    # Laid out as mounted: the config and, beside it, the Secret with the users it includes.
+    (tmp_path / "nats").mkdir()
+    (tmp_path / "nats-auth").mkdir()
+    path = tmp_path / "nats" / "nats.conf"
     path.write_text(conf.replace("/data", str(tmp_path / "data")))
+    users = list(find(docs, "Secret", "fleetwatch-nats-auth"))
+    auth = (
+        users[0]["stringData"]["authorization.conf"]
+        if users  # production makes its own: any valid user list
+        else 'authorization { users: [ { user: fleetwatch, password: "x" } ] }\n'
+    )
+    (tmp_path / "nats-auth" / "authorization.conf").write_text(auth)
     done = subprocess.run(
         [server, "-c", str(path), "-t"],
         capture_output=True,
