@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import jwt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from shared.events import NAME_PATTERN
 
@@ -90,6 +92,34 @@ def decode_token(
     except ValidationError as exc:
         fields = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
         raise AuthError(f"invalid token claims: {fields or 'payload'}") from None
+
+
+class TokenSettings(Protocol):
+    """What verifying a token needs from a service's settings (shared.settings)."""
+
+    @property
+    def jwt_secret(self) -> SecretStr: ...
+    @property
+    def jwks_url(self) -> str | None: ...
+    @property
+    def jwt_audience(self) -> str | None: ...
+    @property
+    def jwt_issuer(self) -> str | None: ...
+
+
+async def verify_token(token: str, settings: TokenSettings) -> Claims:
+    """`decode_token` with a service's settings. With JWKS, in a worker thread: fetching the
+    provider's keys blocks, and the event loop serves every other request and socket."""
+    decode = functools.partial(
+        decode_token,
+        secret=settings.jwt_secret.get_secret_value(),
+        jwks_url=settings.jwks_url,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    if settings.jwks_url:
+        return await asyncio.to_thread(decode, token)
+    return decode(token)
 
 
 def mint_token(*, secret: str, org: str, user: str, role: Role | str, ttl_s: int = 86_400) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,6 +23,26 @@ NUL_REFUSED = "strings must not contain NUL (\\u0000)"
 def has_nul(data: bytes) -> bool:
     """Whether a JSON body holds a NUL escape (refused, so that its batch stays insertable)."""
     return b"\\u0000" in data and _NUL_ESCAPE.search(data) is not None
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or key) holding NUL in a parsed JSON value, to
+    name the field `has_nul` refused; None when there is none."""
+    if isinstance(value, str):
+        return (path or "event") if "\x00" in value else None
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where
+        found = nul_field(item, where)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True, slots=True)

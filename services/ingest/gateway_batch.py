@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from shared.events import MAX_EVENT_BYTES, Event, is_valid_name
 from shared.subjects import Subjects
-from shared.validation import NUL_REFUSED, has_nul
+from shared.validation import NUL_REFUSED, has_nul, nul_field
 
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -87,25 +87,6 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts) or "event"
 
 
-def _nul_field(value: Any, path: str = "") -> str | None:
-    """Where a NUL sits (in a string or a key), to name the field ingest's check refused."""
-    if isinstance(value, str):
-        return (path or "event") if "\x00" in value else None
-    items: list[tuple[Any, Any]] = []
-    if isinstance(value, dict):
-        items = list(value.items())
-    elif isinstance(value, list):
-        items = list(enumerate(value))
-    for key, item in items:
-        where = f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and "\x00" in key:
-            return where
-        found = _nul_field(item, where)
-        if found is not None:
-            return found
-    return None
-
-
 def check_event(
     index: int, raw: Any, org: str, subjects: Subjects
 ) -> tuple[Outgoing | None, list[FieldError]]:
@@ -132,7 +113,7 @@ def check_event(
     if errors:
         return None, errors
     if has_nul(payload):
-        return None, [FieldError(index, _nul_field(raw) or "event", NUL_REFUSED)]
+        return None, [FieldError(index, nul_field(raw) or "event", NUL_REFUSED)]
     return Outgoing(event, subjects.event(event.org, event.agent, event.type), payload), []
 
 

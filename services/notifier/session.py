@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from services.notifier.settings import NotifierSettings
 from services.notifier.stream import bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
 from services.notifier.triggers import TriggerMemory
-from shared.auth import AuthError, AuthUnavailable, Claims, decode_token
+from shared.auth import AuthError, AuthUnavailable, Claims, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +79,8 @@ async def _authenticate(conn: ServerConnection, deps: SessionDeps) -> Claims | N
         deps.hub.metrics.auth_failures.inc()
         await conn.close(CLOSE_UNAUTHORIZED, "missing token")
         return None
-    settings = deps.settings
-    decode = functools.partial(
-        decode_token,
-        secret=settings.jwt_secret.get_secret_value(),
-        jwks_url=settings.jwks_url,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
-    )
     try:
-        if settings.jwks_url:  # fetching keys blocks: keep it off the loop every socket shares
-            return await asyncio.to_thread(decode, token)
-        return decode(token)
+        return await verify_token(token, deps.settings)
     except AuthError as exc:
         deps.hub.metrics.auth_failures.inc()
         # Close reasons are capped at 123 bytes by the protocol.

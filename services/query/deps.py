@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -13,7 +12,6 @@ from typing import Annotated, Any
 import asyncpg
 from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from nats.aio.client import Client as NatsClient
 
 from services.query import repo
@@ -21,7 +19,7 @@ from services.query.metrics import QueryMetrics
 from services.query.ratelimit import RateLimiter
 from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
-from shared.auth import AuthError, AuthUnavailable, Claims, Role, decode_token
+from shared.auth import AuthError, AuthUnavailable, Claims, Role, verify_token
 
 
 @dataclass
@@ -107,18 +105,8 @@ async def authenticate(request: Request, state: QueryState) -> Claims:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token")
-    settings = state.settings
-    decode = functools.partial(
-        decode_token,
-        secret=settings.jwt_secret.get_secret_value(),
-        jwks_url=settings.jwks_url,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
-    )
     try:
-        if settings.jwks_url:  # fetching keys blocks: keep it off the event loop
-            return await run_in_threadpool(decode, token.strip())
-        return decode(token.strip())
+        return await verify_token(token.strip(), state.settings)
     except AuthError as exc:
         raise _unauthorized(str(exc)) from None
     except AuthUnavailable as exc:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from shared.events import MAX_EVENT_BYTES, Event, EventType, is_valid_name
 from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode
 from shared.subjects import Subjects
-from shared.validation import NUL_REFUSED, Rejected, has_nul, validate
+from shared.validation import NUL_REFUSED, Rejected, has_nul, nul_field, validate
 
 
 class InvalidEventError(ValueError):
@@ -111,25 +111,6 @@ def _field(verdict: Rejected, payload: bytes) -> str:
         if errors and errors[0]["loc"]:
             return ".".join(str(part) for part in errors[0]["loc"])
     return "event"
-
-
-def nul_field(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (or key) holding NUL, if any."""
-    if isinstance(value, str):
-        return (path or "event") if "\x00" in value else None
-    items: list[tuple[Any, Any]] = []
-    if isinstance(value, dict):
-        items = list(value.items())
-    elif isinstance(value, list):
-        items = list(enumerate(value))
-    for key, item in items:
-        where = f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and "\x00" in key:
-            return where
-        found = nul_field(item, where)
-        if found is not None:
-            return found
-    return None
 
 
 def is_permanent(exc: BaseException) -> bool:
