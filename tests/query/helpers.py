@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -145,3 +146,12 @@ async def client_for(settings: QuerySettings) -> AsyncIterator[httpx.AsyncClient
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://query") as client:
             yield client
+
+
+async def wait_nats(client: httpx.AsyncClient) -> None:
+    """Until the app has connected to NATS (it does so in the background)."""
+    for _ in range(100):
+        if (await client.get("/readyz")).json()["nats"]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("query never connected to NATS")

@@ -23,6 +23,7 @@ from tests.query.helpers import (
     make_rows,
     settings_for,
     token,
+    wait_nats,
 )
 
 ORG = "qd-org"
@@ -139,16 +140,8 @@ async def test_detail_asks_reconciler_for_missing_engine_steps(
         await nc.close()
 
 
-async def _wait_nats(client: httpx.AsyncClient) -> None:
-    for _ in range(50):
-        if (await client.get("/readyz")).json()["nats"]:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("query never connected to NATS")
-
-
 async def test_terminate_without_responder_is_unreachable(client: httpx.AsyncClient) -> None:
-    await _wait_nats(client)
+    await wait_nats(client)
     reply = await client.post("/api/executions/parent/terminate", headers=ADMIN)
     assert reply.status_code == 503
     assert "agent unreachable" in reply.json()["detail"]
@@ -162,7 +155,7 @@ async def test_terminate_without_responder_is_unreachable(client: httpx.AsyncCli
 async def test_terminate_reaches_the_agent(
     client: httpx.AsyncClient, nats_url: str, subjects: Subjects
 ) -> None:
-    await _wait_nats(client)
+    await wait_nats(client)
     nc = await nats.connect(nats_url)
     got: list[dict[str, Any]] = []
 

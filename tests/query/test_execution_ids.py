@@ -3,7 +3,6 @@ when the client percent-encodes the id, and the fixed paths still answer."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +22,7 @@ from tests.query.helpers import (
     make_rows,
     settings_for,
     token,
+    wait_nats,
 )
 
 ORG = "qid-org"
@@ -91,10 +91,7 @@ async def test_fixed_paths_still_answer(client: httpx.AsyncClient) -> None:
 async def test_terminate_reaches_the_agent_with_the_whole_id(
     client: httpx.AsyncClient, nats_url: str, subjects: Subjects
 ) -> None:
-    for _ in range(50):  # the app connects to NATS in the background
-        if (await client.get("/readyz")).json()["nats"]:
-            break
-        await asyncio.sleep(0.1)
+    await wait_nats(client)
     nc = await nats.connect(nats_url)
     got: list[dict[str, Any]] = []
 
