@@ -68,7 +68,7 @@ def event(i: int, round_tag: str) -> dict[str, Any]:
 class _NoNetworkFleet(Fleet):
     """A Fleet whose sends cost nothing: what remains is the client's own work."""
 
-    async def send(self, event: OutgoingEvent) -> bool:
+    async def _deliver(self, event: OutgoingEvent) -> bool:
         return True
 
 

@@ -275,7 +275,7 @@ class Fleet:
             event_id = dedupe_id(key[0], str(event["event_id"]))
         js, spool = self._js, self.spool
         if js is None or (spool is not None and (spool.pending or not self.connected)):
-            return await self.send(OutgoingEvent(subject, event_id, payload))
+            return await self._deliver(OutgoingEvent(subject, event_id, payload))
         try:
             await js.publish(
                 subject, payload, timeout=self.ack_timeout, headers={MSG_ID_HEADER: event_id}
@@ -306,6 +306,10 @@ class Fleet:
         Raises InvalidEventError as `publish` does."""
         check = check_payload if self.strict else check_light
         check(self.subjects, event.subject, event.event_id, event.payload)
+        return await self._deliver(event)
+
+    async def _deliver(self, event: OutgoingEvent) -> bool:
+        """`send` for an event already checked (by `publish`)."""
         spool = self.spool
         if spool is not None and (spool.pending or not self.connected):
             self._spool(event)
