@@ -50,6 +50,7 @@ class Load:
     duplicate_acks: int = 0
     done_at: float | None = None
     _stopped: bool = False
+    _send_more: bool = True
     _task: asyncio.Task[None] | None = None
     _nc: NatsClient | None = None
 
@@ -94,7 +95,7 @@ class Load:
         chunk = max(1, int(self.rate / 20))
         started = time.monotonic()
         inflight: set[asyncio.Task[None]] = set()
-        while self.sent < len(self.events) and not self._stopped:
+        while self.sent < len(self.events) and self._send_more and not self._stopped:
             part = self.events[self.sent : self.sent + chunk]
             for ev in part:
                 task = asyncio.create_task(self._one(ev))
@@ -111,6 +112,10 @@ class Load:
         deadline = time.monotonic() + timeout
         while self.sent < count and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        """Send nothing more; what is sent is still retried until acked (`finish` waits)."""
+        self._send_more = False
 
     async def finish(self, timeout: float = 120) -> None:
         assert self._task is not None

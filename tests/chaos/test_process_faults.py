@@ -14,10 +14,13 @@ from nats.js import JetStreamContext
 from shared.db import connect
 from shared.subjects import Subjects
 from tests.chaos.harness import ChaosResult, Scale, ingest_counter, settle
-from tests.chaos.infra import proxy_to
+from tests.chaos.infra import port_of, proxy_to, url_through
 from tests.chaos.load import Load, make_events
 from tests.ingest.pulled import acks_pending_settle
 from tests.procs import Service, running, start_service, wait_ready
+
+#: A proxy latency that holds data until the connection is reset (i.e. forever).
+HELD = 3600.0
 
 
 @dataclass
@@ -61,6 +64,23 @@ async def _progress(conn: asyncpg.Connection, org: str, beyond: int, timeout: fl
         await asyncio.sleep(0.05)
 
 
+async def _until_window(
+    js: JetStreamContext,
+    subjects: Subjects,
+    conn: asyncpg.Connection,
+    org: str,
+    which: int,
+    timeout: float = 15,
+) -> None:
+    """Wait until the server shows the window `which` (0: delivered not committed, 1: committed
+    not acked) open, or `timeout` passes; the caller's measurement after the kill decides."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await _classify_unacked(js, subjects, conn, org))[which] > 0:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_sigkill_before_commit_and_after_commit_before_ack(
     js: JetStreamContext,
     subjects: Subjects,
@@ -70,20 +90,22 @@ async def test_sigkill_before_commit_and_after_commit_before_ack(
     scale: Scale,
     chaos_results: list[ChaosResult],
 ) -> None:
-    """SIGKILL ingest under load, repeatedly, and prove both windows were hit.
+    """SIGKILL ingest under load, repeatedly, each kill aimed at one of the two windows.
 
-    Ingest reaches NATS through a proxy that holds client→server traffic back 150 ms, so at
-    any moment acks of committed batches are still on their way: a SIGKILL then lands "after
-    commit, before ack" (the proxy drops what the dead process sent). The batch being fetched
-    or written at the same moment is the "before commit" window. Both are measured at the
-    server after each kill (see `_classify_unacked`), not assumed.
+    Ingest reaches PostgreSQL and NATS through proxies. For a "before commit" kill the
+    database link is held, so the batch in hand cannot commit; for an "after commit, before
+    ack" kill ingest's client→server NATS link is held, so acks of committed batches cannot
+    leave. Once the server shows the window open the process is SIGKILLed and the proxies drop
+    what they held, as if it had never left the dead process. Where each kill landed is
+    measured at the server afterwards (see `_classify_unacked`), not assumed. (Kills at random
+    moments hit the before-commit window only by luck: a write takes milliseconds.)
     """
-    events = make_events(org, scale.events, seed=11)
+    # Events for far longer than the kills take; the load stops once they are done.
+    events = make_events(org, int(scale.rate * 60), seed=11)
     nats_port = int(service_env["NATS_URL"].rsplit(":", 1)[1])
     env = {
         **service_env,
         **scale.ingest_env(),
-        "DATABASE_URL": fresh_database_url,
         "INGEST_BATCH_SIZE": "100",
         "INGEST_BATCH_TIMEOUT": "0.02",
     }
@@ -92,24 +114,36 @@ async def test_sigkill_before_commit_and_after_commit_before_ack(
     load = Load(service_env["NATS_URL"], subjects, events, rate=scale.rate)
     service: Service | None = None
     try:
-        async with proxy_to(nats_port) as proxy:
-            proxy.up_latency = 0.15
-            env["NATS_URL"] = f"nats://127.0.0.1:{proxy.port}"
+        async with (
+            proxy_to(nats_port) as nats_proxy,
+            proxy_to(port_of(fresh_database_url)) as db_proxy,
+        ):
+            env["NATS_URL"] = url_through(service_env["NATS_URL"], nats_proxy.port)
+            env["DATABASE_URL"] = url_through(fresh_database_url, db_proxy.port)
             service = start_service("ingest", env)
             await wait_ready(service.url)
             await load.start()
             stored = 0
-            for _ in range(scale.kills):
+            for kill in range(max(2, scale.kills)):
                 stored = await _progress(conn, org, stored + 50)
-                await asyncio.sleep(0.3)
+                which = kill % 2
+                if which == 0:
+                    db_proxy.latency = HELD
+                else:
+                    nats_proxy.up_latency = HELD
+                await _until_window(js, subjects, conn, org, which)
                 service.kill(signal.SIGKILL)
                 await asyncio.to_thread(service.wait)
-                proxy.reset_all()
+                # Measured while the proxies still hold: nothing the dead process sent counts.
                 uncommitted, unacked = await _classify_unacked(js, subjects, conn, org)
                 windows.delivered_not_committed += uncommitted
                 windows.committed_not_acked += unacked
+                for proxy in (db_proxy, nats_proxy):
+                    proxy.reset_all()
+                db_proxy.latency, nats_proxy.up_latency = 0.0, None
                 service = start_service("ingest", env, port=service.port)
                 await wait_ready(service.url)
+            load.stop()
             lifted = time.monotonic()
             # The last restarted process absorbs the redeliveries of the last kill.
             result = await settle(
@@ -119,9 +153,9 @@ async def test_sigkill_before_commit_and_after_commit_before_ack(
                 fault="1. SIGKILL ingest (before commit / after commit, before ack)",
                 lifted_at=lifted,
                 results=chaos_results,
-                notes=f"{scale.kills} kills; at the kills {windows.delivered_not_committed} "
-                f"msgs delivered-not-committed, {windows.committed_not_acked} "
-                "committed-not-acked",
+                notes=f"{max(2, scale.kills)} aimed kills; at the kills "
+                f"{windows.delivered_not_committed} msgs delivered-not-committed, "
+                f"{windows.committed_not_acked} committed-not-acked",
             )
             result.absorbed = await ingest_counter(service.url, "duplicate")
     finally:
