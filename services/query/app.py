@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import nats
 from cachetools import TTLCache
 from fastapi import FastAPI, Request
@@ -48,6 +49,32 @@ def _filter_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def _cancelled(request: Request, exc: Exception) -> JSONResponse:
+    """A statement Postgres cancelled (`statement_timeout`, or an operator): 503, not 500."""
+    assert isinstance(exc, asyncpg.QueryCanceledError)
+    state: QueryState = request.app.state.query
+    state.metrics.busy.labels("statement").inc()
+    limit = state.settings.statement_timeout_s
+    log.warning("statement cancelled on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {
+            "detail": f"the query ran longer than {limit:g} s and was cancelled; "
+            "narrow the filters or try again"
+        },
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+def _server_settings(settings: QuerySettings) -> dict[str, str]:
+    return {
+        # Generic plans cannot use the trigram index for `ILIKE $n` nor pick the index a
+        # filter's value deserves; planning each query costs well under a millisecond.
+        "plan_cache_mode": "force_custom_plan",
+        "statement_timeout": str(round(settings.statement_timeout_s * 1000)),
+    }
+
+
 def create_app(settings: QuerySettings) -> FastAPI:
     metrics = QueryMetrics()
     state = QueryState(
@@ -71,9 +98,7 @@ def create_app(settings: QuerySettings) -> FastAPI:
             settings.database_url,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
-            # Generic plans cannot use the trigram index for `ILIKE $n` nor pick the index a
-            # filter's value deserves; planning each query costs well under a millisecond.
-            server_settings={"plan_cache_mode": "force_custom_plan"},
+            server_settings=_server_settings(settings),
         )
         connecting = asyncio.create_task(_connect_nats(state))
         try:
@@ -97,6 +122,7 @@ def create_app(settings: QuerySettings) -> FastAPI:
     )
     app.state.query = state
     app.add_exception_handler(FilterError, _filter_error)
+    app.add_exception_handler(asyncpg.QueryCanceledError, _cancelled)
     # Order matters: the fixed paths (stats, timeline, export) before `/{execution_id}`.
     for module in (health, statistics, export, listing, detail, agents):
         app.include_router(module.router)

@@ -43,7 +43,8 @@ class QueryMetrics:
         )
         self.busy = Counter(
             "fleetwatch_query_busy_total",
-            "Requests refused with 503: no pool connection (or export slot) free in time",
+            "Requests answered 503: no pool connection (or export slot) free in time, or a "
+            "statement cancelled after QUERY_STATEMENT_TIMEOUT_S (wait=statement)",
             ["wait"],
             registry=self.registry,
         )

@@ -22,6 +22,10 @@ class QuerySettings(CommonSettings):
     #: How long a request waits for a free pool connection (or an export for its slot)
     #: before it is answered 503 with `Retry-After`.
     pool_acquire_timeout_s: float = Field(default=5.0, gt=0)
+    #: A statement running longer than this is cancelled by Postgres and its request answered
+    #: 503, so that one pathological query cannot hold a pool connection for good (0: no
+    #: limit). Exports stream in batches; the limit applies to each batch's statement.
+    statement_timeout_s: float = Field(default=10.0, ge=0)
     #: How long stats stay cached per caller scope.
     stats_ttl_s: float = Field(default=5.0, ge=0)
     #: How long a user's or client's visible agents stay cached (0: read on every request).

@@ -98,3 +98,29 @@ async def test_exports_beyond_their_slots_are_503_and_leave_the_rest_alone(
         reply = await client.get("/api/executions/export", headers=ADMIN)
         assert reply.status_code == 200
         assert len(_exported_ids(reply)) == len(rows)
+
+
+async def test_a_statement_past_the_timeout_is_cancelled_503_and_frees_its_connection(
+    database_url: str, nats_url: str, rows: Any
+) -> None:
+    """A list that cannot finish (here: the table locked by someone else) is cancelled by
+    Postgres after `statement_timeout_s`; the one pool connection then serves the next."""
+    settings = settings_for(
+        database_url, nats_url, pool_min_size=1, pool_max_size=1, statement_timeout_s=0.3
+    )
+    blocker = await connect(database_url)
+    try:
+        async with client_for(settings) as client:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
+                reply = await asyncio.wait_for(client.get("/api/executions", headers=ADMIN), 10)
+            assert reply.status_code == 503, reply.text
+            assert reply.headers["retry-after"] == "5"
+            assert "longer than 0.3 s" in reply.json()["detail"]
+            after = await asyncio.wait_for(client.get("/api/executions", headers=ADMIN), 10)
+            assert after.status_code == 200, after.text
+            assert after.json()["executions"]
+            metrics = (await client.get("/metrics")).text
+            assert 'fleetwatch_query_busy_total{wait="statement"} 1.0' in metrics
+    finally:
+        await blocker.close()
