@@ -299,7 +299,7 @@ async def measure_ingest(
         "INGEST_BATCH_TIMEOUT": "0.05",
     }
     # The backlog is on the stream before ingest starts, so publishing never limits it.
-    await ensure_streams(js, CommonSettings(FLEETWATCH_SUBJECT_PREFIX=subjects.prefix))
+    await ensure_streams(js, CommonSettings(subject_prefix=subjects.prefix))
     await publish_all(js, subjects, events)
     conn = await connect(url)
     services = [start_service("ingest", env) for _ in range(replicas)]

@@ -68,7 +68,7 @@ def stored_equals_fold(rows: list[asyncpg.Record], events: list[Event]) -> list[
             continue
         for name in EXECUTION_FIELDS:
             want = state.values.get(name)
-            if hasattr(want, "value"):
+            if want is not None and hasattr(want, "value"):
                 want = want.value
             if row[name] != want:
                 problems.append(f"{key} {name}: stored {row[name]!r} != folded {want!r}")

@@ -61,11 +61,14 @@ async def wait_ready(url: str, timeout: float = 30.0, path: str = "/readyz") -> 
 
 
 def start_service(
-    name: str, env: Mapping[str, str], port: int | None = None, extra_env: Mapping[str, str] = ()
+    name: str,
+    env: Mapping[str, str],
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Service:
     """Run `fleetwatch <name>` on a free port (env `<NAME>_PORT`); logs go to test-artifacts."""
     port = port or free_port()
-    full_env = {**env, f"{name.upper()}_PORT": str(port), **dict(extra_env)}
+    full_env = {**env, f"{name.upper()}_PORT": str(port), **(extra_env or {})}
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{name}-{port}-{os.getpid()}.log"
     log_file = log_path.open("wb")
@@ -81,7 +84,10 @@ def start_service(
 
 @contextlib.asynccontextmanager
 async def running(
-    name: str, env: Mapping[str, str], port: int | None = None, extra_env: Mapping[str, str] = ()
+    name: str,
+    env: Mapping[str, str],
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Service]:
     """A ready service for the duration of the block; stopped with SIGTERM after."""
     service = start_service(name, env, port, extra_env)

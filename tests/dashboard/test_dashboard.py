@@ -50,6 +50,8 @@ async def ingest_progress(stack: Stack) -> str:
     stream = await js.stream_info(stack.subjects.events_stream)
     lines = [f"stream last seq {stream.state.last_seq}"]
     for info in (await js.consumers_info(stack.subjects.events_stream)) or []:
+        assert info.delivered is not None
+        assert info.ack_floor is not None
         lines.append(
             f"consumer {info.name}: delivered {info.delivered.stream_seq}, "
             f"ack floor {info.ack_floor.stream_seq}, pending {info.num_pending}, "

@@ -104,7 +104,7 @@ async def _connect(url: str, *, retry_for: float = 0, **kw: object) -> NatsClien
     deadline = loop.time() + retry_for
     while True:
         try:
-            return await nats.connect(url, allow_reconnect=False, connect_timeout=2, **kw)  # type: ignore[arg-type]
+            return await nats.connect(url, allow_reconnect=False, connect_timeout=2, **kw)
         except Exception:
             if loop.time() >= deadline:
                 raise

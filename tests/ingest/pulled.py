@@ -44,7 +44,7 @@ async def one_event_per_execution(
     rng = random.Random(count)
     events = [execution_events(org, "ruby", f"{tag}{i:02d}", rng)[-1] for i in range(count)]
     settings = IngestSettings(
-        NATS_URL=nats_url, DATABASE_URL=database_url, FLEETWATCH_SUBJECT_PREFIX=subjects.prefix
+        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
     )
     nc = await nats.connect(nats_url)
     try:

@@ -30,7 +30,7 @@ async def test_a_body_at_the_servers_limit_is_dead_lettered_and_the_next_event_s
     nats_url: str, database_url: str, subjects: Subjects, org: str
 ) -> None:
     settings = IngestSettings(
-        NATS_URL=nats_url, DATABASE_URL=database_url, FLEETWATCH_SUBJECT_PREFIX=subjects.prefix
+        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
     )
     nc = await nats.connect(nats_url)
     js = nc.jetstream()

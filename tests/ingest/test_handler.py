@@ -22,7 +22,7 @@ async def test_handler_stores_good_events_and_dead_letters_bad_ones(
     nats_url: str, database_url: str, subjects: Subjects, org: str
 ) -> None:
     settings = IngestSettings(
-        NATS_URL=nats_url, DATABASE_URL=database_url, FLEETWATCH_SUBJECT_PREFIX=subjects.prefix
+        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
     )
     nc = await nats.connect(nats_url)
     js = nc.jetstream()

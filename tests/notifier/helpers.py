@@ -12,6 +12,7 @@ import nats
 import orjson
 import websockets
 from nats.js import JetStreamContext
+from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection
 
 from services.notifier.app import Notifier, create_app
@@ -65,10 +66,10 @@ def settings_for(
     nats_url: str, database_url: str, subjects: Subjects, **overrides: Any
 ) -> NotifierSettings:
     return NotifierSettings(
-        NATS_URL=nats_url,
-        DATABASE_URL=database_url,
-        FLEETWATCH_SUBJECT_PREFIX=subjects.prefix,
-        FLEETWATCH_JWT_SECRET=SECRET,
+        nats_url=nats_url,
+        database_url=database_url,
+        subject_prefix=subjects.prefix,
+        jwt_secret=SecretStr(SECRET),
         port=0,
         **overrides,
     )

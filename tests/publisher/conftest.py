@@ -112,11 +112,12 @@ async def stream_messages(
 ) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     """Every message of `stream` in order: subject, headers and parsed body."""
     info = await js.stream_info(stream)
-    out = []
+    out: list[tuple[str, dict[str, str], dict[str, Any]]] = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         if info.state.messages == 0:
             break
         msg = await js.get_msg(stream, seq)
+        assert msg.subject is not None
         out.append((msg.subject, dict(msg.headers or {}), orjson.loads(msg.data or b"null")))
     return out
 

@@ -246,7 +246,7 @@ async def test_sync_wrapper_terminate_sets_the_flag(
     loop = asyncio.get_running_loop()
     ids: list[str] = []
 
-    def blocking() -> bool:
+    def blocking() -> bool | None:
         with (
             SyncFleet(nats_url, org=org, subjects=streams) as fleet,
             fleet.execution("cron-agent") as run,
@@ -257,6 +257,7 @@ async def test_sync_wrapper_terminate_sets_the_flag(
             while not run.terminate_requested and time.monotonic() < deadline:
                 time.sleep(0.02)
             return bool(run.terminate_requested)
+        return None  # reached only if the run's exit swallowed an error raised in the block
 
     worker = asyncio.create_task(asyncio.to_thread(blocking))
     await started.wait()

@@ -30,6 +30,7 @@ async def stored(js: JetStreamContext, subjects: Subjects) -> list[Event]:
     info = await js.stream_info(subjects.events_stream)
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(subjects.events_stream, seq)
+        assert msg.subject is not None
         verdict = validate(subjects, msg.subject, msg.data or b"")
         assert isinstance(verdict, Event), verdict
         events.append(verdict)

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from pydantic import SecretStr
 
 from services.query.app import create_app
 from services.query.settings import QuerySettings
@@ -134,7 +135,7 @@ def settings_for(
         database_url=database_url,
         nats_url=nats_url,
         subject_prefix=prefix,
-        jwt_secret=SECRET,
+        jwt_secret=SecretStr(SECRET),
         **extra,
     )
 

@@ -120,7 +120,7 @@ def test_escape_like_leaves_no_bare_metacharacter(text: str) -> None:
     # Stored ids never hold NUL (PostgreSQL text cannot: cursors holding one are refused)
     # nor lone surrogates (JSON text cannot carry them).
     st.text(
-        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)),
+        st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
         min_size=1,
         max_size=200,
     ),

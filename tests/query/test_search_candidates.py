@@ -97,7 +97,7 @@ async def clients(
     """`with`: candidates on (default 2,000), `small`: a cap of 3 (common sooner),
     `without`: today's ordered scan only. Count caches off."""
     out: dict[str, httpx.AsyncClient] = {}
-    opts = {"count_ttl_s": 0}
+    opts: dict[str, Any] = {"count_ttl_s": 0}
     async with (
         client_for(settings_for(database_url, nats_url, **opts)) as with_,
         client_for(settings_for(database_url, nats_url, search_candidates=3, **opts)) as small,
