@@ -3,23 +3,45 @@
 Event ids are deterministic, so a loop that publishes the same correction twice is deduped by
 JetStream (`Nats-Msg-Id`) and by ingest. Corrections carry `occurred_at = now`: among terminal
 statuses the later event wins, so a wrong terminal status is overwritten.
+
+What an engine reports is fitted to the contract first (an engine's error text has no limit,
+may hold NUL, and its times may lie outside 2000-2199): an event ingest would dead-letter, or
+that fails validation here, would leave its row uncorrected on every pass.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from datetime import datetime
 from typing import Any
 
 import orjson
-from pydantic import JsonValue
+from pydantic import JsonValue, ValidationError
 
 from services.reconciler.engines import EngineStep
 from services.reconciler.rules import Decision, Kind
-from shared.events import ComponentFields, Event, EventType, ExecutionFields, Status
+from shared.events import (
+    EARLIEST,
+    LATEST,
+    MAX_ID,
+    ComponentFields,
+    Event,
+    EventType,
+    ExecutionFields,
+    Status,
+)
+from shared.publisher.fit import fit_text, replace_nul, scrub_nul
+
+log = logging.getLogger(__name__)
 
 SOURCE = "reconciler"
 #: Step inputs and outputs above this size are replaced by a preview (events must stay small).
 MAX_STEP_VALUE_BYTES = 32 * 1024
+#: An engine's error text is cut to this many bytes as JSON (the contract allows 64 Ki chars).
+MAX_ERROR_BYTES = 60_000
+#: `error_type` and a step's name are at most this many characters in the contract.
+MAX_LABEL = 200
 
 EXECUTION_EVENT: dict[Status, EventType] = {
     Status.PENDING: EventType.EXECUTION_QUEUED,
@@ -39,7 +61,21 @@ COMPONENT_EVENT: dict[Status, EventType] = {
 
 
 def correction_event_id(org: str, execution_id: str, what: str) -> str:
-    return f"reconcile:{org}:{execution_id}:{what}"
+    """`reconcile:<org>:<execution>:<what>`, or its SHA-256 when that is longer than an id
+    may be (still deterministic, so repeats are still deduplicated)."""
+    event_id = f"reconcile:{org}:{execution_id}:{what}"
+    if len(event_id) <= MAX_ID:
+        return event_id
+    return "reconcile:" + hashlib.sha256(event_id.encode()).hexdigest()
+
+
+def _moment(value: datetime | None) -> datetime | None:
+    """A time the contract accepts (2000-2199), else unknown."""
+    return value if value is not None and EARLIEST <= value <= LATEST else None
+
+
+def _label(value: str | None) -> str | None:
+    return replace_nul(value)[:MAX_LABEL] or None if value else None
 
 
 def _duration_ms(started: datetime | None, completed: datetime | None) -> int | None:
@@ -69,13 +105,13 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
         fields["completed_at"] = now
         what = "missing_external_id"
     elif run is not None:
-        fields["started_at"] = run.started_at
+        started = fields["started_at"] = _moment(run.started_at)
         if status.is_terminal:
-            fields["completed_at"] = run.completed_at or now
-            fields["duration_ms"] = _duration_ms(run.started_at, fields["completed_at"])
+            fields["completed_at"] = _moment(run.completed_at) or now
+            fields["duration_ms"] = _duration_ms(started, fields["completed_at"])
         if status is not Status.SUCCESS:
-            fields["error"] = run.error
-            fields["error_type"] = run.error_type
+            fields["error"] = fit_text(run.error, MAX_ERROR_BYTES)
+            fields["error_type"] = _label(run.error_type)
     return Event(
         type=EXECUTION_EVENT[status],
         event_id=correction_event_id(decision.org, decision.execution_id, what),
@@ -89,45 +125,58 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
 def _bounded(value: object) -> JsonValue:
     if value is None:
         return None
-    text = orjson.dumps(value, default=str)
+    try:
+        text = orjson.dumps(value, default=str)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. nested past orjson's depth
+        return {"unreadable": True, "reason": str(exc)[:MAX_LABEL]}
     if len(text) <= MAX_STEP_VALUE_BYTES:
-        loaded: JsonValue = orjson.loads(text)
+        loaded: JsonValue = scrub_nul(orjson.loads(text))
         return loaded
-    return {"truncated": True, "bytes": len(text), "preview": text[:1000].decode(errors="replace")}
+    preview = replace_nul(text[:1000].decode(errors="replace"))
+    return {"truncated": True, "bytes": len(text), "preview": preview}
 
 
 def component_events(
     org: str, agent_name: str, execution_id: str, steps: list[EngineStep], now: datetime
 ) -> list[Event]:
-    """One event per step attempt, ids fixed by (execution, step, attempt, status)."""
+    """One event per step attempt, ids fixed by (execution, step, attempt, status). A step
+    no valid event can describe (an id over 200 characters) is left out and logged."""
     events = []
     for step in steps:
-        type_ = COMPONENT_EVENT[step.status]
-        occurred = step.completed_at or step.started_at or now
-        events.append(
-            Event(
-                type=type_,
-                event_id=correction_event_id(
-                    org, execution_id, f"{step.node_id}:{step.attempt}:{type_.value}"
-                ),
-                occurred_at=occurred,
-                org=org,
-                source=SOURCE,
-                agent_name=agent_name,
-                component=ComponentFields(
-                    execution_id=execution_id,
-                    node_id=step.node_id,
-                    name=step.name[:200] or None,
-                    attempt=step.attempt,
-                    retry_policy=step.retry_policy,
-                    max_attempts=step.max_attempts,
-                    input=_bounded(step.input),
-                    output=_bounded(step.output),
-                    error=step.error[:60_000] if step.error else None,
-                    error_type=step.error_type[:200] if step.error_type else None,
-                    started_at=step.started_at,
-                    completed_at=step.completed_at,
-                ),
-            )
-        )
+        try:
+            events.append(_step_event(org, agent_name, execution_id, step, now))
+        except ValidationError as exc:
+            log.warning("step %r of %s/%s left out: %s", step.node_id[:80], org, execution_id, exc)
     return events
+
+
+def _step_event(
+    org: str, agent_name: str, execution_id: str, step: EngineStep, now: datetime
+) -> Event:
+    type_ = COMPONENT_EVENT[step.status]
+    node_id = replace_nul(step.node_id)
+    started, completed = _moment(step.started_at), _moment(step.completed_at)
+    return Event(
+        type=type_,
+        event_id=correction_event_id(org, execution_id, f"{node_id}:{step.attempt}:{type_.value}"),
+        occurred_at=completed or started or now,
+        org=org,
+        source=SOURCE,
+        agent_name=agent_name,
+        component=ComponentFields(
+            execution_id=execution_id,
+            node_id=node_id,
+            name=_label(step.name),
+            attempt=min(max(step.attempt, 1), 1_000_000),
+            retry_policy=step.retry_policy,
+            max_attempts=None
+            if step.max_attempts is None or step.max_attempts < 0
+            else min(step.max_attempts, 1_000_000),
+            input=_bounded(step.input),
+            output=_bounded(step.output),
+            error=fit_text(step.error, MAX_ERROR_BYTES) or None,
+            error_type=_label(step.error_type),
+            started_at=started,
+            completed_at=completed,
+        ),
+    )

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from cachetools import TTLCache
+from pydantic import ValidationError
 
 from services.reconciler import repo
 from services.reconciler.corrections import component_events, execution_event
@@ -23,6 +24,7 @@ from services.reconciler.publish import EventPublisher
 from services.reconciler.rules import (
     Action,
     Decision,
+    Holders,
     Kind,
     Lookup,
     Policy,
@@ -30,10 +32,12 @@ from services.reconciler.rules import (
     belongs,
     decide_row,
     needs_lookup,
+    orphan_target,
     reconcile,
     run_for,
 )
 from services.reconciler.settings import ReconcilerSettings
+from shared.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +191,18 @@ class Reconciler:
         runs_by_key: defaultdict[tuple[str, str], list[EngineRun]] = defaultdict(list)
         for run in listed:
             runs_by_key[(run.engine, run.external_id)].append(run)
-        # Rows of every org: a run that names no org is nobody's orphan while one may be its.
+        # Rows of every org using the run ids in play (listed or looked up): a run that names
+        # no org is nobody's orphan while one may be its, and a run that names no execution
+        # is no row's while several may be its (`Holders`).
         stored: list[Row] = []
+        targets = [t for run in listed if (t := orphan_target(run, self.policy)) is not None]
         async with self.pool.acquire() as conn:
             for name in engines:
-                ids = sorted({run.external_id for run in listed if run.engine == name})
-                stored += await repo.rows_by_external_ids(conn, name, ids)
-        orgs_by_key: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
-        for row in stored:
-            orgs_by_key[(row.engine or "", row.external_id or "")].add(row.org)
+                ids = {run.external_id for run in listed if run.engine == name}
+                ids |= {r.external_id for r in rows if r.engine == name and r.external_id}
+                stored += await repo.rows_by_external_ids(conn, name, sorted(ids))
+            existing = await repo.existing_executions(conn, targets)
+        holders = Holders.of([*rows, *stored])
         extra: list[Decision] = []
         for row in stored:
             # Finished rows are checked against the listing only (no extra engine call).
@@ -204,13 +211,15 @@ class Reconciler:
             if filters.org not in (None, row.org) or filters.agent not in (None, row.agent_name):
                 continue
             key = (row.engine or "", row.external_id or "")
-            found = run_for(row, runs_by_key[key], orgs_by_key[key])
+            found = run_for(row, runs_by_key[key], holders)
             if found is None:  # not this row's run, or several that could be
                 continue
             decision = decide_row(row, Lookup(run=found), now, self.policy)
             if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
                 extra.append(decision)
-        report.decisions += reconcile(rows, lookups, listed, stored, now, self.policy) + extra
+        report.decisions += (
+            reconcile(rows, lookups, listed, stored, now, self.policy, existing) + extra
+        )
         for decision in report.mismatches:
             self.metrics.mismatches_found.labels(decision.kind.value).inc()
         if fix:
@@ -221,12 +230,27 @@ class Reconciler:
     async def _publish(self, report: PassReport, now: datetime) -> None:
         if self.publisher is None:
             raise RuntimeError("fix mode needs a publisher")
-        to_fix = [d for d in report.decisions if d.action is Action.PUBLISH]
-        events = [e for d in to_fix if (e := execution_event(d, now)) is not None]
+        events: list[Event] = []
+        for decision in report.decisions:
+            if decision.action is not Action.PUBLISH:
+                continue
+            try:
+                event = execution_event(decision, now)
+            except ValidationError as exc:  # one row's odd data must not stop the others
+                self.metrics.corrections_invalid.labels(decision.kind.value).inc()
+                log.error(
+                    "no correction for %s/%s (%s): %s",
+                    decision.org,
+                    decision.execution_id,
+                    decision.reason,
+                    exc,
+                )
+                continue
+            if event is not None:
+                events.append(event)
+                self.metrics.mismatches_fixed.labels(decision.kind.value).inc()
         report.published = await self.publisher.publish_all(events)
         report.fixed = len(events)
-        for decision in to_fix:
-            self.metrics.mismatches_fixed.labels(decision.kind.value).inc()
 
     async def sync_components(self, org: str, execution_id: str, trigger: str) -> SyncResult:
         """Publish one execution's steps from its engine's history (cache-aside fill)."""
@@ -267,7 +291,11 @@ class Reconciler:
                 key = (row.org, row.id)
                 if self._synced.get(key) == version:
                     continue
-                result = await self.sync_components(row.org, row.id, "background")
+                try:
+                    result = await self.sync_components(row.org, row.id, "background")
+                except Exception:  # one run's odd history must not stop the others
+                    log.exception("syncing the steps of %s/%s failed", row.org, row.id)
+                    continue
                 if result.ok:
                     self._synced[key] = version
                 total += result.steps

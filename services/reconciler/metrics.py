@@ -24,6 +24,13 @@ class ReconcilerMetrics:
             ["kind"],
             registry=r,
         )
+        self.corrections_invalid = Counter(
+            "reconciler_corrections_invalid_total",
+            "Corrections that could not be built as valid events (each logged; its row is "
+            "left as it is and the pass goes on)",
+            ["kind"],
+            registry=r,
+        )
         self.engine_errors = Counter(
             "reconciler_engine_errors_total", "Engine calls that failed", ["engine"], registry=r
         )

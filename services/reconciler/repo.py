@@ -50,6 +50,12 @@ WHERE engine = $1 AND external_id = ANY($2::text[])
 
 ROW_BY_ID = f"SELECT {_ROW_COLUMNS} FROM executions WHERE org = $1 AND id = $2"
 
+EXISTING = """
+SELECT e.org, e.id
+FROM unnest($1::text[], $2::text[]) AS t(org, id)
+JOIN executions e ON e.org = t.org AND e.id = t.id
+"""
+
 # Steps are stale when the execution changed after its last step was written (or none was).
 FINISHED_WITH_STALE_STEPS = f"""
 SELECT {_ROW_COLUMNS}, e.updated_at
@@ -105,6 +111,16 @@ async def rows_by_external_ids(
         return []
     records = await conn.fetch(ROWS_BY_EXTERNAL_IDS, engine, list(external_ids))
     return [_row(r) for r in records]
+
+
+async def existing_executions(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of the (org, execution id) pairs have a row."""
+    if not keys:
+        return set()
+    records = await conn.fetch(EXISTING, [k[0] for k in keys], [k[1] for k in keys])
+    return {(r["org"], r["id"]) for r in records}
 
 
 async def row_by_id(conn: asyncpg.Connection, org: str, execution_id: str) -> Row | None:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from services.reconciler.engines import EngineRun
-from shared.events import Status, is_valid_name
+from shared.events import MAX_ID, Status, is_valid_name
 
 
 class Kind(StrEnum):
@@ -26,6 +26,9 @@ class Kind(StrEnum):
     ORPHAN_RUN_UNATTRIBUTED = "orphan_run_unattributed"
     TERMINAL_BUT_ENGINE_RUNNING = "terminal_but_engine_running"
     FOREIGN_RUN = "foreign_run"
+    #: The run names no execution and more than one row could be its (a run id used in
+    #: several orgs, or reused by a newer execution of the org): flagged, never guessed.
+    AMBIGUOUS_RUN = "ambiguous_run"
     ENGINE_ERROR = "engine_error"
 
 
@@ -126,16 +129,71 @@ def belongs(run: EngineRun, row: Row) -> bool:
     )
 
 
-def run_for(row: Row, runs: Iterable[EngineRun], orgs: Collection[str]) -> EngineRun | None:
-    """The one listed run that is this row's, or None when none or several could be.
+RunKey = tuple[str, str]  # (engine, external id)
 
-    `orgs` are the orgs with a row under the same run id: a run that names neither org nor
-    execution is taken only when this row's org is the only one.
+
+@dataclass(frozen=True, slots=True)
+class Holders:
+    """Which of our rows use each run id: the orgs (of all rows, and of open ones), and per
+    org the newest row."""
+
+    orgs: Mapping[RunKey, frozenset[str]]
+    open_orgs: Mapping[RunKey, frozenset[str]]
+    newest: Mapping[tuple[str, str, str], tuple[datetime, str]]  # (org, *key) -> (since, id)
+
+    @classmethod
+    def of(cls, rows: Iterable[Row]) -> Holders:
+        orgs: defaultdict[RunKey, set[str]] = defaultdict(set)
+        open_orgs: defaultdict[RunKey, set[str]] = defaultdict(set)
+        newest: dict[tuple[str, str, str], tuple[datetime, str]] = {}
+        for row in rows:
+            if row.engine is None or row.external_id is None:
+                continue
+            key = (row.engine, row.external_id)
+            orgs[key].add(row.org)
+            if not row.status.is_terminal:
+                open_orgs[key].add(row.org)
+            at = (row.org, *key)
+            newest[at] = max(newest.get(at, (row.since, row.id)), (row.since, row.id))
+        return cls(
+            {k: frozenset(v) for k, v in orgs.items()},
+            {k: frozenset(v) for k, v in open_orgs.items()},
+            newest,
+        )
+
+
+def unattributable(row: Row, run: EngineRun, holders: Holders) -> str | None:
+    """Why a run that names no execution cannot be taken for this row's (None: it can).
+
+    Run ids are unique per engine namespace, not per org, and engines reuse a workflow id
+    for later runs. Such a run is not this row's when a newer row of the same org uses the
+    id (the engine's latest run is that one's), nor, unless the run names this org, when
+    rows of another org compete for it: for an open row, another org's open row (at most one
+    of two running executions can be the engine's current run); for a finished row, any
+    other org's row.
     """
+    if run.execution_id is not None or row.engine is None or row.external_id is None:
+        return None  # a run that names its execution is judged by `belongs`
+    key = (row.engine, row.external_id)
+    rivals = holders.orgs if row.status.is_terminal else holders.open_orgs
+    if run.org is None and not rivals.get(key, frozenset()) <= {row.org}:
+        return (
+            f"{row.engine} run {row.external_id!r} names no org or execution and rows of "
+            "several orgs use that run id"
+        )
+    newest = holders.newest.get((row.org, *key))
+    if newest is not None and newest[1] != row.id:
+        return (
+            f"{row.engine} run id {row.external_id!r} is used by a newer execution "
+            f"{newest[1]!r}, and the run names no execution"
+        )
+    return None
+
+
+def run_for(row: Row, runs: Iterable[EngineRun], holders: Holders) -> EngineRun | None:
+    """The one listed run that is this row's, or None when none or several could be."""
     candidates = [
-        run
-        for run in runs
-        if belongs(run, row) and (run.org or run.execution_id or set(orgs) <= {row.org})
+        run for run in runs if belongs(run, row) and unattributable(row, run, holders) is None
     ]
     named = [run for run in candidates if run.execution_id == row.id]
     if len(named) == 1:
@@ -163,8 +221,18 @@ def needs_lookup(row: Row, now: datetime, policy: Policy) -> bool:
     return row.external_id is not None and now - row.since >= policy.first_check_grace
 
 
-def decide_row(row: Row, lookup: Lookup | None, now: datetime, policy: Policy) -> Decision:
-    """Compare one of our rows with what its engine reports (lookup None: not checked)."""
+def decide_row(
+    row: Row,
+    lookup: Lookup | None,
+    now: datetime,
+    policy: Policy,
+    holders: Holders | None = None,
+) -> Decision:
+    """Compare one of our rows with what its engine reports (lookup None: not checked).
+
+    With `holders` (every row using the run ids involved), a run that names no execution
+    and could be another row's is flagged instead of applied (see `unattributable`).
+    """
     if row.external_id is None:
         return decide_missing_external_id(row, now, policy)
     if lookup is None or now - row.since < policy.first_check_grace:
@@ -202,6 +270,9 @@ def decide_row(row: Row, lookup: Lookup | None, now: datetime, policy: Policy) -
             f"{run.org or row.org}/{run.execution_id or '?'}, not to this execution",
             engine_status=run.status,
         )
+    doubt = None if holders is None else unattributable(row, run, holders)
+    if doubt is not None:
+        return _decision(row, Kind.AMBIGUOUS_RUN, Action.FLAG, doubt, engine_status=run.status)
     extra = {"engine_status": run.status, "run": run}
     if run.status == row.status:
         return _decision(row, Kind.OK, Action.NONE, f"both {row.status.value}", **extra)
@@ -262,36 +333,56 @@ def decide_missing_external_id(row: Row, now: datetime, policy: Policy) -> Decis
     return _decision(row, Kind.MISSING_EXTERNAL_ID, Action.FLAG, reason)
 
 
+def orphan_target(run: EngineRun, policy: Policy) -> tuple[str, str] | None:
+    """The (org, execution id) an orphan run's row would get; None when it names no org."""
+    org = run.org or policy.orphan_org
+    return None if org is None else (org, orphan_execution_id(run))
+
+
 def decide_orphan_runs(
-    runs: Sequence[EngineRun], stored: Iterable[Row], now: datetime, policy: Policy
+    runs: Sequence[EngineRun],
+    stored: Iterable[Row],
+    now: datetime,
+    policy: Policy,
+    existing: Collection[tuple[str, str]] = (),
 ) -> list[Decision]:
     """Engine runs no stored row may be about: create them when attributable and old enough.
 
     `stored` are our rows with the runs' external ids (of any org: a run that names no org
-    is no orphan while any row may be its).
+    is no orphan while any row may be its). `existing` are the (org, execution id) pairs of
+    `orphan_target`s that have a row already: such a run is another run of a known execution
+    (an engine retry, a reused id), not an orphan, and writing it would overwrite that row.
     """
     decisions = []
     claimed = claimed_runs(runs, stored)
     for index, run in enumerate(runs):
-        if index in claimed:
+        if index in claimed or orphan_target(run, policy) in existing:
             continue
         if run.started_at is not None and now - run.started_at < policy.orphan_run_grace:
             continue
         org = run.org or policy.orphan_org
         agent = run.agent_name or policy.orphan_agent
+        too_long = max(len(run.external_id), len(orphan_execution_id(run))) > MAX_ID
         base = {
             "engine": run.engine,
             "external_id": run.external_id,
             "engine_status": run.status,
             "run": run,
         }
-        if org is None or agent is None or not is_valid_name(org) or not is_valid_name(agent):
+        if (
+            org is None
+            or agent is None
+            or not is_valid_name(org)
+            or not is_valid_name(agent)
+            or too_long
+        ):
+            what = f"ids longer than {MAX_ID}" if too_long else "no valid org and agent"
             decisions.append(
                 Decision(
                     kind=Kind.ORPHAN_RUN_UNATTRIBUTED,
                     action=Action.FLAG,
-                    reason=f"{run.engine} run {run.external_id!r} has no row and names no "
-                    "valid org and agent",
+                    reason=f"{run.engine} run {run.external_id[:MAX_ID]!r} has no row and "
+                    f"names {what}",
                     org=org,
                     execution_id=None,
                     agent_name=agent,
@@ -323,11 +414,19 @@ def reconcile(
     rows: Iterable[Row],
     lookups: Mapping[tuple[str, str], Lookup],
     listed: Sequence[EngineRun],
-    stored: Iterable[Row],
+    stored: Sequence[Row],
     now: datetime,
     policy: Policy,
+    existing: Collection[tuple[str, str]] = (),
 ) -> list[Decision]:
-    """Every decision of one pass: one per row, then one per engine run we have no row for."""
-    decisions = [decide_row(row, lookups.get((row.org, row.id)), now, policy) for row in rows]
-    decisions += decide_orphan_runs(listed, stored, now, policy)
+    """Every decision of one pass: one per row, then one per engine run we have no row for.
+
+    `stored` are our rows (of every org) using the run ids of `rows` and `listed`.
+    """
+    rows = list(rows)
+    holders = Holders.of([*rows, *stored])
+    decisions = [
+        decide_row(row, lookups.get((row.org, row.id)), now, policy, holders) for row in rows
+    ]
+    decisions += decide_orphan_runs(listed, stored, now, policy, existing)
     return decisions

@@ -10,6 +10,7 @@ from services.reconciler.corrections import component_events, execution_event
 from services.reconciler.engines import EngineRun, EngineStep
 from services.reconciler.rules import (
     Action,
+    Holders,
     Kind,
     Lookup,
     Policy,
@@ -17,11 +18,14 @@ from services.reconciler.rules import (
     belongs,
     decide_orphan_runs,
     decide_row,
+    orphan_target,
     reconcile,
     run_for,
 )
-from shared.events import EventType, RetryPolicy, Status
+from shared.events import Event, EventType, RetryPolicy, Status
 from shared.retries import classify_retry
+from shared.subjects import Subjects
+from shared.validation import validate
 
 NOW = datetime(2026, 2, 5, 12, 0, tzinfo=UTC)
 POLICY = Policy(
@@ -166,15 +170,91 @@ def test_a_reused_run_id_picks_the_run_that_names_the_row_or_none() -> None:
     """Two runs of one workflow id: never guess which is whose."""
     first = run(Status.FAILED, started_at=NOW - timedelta(hours=2))
     second = run(Status.SUCCESS, started_at=NOW - timedelta(hours=1))
-    acme = {"acme"}
+    acme = Holders.of([row()])
     assert run_for(row(), [first, second], acme) is None
     assert run_for(row(), [second], acme) is second
     mine = run(Status.SUCCESS, execution_id="ex1")
     assert run_for(row(), [first, mine], acme) is mine
-    assert run_for(row(id="ex2"), [first, mine], acme) is first
+    # ex2 is the newest row under the id; ex1 is older, so an unnamed run is not ex1's.
+    both = Holders.of([row(), row(id="ex2", age_s=60)])
+    assert run_for(row(id="ex2", age_s=60), [first, mine], both) is first
+    assert run_for(row(), [first], both) is None
     # A run that names no org, under a run id rows of two orgs carry: whose is it? Nobody's.
-    assert run_for(row(), [second], {"acme", "globex"}) is None
-    assert run_for(row(), [run(Status.SUCCESS, org="acme")], {"acme", "globex"}) is not None
+    two_orgs = Holders.of([row(), row(org="globex")])
+    assert run_for(row(), [second], two_orgs) is None
+    assert run_for(row(), [run(Status.SUCCESS, org="acme")], two_orgs) is not None
+
+
+def test_a_run_id_reused_by_a_newer_execution_corrects_only_the_newest_row() -> None:
+    """Yesterday's row and today's share the workflow id; the engine's latest run (naming no
+    execution) is today's: yesterday's row must not take its status."""
+    yesterday = row(Status.SUCCESS, id="yesterday", age_s=86_400)
+    today = row(id="today", age_s=600)
+    holders = Holders.of([yesterday, today])
+    todays_run = run(Status.FAILED, started_at=NOW - timedelta(seconds=600), error="boom")
+    assert run_for(yesterday, [todays_run], holders) is None
+    d = decide_row(today, Lookup(todays_run), NOW, POLICY, holders)
+    assert (d.kind, d.publish_status) == (Kind.STATUS_MISMATCH, Status.FAILED)
+    # A stuck older open row whose lookup returns the newer execution's run: flagged.
+    stuck = row(id="stuck", age_s=86_400)
+    d = decide_row(stuck, Lookup(todays_run), NOW, POLICY, Holders.of([stuck, today]))
+    assert (d.kind, d.action, d.publish_status) == (Kind.AMBIGUOUS_RUN, Action.FLAG, None)
+    assert "'today'" in d.reason
+    # A run that names its execution is that row's, however many rows share the id.
+    named = run(Status.FAILED, execution_id="stuck")
+    d = decide_row(stuck, Lookup(named), NOW, POLICY, Holders.of([stuck, today]))
+    assert d.kind is Kind.STATUS_MISMATCH
+
+
+def test_open_rows_of_two_orgs_under_one_run_id_are_flagged_unless_the_run_names_one() -> None:
+    acme, globex = row(org="acme", id="a1"), row(org="globex", id="g1")
+    holders = Holders.of([acme, globex])
+    anonymous = run(Status.FAILED, error="boom")
+    for mine in (acme, globex):
+        d = decide_row(mine, Lookup(anonymous), NOW, POLICY, holders)
+        assert (d.kind, d.action) == (Kind.AMBIGUOUS_RUN, Action.FLAG)
+        assert "several orgs" in d.reason
+    named = run(Status.FAILED, org="acme")
+    assert decide_row(acme, Lookup(named), NOW, POLICY, holders).kind is Kind.STATUS_MISMATCH
+    assert decide_row(globex, Lookup(named), NOW, POLICY, holders).kind is Kind.FOREIGN_RUN
+    decisions = reconcile(
+        [acme, globex],
+        {k: Lookup(anonymous) for k in [("acme", "a1"), ("globex", "g1")]},
+        [],
+        [],
+        NOW,
+        POLICY,
+    )
+    assert [d.action for d in decisions] == [Action.FLAG, Action.FLAG]
+
+
+def test_a_run_of_an_execution_that_has_a_row_is_no_orphan() -> None:
+    """An earlier, failed run of execution X under another run id (an engine retry): creating
+    it as an orphan would write `failed` into X's live row."""
+    earlier = run(
+        Status.FAILED,
+        external_id="run-1",
+        org="acme",
+        agent_name="ruby",
+        execution_id="X",
+        started_at=NOW - timedelta(hours=1),
+    )
+    assert orphan_target(earlier, POLICY) == ("acme", "X")
+    assert decide_orphan_runs([earlier], [], NOW, POLICY, existing={("acme", "X")}) == []
+    assert [d.kind for d in decide_orphan_runs([earlier], [], NOW, POLICY)] == [Kind.ORPHAN_RUN]
+
+
+def test_an_orphan_run_with_ids_no_event_may_carry_is_flagged() -> None:
+    long_id = run(
+        Status.SUCCESS,
+        external_id="w" * 500,
+        org="acme",
+        agent_name="ruby",
+        started_at=NOW - timedelta(hours=1),
+    )
+    (d,) = decide_orphan_runs([long_id], [], NOW, POLICY)
+    assert (d.kind, d.action) == (Kind.ORPHAN_RUN_UNATTRIBUTED, Action.FLAG)
+    assert "longer than 200" in d.reason
 
 
 def test_reconcile_gives_one_decision_per_row_and_orphan() -> None:
@@ -256,3 +336,65 @@ async def test_an_unreadable_memo_leaves_the_run_unattributed() -> None:
     memo = await _our_memo(Listed())  # type: ignore[arg-type]
     assert memo[MEMO_ORG] is None
     assert memo[MEMO_AGENT] == "ruby"
+
+
+def _ingest_accepts(event: Event) -> None:
+    """What ingest's validator says of the event as published: it must take it."""
+    subjects = Subjects("fleet")
+    subject = subjects.event(event.org, event.agent, event.type)
+    verdict = validate(subjects, subject, event.model_dump_json(exclude_none=True).encode())
+    assert isinstance(verdict, Event), verdict
+
+
+def test_corrections_fit_whatever_the_engine_reports() -> None:
+    """Engine text has no limit, may hold NUL, and its times may be nonsense; the correction
+    must still be an event ingest takes (else its row stays wrong on every pass)."""
+    odd = run(
+        Status.FAILED,
+        started_at=datetime(1970, 1, 1, tzinfo=UTC),
+        completed_at=datetime(1970, 1, 1, 0, 1, tzinfo=UTC),
+        error="Traceback\x00" + "漢" * 70_000,
+        error_type="E" * 300,
+    )
+    long_row = row(id="r" * 195)
+    d = decide_row(long_row, Lookup(odd), NOW, POLICY)
+    event = execution_event(d, NOW)
+    assert event is not None
+    assert event.execution is not None
+    _ingest_accepts(event)
+    assert len(event.event_id) <= 200
+    assert execution_event(d, NOW) == event  # still deterministic
+    assert event.execution.started_at is None  # 1970: unknown rather than refused
+    assert event.execution.completed_at == NOW
+    assert event.execution.error is not None
+    assert "\x00" not in event.execution.error
+    assert len(event.execution.error.encode()) <= 60_000
+    assert event.execution.error_type == "E" * 200
+
+
+def test_step_events_fit_or_leave_out_what_no_event_can_carry() -> None:
+    deep: object = []
+    for _ in range(300):
+        deep = [deep]
+    steps = [
+        EngineStep(node_id="n" * 300, name="too long an id", attempt=1, status=Status.SUCCESS),
+        EngineStep(
+            node_id="step\x00one",
+            name="x\x00" * 150,
+            attempt=2,
+            status=Status.FAILED,
+            input={"k\x00": "v\x00"},
+            output=deep,
+            error="e\x00" * 40_000,
+            error_type="T" * 300,
+            started_at=datetime(1970, 1, 1, tzinfo=UTC),
+        ),
+    ]
+    events = component_events("acme", "ruby", "ex1", steps, NOW)
+    assert len(events) == 1  # the 300-char step id is left out, not the whole run
+    (event,) = events
+    _ingest_accepts(event)
+    assert event.component is not None
+    assert event.component.node_id == "step\ufffdone"
+    assert event.component.input == {"k\ufffd": "v\ufffd"}
+    assert event.component.started_at is None
