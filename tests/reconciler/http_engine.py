@@ -78,10 +78,18 @@ def create_app(state: EngineState) -> Starlette:
 
 
 @contextlib.asynccontextmanager
-async def serving(state: EngineState, port: int) -> AsyncIterator[str]:
-    """The engine on 127.0.0.1:port inside this event loop, for the block's duration."""
+async def serving(state: EngineState, port: int, *, keep_alive_s: int = 5) -> AsyncIterator[str]:
+    """The engine on 127.0.0.1:port inside this event loop, for the block's duration.
+
+    `keep_alive_s`: how long uvicorn keeps an idle connection open (its default is 5 s).
+    """
     config = uvicorn.Config(
-        create_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        create_app(state),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        timeout_keep_alive=keep_alive_s,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

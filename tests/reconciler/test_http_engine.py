@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats
@@ -88,6 +88,60 @@ async def test_flaky_engine_recovers_on_retry(
     assert (run.status, run.error) == (Status.FAILED, "quota")
 
 
+async def test_run_ids_are_escaped_in_the_path(
+    engine_state: tuple[EngineState, HttpEngine],
+) -> None:
+    # Unescaped, `job 42` is no valid request target, and `a?x=1` / `a#frag` name run `a`.
+    state, engine = engine_state
+    statuses = {
+        "a": "running",
+        "job 42": "succeeded",
+        "a?x=1": "failed",
+        "a#frag": "cancelled",
+        "50%": "succeeded",
+        "\u00e9t\u00e9": "failed",
+    }
+    for run_id, status in statuses.items():
+        state.add(run_id, status)
+    found = {}
+    for run_id in statuses:
+        run = await engine.get_run(run_id)
+        assert run is not None, run_id
+        found[run_id] = run.status
+    assert found == {
+        "a": Status.RUNNING,
+        "job 42": Status.SUCCESS,
+        "a?x=1": Status.FAILED,
+        "a#frag": Status.CANCELLED,
+        "50%": Status.SUCCESS,
+        "\u00e9t\u00e9": Status.FAILED,
+    }
+    assert state.calls == dict.fromkeys(statuses, 1)
+
+
+async def test_a_request_that_cannot_be_sent_fails_at_once() -> None:
+    # Not a transient engine error: the same request would be refused again, so no retries
+    # (and no connection: nothing listens on port 1, yet the error is not a refused connection).
+    engine = HttpEngine(HttpEngineConfig(base_url="http://127.0.0.1:1", list_path="/all runs"))
+    now = datetime.now(UTC)
+    with pytest.raises(
+        EngineError,
+        match=r"^http: cannot send GET '/all runs\?since=.*': Illegal target characters$",
+    ):
+        await engine.list_runs(now - timedelta(hours=1), now)
+    await engine.close()
+
+
+def test_illegal_headers_are_refused_without_quoting_them() -> None:
+    with pytest.raises(ValueError, match="'Authorization': illegal name or value") as refused:
+        HttpEngine(
+            HttpEngineConfig(
+                base_url="http://127.0.0.1:1", headers={"Authorization": "Bearer s3cr\nt"}
+            )
+        )
+    assert "s3cr" not in str(refused.value)
+
+
 async def test_pass_reports_every_kind_dry_run_changes_nothing_fix_is_applied(
     engine_state: tuple[EngineState, HttpEngine],
     db: asyncpg.Connection,
@@ -115,7 +169,8 @@ async def test_pass_reports_every_kind_dry_run_changes_nothing_fix_is_applied(
     for execution_id, external_id in cases.items():
         await insert_row(db, org, execution_id, engine="http", external_id=external_id)
     await insert_row(db, org, "x-noid", engine="http", external_id=None)
-    await insert_row(db, org, "x-young", engine="http", external_id="done-1", age_s=5)
+    # Its own run id: a newer row under `done-1` would make that run its, not x-done's.
+    await insert_row(db, org, "x-young", engine="http", external_id="done-9", age_s=5)
 
     nc = await nats.connect(nats_url)
     policy = Policy(

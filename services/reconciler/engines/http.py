@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
@@ -14,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 from services.reconciler.engines import EngineError, EngineRun
 from services.reconciler.engines.http_client import (
     HttpConnectionError,
+    HttpRequestError,
     HttpTimeout,
     KeepAliveClient,
 )
@@ -121,6 +123,8 @@ class HttpEngine:
             response = await self._client.get(path, params)
         except (HttpTimeout, HttpConnectionError) as exc:
             raise _Transient(str(exc)) from exc
+        except HttpRequestError as exc:
+            raise EngineError(f"{self._config.name}: {exc}") from None
         if response.status_code == 404:
             raise _NotFound
         if response.status_code >= 500 or response.status_code == 429:
@@ -151,7 +155,8 @@ class HttpEngine:
             await asyncio.sleep(cfg.backoff_seconds * 2 ** (not_found + errors - 1))
 
     async def get_run(self, external_id: str, *, with_steps: bool = False) -> EngineRun | None:
-        path = self._config.run_path.format(external_id=external_id)
+        # Escaped whole, `/` included: an id with `?` or `#` must not name another run.
+        path = self._config.run_path.format(external_id=quote(external_id, safe=""))
         try:
             payload = await self._with_retries(path)
         except _NotFound:

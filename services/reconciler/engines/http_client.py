@@ -27,6 +27,14 @@ class HttpConnectionError(Exception):
     """The connection failed or the server broke the protocol."""
 
 
+class HttpRequestError(Exception):
+    """The request cannot be sent as given (h11 refuses it); sending it again cannot help."""
+
+
+# A connection that failed in one of these ways is broken, whatever the request was.
+_BROKEN = (OSError, h11.RemoteProtocolError, HttpConnectionError)
+
+
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
     status_code: int
@@ -38,6 +46,11 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
+        self.answered = False  # a byte of the current answer has arrived
+
+    def still_open(self) -> bool:
+        """False once the server has closed it (servers drop idle keep-alive connections)."""
+        return not (self.reader.at_eof() or self.writer.is_closing())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -65,6 +78,12 @@ class KeepAliveClient:
         self._authority = parts.netloc
         self._timeout = timeout
         self._headers = [(k, v) for k, v in (headers or {}).items()]
+        for name, value in self._headers:
+            try:
+                h11.Request(method="GET", target="/", headers=[("Host", "x"), (name, value)])
+            except h11.LocalProtocolError:
+                # Not h11's message: it would quote the value, and that may be a secret.
+                raise ValueError(f"header {name!r}: illegal name or value") from None
         self._slots = asyncio.Semaphore(max_connections)
         self._idle: list[_Connection] = []
 
@@ -73,12 +92,23 @@ class KeepAliveClient:
         reader, writer = await asyncio.open_connection(self._host, self._port, ssl=ssl_context)
         return _Connection(reader, writer)
 
-    async def _exchange(self, conn: _Connection, target: str) -> HttpResponse:
-        request = h11.Request(
-            method="GET",
-            target=target,
-            headers=[("Host", self._authority), ("Accept", "application/json"), *self._headers],
-        )
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.still_open():
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            conn.answered = False
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _exchange(self, conn: _Connection, request: h11.Request) -> HttpResponse:
         conn.writer.write(conn.h11.send(request) + conn.h11.send(h11.EndOfMessage()))
         await conn.writer.drain()
         status = 0
@@ -87,6 +117,7 @@ class KeepAliveClient:
             event = conn.h11.next_event()
             if event is h11.NEED_DATA:
                 data = await conn.reader.read(READ_CHUNK)
+                conn.answered = conn.answered or bool(data)
                 conn.h11.receive_data(data)
                 continue
             if isinstance(event, h11.Response):
@@ -98,29 +129,51 @@ class KeepAliveClient:
             elif isinstance(event, h11.ConnectionClosed):
                 raise HttpConnectionError("server closed the connection mid-answer")
 
+    async def _round_trip(self, conn: _Connection, request: h11.Request) -> HttpResponse:
+        try:
+            response = await self._exchange(conn, request)
+        except BaseException:
+            # Failed, timed out or cancelled mid-request: the connection is in an unknown
+            # state, so it is closed rather than pooled (or left open, unreferenced).
+            conn.close()
+            raise
+        self._release(conn)
+        return response
+
+    async def _send(self, request: h11.Request) -> HttpResponse:
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._round_trip(conn, request)
+            except _BROKEN:
+                if conn.answered:
+                    raise
+                # No byte of an answer: the server closed the idle connection as we sent (its
+                # keep-alive timeout). That says nothing about the engine, and a GET is safe
+                # to repeat, so send it again at once on a fresh connection.
+        return await self._round_trip(await self._open(), request)
+
     async def get(self, path: str, params: dict[str, str] | None = None) -> HttpResponse:
+        """One GET; `path` must already be percent-encoded."""
         target = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        try:
+            request = h11.Request(
+                method="GET",
+                target=target,
+                headers=[("Host", self._authority), ("Accept", "application/json"), *self._headers],
+            )
+        except h11.LocalProtocolError as exc:
+            raise HttpRequestError(f"cannot send GET {target!r}: {exc}") from None
         async with self._slots:
-            conn = self._idle.pop() if self._idle else None
             try:
                 async with asyncio.timeout(self._timeout):
-                    if conn is None:
-                        conn = await self._open()
-                    response = await self._exchange(conn, target)
+                    return await self._send(request)
             except TimeoutError:
-                if conn is not None:
-                    conn.close()
                 raise HttpTimeout(f"timed out after {self._timeout:g} s") from None
-            except (OSError, h11.ProtocolError, HttpConnectionError) as exc:
-                if conn is not None:
-                    conn.close()
+            except h11.LocalProtocolError as exc:
+                raise HttpRequestError(f"cannot send GET {target!r}: {exc}") from None
+            except (OSError, h11.RemoteProtocolError) as exc:
                 raise HttpConnectionError(f"{type(exc).__name__}: {exc}") from None
-            if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-                conn.h11.start_next_cycle()
-                self._idle.append(conn)
-            else:
-                conn.close()
-            return response
 
     async def aclose(self) -> None:
         while self._idle:
