@@ -3,17 +3,21 @@ contract, naming the failing index and field. No I/O.
 
 An event passes only if the bytes the gateway will publish pass ingest's own rules (the
 contract model, the size limit and `shared.validation.has_nul`), so nothing answered 202 is
-dead-lettered for its content.
+dead-lettered for its content. Two events of a batch with one `event_id` must be the same
+bytes: JetStream keeps only the first of them (`Nats-Msg-Id`), so a different second one
+would be lost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import takewhile
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
+from services.ingest.json_depth import deepest
 from shared.events import MAX_EVENT_BYTES, Event, is_valid_name
 from shared.subjects import Subjects
 from shared.validation import NUL_REFUSED, has_nul, nul_field
@@ -87,6 +91,26 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts) or "event"
 
 
+#: The envelope's fields that hold the contract's own fields (`execution.tool_calls`).
+_BODIES = frozenset({"execution", "component"})
+
+
+def _too_deep(index: int, raw: dict[str, Any]) -> FieldError:
+    """Name the contract field holding the deepest nesting (`execution.tool_calls`, `source`),
+    not the path down into its own JSON."""
+    depth, path = deepest(raw)
+    head = path[:2] if path and path[0] in _BODIES else path[:1]
+    keys = tuple(takewhile(lambda part: isinstance(part, str), head))
+    return FieldError(index, _loc(keys), f"JSON nested {depth} levels deep, too deep to ingest")
+
+
+def _is_too_deep(error: ValidationError) -> bool:
+    """Whether pydantic refused the payload for its nesting (it reads fewer levels than orjson)."""
+    return any(
+        e["type"] == "json_invalid" and "recursion limit" in e["msg"] for e in error.errors()
+    )
+
+
 def check_event(
     index: int, raw: Any, org: str, subjects: Subjects
 ) -> tuple[Outgoing | None, list[FieldError]]:
@@ -95,19 +119,26 @@ def check_event(
         return None, [FieldError(index, "event", "must be a JSON object")]
     raw.setdefault("org", org)
     # Measured and checked as published: with the org the key added.
-    payload = orjson.dumps(raw)
+    try:
+        payload = orjson.dumps(raw)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels but writes 254; from what it read, depth is all that fails.
+        return None, [_too_deep(index, raw)]
     if len(payload) > MAX_EVENT_BYTES:
         return None, [
             FieldError(index, "event", f"{len(payload)} bytes as published > {MAX_EVENT_BYTES}")
         ]
     errors: list[FieldError] = []
-    if str(raw.get("type", "")).startswith("component_") and "agent_name" not in raw:
+    # `null` too: the model allows it (over NATS the subject names the agent), the gateway not.
+    if str(raw.get("type", "")).startswith("component_") and raw.get("agent_name") is None:
         errors.append(
             FieldError(index, "agent_name", "component events name the agent that ran the step")
         )
     try:
         event = Event.model_validate_json(payload)
     except ValidationError as exc:
+        if _is_too_deep(exc):
+            return None, [*errors, _too_deep(index, raw)]
         errors += [FieldError(index, _loc(e["loc"]), e["msg"]) for e in exc.errors()]
         return None, errors
     if errors:
@@ -119,6 +150,8 @@ def check_event(
 
 def check_batch(items: list[Any], org: str, subjects: Subjects) -> Checked:
     checked = Checked()
+    # event_id -> (index, payload) of its first event; the org is the key's for all of them.
+    first: dict[str, tuple[int, bytes]] = {}
     for index, raw in enumerate(items):
         claimed = raw.get("org") if isinstance(raw, dict) else None
         # Only a real org name is "another org"; null or a malformed name is invalid (422).
@@ -129,6 +162,19 @@ def check_batch(items: list[Any], org: str, subjects: Subjects) -> Checked:
             continue
         outgoing, errors = check_event(index, raw, org, subjects)
         checked.errors += errors
-        if outgoing is not None:
-            checked.events.append(outgoing)
+        if outgoing is None:
+            continue
+        earlier, payload = first.setdefault(outgoing.event.event_id, (index, outgoing.payload))
+        if payload != outgoing.payload:
+            checked.errors.append(
+                FieldError(
+                    index,
+                    "event_id",
+                    f"event {earlier} has this event_id with other content; only one would "
+                    "be kept (give each event its own event_id, or send the same bytes)",
+                )
+            )
+            continue
+        # A byte-identical repeat is a retry: published, and answered as a duplicate.
+        checked.events.append(outgoing)
     return checked

@@ -41,7 +41,9 @@ _HEADERS = {
             "type": "string",
             "description": "`<org>:<event_id>`: JetStream drops repeats inside its "
             "duplicate window, so re-sending after a lost ack is safe. The org prefix keeps "
-            "one org's ids from hiding another's (the bare event_id is still accepted).",
+            "one org's ids from hiding another's (the bare event_id is still accepted). "
+            "An event_id with a control character or whitespace at either end (which a header "
+            "value loses) is sent as `<org>:sha256:<hex of its UTF-8>`.",
         }
     },
 }

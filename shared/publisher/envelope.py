@@ -7,6 +7,7 @@ check that everything built here validates against `shared.events.Event`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import uuid
@@ -27,9 +28,14 @@ def dedupe_id(org: str, event_id: str) -> str:
 
     JetStream drops a repeated id across the whole stream, and event ids are unique per org
     only (ingest keys them so): a bare event_id would let one org's event hide another's
-    for the duplicate window.
+    for the duplicate window. An id a header cannot carry as it is (nats-py strips header
+    values and turns CR/LF into spaces, so `e1` and `e1 ` would be one id, and the second
+    event would be dropped as a repeat) is sent as `sha256:` and the hex digest of its UTF-8.
     """
-    return f"{org}:{event_id}"
+    # Printable (no control character) and no whitespace at either end: kept as it is.
+    if event_id.isprintable() and event_id[:1].strip() and event_id[-1:].strip():
+        return f"{org}:{event_id}"
+    return f"{org}:sha256:{hashlib.sha256(event_id.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from shared.events import MAX_LOG, MAX_TEXT, Event
 from shared.publisher import Fleet
 from shared.publisher.checks import checked
-from shared.publisher.envelope import OutgoingEvent, iso, new_event_id
+from shared.publisher.envelope import OutgoingEvent, dedupe_id, iso, new_event_id
 from shared.publisher.fit import fit_text
 
 
@@ -101,3 +101,19 @@ def test_times_are_rfc3339_utc_with_z() -> None:
 def test_event_ids_are_unique() -> None:
     ids = {new_event_id() for _ in range(10_000)}
     assert len(ids) == 10_000
+
+
+def test_dedupe_ids_stay_distinct_through_a_nats_header() -> None:
+    """A header value loses surrounding whitespace and CR/LF; ids it would merge are hashed,
+    everything else is `<org>:<event_id>` as before."""
+    assert dedupe_id("acme", "e1") == "acme:e1"
+    assert dedupe_id("acme", "a b") == "acme:a b"
+    assert dedupe_id("acme", "漢字") == "acme:漢字"
+    odd = ["e1 ", " e1", "a\nb", "a\r\nb", "a\tb", "x\x00", "x\u2003"]
+    ids = [dedupe_id("acme", event_id) for event_id in odd]
+    assert len(set(ids)) == len(odd)
+    for value in ids:
+        assert value.startswith("acme:sha256:")
+        assert value == value.strip()
+        assert value.isprintable()
+    assert dedupe_id("acme", "e1 ") == dedupe_id("acme", "e1 ")  # deterministic
