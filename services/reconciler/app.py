@@ -82,6 +82,8 @@ async def build_reconciler(
         policy_from(settings),
         metrics=metrics,
         concurrency=settings.concurrency,
+        breaker_threshold=settings.engine_error_breaker,
+        engine_pass_timeout_s=settings.engine_pass_timeout_seconds,
         lookback=timedelta(seconds=settings.lookback_seconds),
         component_window=timedelta(seconds=settings.component_sync_window_seconds),
         component_engines=[settings.temporal_engine_name] if settings.temporal_address else [],

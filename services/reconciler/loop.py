@@ -16,6 +16,7 @@ from cachetools import TTLCache
 from pydantic import ValidationError
 
 from services.reconciler import repo
+from services.reconciler.breaker import Breaker
 from services.reconciler.corrections import component_events, execution_event
 from services.reconciler.engines import Engine, EngineError, EngineRun
 from services.reconciler.leader import LeaderLock
@@ -90,6 +91,8 @@ class Reconciler:
         *,
         metrics: ReconcilerMetrics | None = None,
         concurrency: int = 64,
+        breaker_threshold: int = 10,
+        engine_pass_timeout_s: float = 120.0,
         lookback: timedelta = timedelta(hours=1),
         component_window: timedelta = timedelta(hours=1),
         component_engines: Sequence[str] = (),
@@ -99,7 +102,10 @@ class Reconciler:
         self.publisher = publisher
         self.policy = policy
         self.metrics = metrics or ReconcilerMetrics()
-        self._limit = asyncio.Semaphore(concurrency)
+        #: Lookups at once, per engine (a slow engine does not take the others' turns).
+        self._limits = {name: asyncio.Semaphore(concurrency) for name in self.engines}
+        self.breaker_threshold = breaker_threshold
+        self.engine_pass_timeout_s = engine_pass_timeout_s
         self.lookback = lookback
         self.component_window = component_window
         self.component_engines = tuple(component_engines)
@@ -110,36 +116,55 @@ class Reconciler:
             maxsize=100_000, ttl=max(component_window.total_seconds(), 1.0)
         )
 
-    async def _lookup(self, row: Row) -> Lookup:
+    async def _lookup(self, row: Row, breaker: Breaker) -> Lookup:
         engine = self.engines[row.engine or ""]
         assert row.external_id is not None
-        async with self._limit:
+        async with self._limits[row.engine or ""]:
+            if breaker.open:
+                return Lookup(run=None, error=breaker.reason(engine.name))
             try:
-                return Lookup(run=await engine.get_run(row.external_id))
+                found = Lookup(run=await engine.get_run(row.external_id))
             except EngineError as exc:
                 self.metrics.engine_errors.labels(engine.name).inc()
-                return Lookup(run=None, error=str(exc))
+                found = Lookup(run=None, error=str(exc))
             except Exception as exc:  # an adapter bug must not stop the pass
                 self.metrics.engine_errors.labels(engine.name).inc()
                 log.exception("engine %s failed on %s", engine.name, row.external_id)
-                return Lookup(run=None, error=f"{type(exc).__name__}: {exc}")
+                found = Lookup(run=None, error=f"{type(exc).__name__}: {exc}")
+            breaker.record(found.error)
+            return found
 
     async def _lookups(
         self, rows: Sequence[Row], now: datetime, progress: Progress | None
     ) -> dict[tuple[str, str], Lookup]:
+        """Each engine's rows on their own (own concurrency, breaker and time limit), so one
+        engine that does not answer delays the others' corrections by at most the limit."""
         todo = [r for r in rows if needs_lookup(r, now, self.policy)]
+        by_engine: defaultdict[str, list[Row]] = defaultdict(list)
+        for row in todo:
+            by_engine[row.engine or ""].append(row)
         found: dict[tuple[str, str], Lookup] = {}
         done = 0
 
-        async def one(row: Row) -> None:
+        async def one(row: Row, breaker: Breaker) -> None:
             nonlocal done
-            found[(row.org, row.id)] = await self._lookup(row)
+            found[(row.org, row.id)] = await self._lookup(row, breaker)
             self.metrics.runs_checked.labels(row.engine or "").inc()
             done += 1
             if progress is not None:
                 progress(done, len(todo))
 
-        await asyncio.gather(*(one(r) for r in todo))
+        async def engine_pass(name: str, engine_rows: list[Row]) -> None:
+            breaker = Breaker(self.breaker_threshold)
+            try:
+                async with asyncio.timeout(self.engine_pass_timeout_s):
+                    await asyncio.gather(*(one(row, breaker) for row in engine_rows))
+            except TimeoutError:
+                late = f"not checked: {name} took over {self.engine_pass_timeout_s:g} s this pass"
+                for row in engine_rows:
+                    found.setdefault((row.org, row.id), Lookup(run=None, error=late))
+
+        await asyncio.gather(*(engine_pass(n, rs) for n, rs in by_engine.items()))
         return found
 
     async def _listed(

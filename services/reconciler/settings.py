@@ -53,6 +53,11 @@ class ReconcilerSettings(CommonSettings):
     #: How far back engines are listed for runs we have no row for.
     lookback_seconds: float = Field(default=3600.0, gt=0)
     concurrency: int = Field(default=64, ge=1, le=10_000)
+    #: After this many lookups in a row failed, an engine's other lookups of the pass are
+    #: reported as engine errors without being made (0: never).
+    engine_error_breaker: int = Field(default=10, ge=0)
+    #: An engine's lookups of one pass stop after this long; the rest are reported unchecked.
+    engine_pass_timeout_seconds: float = Field(default=120.0, gt=0)
     leader_lock_key: int = 0x666C_7774  # "flwt"; the subject prefix is mixed in
     #: A leader cut off from Postgres loses the lock within this long (see leader.py).
     leader_lease_seconds: float = Field(default=30.0, gt=0)
