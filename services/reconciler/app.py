@@ -69,7 +69,12 @@ async def build_reconciler(
         js = nc.jetstream()
         await ensure_streams(js, settings)
         publisher = EventPublisher(js, settings.subjects)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=4,
+        command_timeout=settings.db_timeout_seconds,
+    )
     try:
         engines = await build_engines(settings)
     except BaseException:

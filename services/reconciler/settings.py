@@ -58,6 +58,9 @@ class ReconcilerSettings(CommonSettings):
     engine_error_breaker: int = Field(default=10, ge=0)
     #: An engine's lookups of one pass stop after this long; the rest are reported unchecked.
     engine_pass_timeout_seconds: float = Field(default=120.0, gt=0)
+    #: A query to Postgres that has not answered after this long is abandoned and the pass
+    #: fails (the next one retries), instead of hanging while the database does not answer.
+    db_timeout_seconds: float = Field(default=30.0, gt=0)
     leader_lock_key: int = 0x666C_7774  # "flwt"; the subject prefix is mixed in
     #: A leader cut off from Postgres loses the lock within this long (see leader.py).
     leader_lease_seconds: float = Field(default=30.0, gt=0)
