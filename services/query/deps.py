@@ -77,8 +77,9 @@ class Ctx:
 class Caller:
     """A caller known without a database round trip when their scope is cached (or admin).
 
-    For answers served from a cache: `connect()` opens the org-bound RLS transaction only
-    when the handler needs the database after all.
+    For answers served from a cache, and for handlers that wait on something else (a NATS
+    request, a request body): `connect()` opens the org-bound RLS transaction only for the
+    statements, so no pooled connection is held while they wait.
     """
 
     claims: Claims
@@ -88,7 +89,10 @@ class Caller:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[Ctx]:
         async with _transaction(self.state, self.claims.org) as conn:
-            yield Ctx(conn=conn, scope=self.scope, state=self.state)
+            ctx = Ctx(conn=conn, scope=self.scope, state=self.state)
+            yield ctx
+        for org in ctx.changes:  # committed: nobody can reload the old scope any more
+            self.state.forget_scopes(org)
 
 
 def get_state(request: Request) -> QueryState:

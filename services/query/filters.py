@@ -112,7 +112,8 @@ def group_params(items: Iterable[tuple[str, str]], allowed: frozenset[str]) -> d
     return grouped
 
 
-def _single(grouped: Mapping[str, Sequence[str]], name: str) -> str | None:
+def single(grouped: Mapping[str, Sequence[str]], name: str) -> str | None:
+    """The one value of a single-valued parameter (None when absent); given twice: 422."""
     values = grouped.get(name)
     if not values:
         return None
@@ -189,13 +190,13 @@ def parse_filters(grouped: Mapping[str, Sequence[str]]) -> ListFilters:
     for name, values in grouped.items():
         if len(values) > MAX_VALUES:
             raise FilterError(name, f"at most {MAX_VALUES} values")
-    start_text = _single(grouped, "start_time")
-    end_text = _single(grouped, "end_time")
+    start_text = single(grouped, "start_time")
+    end_text = single(grouped, "end_time")
     start = parse_time("start_time", start_text) if start_text is not None else None
     end = parse_time("end_time", end_text) if end_text is not None else None
     if start is not None and end is not None and end < start:
         raise FilterError("end_time", "must not be before start_time")
-    search = _single(grouped, "search")
+    search = single(grouped, "search")
     if search is not None:
         search = search.strip()
         if not search:  # dropping it would silently list everything
@@ -221,10 +222,10 @@ def parse_list_query(
     grouped = group_params(items, FILTER_PARAMS | PAGE_PARAMS | extra)
     filters = parse_filters({k: v for k, v in grouped.items() if k in FILTER_PARAMS})
     limit = parse_int(
-        "limit", _single(grouped, "limit"), default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT
+        "limit", single(grouped, "limit"), default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT
     )
-    offset = parse_int("offset", _single(grouped, "offset"), default=0, low=0, high=MAX_OFFSET)
-    cursor = _single(grouped, "cursor") or None
+    offset = parse_int("offset", single(grouped, "offset"), default=0, low=0, high=MAX_OFFSET)
+    cursor = single(grouped, "cursor") or None
     if cursor is not None and offset:
         raise FilterError("offset", "cannot be combined with cursor")
     return ListQuery(filters=filters, page=Page(limit=limit, cursor=cursor, offset=offset))

@@ -124,3 +124,39 @@ async def test_path_agent_name_lists_that_agent(client: httpx.AsyncClient) -> No
     assert body["executions"]
     assert {e["agent_name"] for e in body["executions"]} == {"a2"}
     assert body["filters_applied"]["agent_name"] == ["a2"]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/api/executions/stats", "hours=1&hours=2", "hours"),
+        ("/api/executions/timeline", "bucket=week&bucket=day", "bucket"),
+        ("/api/executions/timeline", "bucket=day&bucket=day", "bucket"),
+        ("/api/executions/timeline", "hours=1&hours=2", "hours"),
+        ("/api/executions/export", "format=xml&format=ndjson", "format"),
+        ("/api/executions/export", "format=csv&format=ndjson", "format"),
+        ("/api/workflows", "hours=1&hours=2", "hours"),
+        ("/api/projects", "hours=1&hours=2", "hours"),
+        ("/api/workflows/wf-1/stats", "hours=1&hours=96", "hours"),
+        ("/api/projects/alpha/stats", "hours=1&hours=96", "hours"),
+    ],
+)
+async def test_repeated_single_valued_parameters_are_422(
+    client: httpx.AsyncClient, path: str, query: str, field: str
+) -> None:
+    reply = await client.get(f"{path}?{query}", headers=ADMIN)
+    assert fields(reply) == [field]
+    # Given once, each is taken.
+    once = query.split("&")[-1]
+    assert (await client.get(f"{path}?{once}", headers=ADMIN)).status_code == 200, once
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [("/api/executions/timeline", "bucket="), ("/api/executions/export", "format=")],
+)
+async def test_an_empty_choice_is_422_not_the_default(
+    client: httpx.AsyncClient, path: str, query: str
+) -> None:
+    reply = await client.get(f"{path}?{query}", headers=ADMIN)
+    assert fields(reply) == [query.rstrip("=")]

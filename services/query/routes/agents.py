@@ -1,23 +1,29 @@
-"""Agent management: the caller's visible agents, their owner/display name, and shares."""
+"""Agent management: the caller's visible agents, their owner/display name, and shares.
+
+A share's user id may hold `/` (`corp/alice`): it travels percent-encoded as one path segment
+(`corp%2Falice`), and these routes match on the path as sent (`SentPathRoute`).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import ConfigDict, Field
 
 from services.query import repo
-from services.query.deps import CallerDep, Ctx
+from services.query.body import BodyModel, json_body, openapi_body
+from services.query.deps import CallerDep, Ctx, LightCallerDep
+from services.query.routes.paths import SentPathRoute
 from shared.auth import Role
 from shared.events import is_valid_name
 
-router = APIRouter(tags=["agents"])
+router = APIRouter(tags=["agents"], route_class=SentPathRoute)
 _NO_NUL = r"^[^\x00]*$"
 
 
-class AgentUpdate(BaseModel):
+class AgentUpdate(BodyModel):
     """Fields to set; those left out keep their value."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,24 +62,31 @@ async def list_agents(ctx: CallerDep) -> dict[str, Any]:
     return {"agents": agents}
 
 
-@router.put("/api/agents/{name}", summary="Set an agent's owner, display name or project")
-async def put_agent(name: str, body: AgentUpdate, ctx: CallerDep) -> dict[str, Any]:
+@router.put(
+    "/api/agents/{name}",
+    summary="Set an agent's owner, display name or project",
+    openapi_extra=openapi_body(AgentUpdate, required=True),
+)
+async def put_agent(name: str, request: Request, caller: LightCallerDep) -> dict[str, Any]:
+    """The body (`AgentUpdate`) is read only for an authenticated admin."""
     _check_name(name)
-    if ctx.scope.role is not Role.ADMIN:
+    if caller.scope.role is not Role.ADMIN:
         raise HTTPException(403, detail="only admins manage agents")
-    try:
-        row = await repo.upsert_agent(
-            ctx.conn,
-            ctx.scope.org,
-            name,
-            display_name=body.display_name,
-            owner=body.owner,
-            project=body.project,
-        )
-    except asyncpg.ForeignKeyViolationError:
-        raise HTTPException(404, detail=f"organization {ctx.scope.org!r} not found") from None
-    if body.owner is not None:
-        ctx.scopes_changed()
+    body = await json_body(request, AgentUpdate, required=True)
+    async with caller.connect() as ctx:
+        try:
+            row = await repo.upsert_agent(
+                ctx.conn,
+                ctx.scope.org,
+                name,
+                display_name=body.display_name,
+                owner=body.owner,
+                project=body.project,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise HTTPException(404, detail=f"organization {ctx.scope.org!r} not found") from None
+        if body.owner is not None:
+            ctx.scopes_changed()
     return dict(row)
 
 

@@ -8,63 +8,23 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import nats.errors
 import orjson
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import PlainTextResponse
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, Field
-from starlette.routing import Match
-from starlette.types import Scope
+from pydantic import Field
 
 from services.query import repo
-from services.query.deps import CallerDep, Ctx
+from services.query.body import BodyModel, json_body, openapi_body
+from services.query.deps import Caller, CallerDep, Ctx, LightCallerDep
+from services.query.routes.paths import SentPathRoute
 from services.query.views import component, retry_counts, summary
 from shared.auth import Role
 from shared.events import Status, TerminateReply, TerminateRequest
 
 log = logging.getLogger(__name__)
-
-
-def _sent_path(scope: Scope) -> str | None:
-    """The route path with the client's percent-encoding kept, when the server passed it on
-    (ASGI `raw_path`) and it is the path being routed (not a rewritten one)."""
-    raw = scope.get("raw_path")
-    if not raw:
-        return None
-    try:
-        sent = bytes(raw).split(b"?", 1)[0].decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and sent.startswith(root) and path.startswith(root):
-        sent, path = sent[len(root) :], path[len(root) :]
-    return sent if unquote(sent) == path else None
-
-
-class SentPathRoute(APIRoute):
-    """Matches on the path as sent, so `%2F` inside an id stays inside its one segment.
-
-    Starlette routes the decoded path, where `/api/executions/wf%2Frun-1/log` would read as
-    the execution `wf` with extra segments (404), and `.../a%2Flog` as the log of `a`.
-    """
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        sent = _sent_path(scope)
-        if sent is None:
-            return super().matches(scope)
-        match, child = super().matches({**scope, "path": sent, "root_path": ""})
-        if match is not Match.NONE:
-            params = dict(child["path_params"])
-            for name in self.param_convertors:
-                params[name] = unquote(params[name])
-            child["path_params"] = params
-        return match, child
-
-
 router = APIRouter(tags=["executions"], route_class=SentPathRoute)
 
 _TERMINAL = frozenset({Status.SUCCESS.value, Status.FAILED.value, Status.CANCELLED.value})
@@ -89,17 +49,21 @@ async def _visible(ctx: Ctx, execution_id: str) -> Any:
     return row
 
 
-async def _ask_reconciler(ctx: Ctx, execution_id: str) -> bool:
-    """Ask the reconciler to fetch an engine run's steps; any failure is only a missed chance."""
-    nc = ctx.state.nats
+async def _ask_reconciler(caller: Caller, execution_id: str) -> bool:
+    """Ask the reconciler to fetch an engine run's steps; any failure is only a missed chance.
+
+    Called with no connection held: the wait (up to `sync_timeout_s`) must not keep a pooled
+    connection and its transaction from the other requests.
+    """
+    nc = caller.state.nats
     if nc is None or not nc.is_connected:
         return False
-    payload = orjson.dumps({"org": ctx.scope.org, "execution_id": execution_id})
+    payload = orjson.dumps({"org": caller.scope.org, "execution_id": execution_id})
     try:
         await nc.request(
-            ctx.state.settings.subjects.sync_components(),
+            caller.state.settings.subjects.sync_components(),
             payload,
-            timeout=ctx.state.settings.sync_timeout_s,
+            timeout=caller.state.settings.sync_timeout_s,
         )
     except (nats.errors.Error, TimeoutError) as exc:
         log.debug("component sync for %s skipped: %r", execution_id, exc)
@@ -108,25 +72,28 @@ async def _ask_reconciler(ctx: Ctx, execution_id: str) -> bool:
 
 
 @router.get("/api/executions/{execution_id}", summary="One execution with its steps")
-async def execution_detail(execution_id: str, ctx: CallerDep) -> dict[str, Any]:
-    row = await _visible(ctx, execution_id)
-    org = ctx.scope.org
-    parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
-    engine_run = bool(row["engine"] and row["external_id"])
-    if not parts and engine_run and await _ask_reconciler(ctx, execution_id):
+async def execution_detail(execution_id: str, caller: LightCallerDep) -> dict[str, Any]:
+    org = caller.scope.org
+    async with caller.connect() as ctx:
+        row = await _visible(ctx, execution_id)
         parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
-    children = [
-        summary(r)
-        for r in await repo.children(ctx.conn, org, execution_id)
-        if ctx.scope.allows(r["agent_name"])
-    ]
+        children = [
+            summary(r)
+            for r in await repo.children(ctx.conn, org, execution_id)
+            if ctx.scope.allows(r["agent_name"])
+        ]
+    engine_run = bool(row["engine"] and row["external_id"])
+    if not parts and engine_run and await _ask_reconciler(caller, execution_id):
+        # A fresh transaction sees what the reconciler's events made ingest commit meanwhile.
+        async with caller.connect() as ctx:
+            parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
     detail = dict(row)
     detail.update(
         components=parts,
         retries=retry_counts(parts),
         children=children,
         log_url=f"/api/executions/{quote(execution_id, safe='')}/log" if row["has_log"] else None,
-        engine_url=engine_url(ctx.state.settings.engine_urls, row["engine"], row["external_id"]),
+        engine_url=engine_url(caller.state.settings.engine_urls, row["engine"], row["external_id"]),
     )
     return detail
 
@@ -157,37 +124,45 @@ async def execution_log(execution_id: str, ctx: CallerDep) -> PlainTextResponse:
     return PlainTextResponse(row["execution_log"])
 
 
-class TerminateBody(BaseModel):
+class TerminateBody(BodyModel):
     reason: str | None = Field(default=None, max_length=500)
 
 
-@router.post("/api/executions/{execution_id}/terminate", summary="Ask the agent to stop it")
-async def terminate(
-    execution_id: str, ctx: CallerDep, body: TerminateBody | None = None
-) -> dict[str, Any]:
-    """Sends the terminate command; the agent later publishes `execution_cancelled`."""
-    row = await _visible(ctx, execution_id)
-    metrics = ctx.state.metrics.terminate
-    if ctx.scope.role is Role.CLIENT:
+@router.post(
+    "/api/executions/{execution_id}/terminate",
+    summary="Ask the agent to stop it",
+    openapi_extra=openapi_body(TerminateBody, required=False),
+)
+async def terminate(execution_id: str, request: Request, caller: LightCallerDep) -> dict[str, Any]:
+    """Sends the terminate command; the agent later publishes `execution_cancelled`.
+
+    The body (`TerminateBody`, optional) is read once the caller is authenticated, and the
+    row is checked in a short transaction: no connection is held while the agent answers.
+    """
+    body = await json_body(request, TerminateBody, required=False)
+    async with caller.connect() as ctx:
+        row = await _visible(ctx, execution_id)
+    metrics = caller.state.metrics.terminate
+    if caller.scope.role is Role.CLIENT:
         raise HTTPException(403, detail="clients may not terminate executions")
     if row["status"] in _TERMINAL:
         metrics.labels("already_finished").inc()
         raise HTTPException(409, detail=f"execution already {row['status']}")
-    nc = ctx.state.nats
+    nc = caller.state.nats
     if nc is None or not nc.is_connected:
         metrics.labels("no_broker").inc()
         raise HTTPException(503, detail="agent unreachable: message broker unavailable")
-    request = TerminateRequest(
+    command = TerminateRequest(
         execution_id=execution_id,
-        requested_by=ctx.scope.user,
+        requested_by=caller.scope.user,
         reason=body.reason if body else None,
     )
-    subject = ctx.state.settings.subjects.terminate(ctx.scope.org, row["agent_name"])
+    subject = caller.state.settings.subjects.terminate(caller.scope.org, row["agent_name"])
     try:
         msg = await nc.request(
             subject,
-            request.model_dump_json().encode(),
-            timeout=ctx.state.settings.terminate_timeout_s,
+            command.model_dump_json().encode(),
+            timeout=caller.state.settings.terminate_timeout_s,
         )
     except nats.errors.NoRespondersError:
         metrics.labels("unreachable").inc()

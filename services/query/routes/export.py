@@ -15,7 +15,13 @@ from fastapi.responses import StreamingResponse
 
 from services.query import repo
 from services.query.deps import Ctx, StreamCallerDep, require_agent_visible, require_fleet_wide
-from services.query.filters import FilterError, ListFilters, parse_filter_items, search_pattern
+from services.query.filters import (
+    FilterError,
+    ListFilters,
+    parse_filter_items,
+    search_pattern,
+    single,
+)
 from services.query.search import search_candidates
 from services.query.where import among, filtered
 
@@ -49,15 +55,25 @@ COLUMNS = (
 _MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
 
+#: A CSV cell starting with one of these is read as a formula by spreadsheet programs
+#: (`=HYPERLINK(...)` in a message would run when the export is opened): OWASP's advice is
+#: to prefix it with `'`, which the spreadsheet shows as text. NDJSON keeps values as they are.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
     return "" if value is None else value
 
 
 def csv_chunk(rows: list[dict[str, Any]], *, header: bool) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # RFC 4180's CRLF: the writer quotes a cell holding any character of the terminator, so a
+    # lone CR in a cell (which readers take for a line end) is quoted too.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     if header:
         writer.writerow(COLUMNS)
     writer.writerows([_cell(row[c]) for c in COLUMNS] for row in rows)
@@ -119,7 +135,8 @@ async def export(
     filters, extra = parse_filter_items(
         request.query_params.multi_items(), extra=frozenset({"format"})
     )
-    fmt = (extra.get("format") or ["csv"])[-1]
+    fmt = single(extra, "format")
+    fmt = "csv" if fmt is None else fmt
     if fmt not in _MEDIA:
         raise FilterError("format", "must be csv or ndjson")
     for name in filters.agent_name:

@@ -25,22 +25,22 @@ from services.query.filters import (
     group_params,
     parse_filter_items,
     parse_filters,
+    single,
 )
 from services.query.filters import parse_int as parse_bounded
+from services.query.routes.paths import SentPathRoute
 from services.query.stats import Bucket, fill_timeline, fold_stats
 from services.query.views import json_bytes, summary
 from services.query.where import filtered
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["statistics"])
+#: One workflow's or project's stats: a name may hold `/` (`team/etl`), sent percent-encoded
+#: as one segment (`team%2Fetl`), so these routes match on the path as sent.
+named = APIRouter(tags=["statistics"], route_class=SentPathRoute)
 
 Multi = Annotated[list[str] | None, Query()]
 One = Annotated[str | None, Query()]
-
-
-def _last(grouped: dict[str, list[str]], name: str) -> str | None:
-    values = grouped.get(name)
-    return values[-1] if values else None
 
 
 def _window(hours: int) -> datetime:
@@ -80,7 +80,7 @@ async def stats(
     # Only these two: any other name (a filter the stats cannot apply) is a 422 naming it.
     grouped = group_params(request.query_params.multi_items(), frozenset({"agent_name", "hours"}))
     filters = parse_filters({k: v for k, v in grouped.items() if k == "agent_name"})
-    hours_value = parse_bounded("hours", _last(grouped, "hours"), default=24, low=1, high=168)
+    hours_value = parse_bounded("hours", single(grouped, "hours"), default=24, low=1, high=168)
     for name in filters.agent_name:
         require_agent_visible(caller, name)
     key = (caller.scope.cache_key, hours_value, tuple(sorted(filters.agent_name)))
@@ -150,8 +150,9 @@ async def timeline(
     filters, extra = parse_filter_items(
         request.query_params.multi_items(), extra=frozenset({"hours", "bucket"})
     )
-    hours_value = parse_bounded("hours", _last(extra, "hours"), default=24, low=1, high=720)
-    bucket_value = (extra.get("bucket") or ["hour"])[-1]
+    hours_value = parse_bounded("hours", single(extra, "hours"), default=24, low=1, high=720)
+    bucket_value = single(extra, "bucket")
+    bucket_value = "hour" if bucket_value is None else bucket_value
     if bucket_value not in ("hour", "day"):
         raise FilterError("bucket", "must be hour or day")
     for name in filters.agent_name:
@@ -208,7 +209,7 @@ async def _group_detail(ctx: Ctx, key: str, name: str, hours: int | None) -> dic
 
 
 def _hours(request: Request) -> int | None:
-    raw = _last(group_params(request.query_params.multi_items(), frozenset({"hours"})), "hours")
+    raw = single(group_params(request.query_params.multi_items(), frozenset({"hours"})), "hours")
     return None if raw is None else parse_bounded("hours", raw, default=0, low=1, high=24 * 400)
 
 
@@ -230,7 +231,7 @@ async def workflows(request: Request, ctx: CallerDep, hours: HoursParam = None) 
     return await _group_list(ctx, request, "workflow")
 
 
-@router.get("/api/workflows/{name}/stats", summary="One workflow's statistics")
+@named.get("/api/workflows/{name}/stats", summary="One workflow's statistics")
 async def workflow_stats(
     name: str, request: Request, ctx: CallerDep, hours: HoursParam = None
 ) -> dict[str, Any]:
@@ -243,9 +244,12 @@ async def projects(request: Request, ctx: CallerDep, hours: HoursParam = None) -
     return await _group_list(ctx, request, "project")
 
 
-@router.get("/api/projects/{name}/stats", summary="One project's statistics")
+@named.get("/api/projects/{name}/stats", summary="One project's statistics")
 async def project_stats(
     name: str, request: Request, ctx: CallerDep, hours: HoursParam = None
 ) -> dict[str, Any]:
     require_fleet_wide(ctx)
     return await _group_detail(ctx, "project", name, _hours(request))
+
+
+router.include_router(named)
