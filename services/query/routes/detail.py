@@ -174,6 +174,11 @@ async def terminate(execution_id: str, request: Request, caller: LightCallerDep)
         raise HTTPException(
             504, detail=f"agent unreachable: {row['agent_name']!r} did not answer in time"
         ) from None
+    except nats.errors.Error as exc:  # the connection dropped, the buffer is full, ...
+        metrics.labels("no_broker").inc()
+        raise HTTPException(
+            503, detail=f"agent unreachable: message broker error ({type(exc).__name__})"
+        ) from None
     try:
         reply = TerminateReply.model_validate_json(msg.data)
     except ValueError:
