@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import nats
 import orjson
 import pytest_asyncio
 from fastapi import FastAPI
@@ -21,22 +20,7 @@ from shared.events import EventType
 from shared.publisher.envelope import component_event, execution_event
 from shared.settings import CommonSettings
 from shared.subjects import Subjects
-from tests.publisher.conftest import make_streams, stream_messages
-
-
-@pytest_asyncio.fixture
-async def streams(nats_url: str, subjects: Subjects) -> Subjects:
-    await make_streams(nats_url, subjects)
-    return subjects
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
+from tests.publisher.conftest import stream_messages
 
 
 @pytest_asyncio.fixture
