@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Annotated, Protocol
 
 import jwt
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from shared.events import NAME_PATTERN
 
@@ -24,12 +24,20 @@ class Role(StrEnum):
     CLIENT = "client"
 
 
+def _storable(text: str) -> str:
+    """Refuse what Postgres text cannot hold (NUL, a lone surrogate) and control characters:
+    the subject is compared with stored user names and written to audit rows."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
+        raise ValueError("must not contain control characters or lone surrogates")
+    return text
+
+
 class Claims(BaseModel):
     """Who is calling: the subject, their organization and role."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    sub: Annotated[str, Field(min_length=1, max_length=200)]
+    sub: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
     org: Annotated[str, Field(pattern=NAME_PATTERN)]
     role: Role
     exp: int

@@ -49,6 +49,13 @@ def _bad_tokens(org: str) -> dict[str, str]:
         ),
         "tampered": f"{head}.{_b64(orjson.dumps(other_org))}.{sig}",
         "garbage": "not-a-jwt",
+        # Well signed, but a subject Postgres cannot compare with (was a 500).
+        "nul_subject": jwt.encode(
+            {"sub": "u\x001", "org": org, "role": "admin", "exp": exp}, SECRET, algorithm="HS256"
+        ),
+        "surrogate_subject": jwt.encode(
+            {"sub": "u\ud8001", "org": org, "role": "user", "exp": exp}, SECRET, algorithm="HS256"
+        ),
     }
 
 
@@ -82,7 +89,17 @@ async def seeded(database_url: str) -> tuple[str, str, str]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["expired", "unsigned", "wrong_algorithm", "wrong_secret", "tampered", "garbage"]
+    "kind",
+    [
+        "expired",
+        "unsigned",
+        "wrong_algorithm",
+        "wrong_secret",
+        "tampered",
+        "garbage",
+        "nul_subject",
+        "surrogate_subject",
+    ],
 )
 async def test_bad_tokens_are_refused(query: str, kind: str) -> None:
     token = _bad_tokens("acme")[kind]
