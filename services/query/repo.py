@@ -71,7 +71,8 @@ ORDER BY started_at NULLS LAST, node_id, attempt
 """
 CHILDREN = """
 SELECT {columns} FROM executions
-WHERE org = $1 AND parent_execution_id = $2 ORDER BY sort_at, id LIMIT 500
+WHERE org = $1 AND parent_execution_id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))
+ORDER BY sort_at, id LIMIT 500
 """
 LOG = "SELECT agent_name, execution_log FROM executions WHERE org = $1 AND id = $2"
 
@@ -214,8 +215,13 @@ async def components(conn: asyncpg.Connection, org: str, execution_id: str) -> l
     return list(await conn.fetch(COMPONENTS, org, execution_id))
 
 
-async def children(conn: asyncpg.Connection, org: str, execution_id: str) -> list[asyncpg.Record]:
-    return list(await conn.fetch(CHILDREN.format(columns=SUMMARY_COLUMNS), org, execution_id))
+async def children(
+    conn: asyncpg.Connection, org: str, execution_id: str, agents: frozenset[str] | None
+) -> list[asyncpg.Record]:
+    """The first 500 children the caller may see (`agents` None: every agent of the org)."""
+    visible = None if agents is None else sorted(agents)
+    sql = CHILDREN.format(columns=SUMMARY_COLUMNS)
+    return list(await conn.fetch(sql, org, execution_id, visible))
 
 
 async def execution_log(

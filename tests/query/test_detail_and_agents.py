@@ -116,6 +116,31 @@ async def test_detail_has_steps_retry_classes_and_visible_children(
     assert (await client.get("/api/executions/parent", headers=OTHER)).status_code == 404
 
 
+async def test_children_the_caller_may_not_see_do_not_crowd_out_those_they_may(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    # 500 children by "hidden" come first in the children's order; "worker"'s one comes last.
+    now = datetime.now(UTC)
+    crowd = make_rows(ORG, ("hidden",), 500, seed=6)
+    for i, row in enumerate(crowd):
+        row.update(
+            id=f"crowd-{i}", parent_execution_id="crowded", started_at=now - timedelta(days=2)
+        )
+    parent, mine = make_rows(ORG, ("worker",), 2, seed=7)
+    parent.update(id="crowded")
+    mine.update(id="crowd-visible", parent_execution_id="crowded", started_at=now)
+    conn = await connect(database_url)
+    try:
+        await insert(conn, [parent, mine, *crowd])
+    finally:
+        await conn.close()
+    owner = (await client.get("/api/executions/crowded", headers=OWNER)).json()
+    assert [c["id"] for c in owner["children"]] == ["crowd-visible"]
+    admin = (await client.get("/api/executions/crowded", headers=ADMIN)).json()
+    assert len(admin["children"]) == 500  # the first 500 in order: the crowd
+    assert "crowd-visible" not in {c["id"] for c in admin["children"]}
+
+
 async def test_detail_asks_reconciler_for_missing_engine_steps(
     client: httpx.AsyncClient, nats_url: str, subjects: Subjects
 ) -> None:

@@ -78,9 +78,7 @@ async def execution_detail(execution_id: str, caller: LightCallerDep) -> dict[st
         row = await _visible(ctx, execution_id)
         parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
         children = [
-            summary(r)
-            for r in await repo.children(ctx.conn, org, execution_id)
-            if ctx.scope.allows(r["agent_name"])
+            summary(r) for r in await repo.children(ctx.conn, org, execution_id, ctx.scope.agents)
         ]
     engine_run = bool(row["engine"] and row["external_id"])
     if not parts and engine_run and await _ask_reconciler(caller, execution_id):
