@@ -28,6 +28,7 @@ from services.ingest.settings import IngestSettings
 from shared.db import create_pool
 from shared.faststream_compat import (
     patch_fetch_takes_delivered,
+    patch_next_msg_takes_queued,
     patch_pull_timeout,
     take_delivered,
 )
@@ -69,6 +70,7 @@ async def _connect_pool(settings: IngestSettings) -> asyncpg.Pool:
 def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBroker:
     patch_pull_timeout()
     patch_fetch_takes_delivered()
+    patch_next_msg_takes_queued()
     broker = NatsBroker(
         settings.nats_url,
         graceful_timeout=30.0,

@@ -8,10 +8,12 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
@@ -57,9 +59,20 @@ async def one_event_per_execution(
 
 
 def unpatched_fetch() -> Fetch:
-    """nats-py's own fetch, even when shared/faststream_compat has wrapped it."""
+    """nats-py's own fetch, and its own `next_msg` under it, even when
+    shared/faststream_compat has wrapped them (in this process, for the duration of a call)."""
     fetch = JetStreamContext.PullSubscription.fetch
-    return getattr(fetch, "__wrapped__", fetch)
+    own_fetch: Fetch = getattr(fetch, "__wrapped__", fetch)
+
+    async def call(*args: Any, **kwargs: Any) -> list[Msg]:
+        patched = Subscription.next_msg
+        Subscription.next_msg = getattr(patched, "__wrapped__", patched)  # type: ignore[method-assign]
+        try:
+            return await own_fetch(*args, **kwargs)
+        finally:
+            Subscription.next_msg = patched  # type: ignore[method-assign]
+
+    return call
 
 
 async def fetch_from_busy_loop(

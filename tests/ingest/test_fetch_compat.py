@@ -13,12 +13,18 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import nats
+import nats.aio.subscription
 import pytest
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from shared.faststream_compat import patch_fetch_takes_delivered, take_delivered
+from shared.faststream_compat import (
+    patch_fetch_takes_delivered,
+    patch_next_msg_takes_queued,
+    take_delivered,
+)
 from shared.subjects import Subjects
 from tests.ingest.pulled import fetch_from_busy_loop, unpatched_fetch
 
@@ -96,3 +102,32 @@ async def test_too_short_a_window_sends_no_request(nats_url: str, subjects: Subj
         assert take_delivered(sub, 10) == []  # the server was not asked for anything
         msgs = await sub.fetch(3, timeout=1)
         assert len(msgs) == 3
+
+
+async def test_queued_messages_are_taken_without_a_task_and_timer_each(
+    nats_url: str, subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _pull(nats_url, subjects, 6) as sub:
+        first = await fetch_from_busy_loop(sub, 6, unpatched_fetch())
+        queue = sub._sub._pending_queue
+        for _ in range(250):  # the rest of the server's answer lands in the queue
+            if len(first) + queue.qsize() >= 6:
+                break
+            await asyncio.sleep(0.02)
+        assert len(first) < 6  # some wait in the queue
+        patch_next_msg_takes_queued()
+        patch_next_msg_takes_queued()  # idempotent: one wrapper
+        assert not hasattr(Subscription.next_msg.__wrapped__, "_takes_queued")  # type: ignore[attr-defined]
+
+        def no_uuid() -> None:
+            raise AssertionError("nats-py's slow path ran for a queued message")
+
+        # nats-py names every waiting task with a uuid4: the fast path makes none.
+        monkeypatch.setattr(nats.aio.subscription, "uuid4", no_uuid)
+        rest = [await sub._sub.next_msg(timeout=1) for _ in range(6 - len(first))]
+        assert [m.data for m in first + rest] == [f"{i}".encode() for i in range(6)]
+        assert sub._sub.pending_bytes == 0
+        monkeypatch.undo()
+        # An empty queue still waits, and times out as nats-py does.
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub._sub.next_msg(timeout=0.1)
