@@ -48,6 +48,7 @@ from bench.common import (
     write_result,
 )
 from services.ingest.merge import EXECUTION_FIELDS, fold
+from services.ingest.settings import IngestSettings
 from shared.db import connect
 from shared.events import Event
 from shared.migrate import migrate
@@ -62,8 +63,9 @@ ORGS = ["acme", "globex", "initech"]
 AGENTS = [f"agent-{i:02d}" for i in range(50)]
 COPY_COLUMNS = ["org", "id", "agent_name", *EXECUTION_FIELDS, "first_seen_at", "versions"]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-#: Messages per ingest batch in the throughput runs.
-BATCH_SIZE = 1000
+#: The ingest service's own defaults: messages per batch, batches in flight per process.
+BATCH_SIZE: int = IngestSettings.model_fields["batch_size"].default
+MAX_IN_FLIGHT: int = IngestSettings.model_fields["max_in_flight"].default
 
 
 def _synthetic_row(i: int, rng: random.Random) -> tuple[Any, ...]:
@@ -296,6 +298,7 @@ async def measure_ingest(
         "DATABASE_URL": url,
         "FLEETWATCH_SUBJECT_PREFIX": subjects.prefix,
         "INGEST_BATCH_SIZE": str(BATCH_SIZE),
+        "INGEST_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
         "INGEST_BATCH_TIMEOUT": "0.05",
     }
     # The backlog is on the stream before ingest starts, so publishing never limits it.
@@ -525,6 +528,7 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         "table_rows_before": table_rows,
         "batch_rows": n,
         "batch_size": BATCH_SIZE,
+        "max_in_flight": MAX_IN_FLIGHT,
         "rounds": rounds,
         "copy_rows_per_s_each_round": [round(c, 1) for c in copies],
         "copy_rows_per_s": round(copy_rate, 1),

@@ -32,13 +32,16 @@ from bench.common import (
     with_database,
     write_result,
 )
-from bench.ingest import BATCH_SIZE, DB_NAME, one_per_row, preload, started_event
+from bench.ingest import DB_NAME, one_per_row, preload, started_event
 from services.ingest.consumer import BatchConsumer
 from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
 from shared.db import create_pool
 from shared.gc_tuning import tune_for_throughput
 from shared.subjects import Subjects
+
+#: Messages per batch: fixed, so that results stay comparable across checkouts.
+BATCH_SIZE = 1000
 
 
 class _Delivered:
