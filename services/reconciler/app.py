@@ -91,6 +91,7 @@ async def build_reconciler(
         engine_pass_timeout_s=settings.engine_pass_timeout_seconds,
         lookback=timedelta(seconds=settings.lookback_seconds),
         component_window=timedelta(seconds=settings.component_sync_window_seconds),
+        on_demand_ttl=timedelta(seconds=settings.on_demand_sync_ttl_seconds),
         component_engines=[settings.temporal_engine_name] if settings.temporal_address else [],
     )
 

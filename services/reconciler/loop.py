@@ -8,7 +8,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -96,6 +96,7 @@ class Reconciler:
         lookback: timedelta = timedelta(hours=1),
         component_window: timedelta = timedelta(hours=1),
         component_engines: Sequence[str] = (),
+        on_demand_ttl: timedelta = timedelta(seconds=10),
     ) -> None:
         self.pool = pool
         self.engines = dict(engines)
@@ -114,6 +115,11 @@ class Reconciler:
         # only duplicates writes no step, so without this the same run would be fetched again.
         self._synced: TTLCache[tuple[str, str], datetime] = TTLCache(
             maxsize=100_000, ttl=max(component_window.total_seconds(), 1.0)
+        )
+        # On-demand answers, for a short while: every view of a run's detail page asks while
+        # it shows no steps, and a run with none (or an engine erring) would be fetched each time.
+        self._on_demand: TTLCache[tuple[str, str], SyncResult] = TTLCache(
+            maxsize=10_000, ttl=max(on_demand_ttl.total_seconds(), 0.001)
         )
 
     async def _lookup(self, row: Row, breaker: Breaker) -> Lookup:
@@ -278,7 +284,22 @@ class Reconciler:
         report.fixed = len(events)
 
     async def sync_components(self, org: str, execution_id: str, trigger: str) -> SyncResult:
-        """Publish one execution's steps from its engine's history (cache-aside fill)."""
+        """Publish one execution's steps from its engine's history (cache-aside fill).
+
+        On demand, the same execution is fetched at most once per `on_demand_ttl`; a repeat
+        within it gets the first answer (with nothing published again)."""
+        if trigger != "on_demand":
+            return await self._sync_components(org, execution_id, trigger)
+        key = (org, execution_id)
+        cached = self._on_demand.get(key)
+        if cached is not None:
+            self.metrics.on_demand_cached.inc()
+            return replace(cached, published=0)
+        result = await self._sync_components(org, execution_id, trigger)
+        self._on_demand[key] = result
+        return result
+
+    async def _sync_components(self, org: str, execution_id: str, trigger: str) -> SyncResult:
         async with self.pool.acquire() as conn:
             row = await repo.row_by_id(conn, org, execution_id)
         if row is None:

@@ -40,6 +40,11 @@ class ReconcilerMetrics:
             ["trigger"],
             registry=r,
         )
+        self.on_demand_cached = Counter(
+            "reconciler_on_demand_sync_cached_total",
+            "On-demand step syncs answered from the last answer for the same execution",
+            registry=r,
+        )
         self.loops = Counter(
             "reconciler_loops_total", "Reconciliation passes run", ["outcome"], registry=r
         )

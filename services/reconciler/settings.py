@@ -72,6 +72,8 @@ class ReconcilerSettings(CommonSettings):
     temporal_timeout_seconds: float = Field(default=10.0, gt=0)
     #: Background component sync of Temporal runs finished within this window.
     component_sync_window_seconds: float = Field(default=3600.0, ge=0)
+    #: An on-demand step sync of one execution is answered from the last one this long.
+    on_demand_sync_ttl_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     # Generic HTTP engine: enabled when a base URL is set.
     http_base_url: str | None = None
