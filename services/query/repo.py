@@ -101,9 +101,9 @@ AGENT = "SELECT name, display_name, owner, project FROM agents WHERE org = $1 AN
 UPSERT_AGENT = """
 INSERT INTO agents (org, name, display_name, owner, project) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (org, name) DO UPDATE SET
-    display_name = coalesce(EXCLUDED.display_name, agents.display_name),
-    owner = coalesce(EXCLUDED.owner, agents.owner),
-    project = coalesce(EXCLUDED.project, agents.project)
+    display_name = CASE WHEN $6 THEN EXCLUDED.display_name ELSE agents.display_name END,
+    owner = CASE WHEN $7 THEN EXCLUDED.owner ELSE agents.owner END,
+    project = CASE WHEN $8 THEN EXCLUDED.project ELSE agents.project END
 RETURNING name, display_name, owner, project
 """
 PUT_SHARE = """
@@ -282,8 +282,20 @@ async def upsert_agent(
     display_name: str | None,
     owner: str | None,
     project: str | None,
+    given: frozenset[str],
 ) -> asyncpg.Record:
-    row: asyncpg.Record = await conn.fetchrow(UPSERT_AGENT, org, name, display_name, owner, project)
+    """Create the agent or set the fields named in `given` (to null where their value is)."""
+    row: asyncpg.Record = await conn.fetchrow(
+        UPSERT_AGENT,
+        org,
+        name,
+        display_name,
+        owner,
+        project,
+        "display_name" in given,
+        "owner" in given,
+        "project" in given,
+    )
     return row
 
 

@@ -228,6 +228,44 @@ async def test_agent_management_and_shares(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/agents", headers=OTHER)).json()["agents"] == []
 
 
+async def test_agent_fields_sent_as_null_are_cleared_and_left_out_ones_kept(
+    client: httpx.AsyncClient,
+) -> None:
+    url = "/api/agents/spare"
+    made = await client.put(
+        url, headers=ADMIN, json={"display_name": "Spare", "owner": "uma", "project": "beta"}
+    )
+    assert made.json() == {
+        "name": "spare",
+        "display_name": "Spare",
+        "owner": "uma",
+        "project": "beta",
+    }
+    assert "spare" in {
+        a["name"] for a in (await client.get("/api/agents", headers=OWNER)).json()["agents"]
+    }
+    cleared = await client.put(url, headers=ADMIN, json={"display_name": None, "project": None})
+    assert cleared.json() == {
+        "name": "spare",
+        "display_name": None,
+        "owner": "uma",
+        "project": None,
+    }
+    kept = await client.put(url, headers=ADMIN, json={"display_name": "Spare 2"})
+    assert kept.json()["owner"] == "uma"
+    # Clearing the owner takes the agent out of the former owner's scope at once.
+    disowned = await client.put(url, headers=ADMIN, json={"owner": None})
+    assert disowned.json() == {
+        "name": "spare",
+        "display_name": "Spare 2",
+        "owner": None,
+        "project": None,
+    }
+    mine = (await client.get("/api/agents", headers=OWNER)).json()["agents"]
+    assert "spare" not in {a["name"] for a in mine}
+    assert (await client.put(url, headers=ADMIN, json={"owner": ""})).status_code == 422
+
+
 async def test_rate_limit_answers_429_with_retry_after(database_url: str, nats_url: str) -> None:
     settings = settings_for(database_url, nats_url, rate_limit_burst=3, rate_limit_per_minute=6)
     async with client_for(settings) as client:

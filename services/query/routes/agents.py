@@ -24,7 +24,7 @@ _NO_NUL = r"^[^\x00]*$"
 
 
 class AgentUpdate(BodyModel):
-    """Fields to set; those left out keep their value."""
+    """Fields to set; those left out keep their value, those sent as null are cleared."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -82,10 +82,11 @@ async def put_agent(name: str, request: Request, caller: LightCallerDep) -> dict
                 display_name=body.display_name,
                 owner=body.owner,
                 project=body.project,
+                given=frozenset(body.model_fields_set),
             )
         except asyncpg.ForeignKeyViolationError:
             raise HTTPException(404, detail=f"organization {ctx.scope.org!r} not found") from None
-        if body.owner is not None:
+        if "owner" in body.model_fields_set:
             ctx.scopes_changed()
     return dict(row)
 
