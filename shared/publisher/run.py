@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from shared.events import MAX_LOG, MAX_TEXT, EventType, RetryPolicy
+from pydantic import TypeAdapter, ValidationError
+
+from shared.events import MAX_LOG, MAX_TEXT, EventType, ExecutionFields, RetryPolicy
 from shared.publisher.checks import InvalidEventError
 from shared.publisher.envelope import component_event, execution_event, new_id, now
 from shared.publisher.fit import fit_text, scrub_nul
@@ -26,6 +28,29 @@ TerminateCallback = Callable[[str | None], Awaitable[None] | None]
 
 #: The run whose body is executing in this task, so nested runs link to it as parent.
 current_run: ContextVar[Run | None] = ContextVar("fleetwatch_current_run", default=None)
+
+
+def _adapter(name: str) -> TypeAdapter[Any]:
+    info = ExecutionFields.model_fields[name]
+    if not info.metadata:  # `Count | None`: the limits are inside the annotation
+        return TypeAdapter(info.annotation)
+    return TypeAdapter(Annotated[info.annotation, *info.metadata])
+
+
+#: Numbers the code sets on a run, checked as they are set: a negative cost or a token count
+#: that is not a whole number would otherwise make ingest dead-letter the run's last event.
+_CHECKED: dict[str, TypeAdapter[Any]] = {
+    name: _adapter(name)
+    for name in ("cost", "tokens_in", "tokens_out", "context_used", "context_max")
+}
+
+
+def _checked(name: str, value: Any) -> Any:
+    try:
+        return _CHECKED[name].validate_python(value)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise ValueError(f"Run.{name} = {value!r} refused: {reason}") from None
 
 
 def _exception_text(exc: BaseException) -> str:
@@ -97,6 +122,11 @@ class Run:
         self._attempts: dict[str, int] = {}
         self._token: Token[Run | None] | None = None
         self.finished = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if value is not None and name in _CHECKED:
+            value = _checked(name, value)
+        object.__setattr__(self, name, value)
 
     # -- what the code may call --------------------------------------------------------------
 

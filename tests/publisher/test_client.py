@@ -54,6 +54,30 @@ async def test_success_publishes_started_then_completed(
     assert event.source == "agent:ruby-agent"
 
 
+async def test_numbers_the_contract_refuses_are_refused_where_the_code_sets_them(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """Before, `cost = -3` went out unchecked (without `strict`) and ingest dead-lettered the
+    run's completed event: the run stayed `running` and the agent never knew."""
+    async with (
+        Fleet(nats_url, org=org, subjects=streams) as fleet,
+        fleet.execution("ruby-agent", message="m") as run,
+    ):
+        with pytest.raises(ValueError, match=r"Run\.cost = -3 refused: .*greater than or equal"):
+            run.cost = -3
+        with pytest.raises(ValueError, match=r"Run\.tokens_in = 1\.5 refused"):
+            run.set(tokens_in=1.5)
+        with pytest.raises(ValueError, match=r"Run\.cost = nan refused"):
+            run.set(cost=float("nan"))
+        run.set(cost=0.25, tokens_in="12")  # what the contract accepts is kept, as a number
+        run.tokens_out = None
+    messages = await stream_messages(js, streams.events_stream)
+    body = messages[-1][2]
+    assert body["type"] == "execution_completed"
+    assert (body["execution"]["cost"], body["execution"]["tokens_in"]) == (0.25, 12)
+    assert "tokens_out" not in body["execution"]
+
+
 async def test_failure_publishes_exception_type_and_message(
     nats_url: str, streams: Subjects, js: JetStreamContext, org: str
 ) -> None:
