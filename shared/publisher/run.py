@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -31,10 +31,11 @@ current_run: ContextVar[Run | None] = ContextVar("fleetwatch_current_run", defau
 
 
 def _adapter(name: str) -> TypeAdapter[Any]:
+    # `Count | None`, `Annotated[float, Field(...)] | None`: the limits are in the annotation.
     info = ExecutionFields.model_fields[name]
-    if not info.metadata:  # `Count | None`: the limits are inside the annotation
-        return TypeAdapter(info.annotation)
-    return TypeAdapter(Annotated[info.annotation, *info.metadata])
+    assert not info.metadata, name
+    adapter: TypeAdapter[Any] = TypeAdapter(info.annotation)  # type: ignore[arg-type]
+    return adapter
 
 
 #: Numbers the code sets on a run, checked as they are set: a negative cost or a token count
