@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,13 +14,17 @@ import nats
 from nats.js import JetStreamContext
 
 from services.reconciler.engines import Engine
+from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.loop import Reconciler
 from services.reconciler.publish import EventPublisher
 from services.reconciler.rules import Policy
+from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.db import create_pool
 from shared.settings import CommonSettings
 from shared.streams import ensure_streams
 from shared.subjects import Subjects
+from tests.procs import free_port
+from tests.reconciler.http_engine import EngineState, serving
 
 INSERT = """
 INSERT INTO executions (org, id, agent_name, status, engine, external_id, started_at,
@@ -93,3 +98,15 @@ async def wait_until(
         if got == want or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def http_engine(state: EngineState, **config: Any) -> AsyncIterator[HttpEngine]:
+    """An `HttpEngine` on the local test engine serving `state` (fast retries unless given)."""
+    async with serving(state, free_port()) as url:
+        options = {"status_map": DEFAULT_STATUS_MAP, "backoff_seconds": 0.01, **config}
+        adapter = HttpEngine(HttpEngineConfig(base_url=url, **options))
+        try:
+            yield adapter
+        finally:
+            await adapter.close()

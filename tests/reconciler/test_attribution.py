@@ -12,16 +12,14 @@ import nats
 import orjson
 import pytest_asyncio
 
-from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
+from services.reconciler.engines.http import HttpEngine
 from services.reconciler.loop import Reconciler
 from services.reconciler.rules import Action, Kind
-from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.events import Event
 from shared.subjects import Subjects
 from shared.validation import validate
-from tests.procs import free_port
-from tests.reconciler.helpers import insert_row, make_reconciler, stream_messages
-from tests.reconciler.http_engine import EngineState, serving
+from tests.reconciler.helpers import http_engine, insert_row, make_reconciler, stream_messages
+from tests.reconciler.http_engine import EngineState
 
 
 def _ago(seconds: float) -> str:
@@ -31,14 +29,8 @@ def _ago(seconds: float) -> str:
 @pytest_asyncio.fixture
 async def engine() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
     state = EngineState()
-    async with serving(state, free_port()) as url:
-        adapter = HttpEngine(
-            HttpEngineConfig(base_url=url, status_map=DEFAULT_STATUS_MAP, backoff_seconds=0.01)
-        )
-        try:
-            yield state, adapter
-        finally:
-            await adapter.close()
+    async with http_engine(state) as adapter:
+        yield state, adapter
 
 
 @pytest_asyncio.fixture

@@ -14,30 +14,24 @@ import pytest_asyncio
 from services.reconciler.engines import EngineError
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.rules import Action, Kind, Policy
-from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.events import Status
 from shared.subjects import Subjects
-from tests.procs import free_port, running
-from tests.reconciler.helpers import insert_row, make_reconciler, stream_messages, wait_until
-from tests.reconciler.http_engine import EngineState, serving
+from tests.procs import running
+from tests.reconciler.helpers import (
+    http_engine,
+    insert_row,
+    make_reconciler,
+    stream_messages,
+    wait_until,
+)
+from tests.reconciler.http_engine import EngineState
 
 
 @pytest_asyncio.fixture
 async def engine_state() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
     state = EngineState(slow_s=1.0)
-    async with serving(state, free_port()) as url:
-        engine = HttpEngine(
-            HttpEngineConfig(
-                base_url=url,
-                status_map=DEFAULT_STATUS_MAP,
-                timeout_seconds=0.3,
-                backoff_seconds=0.01,
-            )
-        )
-        try:
-            yield state, engine
-        finally:
-            await engine.close()
+    async with http_engine(state, timeout_seconds=0.3) as engine:
+        yield state, engine
 
 
 async def test_found_runs_map_their_status(engine_state: tuple[EngineState, HttpEngine]) -> None:

@@ -13,13 +13,11 @@ from datetime import timedelta
 import asyncpg
 import pytest_asyncio
 
-from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
+from services.reconciler.engines.http import HttpEngine
 from services.reconciler.loop import Reconciler
-from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.subjects import Subjects
-from tests.procs import free_port
-from tests.reconciler.helpers import insert_row, make_reconciler
-from tests.reconciler.http_engine import EngineState, serving
+from tests.reconciler.helpers import http_engine, insert_row, make_reconciler
+from tests.reconciler.http_engine import EngineState
 
 TTL_S = 0.5
 
@@ -27,19 +25,8 @@ TTL_S = 0.5
 @pytest_asyncio.fixture
 async def engine() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
     state = EngineState()
-    async with serving(state, free_port()) as url:
-        adapter = HttpEngine(
-            HttpEngineConfig(
-                base_url=url,
-                status_map=DEFAULT_STATUS_MAP,
-                backoff_seconds=0.01,
-                error_attempts=2,
-            )
-        )
-        try:
-            yield state, adapter
-        finally:
-            await adapter.close()
+    async with http_engine(state, error_attempts=2) as adapter:
+        yield state, adapter
 
 
 @pytest_asyncio.fixture
