@@ -14,6 +14,7 @@ deploy manifests run 2.10). `--nats-url` uses another server: Debian's 2.9.10, t
 machine, stalls pull consumers on the tail of a backlog (see the README), which measures NATS.
 
 Run: .venv/bin/python -m bench.ingest [--quick] [--reuse] [--rounds 3] [--nats-url URL]
+        [--batch-size N]
 """
 
 from __future__ import annotations
@@ -551,7 +552,8 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         "ingest_rss_mb_max_two_replicas": round(max(rss_two), 1) if rss_two else None,
         "quick": quick,
     }
-    path = write_result("ingest", result)
+    default = IngestSettings.model_fields["batch_size"].default
+    path = write_result("ingest" if default == BATCH_SIZE else f"ingest_batch{BATCH_SIZE}", result)
     print()
     print(f"| table rows before | {table_rows:,} |")
     print(f"| raw COPY (median of {rounds}) | {copy_rate:,.0f} rows/s |")
@@ -594,5 +596,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--nats-url", default=None, help="use this NATS instead of a nats-server of its own"
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"INGEST_BATCH_SIZE of the ingest processes (default: the service's, {BATCH_SIZE})",
+    )
     args = parser.parse_args()
+    BATCH_SIZE = args.batch_size
     asyncio.run(main(args.quick, args.reuse, args.rounds, args.nats_url))
