@@ -16,7 +16,7 @@ class IngestSettings(CommonSettings):
     durable: str = "ingest"
     #: Messages taken per batch, and how long to wait to fill one (seconds). Each batch holds
     #: one advisory lock per execution until it commits (see the README on the lock table).
-    batch_size: int = Field(default=2000, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     batch_timeout: float = Field(default=0.05, gt=0, le=30)
     #: JetStream redelivers a message not acked within this time (seconds).
     ack_wait: float = Field(default=10.0, gt=0)
@@ -26,8 +26,10 @@ class IngestSettings(CommonSettings):
     retry_max: float = Field(default=5.0, gt=0)
     db_pool_size: int = Field(default=4, ge=1)
     #: Batches processed at once (each in its own transaction; rows are locked per execution).
-    #: Two: Python validates one while Postgres writes the other; more only adds contention
-    #: (bench/ingest.py, 2 replicas: 4 x 1,000 gave 0.63-0.67 x COPY, 2 x 2,000 0.72-0.75 x).
+    #: Two: Python folds and encodes one while Postgres writes the other (with one, a single
+    #: process left the machine 40% idle; four only contended in Postgres). Each holds up to
+    #: batch_size advisory locks: replicas x max_in_flight x batch_size must fit Postgres's
+    #: lock table.
     max_in_flight: int = Field(default=2, ge=1, le=16)
     lag_poll_interval: float = Field(default=5.0, gt=0)
     #: How often the running/stuck gauges are read from Postgres (seconds).
