@@ -132,10 +132,14 @@ class Run:
     # -- what the code may call --------------------------------------------------------------
 
     def set(self, **fields: Any) -> None:
-        """Set several result fields at once (`run.set(response=..., cost=...)`)."""
+        """Set several result fields at once (`run.set(response=..., cost=...)`); all or none:
+        an unknown or refused field leaves every field as it was."""
+        checked = {}
         for key, value in fields.items():
             if not hasattr(self, key) or key.startswith("_"):
                 raise AttributeError(f"Run has no field {key!r}")
+            checked[key] = _checked(key, value) if value is not None and key in _CHECKED else value
+        for key, value in checked.items():
             setattr(self, key, value)
 
     async def progress(self, **fields: Any) -> None:

@@ -66,7 +66,8 @@ async def test_numbers_the_contract_refuses_are_refused_where_the_code_sets_them
         with pytest.raises(ValueError, match=r"Run\.cost = -3 refused: .*greater than or equal"):
             run.cost = -3
         with pytest.raises(ValueError, match=r"Run\.tokens_in = 1\.5 refused"):
-            run.set(tokens_in=1.5)
+            run.set(response="kept?", tokens_in=1.5)
+        assert run.response is None  # all or none
         with pytest.raises(ValueError, match=r"Run\.cost = nan refused"):
             run.set(cost=float("nan"))
         run.set(cost=0.25, tokens_in="12")  # what the contract accepts is kept, as a number
