@@ -24,7 +24,7 @@ class Role(StrEnum):
     CLIENT = "client"
 
 
-def _storable(text: str) -> str:
+def _no_control_characters(text: str) -> str:
     """Refuse what Postgres text cannot hold (NUL, a lone surrogate) and control characters:
     the subject is compared with stored user names and written to audit rows."""
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF for ch in text):
@@ -37,7 +37,7 @@ class Claims(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    sub: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_storable)]
+    sub: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)]
     org: Annotated[str, Field(pattern=NAME_PATTERN)]
     role: Role
     exp: int

@@ -140,7 +140,7 @@ class Run:
                 raise AttributeError(f"Run has no field {key!r}")
             checked[key] = _checked(key, value) if value is not None and key in _CHECKED else value
         for key, value in checked.items():
-            setattr(self, key, value)
+            object.__setattr__(self, key, value)  # checked above
 
     async def progress(self, **fields: Any) -> None:
         """Publish `execution_progress` with the fields known so far (and any given here)."""
