@@ -65,7 +65,9 @@ AGENTS = [f"agent-{i:02d}" for i in range(50)]
 COPY_COLUMNS = ["org", "id", "agent_name", *EXECUTION_FIELDS, "first_seen_at", "versions"]
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 #: The ingest service's own defaults: messages per batch, batches in flight per process.
-BATCH_SIZE: int = IngestSettings.model_fields["batch_size"].default
+DEFAULT_BATCH_SIZE: int = IngestSettings.model_fields["batch_size"].default
+#: The batch size the throughput runs use (`--batch-size`; the default otherwise).
+BATCH_SIZE = DEFAULT_BATCH_SIZE
 MAX_IN_FLIGHT: int = IngestSettings.model_fields["max_in_flight"].default
 
 
@@ -552,8 +554,8 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         "ingest_rss_mb_max_two_replicas": round(max(rss_two), 1) if rss_two else None,
         "quick": quick,
     }
-    default = IngestSettings.model_fields["batch_size"].default
-    path = write_result("ingest" if default == BATCH_SIZE else f"ingest_batch{BATCH_SIZE}", result)
+    name = "ingest" if BATCH_SIZE == DEFAULT_BATCH_SIZE else f"ingest_batch{BATCH_SIZE}"
+    path = write_result(name, result)
     print()
     print(f"| table rows before | {table_rows:,} |")
     print(f"| raw COPY (median of {rounds}) | {copy_rate:,.0f} rows/s |")

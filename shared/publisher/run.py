@@ -47,6 +47,9 @@ _CHECKED: dict[str, TypeAdapter[Any]] = {
 
 
 def _checked(name: str, value: Any) -> Any:
+    """`value` as the contract takes it for field `name` (unchanged for unchecked fields)."""
+    if value is None or name not in _CHECKED:
+        return value
     try:
         return _CHECKED[name].validate_python(value)
     except ValidationError as exc:
@@ -125,9 +128,7 @@ class Run:
         self.finished = False
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if value is not None and name in _CHECKED:
-            value = _checked(name, value)
-        object.__setattr__(self, name, value)
+        object.__setattr__(self, name, _checked(name, value))
 
     # -- what the code may call --------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class Run:
         for key, value in fields.items():
             if not hasattr(self, key) or key.startswith("_"):
                 raise AttributeError(f"Run has no field {key!r}")
-            checked[key] = _checked(key, value) if value is not None and key in _CHECKED else value
+            checked[key] = _checked(key, value)
         for key, value in checked.items():
             object.__setattr__(self, key, value)  # checked above
 
