@@ -60,10 +60,19 @@ COMPONENT_EVENT: dict[Status, EventType] = {
 }
 
 
-def correction_event_id(org: str, execution_id: str, what: str) -> str:
-    """`reconcile:<org>:<execution>:<what>`, or its SHA-256 when that is longer than an id
-    may be (still deterministic, so repeats are still deduplicated)."""
-    event_id = f"reconcile:{org}:{execution_id}:{what}"
+def _id_part(text: str) -> str:
+    # An id may hold ":" itself; escaped, the parts of two corrections cannot run together
+    # into the same id (execution "a" step "b:1" against execution "a:b" step "1"). Ids
+    # without ":" or "%" are unchanged, so corrections published before keep their ids.
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+def correction_event_id(org: str, execution_id: str, *what: str | int) -> str:
+    """`reconcile:<org>:<execution>:<what>...` with `:` and `%` escaped in each part, or its
+    SHA-256 when that is longer than an id may be (still deterministic, so repeats are still
+    deduplicated)."""
+    parts = (org, execution_id, *map(str, what))
+    event_id = "reconcile:" + ":".join(map(_id_part, parts))
     if len(event_id) <= MAX_ID:
         return event_id
     return "reconcile:" + hashlib.sha256(event_id.encode()).hexdigest()
@@ -158,7 +167,7 @@ def _step_event(
     started, completed = _moment(step.started_at), _moment(step.completed_at)
     return Event(
         type=type_,
-        event_id=correction_event_id(org, execution_id, f"{node_id}:{step.attempt}:{type_.value}"),
+        event_id=correction_event_id(org, execution_id, node_id, step.attempt, type_.value),
         occurred_at=completed or started or now,
         org=org,
         source=SOURCE,

@@ -303,6 +303,21 @@ def test_component_events_carry_attempts_and_retry_policy() -> None:
     assert [s.retry_class for s in steps] == ["expected", "expected", None]
 
 
+def test_step_correction_ids_of_ids_holding_colons_do_not_collide() -> None:
+    """Execution "a" step "b:1" and execution "a:b" step "1" once both had the id
+    reconcile:acme:a:b:1:1:component_completed, so ingest dropped the second as a duplicate."""
+    done = Status.SUCCESS
+    first = component_events("acme", "ruby", "a", [EngineStep("b:1", "x", 1, done)], NOW)
+    second = component_events("acme", "ruby", "a:b", [EngineStep("1", "x", 1, done)], NOW)
+    assert first[0].event_id != second[0].event_id
+    assert first[0].event_id == "reconcile:acme:a:b%3A1:1:component_completed"
+    # Ids without ":" or "%" keep the form corrections were published with before.
+    plain = component_events("acme", "ruby", "ex1", [EngineStep("n1", "x", 2, done)], NOW)
+    assert plain[0].event_id == "reconcile:acme:ex1:n1:2:component_completed"
+    percent = component_events("acme", "ruby", "a%3Ab", [EngineStep("1", "x", 1, done)], NOW)
+    assert percent[0].event_id not in {first[0].event_id, second[0].event_id}
+
+
 @pytest.mark.parametrize(
     ("policy", "attempt", "max_attempts", "expected"),
     [
