@@ -58,6 +58,8 @@ class Filter:
 
 
 EVERYTHING = Filter()
+#: Until a valid `subscribe`, after an invalid opening request: a filter never widens silently.
+NOTHING = Filter(agents=frozenset())
 
 
 def parse_frame(data: str | bytes) -> ClientFrame | FrameError:
@@ -71,11 +73,16 @@ def parse_frame(data: str | bytes) -> ClientFrame | FrameError:
     try:
         return ClientFrame.model_validate(raw)
     except ValidationError as exc:
-        parts = []
-        for item in exc.errors()[:5]:
-            where = ".".join(str(p) for p in item["loc"]) or "frame"
-            parts.append(f"{where}: {item['msg']}")
-        return FrameError("invalid_frame", "; ".join(parts))
+        return FrameError("invalid_frame", describe(exc))
+
+
+def describe(exc: ValidationError) -> str:
+    """`field: message; ...` for the first few errors, naming each field by its path."""
+    parts = []
+    for item in exc.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "frame"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
 
 
 def visible(scope: Scope, meta: EventMeta) -> bool:

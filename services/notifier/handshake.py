@@ -7,10 +7,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
-from services.notifier.filters import ClientFrame, FrameError, Subscribe
+from services.notifier.filters import ClientFrame, FrameError, Subscribe, describe
 
 BEARER = "bearer"
 _FILTER_PARAMS = ("agent_name", "status", "triggered_by")
+_PARAMS = frozenset({"token", "resume_from", *_FILTER_PARAMS})
 
 
 def offered_subprotocols(headers: Sequence[str]) -> list[str]:
@@ -40,19 +41,29 @@ def route(path: str) -> str:
 def initial_frame(path: str) -> ClientFrame | FrameError | None:
     """Filters and `resume_from` given in the URL (`/ws?resume_from=41&status=failed`).
 
-    A URL-given request starts at once, without waiting for the client's first frame.
+    A URL-given request starts at once, without waiting for the client's first frame. As in
+    the query API, a parameter it does not know (`project=`, a misspelt `agent=`) is an error,
+    not a filter silently left out.
     """
-    query = parse_qs(urlsplit(path).query)
+    query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+    unknown = sorted(set(query) - _PARAMS)
+    if unknown:
+        allowed = ", ".join(sorted(_PARAMS))
+        return FrameError("invalid_query", f"{unknown[0]}: unknown parameter (allowed: {allowed})")
     wanted = {k: v for k, v in query.items() if k in _FILTER_PARAMS}
     # Lists may come as repeated parameters or comma-separated, as in the query API.
     lists = {k: [x for item in v for x in item.split(",") if x] for k, v in wanted.items()}
     resume = query.get("resume_from")
     if not lists and not resume:
         return None
+    if resume is not None and len(resume) > 1:
+        return FrameError("invalid_query", "resume_from: given more than once")
     try:
-        return ClientFrame(
-            subscribe=Subscribe.model_validate(lists) if lists else None,
-            resume_from=int(resume[0]) if resume else None,
+        return ClientFrame.model_validate(
+            {
+                "subscribe": Subscribe.model_validate(lists) if lists else None,
+                "resume_from": resume[0] if resume else None,
+            }
         )
-    except (ValidationError, ValueError) as exc:
-        return FrameError("invalid_query", str(exc).splitlines()[0])
+    except ValidationError as exc:
+        return FrameError("invalid_query", describe(exc))

@@ -13,7 +13,14 @@ from websockets.exceptions import ConnectionClosed
 
 from services.notifier.access import AccessGuard
 from services.notifier.clients import Client
-from services.notifier.filters import ClientFrame, Filter, FrameError, delivers, parse_frame
+from services.notifier.filters import (
+    NOTHING,
+    ClientFrame,
+    Filter,
+    FrameError,
+    delivers,
+    parse_frame,
+)
 from services.notifier.handshake import initial_frame, offered_subprotocols, token_from
 from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Hub
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
@@ -139,6 +146,11 @@ async def _send_error(client: Client, error: str, detail: str) -> None:
 
 
 async def _start(client: Client, first: ClientFrame | FrameError | None, deps: SessionDeps) -> None:
+    if isinstance(first, FrameError):
+        # The client asked for something we could not read, most likely filters: it gets
+        # nothing until a valid `subscribe` (`{}` for everything), never the whole feed. Having
+        # had no event frame, it may still send `resume_from` with it.
+        deps.hub.set_filter(client, NOTHING)
     resume_from = None if first is None else await _on_frame(client, first, deps, started=False)
     await _catch_up(client, resume_from, deps)
 

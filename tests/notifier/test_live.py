@@ -269,17 +269,44 @@ async def test_invalid_client_frames_get_an_error_and_the_connection_stays_usabl
     notifier: Notifier, js: JetStreamContext, subjects: Subjects, org: str
 ) -> None:
     ws = await websockets.connect(ws_url(notifier.port, f"token={token(org, 'boss', 'admin')}"))
-    await ws.send('{"subscribe": "nope"}')
-    # A bad first frame gets its error, and the connection still goes live.
-    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "error"
+    await ws.send('{"subscribe": {"status": ["failed", "bogus"]}}')
+    # A bad first frame gets its error, and the connection goes live without sending anything
+    # (the filters it asked for could not be read, and a filter never widens silently)...
+    error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert error["type"] == "error", error
+    assert error["detail"].startswith("subscribe.status.1:"), error
     assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
     for bad in ("not json", "[1]", '{"subscribe": {"status": ["bogus"]}}', '{"resume_from": -1}'):
         await ws.send(bad)
         frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
         assert frame["type"] == "error", frame
+    missed = await publish(js, subjects, execution_event(org, "x"))
+    assert events_of(await collect(ws, idle_s=0.5)) == []
+    # ... until a valid one, which may still resume: no event frame has gone out.
+    await ws.send(orjson.dumps({"subscribe": {}, "resume_from": missed - 1}).decode())
     seq = await publish(js, subjects, execution_event(org, "x"))
     frames = await collect(ws, until_seq=seq)
-    assert events_of(frames)[-1]["seq"] == seq
+    assert [f["seq"] for f in events_of(frames)] == [missed, seq]
+    await ws.close()
+
+
+@pytest.mark.parametrize("query", ["status=failed,bogus", "project=billing"])
+async def test_an_unreadable_url_request_sends_nothing_until_a_valid_subscribe(
+    notifier: Notifier, js: JetStreamContext, subjects: Subjects, org: str, query: str
+) -> None:
+    tok = token(org, "boss", "admin")
+    ws = await websockets.connect(ws_url(notifier.port, f"token={tok}&{query}"))
+    error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert (error["type"], error["error"]) == ("error", "invalid_query"), error
+    assert error["detail"].split(".")[0].split(":")[0] == query.split("=")[0], error
+    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "ready"
+    await publish(js, subjects, execution_event(org, "x", "execution_failed"))
+    assert events_of(await collect(ws, idle_s=0.5)) == []
+    await ws.send(orjson.dumps({"subscribe": {"status": ["failed"]}}).decode())
+    assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "subscribed"
+    await publish(js, subjects, execution_event(org, "x"))
+    seq = await publish(js, subjects, execution_event(org, "x", "execution_failed"))
+    assert [f["seq"] for f in events_of(await collect(ws, until_seq=seq))] == [seq]
     await ws.close()
 
 

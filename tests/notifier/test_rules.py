@@ -204,6 +204,27 @@ class TestHandshake:
         assert initial_frame("/ws?token=t") is None
         assert isinstance(initial_frame("/ws?resume_from=abc"), FrameError)
 
+    @pytest.mark.parametrize(
+        ("query", "named"),
+        [
+            ("status=bogus", "status.0:"),
+            ("status=failed,bogus", "status.1:"),
+            ("agent_name=bad%20name!", "agent_name.0:"),
+            ("resume_from=abc", "resume_from:"),
+            ("resume_from=-1", "resume_from:"),
+            ("resume_from=1&resume_from=2", "resume_from: given more than once"),
+            ("project=billing", "project: unknown parameter"),
+            ("agent=x", "agent: unknown parameter"),
+        ],
+    )
+    def test_a_url_request_that_cannot_be_read_names_its_parameter(
+        self, query: str, named: str
+    ) -> None:
+        found = initial_frame(f"/ws?token=t&{query}")
+        assert isinstance(found, FrameError)
+        assert found.error == "invalid_query"
+        assert found.detail.startswith(named), found.detail
+
 
 class TestScopeCache:
     async def test_a_scope_younger_than_asked_is_reused_an_older_one_reloaded(self) -> None:
