@@ -10,14 +10,18 @@ from services.notifier.summary import Outgoing
 
 
 class TriggerMemory:
-    """(org, execution id) → triggered_by, learned from the events that carried it."""
+    """(org, agent, execution id) → triggered_by, learned from the events that carried it.
+
+    Keyed by the agent of the subject too: another agent of the org publishing under the same
+    execution id (which ingest refuses) must not change what filters this one's events meet.
+    """
 
     def __init__(self, maxsize: int = 200_000) -> None:
-        self._known: LRUCache[tuple[str, str], str] = LRUCache(maxsize=maxsize)
+        self._known: LRUCache[tuple[str, str, str], str] = LRUCache(maxsize=maxsize)
 
     def enrich(self, out: Outgoing) -> Outgoing:
         meta = out.meta
-        key = (meta.org, meta.execution_id)
+        key = (meta.org, meta.agent, meta.execution_id)
         if meta.triggered_by is not None:
             self._known[key] = meta.triggered_by
             return out

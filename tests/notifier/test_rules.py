@@ -120,6 +120,13 @@ class TestDelivers:
         later = memory.enrich(build_outgoing(2, _event("execution_completed")))
         assert later.meta.triggered_by == "schedule"
 
+    def test_another_agent_cannot_change_the_trigger_an_execution_is_filtered_by(self) -> None:
+        memory = TriggerMemory()
+        memory.enrich(build_outgoing(1, _event(triggered_by="schedule")))
+        memory.enrich(build_outgoing(2, _event(agent="intruder", triggered_by="manual")))
+        later = memory.enrich(build_outgoing(3, _event("execution_completed")))
+        assert later.meta.triggered_by == "schedule"
+
 
 class TestSummary:
     def test_summary_cuts_text_and_never_carries_the_log(self) -> None:
