@@ -144,6 +144,7 @@ async def test_live_event_appears_at_top_and_updates_in_place(
     admin_page: Page, stack: Stack
 ) -> None:
     page = admin_page
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
     execution = {
         "id": "live-001",
         "agent_name": "alpha",
@@ -163,6 +164,13 @@ async def test_live_event_appears_at_top_and_updates_in_place(
     await expect(top).to_have_attribute("data-status", "failed", timeout=10_000)
     await expect(page.locator(".toast-error").first).to_contain_text("failed")
     assert (await shown_ids(page)).count("live-001") == 1
+    # Another agent's event under the same id is refused by ingest (the feed still carries it):
+    # it does not repaint the row. The next event, once shown, proves it was received.
+    await stack.publish("execution_completed", {"id": "live-001", "agent_name": "beta"})
+    await stack.publish("execution_started", {"id": "live-001-next", "agent_name": "alpha"})
+    await expect(top).to_have_attribute("data-id", "live-001-next", timeout=10_000)
+    row = page.locator('tr[data-id="live-001"]')
+    assert await row.get_attribute("data-status") == "failed"
     assert await page.evaluate("document.readyState") == "complete"
     await page.evaluate("window.scrollTo(0, 0)")
     await screenshot(page, "03-live-failure-toast")

@@ -281,6 +281,9 @@ export class ExecutionsPage {
       return;
     }
     const before = this.rows.get(exec.id);
+    // An execution belongs to the agent that first reported it: ingest refuses another agent's
+    // events for it (the feed still carries them), so they must not repaint its row.
+    if (before?.agent_name && exec.agent_name && before.agent_name !== exec.agent_name) return;
     this.upsert(exec);
     if (exec.status === "failed" && before?.status !== "failed") failureToast(exec);
     this.syncSoon();
