@@ -9,6 +9,8 @@ from shared.subjects import Subjects
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Public (it is in the source): services refuse it off loopback (shared/token_secret.py).
+DEFAULT_JWT_SECRET = "fleetwatch-development-secret-change-me-0123"  # noqa: S105 (public by design; refused off loopback)
 
 
 class CommonSettings(BaseSettings):
@@ -20,9 +22,10 @@ class CommonSettings(BaseSettings):
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
     subject_prefix: str = Field(default="fleet", validation_alias="FLEETWATCH_SUBJECT_PREFIX")
     jwt_secret: SecretStr = Field(
-        default=SecretStr("fleetwatch-development-secret-change-me-0123"),
-        validation_alias="FLEETWATCH_JWT_SECRET",
+        default=SecretStr(DEFAULT_JWT_SECRET), validation_alias="FLEETWATCH_JWT_SECRET"
     )
+    #: Start query and notifier off loopback even with a public or short HS256 secret.
+    allow_weak_secret: bool = Field(default=False, validation_alias="FLEETWATCH_ALLOW_WEAK_SECRET")
     jwks_url: str | None = Field(default=None, validation_alias="FLEETWATCH_JWKS_URL")
     #: When set, tokens must carry this `aud` / `iss` (set both with a shared identity provider).
     jwt_audience: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_AUDIENCE")

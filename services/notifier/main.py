@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
+from shared.token_secret import check_token_secret
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -42,6 +43,7 @@ def main(argv: Sequence[str]) -> int:
     # Per-connection open/close lines would drown the log at a thousand clients.
     logging.getLogger("services.notifier.ws").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    check_token_secret(settings, settings.host, "notifier")
     try:
         import uvloop
 

@@ -10,6 +10,7 @@ import uvicorn
 
 from services.query.app import create_app
 from services.query.settings import QuerySettings
+from shared.token_secret import check_token_secret
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -25,6 +26,7 @@ def main(argv: Sequence[str] = ()) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
     )
+    check_token_secret(settings, host, "query API")
     uvicorn.run(
         create_app(settings),
         host=host,

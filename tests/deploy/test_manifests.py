@@ -255,6 +255,8 @@ def test_secrets_dev_generated_production_external(rendered: tuple[str, list[Doc
         assert secrets == []
         config = one(docs, "ConfigMap", "fleetwatch-config")["data"]
         assert config["FLEETWATCH_JWKS_URL"].startswith("https://")
+        # Only a throwaway cluster may run on a public HS256 secret.
+        assert "FLEETWATCH_ALLOW_WEAK_SECRET" not in config
         assert one(docs, "Ingress", "fleetwatch")["spec"]["tls"]
     else:
         (secret,) = secrets
