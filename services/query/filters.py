@@ -225,7 +225,10 @@ def parse_list_query(
         "limit", single(grouped, "limit"), default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT
     )
     offset = parse_int("offset", single(grouped, "offset"), default=0, low=0, high=MAX_OFFSET)
-    cursor = single(grouped, "cursor") or None
+    cursor = single(grouped, "cursor")
+    if cursor == "":
+        # A client whose cursor went missing would silently start over from the first page.
+        raise FilterError("cursor", "is empty (leave it out for the first page)")
     if cursor is not None and offset:
         raise FilterError("offset", "cannot be combined with cursor")
     return ListQuery(filters=filters, page=Page(limit=limit, cursor=cursor, offset=offset))

@@ -64,6 +64,15 @@ async def test_cursor_past_the_datetime_range_is_422(
     assert fields(reply) == ["cursor"]
 
 
+@pytest.mark.parametrize("query", ["cursor=", "cursor", "status=failed&cursor="])
+@pytest.mark.parametrize("path", LISTS)
+async def test_an_empty_cursor_is_422_not_the_first_page(
+    client: httpx.AsyncClient, path: str, query: str
+) -> None:
+    reply = await client.get(f"{path}?{query}", headers=ADMIN)
+    assert fields(reply) == ["cursor"]
+
+
 @pytest.mark.parametrize("moment", EDGES)
 @pytest.mark.parametrize("name", ["start_time", "end_time"])
 @pytest.mark.parametrize("path", [*LISTS, "/api/executions/export", "/api/executions/timeline"])
