@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -62,6 +63,18 @@ async def test_cursor_past_the_datetime_range_is_422(
 ) -> None:
     reply = await client.get(path, headers=ADMIN, params={"cursor": forged_cursor(moment)})
     assert fields(reply) == ["cursor"]
+
+
+async def test_a_timeline_start_before_its_window_is_422_not_cut_off(
+    client: httpx.AsyncClient,
+) -> None:
+    path = "/api/executions/timeline"
+    reply = await client.get(path, headers=ADMIN, params={"hours": 1, "start_time": "2000-01-01"})
+    assert fields(reply) == ["start_time"]
+    inside = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    reply = await client.get(path, headers=ADMIN, params={"hours": 24, "start_time": inside})
+    assert reply.status_code == 200, reply.text[:300]
+    assert reply.json()["filters_applied"]["start_time"]
 
 
 @pytest.mark.parametrize("query", ["cursor=", "cursor", "status=failed&cursor="])

@@ -159,6 +159,14 @@ async def timeline(
         require_agent_visible(ctx, name)
     now = datetime.now(UTC)
     start = now - timedelta(hours=hours_value)
+    if filters.start_time is not None and filters.start_time < start:
+        # The buckets cover `hours`; an earlier start would be cut off while
+        # `filters_applied` still named it.
+        raise FilterError(
+            "start_time",
+            f"is before the timeline's window (the last {hours_value} hours); "
+            "raise hours (up to 720) or leave start_time out",
+        )
     where = filtered(ctx.scope.org, ctx.scope.agents, _with_start(filters, start))
     rows = await repo.timeline(ctx.conn, where, "day" if bucket_value == "day" else "hour")
     kind: Bucket = "day" if bucket_value == "day" else "hour"
