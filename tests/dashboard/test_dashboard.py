@@ -130,6 +130,28 @@ async def test_search_is_debounced_and_reload_keeps_filters(admin_page: Page, st
     assert page.url == stack.base_url + "/"
 
 
+async def test_a_link_keeps_filters_the_form_has_no_field_for(
+    admin_page: Page, stack: Stack
+) -> None:
+    page = admin_page
+    # Repeated values, as the API takes them: the failed and the running rows.
+    await page.goto(stack.page_url(query="status=failed&status=running"))
+    wanted = [r.id for r in stack.rows if r.status in ("failed", "running")]
+    await expect(page.locator(ROWS)).to_have_count(min(len(wanted), 50))
+    assert await shown_ids(page) == wanted[:50]
+    await expect(page.locator("select[name=status]")).to_have_value("failed,running")
+    # A filter the form has no field for: applied, named above the list, removable.
+    await page.goto(stack.page_url(query="project=no-such-project"))
+    await expect(page.locator("[data-link-filters]")).to_contain_text("project=no-such-project")
+    await expect(page.locator(".list-state")).to_contain_text("No executions match")
+    assert "project=no-such-project" in page.url
+    await screenshot(page, "02b-link-filters")
+    await page.locator("[data-link-filters] button").click()
+    await expect(page.locator(ROWS)).to_have_count(50)
+    await expect(page.locator("[data-link-filters]")).to_have_count(0)
+    assert "project=" not in page.url
+
+
 async def test_load_more_appends_without_duplicates(admin_page: Page, stack: Stack) -> None:
     page = admin_page
     await expect(page.locator(ROWS)).to_have_count(50)

@@ -99,6 +99,14 @@ async def test_filters_match_live_rows_as_the_api_would(modules_page: Page) -> N
         "{search: 'invoice'}": True,
         "{search: 'refund'}": False,
         "{hours: '1'}": True,
+        # A link's filters: comma lists as in the API, and fields a summary lacks never match.
+        "{status: 'running,failed'}": True,
+        "{status: 'running,success'}": False,
+        "{agent_name: 'b,a', triggered_by: 'api'}": True,
+        "{project: 'billing'}": False,
+        "{start_time: '2000-01-01T00:00:00Z'}": True,
+        "{start_time: '2999-01-01T00:00:00Z'}": False,
+        "{end_time: '2000-01-01T00:00:00Z'}": False,
     }
     for filters, expected in cases.items():
         assert await run(page, "filters.js", f"m.matches({exec_}, {filters})") is expected, filters
@@ -111,6 +119,21 @@ async def test_filters_match_live_rows_as_the_api_would(modules_page: Page) -> N
         " Date.parse('2026-01-01T12:00:00Z'))",
     )
     assert params == {"status": "failed", "start_time": "2026-01-01T06:00:00.000Z"}
+    # A link's start_time is kept when it starts later than the range, else the range wins.
+    later = await run(
+        page,
+        "filters.js",
+        "m.listParams({hours: '6', start_time: '2026-01-01T09:00:00Z', project: 'p'},"
+        " Date.parse('2026-01-01T12:00:00Z'))",
+    )
+    assert later == {"start_time": "2026-01-01T09:00:00Z", "project": "p"}
+    earlier = await run(
+        page,
+        "filters.js",
+        "m.listParams({hours: '1', start_time: '2026-01-01T09:00:00Z'},"
+        " Date.parse('2026-01-01T12:00:00Z'))",
+    )
+    assert earlier == {"start_time": "2026-01-01T11:00:00.000Z"}
 
 
 async def test_retry_classes_follow_the_design(modules_page: Page) -> None:

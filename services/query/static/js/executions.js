@@ -103,9 +103,13 @@ export class ExecutionsPage {
       const stats = await api("/api/executions/stats", { params: { hours, agent_name: this.filters.agent_name } });
       clear(this.cards).append(...statCards(stats, hours));
       // The stats endpoint narrows by agent and window only; say so rather than mislead.
-      const narrower = ["status", "triggered_by", "search"].filter((k) => this.filters[k]);
-      if (narrower.length) {
-        this.cards.append(h("p", { class: "cards-note muted small" }, `Statistics cover ${this.filters.agent_name ? "this agent" : "all agents"} in the window; the ${narrower.map((k) => k.replace("_", " ")).join(" and ")} ${narrower.length > 1 ? "filters apply" : "filter applies"} to the chart and the list only.`));
+      const narrower = ["status", "triggered_by", "search", "project", "workflow"].filter((k) => this.filters[k]);
+      const listOnly = ["start_time", "end_time"].filter((k) => this.filters[k]);
+      if (narrower.length || listOnly.length) {
+        const scope = `Statistics cover ${this.filters.agent_name ? "this agent" : "all agents"} in the window`;
+        const chartToo = narrower.length ? `; the ${narrower.map((k) => k.replace("_", " ")).join(" and ")} ${narrower.length > 1 ? "filters apply" : "filter applies"} to the chart and the list only` : "";
+        const list = listOnly.length ? `; the link's ${listOnly.map((k) => k.replace("_", " ")).join(" and ")} ${listOnly.length > 1 ? "apply" : "applies"} to the list only` : "";
+        this.cards.append(h("p", { class: "cards-note muted small" }, `${scope}${chartToo}${list}.`));
       }
     } catch (err) {
       clear(this.cards).append(h("div", { class: "card card-error" }, `Statistics unavailable: ${err.message}`));
@@ -115,8 +119,9 @@ export class ExecutionsPage {
   async loadChart() {
     const hours = statsHours(this.filters);
     const bucket = hours > 72 ? "day" : "hour";
-    const { agent_name, status, triggered_by, search } = this.filters;
-    const params = { hours, bucket, agent_name, status, triggered_by, search };
+    // The chart covers its own window (the time range); a link's start/end narrow the list.
+    const { agent_name, status, triggered_by, search, project, workflow } = this.filters;
+    const params = { hours, bucket, agent_name, status, triggered_by, search, project, workflow };
     try {
       const data = await api("/api/executions/timeline", { params });
       const width = Math.max(320, Math.min(this.chart.clientWidth || 720, 1400));

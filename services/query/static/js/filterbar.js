@@ -1,12 +1,14 @@
 // The filter bar: agent, status, trigger, time range, debounced search, "Clear filters".
 
 import { debounce, h } from "./dom.js";
-import { RANGES } from "./filters.js";
+import { RANGES, linkFilters } from "./filters.js";
 import { STATUSES, TRIGGERS } from "./format.js";
 
 const SEARCH_DEBOUNCE_MS = 350;
 
 function select(name, label, options, value) {
+  // A link may ask for what the form does not offer (`status=failed,running`): show it as is.
+  if (value && !options.some(([v]) => v === value)) options = [...options, [value, value.split(",").join(", ")]];
   return h(
     "label",
     { class: "field" },
@@ -47,6 +49,20 @@ export function filterBar({ filters, agents, anyAgent, onChange, onClear }) {
     h("label", { class: "field field-search" }, h("span", {}, "Search"), search),
     h("button", { class: "btn btn-clear", type: "button", onclick: () => onClear() }, "Clear filters"),
   );
+  const linked = linkFilters(filters);
+  if (linked.length) {
+    // Filters a shared link carries that the form has no field for: say they apply.
+    form.append(
+      h(
+        "p",
+        { class: "link-filters muted small", "data-link-filters": "" },
+        "Also filtered by the link: ",
+        linked.map(([k, v]) => h("code", {}, `${k}=${v}`)).flatMap((el, i) => (i ? [", ", el] : [el])),
+        " ",
+        h("button", { class: "btn", type: "button", onclick: () => onChange(Object.fromEntries(linked.map(([k]) => [k, ""]))) }, "Remove"),
+      ),
+    );
+  }
   for (const el of form.querySelectorAll("select")) {
     el.addEventListener("change", () => onChange({ [el.name]: el.value }));
   }

@@ -109,7 +109,7 @@ export class LiveFeed {
     // hold back the events that move a shown row on (a completion has another status and often
     // no trigger). The page matches new rows against its other filters itself.
     const subscribe = {};
-    if (this.filters.agent_name) subscribe.agent_name = [this.filters.agent_name];
+    if (this.filters.agent_name) subscribe.agent_name = this.filters.agent_name.split(",");
     const message = { subscribe };
     this.socket.send(JSON.stringify(message));
   }
