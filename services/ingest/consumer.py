@@ -228,15 +228,21 @@ class BatchConsumer:
     async def handle(self, messages: Sequence[Msg]) -> None:
         self._metrics.batch_size.observe(len(messages))
         valid: list[tuple[Msg, Incoming]] = []
+        dead: list[Msg] = []
         for msg in messages:
             checked = validate(self._subjects, msg.subject, msg.data)
             if isinstance(checked, Rejected):
                 await self._dead_letter(msg, checked, type_label="invalid")
+                dead.append(msg)
             else:
                 valid.append((msg, Incoming(checked, _stream_seq(msg))))
+        # A stored dead letter is the end of its message: ack it now, not after the batch's
+        # commit. A database outage can hold that commit back past JetStream's duplicate
+        # window, and a redelivery after it (a restart) would store a second dead letter.
+        await ack_all(dead)
         if valid:
             await self._commit_apart_from_in_flight(valid)
-        await ack_all(messages)
+            await ack_all([msg for msg, _ in valid])
 
     async def _commit_apart_from_in_flight(self, valid: list[tuple[Msg, Incoming]]) -> None:
         """Commit the executions no other batch in flight is writing now, the others after."""

@@ -170,6 +170,14 @@ def port_of(url: str, default: int = 5432) -> int:
     return urlsplit(url).port or default
 
 
+def via_port(url: str, port: int) -> str:
+    """`url` with its host and port replaced by 127.0.0.1:`port` (a proxy's), user kept."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)
+    user = host[0] + "@" if len(host) == 2 else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+
+
 @contextlib.asynccontextmanager
 async def proxy_to(port: int) -> AsyncIterator[Proxy]:
     proxy = Proxy(port)

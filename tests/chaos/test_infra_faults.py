@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from shared.db import connect
 from shared.subjects import Subjects
 from tests.chaos.harness import ChaosResult, Scale, ingest_counter, settle
-from tests.chaos.infra import own_nats, own_postgres, proxy_to
+from tests.chaos.infra import own_nats, own_postgres, proxy_to, via_port
 from tests.chaos.load import Load, make_events
 from tests.procs import running
-
-
-def _via(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)
-    user = host[0] + "@" if len(host) == 2 else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
 
 
 async def test_postgres_restarted_in_immediate_mode_under_load(
@@ -77,7 +70,7 @@ async def test_postgres_unreachable_then_slow_then_reset(
         env = {
             **service_env,
             **scale.ingest_env(),
-            "DATABASE_URL": _via(fresh_database_url, proxy.port),
+            "DATABASE_URL": via_port(fresh_database_url, proxy.port),
             "INGEST_BATCH_SIZE": "100",
         }
         load = Load(service_env["NATS_URL"], subjects, events, rate=scale.rate / 2)
