@@ -53,10 +53,12 @@ class Rejected:
     detail: str
 
 
-def _describe(error: ValidationError) -> str:
+def describe(error: ValidationError, whole: str = "event") -> str:
+    """`field: message; ...` for the first few errors, each field named by its path (`whole`
+    when the error is about the input as a whole)."""
     parts = []
     for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "event"
+        where = ".".join(str(p) for p in item["loc"]) or whole
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
 
@@ -79,7 +81,7 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
         if errors and errors[0]["type"] == "json_invalid":
             return Rejected("not_json", errors[0]["msg"])
         too_long = any(e["type"] == "string_too_long" for e in errors)
-        return Rejected("too_large" if too_long else "schema", _describe(exc))
+        return Rejected("too_large" if too_long else "schema", describe(exc))
     if event.type is not where.type:
         return Rejected(
             "schema", f"type {event.type.value!r} differs from the subject's {where.type.value!r}"

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.notifier.summary import EventMeta
 from shared.access import Scope
 from shared.events import Name, Status, trigger_group
+from shared.validation import describe
 
 Trigger = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -73,16 +74,7 @@ def parse_frame(data: str | bytes) -> ClientFrame | FrameError:
     try:
         return ClientFrame.model_validate(raw)
     except ValidationError as exc:
-        return FrameError("invalid_frame", describe(exc))
-
-
-def describe(exc: ValidationError) -> str:
-    """`field: message; ...` for the first few errors, naming each field by its path."""
-    parts = []
-    for item in exc.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "frame"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
+        return FrameError("invalid_frame", describe(exc, "frame"))
 
 
 def visible(scope: Scope, meta: EventMeta) -> bool:

@@ -7,7 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
-from services.notifier.filters import ClientFrame, FrameError, Subscribe, describe
+from services.notifier.filters import ClientFrame, FrameError, Subscribe
+from shared.validation import describe
 
 BEARER = "bearer"
 _FILTER_PARAMS = ("agent_name", "status", "triggered_by")
@@ -66,4 +67,4 @@ def initial_frame(path: str) -> ClientFrame | FrameError | None:
             }
         )
     except ValidationError as exc:
-        return FrameError("invalid_query", describe(exc))
+        return FrameError("invalid_query", describe(exc, "query"))
