@@ -66,8 +66,8 @@ export function linkFilters(filters) {
 /** The list endpoint's parameters for these filters (a time range becomes start_time). */
 export function listParams(filters, now = Date.now()) {
   const params = {};
-  for (const key of ["agent_name", "status", "triggered_by", "search", "project", "workflow", "start_time", "end_time"]) {
-    if (filters[key]) params[key] = filters[key];
+  for (const key of ALL_KEYS) {
+    if (key !== "hours" && filters[key]) params[key] = filters[key];
   }
   if (filters.hours) {
     const since = new Date(now - Number(filters.hours) * 3600_000);
@@ -94,7 +94,7 @@ function oneOf(value, wanted) {
  * the next poll brings such a row, with the API's full filtering.
  */
 export function matches(exec, filters, now = Date.now()) {
-  for (const key of ["agent_name", "status", "triggered_by", "project", "workflow"]) {
+  for (const key of LIST_KEYS) {
     if (!oneOf(exec[key], filters[key])) return false;
   }
   if (filters.search) {
