@@ -11,11 +11,10 @@ import nats
 
 from services.ingest.consumer import BatchConsumer
 from services.ingest.metrics import IngestMetrics
-from services.ingest.settings import IngestSettings
 from shared.db import create_pool
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
 from tests.chaos.infra import proxy_to, via_port
+from tests.ingest.conftest import Wired
 from tests.ingest.events_factory import execution_events, to_wire
 
 
@@ -25,14 +24,9 @@ async def _ack_pending(js: nats.js.JetStreamContext, subjects: Subjects) -> int:
 
 
 async def test_a_dead_letter_is_acked_while_the_database_is_down(
-    nats_url: str, database_url: str, subjects: Subjects, org: str
+    wired: Wired, database_url: str, subjects: Subjects, org: str
 ) -> None:
-    settings = IngestSettings(
-        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
-    )
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
+    js = wired.js
     async with proxy_to(urlsplit(database_url).port or 5432) as proxy:
         pool = await create_pool(via_port(database_url, proxy.port), min_size=1, max_size=1)
         consumer = BatchConsumer(
@@ -73,4 +67,3 @@ async def test_a_dead_letter_is_acked_while_the_database_is_down(
             with contextlib.suppress(BaseException):
                 await task
             await pool.close()
-            await nc.close()

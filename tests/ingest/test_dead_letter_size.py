@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import random
 
-import nats
-
 from services.ingest.consumer import BatchConsumer, fit_payload
 from services.ingest.metrics import IngestMetrics
-from services.ingest.settings import IngestSettings
 from shared.db import create_pool
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
+from tests.ingest.conftest import Wired
 from tests.ingest.events_factory import execution_events, to_wire
 from tests.ingest.pulled import acks_pending_settle
 
@@ -27,14 +24,9 @@ def test_fit_payload_cuts_only_what_does_not_fit_and_says_so() -> None:
 
 
 async def test_a_body_at_the_servers_limit_is_dead_lettered_and_the_next_event_stored(
-    nats_url: str, database_url: str, subjects: Subjects, org: str
+    wired: Wired, database_url: str, subjects: Subjects, org: str
 ) -> None:
-    settings = IngestSettings(
-        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
-    )
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
+    nc, js = wired.nc, wired.js
     pool = await create_pool(database_url)
     consumer = BatchConsumer(pool=pool, js=js, subjects=subjects, metrics=IngestMetrics.create())
     good = execution_events(org, "ruby", "after-big", random.Random(3))[-1]
@@ -63,4 +55,3 @@ async def test_a_body_at_the_servers_limit_is_dead_lettered_and_the_next_event_s
         assert stored == 1
     finally:
         await pool.close()
-        await nc.close()

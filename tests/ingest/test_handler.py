@@ -5,28 +5,21 @@ from __future__ import annotations
 import contextlib
 import random
 
-import nats
 from faststream.nats import TestNatsBroker
 
 from services.ingest.app import IngestState, build_broker
 from services.ingest.consumer import BatchConsumer
 from services.ingest.metrics import IngestMetrics
-from services.ingest.settings import IngestSettings
 from shared.db import create_pool
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
+from tests.ingest.conftest import Wired
 from tests.ingest.events_factory import execution_events, to_wire
 
 
 async def test_handler_stores_good_events_and_dead_letters_bad_ones(
-    nats_url: str, database_url: str, subjects: Subjects, org: str
+    wired: Wired, database_url: str, subjects: Subjects, org: str
 ) -> None:
-    settings = IngestSettings(
-        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
-    )
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
+    settings, nc, js = wired.settings, wired.nc, wired.js
     pool = await create_pool(database_url)
     metrics = IngestMetrics.create()
     state = IngestState(pool=pool, nc=nc, js=js)
@@ -55,4 +48,3 @@ async def test_handler_stores_good_events_and_dead_letters_bad_ones(
         assert dlq_count == 1.0
     finally:
         await pool.close()
-        await nc.close()
