@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -30,12 +30,13 @@ from services.reconciler.rules import (
     Lookup,
     Policy,
     Row,
-    belongs,
+    RunKey,
     decide_row,
     needs_lookup,
     orphan_target,
     reconcile,
     run_for,
+    steps_refusal,
 )
 from services.reconciler.settings import ReconcilerSettings
 from shared.events import Event
@@ -54,6 +55,23 @@ def policy_from(settings: ReconcilerSettings) -> Policy:
         fail_missing_external_id=settings.fail_missing_external_id,
         orphan_org=settings.orphan_org,
         orphan_agent=settings.orphan_agent,
+    )
+
+
+#: Unreadable runs of one listing reported one by one (the rest as a count).
+LISTING_PROBLEMS_SHOWN = 20
+
+
+def _listing_problem(engine: str, problem: str) -> Decision:
+    return Decision(
+        kind=Kind.ENGINE_ERROR,
+        action=Action.FLAG,
+        reason=f"listing runs: {problem}",
+        org=None,
+        execution_id=None,
+        agent_name=None,
+        engine=engine,
+        external_id=None,
     )
 
 
@@ -77,6 +95,8 @@ class SyncResult:
     published: int = 0
     steps: int = 0
     error: str | None = None
+    #: The error was the engine's (unreachable, timed out): counts towards its breaker.
+    engine_failed: bool = False
 
 
 class Reconciler:
@@ -121,13 +141,18 @@ class Reconciler:
         self._on_demand: TTLCache[tuple[str, str], SyncResult] = TTLCache(
             maxsize=10_000, ttl=max(on_demand_ttl.total_seconds(), 0.001)
         )
+        # When each listed run was first seen: the age of a run its engine gives no start.
+        self._first_listed: TTLCache[RunKey, datetime] = TTLCache(
+            maxsize=100_000, ttl=max(2 * lookback.total_seconds(), 1.0)
+        )
 
-    async def _lookup(self, row: Row, breaker: Breaker) -> Lookup:
+    async def _lookup(self, row: Row, breaker: Breaker) -> Lookup | None:
+        """What the engine says of the row's run; None when the breaker kept it from asking."""
         engine = self.engines[row.engine or ""]
         assert row.external_id is not None
         async with self._limits[row.engine or ""]:
             if breaker.open:
-                return Lookup(run=None, error=breaker.reason(engine.name))
+                return None
             try:
                 found = Lookup(run=await engine.get_run(row.external_id))
             except EngineError as exc:
@@ -154,8 +179,12 @@ class Reconciler:
 
         async def one(row: Row, breaker: Breaker) -> None:
             nonlocal done
-            found[(row.org, row.id)] = await self._lookup(row, breaker)
-            self.metrics.runs_checked.labels(row.engine or "").inc()
+            lookup = await self._lookup(row, breaker)
+            if lookup is None:
+                lookup = Lookup(run=None, error=breaker.reason(row.engine or ""))
+            else:  # asked: an answer, not-found or the engine's error
+                self.metrics.runs_checked.labels(row.engine or "").inc()
+            found[(row.org, row.id)] = lookup
             done += 1
             if progress is not None:
                 progress(done, len(todo))
@@ -180,6 +209,14 @@ class Reconciler:
         for name in engines:
             try:
                 listed += await self.engines[name].list_runs(now - self.lookback, now)
+                problems = list(getattr(self.engines[name], "listing_problems", ()))
+                for problem in problems[:LISTING_PROBLEMS_SHOWN]:
+                    report.decisions.append(_listing_problem(name, problem))
+                if len(problems) > LISTING_PROBLEMS_SHOWN:
+                    more = f"and {len(problems) - LISTING_PROBLEMS_SHOWN} more unreadable runs"
+                    report.decisions.append(_listing_problem(name, more))
+                if problems:
+                    self.metrics.engine_errors.labels(name).inc(len(problems))
             except Exception as exc:  # an adapter bug must not stop the pass either
                 if not isinstance(exc, EngineError):
                     log.exception("engine %s failed to list runs", name)
@@ -218,6 +255,8 @@ class Reconciler:
             for run in await self._listed(engines, now, report)
             if filters.org in (None, run.org) and filters.agent in (None, run.agent_name)
         ]
+        for run in listed:
+            self._first_listed.setdefault((run.engine, run.external_id), now)
         open_keys = {(r.org, r.id) for r in rows}
         runs_by_key: defaultdict[tuple[str, str], list[EngineRun]] = defaultdict(list)
         for run in listed:
@@ -249,10 +288,14 @@ class Reconciler:
             if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
                 extra.append(decision)
         report.decisions += (
-            reconcile(rows, lookups, listed, stored, now, self.policy, existing) + extra
+            reconcile(rows, lookups, listed, stored, now, self.policy, existing, self._first_listed)
+            + extra
         )
-        for decision in report.mismatches:
-            self.metrics.mismatches_found.labels(decision.kind.value).inc()
+        by_kind = Counter(decision.kind.value for decision in report.mismatches)
+        self.metrics.mismatches_last_pass.clear()
+        for kind, count in by_kind.items():
+            self.metrics.mismatches_found.labels(kind).inc(count)
+            self.metrics.mismatches_last_pass.labels(kind).set(count)
         if fix:
             await self._publish(report, now)
         report.duration_s = time.perf_counter() - started
@@ -262,6 +305,7 @@ class Reconciler:
         if self.publisher is None:
             raise RuntimeError("fix mode needs a publisher")
         events: list[Event] = []
+        kinds: list[str] = []
         for decision in report.decisions:
             if decision.action is not Action.PUBLISH:
                 continue
@@ -279,8 +323,13 @@ class Reconciler:
                 continue
             if event is not None:
                 events.append(event)
-                self.metrics.mismatches_fixed.labels(decision.kind.value).inc()
-        report.published = await self.publisher.publish_all(events)
+                kinds.append(decision.kind.value)
+        fresh = await self.publisher.publish_each(events)
+        # A correction JetStream already holds (an earlier pass sent it) is not fixed again.
+        for kind, new in zip(kinds, fresh, strict=True):
+            if new:
+                self.metrics.mismatches_fixed.labels(kind).inc()
+        report.published = sum(fresh)
         report.fixed = len(events)
 
     async def sync_components(self, org: str, execution_id: str, trigger: str) -> SyncResult:
@@ -310,13 +359,15 @@ class Reconciler:
             run = await self.engines[row.engine].get_run(row.external_id, with_steps=True)
         except EngineError as exc:
             self.metrics.engine_errors.labels(row.engine).inc()
-            return SyncResult(ok=False, error=str(exc))
+            return SyncResult(ok=False, error=str(exc), engine_failed=True)
         if run is None:
             return SyncResult(ok=False, error=f"{row.engine} has no run {row.external_id!r}")
-        if not belongs(run, row):
-            return SyncResult(
-                ok=False, error=f"{row.engine} run {row.external_id!r} is another execution's"
-            )
+        # Rows of every org using the run id: a run that names no execution may be theirs.
+        async with self.pool.acquire() as conn:
+            others = await repo.rows_by_external_ids(conn, row.engine, [row.external_id])
+        refusal = steps_refusal(row, run, Holders.of([row, *others]))
+        if refusal is not None:
+            return SyncResult(ok=False, error=refusal)
         events = component_events(
             org, row.agent_name, execution_id, list(run.steps), datetime.now(UTC)
         )
@@ -327,24 +378,52 @@ class Reconciler:
         return SyncResult(ok=True, published=published, steps=len(events))
 
     async def sync_recent_components(self) -> int:
-        """Background cache fill: steps of recently finished runs, missing or stale."""
+        """Background cache fill: steps of recently finished runs, missing or stale.
+
+        Bounded like the lookups of a pass: each engine gets `engine_pass_timeout_s` and a
+        breaker, so an engine that does not answer delays the next pass (and the other
+        engines' corrections) by at most that, not by one timeout per run."""
         since = datetime.now(UTC) - self.component_window
         total = 0
         for name in self.component_engines:
+            breaker = Breaker(self.breaker_threshold)
+            try:
+                async with asyncio.timeout(self.engine_pass_timeout_s):
+                    total += await self._sync_engine_steps(name, since, breaker)
+            except TimeoutError:
+                log.warning(
+                    "step sync of %s stopped after %g s; the rest waits for the next pass",
+                    name,
+                    self.engine_pass_timeout_s,
+                )
+        return total
+
+    async def _sync_engine_steps(self, name: str, since: datetime, breaker: Breaker) -> int:
+        total = 0
+        after: tuple[datetime, str, str] | None = None
+        while not breaker.open:
             async with self.pool.acquire() as conn:
-                found = await repo.finished_with_stale_steps(conn, name, since)
-            for row, version in found:
+                page = await repo.finished_with_stale_steps(conn, name, since, after=after)
+            for row, version in page:
                 key = (row.org, row.id)
                 if self._synced.get(key) == version:
-                    continue
+                    continue  # synced at this version (it has no steps to write)
+                if breaker.open:
+                    log.warning("step sync of %s stopped: %s", name, breaker.reason(name))
+                    return total
                 try:
                     result = await self.sync_components(row.org, row.id, "background")
                 except Exception:  # one run's odd history must not stop the others
                     log.exception("syncing the steps of %s/%s failed", row.org, row.id)
                     continue
+                breaker.record(result.error if result.engine_failed else None)
                 if result.ok:
                     self._synced[key] = version
                 total += result.steps
+            if len(page) < repo.STALE_PAGE:
+                break
+            last_row, last_version = page[-1]
+            after = (last_version, last_row.org, last_row.id)
         return total
 
     async def run(
@@ -361,6 +440,8 @@ class Reconciler:
             try:
                 self.is_leader = await leader.try_acquire()
                 self.metrics.leader.set(1 if self.is_leader else 0)
+                if not self.is_leader:  # what it found as leader is another's to report now
+                    self.metrics.mismatches_last_pass.clear()
                 if self.is_leader:
                     with self.metrics.loop_duration.time():
                         report = await self.run_pass(fix=fix)

@@ -18,6 +18,12 @@ class ReconcilerMetrics:
         self.mismatches_found = Counter(
             "reconciler_mismatches_found_total", "Drift found, by kind", ["kind"], registry=r
         )
+        self.mismatches_last_pass = Gauge(
+            "reconciler_mismatches_last_pass",
+            "Drift the last pass found, by kind (0 on replicas that are not the leader)",
+            ["kind"],
+            registry=r,
+        )
         self.mismatches_fixed = Counter(
             "reconciler_mismatches_fixed_total",
             "Corrections published, by kind",

@@ -30,8 +30,11 @@ class EventPublisher:
 
     async def publish_all(self, events: Sequence[Event]) -> int:
         """Publish in pipelined chunks; the number that were new to the stream."""
-        fresh = 0
+        return sum(await self.publish_each(events))
+
+    async def publish_each(self, events: Sequence[Event]) -> list[bool]:
+        """Publish in pipelined chunks; for each event, whether it was new to the stream."""
+        fresh: list[bool] = []
         for start in range(0, len(events), CHUNK):
-            acks = await asyncio.gather(*(self.publish(e) for e in events[start : start + CHUNK]))
-            fresh += sum(acks)
+            fresh += await asyncio.gather(*(self.publish(e) for e in events[start : start + CHUNK]))
         return fresh

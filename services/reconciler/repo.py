@@ -19,7 +19,9 @@ class Filters:
     engine: str | None = None
 
 
-_ROW_COLUMNS = "org, id, agent_name, status, engine, external_id, started_at, first_seen_at"
+_ROW_COLUMNS = (
+    "org, id, agent_name, status, engine, external_id, started_at, first_seen_at, completed_at"
+)
 _FILTER = """
     ($1::text IS NULL OR org = $1)
     AND ($2::text IS NULL OR agent_name = $2)
@@ -69,7 +71,8 @@ WHERE e.engine = $1
        WHERE c.org = e.org AND c.execution_id = e.id),
       '-infinity'
   ) < e.updated_at
-ORDER BY e.updated_at DESC
+  AND ($4::timestamptz IS NULL OR (e.updated_at, e.org, e.id) < ($4, $5::text, $6::text))
+ORDER BY e.updated_at DESC, e.org DESC, e.id DESC
 LIMIT $3
 """
 
@@ -84,6 +87,7 @@ def _row(record: asyncpg.Record) -> Row:
         external_id=record["external_id"],
         started_at=record["started_at"],
         first_seen_at=record["first_seen_at"],
+        completed_at=record["completed_at"],
     )
 
 
@@ -128,10 +132,23 @@ async def row_by_id(conn: asyncpg.Connection, org: str, execution_id: str) -> Ro
     return None if record is None else _row(record)
 
 
+StalePage = list[tuple[Row, datetime]]
+#: Rows per page of `finished_with_stale_steps`.
+STALE_PAGE = 200
+
+
 async def finished_with_stale_steps(
-    conn: asyncpg.Connection, engine: str, since: datetime, limit: int = 200
-) -> list[tuple[Row, datetime]]:
+    conn: asyncpg.Connection,
+    engine: str,
+    since: datetime,
+    limit: int = STALE_PAGE,
+    after: tuple[datetime, str, str] | None = None,
+) -> StalePage:
     """Recently finished runs of an engine whose steps are missing or older than the run's
-    last change, with that change's time."""
-    records = await conn.fetch(FINISHED_WITH_STALE_STEPS, engine, since, limit)
+    last change, with that change's time; newest change first, from after `after` (the last
+    page's last (updated_at, org, id))."""
+    updated_at, org, execution_id = after or (None, None, None)
+    records = await conn.fetch(
+        FINISHED_WITH_STALE_STEPS, engine, since, limit, updated_at, org, execution_id
+    )
     return [(_row(r), r["updated_at"]) for r in records]

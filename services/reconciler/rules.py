@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 
 from services.reconciler.engines import EngineRun
 from shared.events import MAX_ID, Status, is_valid_name
@@ -50,6 +51,7 @@ class Row:
     external_id: str | None
     started_at: datetime | None
     first_seen_at: datetime
+    completed_at: datetime | None = None
 
     @property
     def since(self) -> datetime:
@@ -130,6 +132,7 @@ def belongs(run: EngineRun, row: Row) -> bool:
 
 
 RunKey = tuple[str, str]  # (engine, external id)
+_NONE_SEEN: Mapping[RunKey, datetime] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +199,54 @@ def run_for(row: Row, runs: Iterable[EngineRun], holders: Holders) -> EngineRun 
         run for run in runs if belongs(run, row) and unattributable(row, run, holders) is None
     ]
     named = [run for run in candidates if run.execution_id == row.id]
-    if len(named) == 1:
-        return named[0]
+    if named:
+        # Several runs that name this execution are its retries (an engine retry, cron,
+        # continue-as-new): the newest one is where it stands now.
+        return newest_run(named)
     return candidates[0] if len(candidates) == 1 else None
+
+
+def newest_run(
+    runs: Sequence[EngineRun], first_seen: Mapping[RunKey, datetime] = _NONE_SEEN
+) -> EngineRun:
+    """The run that started last (by its start, else when the reconciler first listed it);
+    of runs that tie, the first listed."""
+
+    def started(run: EngineRun) -> datetime:
+        return run.started_at or first_seen.get((run.engine, run.external_id)) or _DAWN
+
+    return max(runs, key=started)
+
+
+_DAWN = datetime(1, 1, 1, tzinfo=UTC)
+#: How far an engine's clock and an agent's may disagree.
+CLOCK_SKEW = timedelta(seconds=30)
+
+
+def steps_refusal(row: Row, run: EngineRun, holders: Holders) -> str | None:
+    """Why the steps of `run` must not be written into `row` (None: they may).
+
+    Steps carry a run's inputs and outputs, so a run is taken only when it is surely this
+    row's: it names no other org or execution, no other row could be its (`unattributable`),
+    and, when it names no execution, it did not start after this execution had ended (a
+    later run under a reused workflow id, perhaps of an org that does not report to us).
+    """
+    if not belongs(run, row):
+        return f"{row.engine} run {row.external_id!r} is another execution's"
+    doubt = unattributable(row, run, holders)
+    if doubt is not None:
+        return doubt
+    if (
+        run.execution_id is None
+        and run.started_at is not None
+        and row.completed_at is not None
+        and run.started_at > row.completed_at + CLOCK_SKEW
+    ):
+        return (
+            f"{row.engine} run {row.external_id!r} names no execution and started after this "
+            "one ended (a later run under a reused id)"
+        )
+    return None
 
 
 def claimed_runs(runs: Sequence[EngineRun], stored: Iterable[Row]) -> set[int]:
@@ -345,6 +393,7 @@ def decide_orphan_runs(
     now: datetime,
     policy: Policy,
     existing: Collection[tuple[str, str]] = (),
+    first_seen: Mapping[RunKey, datetime] = _NONE_SEEN,
 ) -> list[Decision]:
     """Engine runs no stored row may be about: create them when attributable and old enough.
 
@@ -352,17 +401,34 @@ def decide_orphan_runs(
     is no orphan while any row may be its). `existing` are the (org, execution id) pairs of
     `orphan_target`s that have a row already: such a run is another run of a known execution
     (an engine retry, a reused id), not an orphan, and writing it would overwrite that row.
+    `first_seen` holds when the reconciler first listed each run, the age of a run whose
+    engine gives no start time (unknown: it is not old enough yet).
     """
     decisions = []
     claimed = claimed_runs(runs, stored)
+    # Runs that would create the same execution (retries of one workflow id, which share
+    # its memo or its `<engine>-<id>` fallback): only the newest is where it stands now;
+    # creating each would publish contradicting statuses for one execution.
+    by_target: defaultdict[tuple[str, str], list[EngineRun]] = defaultdict(list)
     for index, run in enumerate(runs):
-        if index in claimed or orphan_target(run, policy) in existing:
+        target = orphan_target(run, policy)
+        if index not in claimed and target is not None:
+            by_target[target].append(run)
+    newest = {target: newest_run(group, first_seen) for target, group in by_target.items()}
+    for index, run in enumerate(runs):
+        target = orphan_target(run, policy)
+        if index in claimed or target in existing:
             continue
-        if run.started_at is not None and now - run.started_at < policy.orphan_run_grace:
+        if target is not None and newest[target] is not run:
+            continue
+        # A run the engine gives no start time is timed from when we first listed it.
+        started = run.started_at or first_seen.get((run.engine, run.external_id)) or now
+        if now - started < policy.orphan_run_grace:
             continue
         org = run.org or policy.orphan_org
         agent = run.agent_name or policy.orphan_agent
         too_long = max(len(run.external_id), len(orphan_execution_id(run))) > MAX_ID
+        unprintable = any(not ch.isprintable() for ch in orphan_execution_id(run))
         base = {
             "engine": run.engine,
             "external_id": run.external_id,
@@ -375,8 +441,15 @@ def decide_orphan_runs(
             or not is_valid_name(org)
             or not is_valid_name(agent)
             or too_long
+            or unprintable
         ):
-            what = f"ids longer than {MAX_ID}" if too_long else "no valid org and agent"
+            what = (
+                f"ids longer than {MAX_ID}"
+                if too_long
+                else "an id with control characters"
+                if unprintable
+                else "no valid org and agent"
+            )
             decisions.append(
                 Decision(
                     kind=Kind.ORPHAN_RUN_UNATTRIBUTED,
@@ -418,6 +491,7 @@ def reconcile(
     now: datetime,
     policy: Policy,
     existing: Collection[tuple[str, str]] = (),
+    first_seen: Mapping[RunKey, datetime] = _NONE_SEEN,
 ) -> list[Decision]:
     """Every decision of one pass: one per row, then one per engine run we have no row for.
 
@@ -426,7 +500,32 @@ def reconcile(
     rows = list(rows)
     holders = Holders.of([*rows, *stored])
     decisions = [
-        decide_row(row, lookups.get((row.org, row.id)), now, policy, holders) for row in rows
+        _spare_listed(
+            decide_row(row, lookups.get((row.org, row.id)), now, policy, holders), listed, policy
+        )
+        for row in rows
     ]
-    decisions += decide_orphan_runs(listed, stored, now, policy, existing)
+    decisions += decide_orphan_runs(listed, stored, now, policy, existing, first_seen)
     return decisions
+
+
+def _spare_listed(decision: Decision, listed: Sequence[EngineRun], policy: Policy) -> Decision:
+    """A row about to be failed for lacking its run id, while the engine lists a run that
+    names it (the event carrying the id was lost): flagged with that run, never failed."""
+    if decision.kind is not Kind.MISSING_EXTERNAL_ID or decision.action is not Action.PUBLISH:
+        return decision
+    for run in listed:
+        if (
+            run.execution_id == decision.execution_id
+            and (run.org or policy.orphan_org) == decision.org
+        ):
+            return replace(
+                decision,
+                action=Action.FLAG,
+                publish_status=None,
+                reason=f"{decision.reason}; not failed: {run.engine} lists run "
+                f"{run.external_id!r} ({run.status.value}) naming this execution",
+                run=run,
+                engine_status=run.status,
+            )
+    return decision

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.events import Status
@@ -82,6 +82,7 @@ class ReconcilerSettings(CommonSettings):
     #: Listing path (query parameters `since`, `until`); None when the engine cannot list.
     http_list_path: str | None = "/runs"
     http_status_field: str = "status"
+    #: Merged over DEFAULT_STATUS_MAP; keys are matched case-insensitively.
     http_status_map: dict[str, Status] = Field(default_factory=lambda: dict(DEFAULT_STATUS_MAP))
     http_timeout_seconds: float = Field(default=5.0, gt=0)
     http_not_found_attempts: int = Field(default=3, ge=1)
@@ -91,3 +92,10 @@ class ReconcilerSettings(CommonSettings):
     #: Who an engine run with no row belongs to, when the engine does not say.
     orphan_org: str | None = None
     orphan_agent: str | None = None
+
+    @field_validator("http_status_map", mode="after")
+    @classmethod
+    def _over_the_defaults(cls, value: dict[str, Status]) -> dict[str, Status]:
+        # The engine's status is lower-cased before the look-up, so the keys are too; a map
+        # that names only an engine's own words keeps the common ones.
+        return {**DEFAULT_STATUS_MAP, **{key.lower(): status for key, status in value.items()}}

@@ -14,6 +14,7 @@ import pytest_asyncio
 from services.reconciler.engines import EngineError
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.rules import Action, Kind, Policy
+from services.reconciler.settings import ReconcilerSettings
 from shared.events import Status
 from shared.subjects import Subjects
 from tests.procs import running
@@ -241,3 +242,29 @@ async def test_pass_reports_every_kind_dry_run_changes_nothing_fix_is_applied(
     finally:
         await reconciler.pool.close()
         await nc.close()
+
+
+def test_a_status_map_of_the_engines_own_words_keeps_the_common_ones() -> None:
+    settings = ReconcilerSettings(
+        http_status_map={"DONE": Status.SUCCESS, "Parked": Status.PENDING}
+    )
+    assert settings.http_status_map["done"] is Status.SUCCESS
+    assert settings.http_status_map["parked"] is Status.PENDING
+    assert settings.http_status_map["succeeded"] is Status.SUCCESS  # a default, kept
+    engine = HttpEngine(
+        HttpEngineConfig(base_url="http://127.0.0.1:9", status_map={"DONE": Status.SUCCESS})
+    )
+    assert engine.parse_run({"id": "a", "status": "Done"}).status is Status.SUCCESS
+
+
+def test_a_run_is_read_despite_odd_optional_fields_but_never_with_odd_ids() -> None:
+    engine = HttpEngine(
+        HttpEngineConfig(base_url="http://127.0.0.1:9", status_map={"ok": Status.SUCCESS})
+    )
+    found = engine.parse_run(
+        {"id": 42, "status": "ok", "started_at": "2026-01-01T00:00:00", "error": ["a", 1]}
+    )
+    assert (found.external_id, found.started_at, found.error) == ("42", None, '["a",1]')
+    for odd in ({"org": ["acme"]}, {"execution_id": {"id": 1}}, {"id": None}):
+        with pytest.raises(EngineError):
+            engine.parse_run({"id": "a", "status": "ok", **odd})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from services.reconciler.rules import (
     orphan_target,
     reconcile,
     run_for,
+    steps_refusal,
 )
 from shared.events import Event, EventType, RetryPolicy, Status
 from shared.retries import classify_retry
@@ -51,7 +53,12 @@ def row(status: Status = Status.RUNNING, age_s: float = 3600, **kw: object) -> R
 
 
 def run(status: Status, **kw: object) -> EngineRun:
-    fields: dict[str, object] = {"engine": "temporal", "external_id": "wf-1", "status": status}
+    fields: dict[str, object] = {
+        "engine": "temporal",
+        "external_id": "wf-1",
+        "status": status,
+        "started_at": NOW - timedelta(hours=1),
+    }
     fields.update(kw)
     return EngineRun(**fields)  # type: ignore[arg-type]
 
@@ -413,3 +420,65 @@ def test_step_events_fit_or_leave_out_what_no_event_can_carry() -> None:
     assert event.component.node_id == "step\ufffdone"
     assert event.component.input == {"k\ufffd": "v\ufffd"}
     assert event.component.started_at is None
+
+
+def test_steps_come_only_from_a_run_that_is_surely_the_rows() -> None:
+    done = row(Status.SUCCESS, completed_at=NOW - timedelta(minutes=50))
+    alone = Holders.of([done])
+    # A run that names no execution and began after ours ended: a later run under the id.
+    later = run(Status.RUNNING, started_at=NOW - timedelta(minutes=10))
+    assert "started after this one ended" in (steps_refusal(done, later, alone) or "")
+    assert steps_refusal(done, run(Status.SUCCESS), alone) is None
+    # One that names our execution is ours, whenever it started (a retry).
+    assert steps_refusal(done, replace_run(later, execution_id="ex1"), alone) is None
+    # Another org's row uses the run id and the run names no org: whose steps is unknown.
+    rival = Holders.of([done, row(Status.SUCCESS, org="globex", id="gx")])
+    assert "several orgs" in (steps_refusal(done, run(Status.SUCCESS), rival) or "")
+    assert steps_refusal(done, run(Status.SUCCESS, org="globex"), alone) is not None
+
+
+def replace_run(found: EngineRun, **changes: object) -> EngineRun:
+    return dataclasses.replace(found, **changes)  # type: ignore[arg-type]
+
+
+def test_retries_of_one_execution_create_it_once_from_the_newest_run() -> None:
+    named = {"org": "acme", "agent_name": "ruby", "execution_id": "X"}
+    first = run(Status.FAILED, started_at=NOW - timedelta(hours=2), **named)
+    retry = run(Status.RUNNING, started_at=NOW - timedelta(minutes=30), **named)
+    for runs in ([first, retry], [retry, first]):
+        (decision,) = decide_orphan_runs(runs, [], NOW, POLICY)
+        assert (decision.execution_id, decision.publish_status) == ("X", Status.RUNNING)
+    # Once it has a row, the newest of the runs naming it says where it stands.
+    done = row(Status.FAILED, id="X")
+    finished = run(Status.SUCCESS, started_at=NOW - timedelta(minutes=30), **named)
+    assert run_for(done, [first, finished], Holders.of([done])) is finished
+
+
+def test_a_run_without_a_start_time_is_timed_from_when_it_was_first_listed() -> None:
+    queued = run(Status.PENDING, started_at=None, org="acme", agent_name="ruby")
+    key = (queued.engine, queued.external_id)
+    assert decide_orphan_runs([queued], [], NOW, POLICY) == []
+    recent = {key: NOW - timedelta(minutes=5)}
+    assert decide_orphan_runs([queued], [], NOW, POLICY, first_seen=recent) == []
+    long_ago = {key: NOW - timedelta(hours=1)}
+    (decision,) = decide_orphan_runs([queued], [], NOW, POLICY, first_seen=long_ago)
+    assert decision.kind is Kind.ORPHAN_RUN
+
+
+def test_an_orphan_id_with_control_characters_is_flagged_not_created() -> None:
+    odd = run(Status.SUCCESS, external_id="job\x001", org="acme", agent_name="ruby")
+    (decision,) = decide_orphan_runs([odd], [], NOW, POLICY)
+    assert (decision.kind, decision.action) == (Kind.ORPHAN_RUN_UNATTRIBUTED, Action.FLAG)
+    assert "control characters" in decision.reason
+
+
+def test_a_row_lacking_its_run_id_is_not_failed_while_the_engine_lists_a_run_naming_it() -> None:
+    failing = dataclasses.replace(POLICY, fail_missing_external_id=True)
+    lost = row(external_id=None)
+    (alone,) = reconcile([lost], {}, [], [], NOW, failing)
+    assert (alone.kind, alone.action) == (Kind.MISSING_EXTERNAL_ID, Action.PUBLISH)
+    listed = run(Status.RUNNING, external_id="wf-9", org="acme", execution_id="ex1")
+    spared = reconcile([lost], {}, [listed], [], NOW, failing)[0]
+    assert (spared.kind, spared.action) == (Kind.MISSING_EXTERNAL_ID, Action.FLAG)
+    assert "lists run 'wf-9' (running)" in spared.reason
+    assert spared.publish_status is None

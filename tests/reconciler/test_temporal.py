@@ -188,6 +188,27 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
             )
             # Synced steps are not fetched again while the run does not change.
             assert await reconciler.sync_recent_components() == 0
+            # x-fail's run names no org or execution, and another org's row uses its run id:
+            # whose inputs and outputs its steps are cannot be told, so they were not copied.
+            refused = await reconciler.sync_components(org, "x-fail", "background")
+            assert not refused.ok
+            assert "several orgs" in (refused.error or "")
+            assert not await db.fetchval(
+                "SELECT count(*) FROM component_executions WHERE org = $1 AND execution_id = $2",
+                org,
+                "x-fail",
+            )
+            # Once that row is gone, the next background pass copies them.
+            await db.execute("DELETE FROM executions WHERE org = $1", other)
+            failed_steps = await reconciler.sync_recent_components()
+            assert failed_steps >= 1
+            synced += failed_steps
+            await wait_until(
+                db,
+                "SELECT count(*) FROM component_executions WHERE org = $1",
+                (org,),
+                synced,
+            )
             # On demand, as the query service asks for a running execution's steps.
             await nc.subscribe(subjects.sync_components(), cb=sync_handler(reconciler))
             reply = await nc.request(

@@ -39,9 +39,10 @@ class HttpEngineConfig:
 
 
 class _RunPayload(BaseModel):
-    """The fields we read from an engine's run; anything else is ignored."""
+    """The fields we read from an engine's run; anything else is ignored. Numbers stand for
+    their text (engines with numeric job ids)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
     id: str | None = None
     external_id: str | None = None
@@ -52,6 +53,28 @@ class _RunPayload(BaseModel):
     org: str | None = None
     agent_name: str | None = None
     execution_id: str | None = None
+
+
+#: Fields a run is still read without, when the engine sends them malformed (a naive time, an
+#: error object of its own shape). Ids and attribution are never guessed at: without them,
+#: or with them malformed, the run cannot be read.
+_SPARE = frozenset({"started_at", "completed_at", "error", "error_type"})
+
+
+def _validated(payload: dict[str, Any]) -> _RunPayload:
+    data = dict(payload)
+    for key in ("error", "error_type"):
+        if isinstance(data.get(key), dict | list):
+            data[key] = orjson.dumps(data[key]).decode()  # an error object, kept as its JSON
+    while True:
+        try:
+            return _RunPayload.model_validate(data)
+        except ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            if not bad or not bad <= _SPARE:
+                raise
+            for key in bad:
+                data.pop(key, None)
 
 
 class _NotFound(Exception):
@@ -67,6 +90,9 @@ class HttpEngine:
 
     def __init__(self, config: HttpEngineConfig) -> None:
         self._config = config
+        self._status_map = {key.lower(): status for key, status in config.status_map.items()}
+        #: Why items of the last listing could not be read (they were left out of it).
+        self.listing_problems: list[str] = []
         self._client = KeepAliveClient(
             config.base_url,
             max_connections=config.max_connections,
@@ -93,11 +119,11 @@ class HttpEngine:
             raise EngineError(
                 f"{cfg.name}: bad payload: field {cfg.status_field!r} missing or not a string"
             )
-        status = cfg.status_map.get(raw_status.lower())
+        status = self._status_map.get(raw_status.lower())
         if status is None:
             raise EngineError(f"{cfg.name}: bad payload: unknown status {raw_status!r}")
         try:
-            run = _RunPayload.model_validate(payload)
+            run = _validated(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
@@ -174,4 +200,13 @@ class HttpEngine:
         items = payload.get("runs") if isinstance(payload, dict) else payload
         if not isinstance(items, list):
             raise EngineError(f"{self._config.name}: bad payload: run list is not a list")
-        return [self.parse_run(item) for item in items]
+        # One run the engine reports oddly must not hide the others (their orphans and
+        # finished-row corrections): it is left out and reported.
+        runs, problems = [], []
+        for index, item in enumerate(items):
+            try:
+                runs.append(self.parse_run(item))
+            except EngineError as exc:
+                problems.append(f"run {index} of the listing: {exc}")
+        self.listing_problems = problems
+        return runs
