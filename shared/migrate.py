@@ -39,15 +39,17 @@ def load_migrations() -> list[Migration]:
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply what is missing; return the names applied. Safe to run concurrently."""
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version integer PRIMARY KEY,
-               name text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
     applied: list[str] = []
+    # Locked before the table is created too: two `CREATE TABLE IF NOT EXISTS` at once on a
+    # fresh database can both find it missing, and the second fails on its type's name.
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for migration in load_migrations():
             if migration.version in done:

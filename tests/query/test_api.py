@@ -374,7 +374,9 @@ async def test_metrics_use_route_templates(
     assert 'route="/api/executions/{execution_id}"' in text
     assert rows[3]["id"] not in text
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert (await client.get("/readyz")).json()["database"] is True
+    ready = (await client.get("/readyz")).json()
+    assert ready["database"] is True
+    assert ready["app_role"] is True
     spec = (await client.get("/openapi.json")).json()
     assert "/api/executions" in spec["paths"]
     assert "/api/executions/{execution_id}/terminate" in spec["paths"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
@@ -10,7 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.query.deps import StateDep
 
+log = logging.getLogger(__name__)
 router = APIRouter()
+
+#: Whether the connecting user may take the role of scoped reads (false before migrations).
+APP_ROLE_USABLE = (
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fleetwatch_app') "
+    "THEN pg_has_role('fleetwatch_app', 'MEMBER') ELSE false END"
+)
 
 
 @router.get("/healthz", tags=["health"], summary="The process is alive")
@@ -22,16 +30,19 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: StateDep) -> JSONResponse:
     checks: dict[str, Any] = {
         "database": False,
+        # Every scoped read switches to this role: a user that may not fails every call.
+        "app_role": False,
         "nats": bool(state.nats and state.nats.is_connected),
     }
     if state.pool is not None:
         try:
             async with state.pool.acquire(timeout=2) as conn:
                 checks["database"] = await conn.fetchval("SELECT 1") == 1
+                checks["app_role"] = await conn.fetchval(APP_ROLE_USABLE) is True
         except Exception:  # any failure means "not ready", never a crash
-            checks["database"] = False
+            log.debug("readiness check failed", exc_info=True)
     # Terminate needs NATS, but reads do not: only the database decides readiness.
-    ready = checks["database"]
+    ready = checks["database"] and checks["app_role"]
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
 
