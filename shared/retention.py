@@ -1,4 +1,5 @@
-"""Per-org retention: delete executions, their components and events past `retention_days`.
+"""Per-org retention: delete executions, their components and events past `retention_days`
+(and steps of executions that never got a row, by their own time).
 
 Deletes run in small batches (one short transaction each) so ingest never waits long on a
 lock and replicas never see a huge WAL burst. The JetStream side is a single stream-wide
@@ -45,6 +46,21 @@ WITH doomed AS (
 SELECT (SELECT count(*) FROM gone) AS executions, (SELECT count(*) FROM steps) AS components
 """
 
+# Steps whose execution has no row (its events never came: ingest stores steps that arrive
+# first) expire by their own time; they would otherwise stay past every retention.
+DELETE_ORPHAN_STEPS_SQL = """
+WITH doomed AS (
+    SELECT c.execution_id, c.node_id, c.attempt FROM component_executions c
+    WHERE c.org = $1 AND coalesce(c.started_at, c.first_seen_at) < $2
+      AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM component_executions c USING doomed d
+WHERE c.org = $1 AND c.execution_id = d.execution_id AND c.node_id = d.node_id
+  AND c.attempt = d.attempt
+"""
+
 # Expired events in any order (a BRIN index on received_at finds them; see migration 0013).
 DELETE_EVENTS_SQL = """
 WITH doomed AS (
@@ -61,7 +77,11 @@ SELECT
     (SELECT count(*) FROM executions WHERE org = $1 AND sort_at < $2) AS executions,
     (SELECT count(*) FROM component_executions c
         JOIN executions e ON e.org = c.org AND e.id = c.execution_id
-        WHERE e.org = $1 AND e.sort_at < $2) AS components,
+        WHERE e.org = $1 AND e.sort_at < $2)
+    + (SELECT count(*) FROM component_executions c
+        WHERE c.org = $1 AND coalesce(c.started_at, c.first_seen_at) < $2
+          AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
+      ) AS components,
     (SELECT count(*) FROM events WHERE org = $1 AND received_at < $2) AS events
 """
 
@@ -171,6 +191,16 @@ async def _delete_org(
         if row["executions"]:
             say(f"  {result.org}: {result.executions} executions so far")
         if row["executions"] < batch_size:
+            break
+    while True:
+        async with conn.transaction():
+            status = await conn.execute(
+                DELETE_ORPHAN_STEPS_SQL, result.org, result.cutoff, batch_size
+            )
+        deleted = int(status.split()[-1])
+        result.components += deleted
+        result.batches += 1
+        if deleted < batch_size:
             break
     while True:
         async with conn.transaction():

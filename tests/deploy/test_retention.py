@@ -86,8 +86,9 @@ async def test_deletes_per_org_in_batches_and_dry_run_deletes_nothing(
             16,
             8,
         )
-        # 8 executions in batches of 3 → 3 batches; 8 events → 3 more.
-        assert by_org[short].batches == 6
+        # 8 executions in batches of 3 → 3 batches; steps without an execution → 1; 8 events
+        # → 3 more.
+        assert by_org[short].batches == 7
         assert by_org[long_].executions == 0
         assert await counts(conn, short) == (2, 4, 2)
         assert await counts(conn, long_) == (3, 6, 3)
@@ -97,6 +98,32 @@ async def test_deletes_per_org_in_batches_and_dry_run_deletes_nothing(
 
         again = await apply_retention(conn, now=NOW, batch_size=3)
         assert again.executions == again.components == again.events == 0
+    finally:
+        await conn.close()
+
+
+async def test_steps_whose_execution_never_came_expire_by_their_own_time(
+    fresh_database_url: str,
+) -> None:
+    org = f"o-{uuid.uuid4().hex[:6]}"
+    conn = await connect(fresh_database_url)
+    try:
+        await seed(conn, org, 7, [100])
+        for execution_id, age in (("never-old", 100), ("never-new", 1)):
+            await conn.execute(
+                "INSERT INTO component_executions"
+                " (org, execution_id, node_id, attempt, agent_name, status, first_seen_at)"
+                " VALUES ($1, $2, 'n', 1, 'ruby', 'success', $3)",
+                org,
+                execution_id,
+                NOW - timedelta(days=age),
+            )
+        (dry,) = (await apply_retention(conn, now=NOW, dry_run=True)).orgs
+        assert (dry.executions, dry.components) == (1, 3)
+        (done,) = (await apply_retention(conn, now=NOW)).orgs
+        assert (done.executions, done.components) == (1, 3)
+        left = await conn.fetch("SELECT execution_id FROM component_executions WHERE org = $1", org)
+        assert [r["execution_id"] for r in left] == ["never-new"]
     finally:
         await conn.close()
 
