@@ -186,6 +186,15 @@ def test_prometheusrule_is_generated_from_the_rules_file() -> None:
     )
 
 
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "KB": 2**10, "MB": 2**20, "GB": 2**30}
+
+
+def _size(text: str) -> int:
+    """Bytes of a Kubernetes quantity (`10Gi`) or a NATS size (`8GB`; NATS counts in 1024s)."""
+    unit = text[-2:]
+    return int(text[:-2]) * _UNITS[unit]
+
+
 def test_nats_is_a_three_node_jetstream_cluster(
     rendered: tuple[str, list[Doc]], tmp_path: Path
 ) -> None:
@@ -219,6 +228,12 @@ def test_nats_is_a_three_node_jetstream_cluster(
     assert f"pid_file: {pid_file}" in conf
     mounts = [m["mountPath"] for m in container["volumeMounts"]]
     assert str(Path(pid_file).parent) in mounts
+    # JetStream's file store fits the data volume, so it refuses before the disk is full.
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    (claim,) = nats["spec"]["volumeClaimTemplates"]
+    volume = claim["spec"]["resources"]["requests"]["storage"]
+    assert "max_file_store: $JS_MAX_FILE_STORE" in conf
+    assert _size(env["JS_MAX_FILE_STORE"]) <= 0.9 * _size(volume), (env, volume)
 
     # The server itself accepts the configuration (syntax and option names).
     server = shutil.which("nats-server", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -241,7 +256,7 @@ def test_nats_is_a_three_node_jetstream_cluster(
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "POD_NAME": "fleetwatch-nats-0"},
+        env={**os.environ, **env, "POD_NAME": "fleetwatch-nats-0"},
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -43,7 +43,11 @@ def rendered_dev() -> dict[str, str]:
     conf = one(docs, "ConfigMap", "fleetwatch-nats-config")["data"]["nats.conf"]
     auth = one(docs, "Secret", "fleetwatch-nats-auth")["stringData"]["authorization.conf"]
     nats_url = one(docs, "Secret", "fleetwatch-secrets")["stringData"]["NATS_URL"]
-    return {"conf": conf, "auth": auth, "nats_url": nats_url}
+    (container,) = one(docs, "StatefulSet", "fleetwatch-nats")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return {"conf": conf, "auth": auth, "nats_url": nats_url, "store": env["JS_MAX_FILE_STORE"]}
 
 
 def _agent_credentials(auth: str, org: str) -> tuple[str, str]:
@@ -72,7 +76,11 @@ def _server(rendered: dict[str, str], tmp: Path) -> Iterator[int]:
     (tmp / "nats-auth" / "authorization.conf").write_text(rendered["auth"])
     process = subprocess.Popen(
         [binary, "-c", str(tmp / "nats" / "nats.conf")],
-        env={**os.environ, "POD_NAME": "fleetwatch-nats-0"},
+        env={
+            **os.environ,
+            "POD_NAME": "fleetwatch-nats-0",
+            "JS_MAX_FILE_STORE": rendered["store"],
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
