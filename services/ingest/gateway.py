@@ -22,7 +22,13 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from services.ingest.apikeys import org_for_key
-from services.ingest.gateway_batch import Outgoing, check_batch, split_body
+from services.ingest.gateway_batch import (
+    FieldError,
+    Outgoing,
+    TooManyEventsError,
+    check_batch,
+    split_body,
+)
 from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.settings import CommonSettings
 
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_EVENTS = 1000
+#: Field errors listed in a 403 or 422 answer (lowest indexes first); `error_count` has all.
+MAX_LISTED_ERRORS = 100
 PUBLISH_CHUNK = 256
 ACK_TIMEOUT = 5.0
 #: A key lookup that has not answered by then (database down or unreachable) is answered 503.
@@ -72,7 +80,9 @@ _ERRORS_SCHEMA: dict[str, Any] = {
                     "message": {"type": "string"},
                 },
             },
+            "description": f"The first {MAX_LISTED_ERRORS} errors, by index.",
         },
+        "error_count": {"type": "integer", "description": "How many errors there are in all."},
     },
 }
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -96,6 +106,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _refused(status: int, detail: str, errors: list[FieldError]) -> JSONResponse:
+    """A 403 or 422 listing the first errors: a thousand bad events with several bad fields
+    each would make an answer of megabytes that no one reads past its first lines."""
+    listed = sorted(errors, key=lambda error: error.index)[:MAX_LISTED_ERRORS]
+    return _error(status, detail, errors=[e.as_dict() for e in listed], error_count=len(errors))
 
 
 async def _read_limited(request: Request) -> bytes | None:
@@ -163,23 +180,18 @@ def create_gateway_router(
         body = await _read_limited(request)
         if body is None:
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        items, errors = split_body(body, request.headers.get("content-type", ""))
-        if len(items) > MAX_EVENTS:
+        try:
+            items, errors = split_body(body, request.headers.get("content-type", ""), MAX_EVENTS)
+        except TooManyEventsError:
             return _error(413, f"more than {MAX_EVENTS} events in one request")
         checked = check_batch(items, org, subjects)
         if checked.foreign:
-            return _error(
-                403,
-                "events name another organization; nothing was published",
-                errors=[e.as_dict() for e in checked.foreign],
+            return _refused(
+                403, "events name another organization; nothing was published", checked.foreign
             )
         errors += checked.errors
         if errors:
-            return _error(
-                422,
-                "batch refused; nothing was published",
-                errors=[e.as_dict() for e in errors],
-            )
+            return _refused(422, "batch refused; nothing was published", errors)
         outgoing = checked.events
         results = await publish_all(outgoing)
         failed = [

@@ -38,6 +38,10 @@ log = logging.getLogger("fleetwatch.publisher")
 
 _PUBLISH_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 _DRAIN_CHUNK = 200
+#: Pause of the drain loop after JetStream stopped acknowledging; after an error it doubles
+#: with each error in a row, up to `_DRAIN_BACKOFF_MAX`.
+_DRAIN_PAUSE = 0.2
+_DRAIN_BACKOFF_MAX = 5.0
 
 
 class PublishError(RuntimeError):
@@ -120,22 +124,35 @@ class Fleet:
         return self
 
     async def close(self, drain_timeout: float = 5.0) -> None:
-        """Send what the spool holds (up to `drain_timeout`), then disconnect."""
-        if self.spool is not None and self.spool.pending and self.connected:
-            await self.flush(drain_timeout)
+        """Send what the spool holds (up to `drain_timeout`), then disconnect. The tasks, the
+        connection and the spool's lock are released whatever fails (or is cancelled) on the
+        way: a lock left held would keep the next process off the spool."""
+        async with contextlib.AsyncExitStack() as cleanup:
+            # Run last to first: the spool closes after the connection, which closes after
+            # the background tasks stopped.
+            if self.spool is not None:
+                cleanup.callback(self.spool.close)
+            cleanup.push_async_callback(self._disconnect)
+            cleanup.push_async_callback(self._stop_tasks)
+            if self.spool is not None and self.spool.pending and self.connected:
+                await self.flush(drain_timeout)
+
+    async def _stop_tasks(self) -> None:
         self._closing = True
         await self.terminate.close()
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        for task, result in zip(
+            tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True
+        ):
+            if isinstance(result, Exception):
+                log.error("publisher task %s had failed: %r", task.get_name(), result)
+
+    async def _disconnect(self) -> None:
         if self._nc is not None:
             with contextlib.suppress(*_PUBLISH_ERRORS):
                 await self._nc.close()
-        if self.spool is not None:
-            self.spool.close()
 
     async def __aenter__(self) -> Fleet:
         return await self.start()
@@ -365,18 +382,34 @@ class Fleet:
         return True
 
     async def _drain_forever(self) -> None:
+        """Drain whenever woken (or every second) for as long as the fleet is open. Nothing
+        may end this loop but `close()`: without it the spool would grow until full and
+        `flush()` would wait in vain, so an error is logged and retried after a pause."""
         assert self.spool is not None
+        backoff = _DRAIN_PAUSE
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
             self._wake.clear()
-            if not self.spool.pending:
-                self._drained.set()
-                continue
-            if not self.connected:
-                continue
-            if not await self._drain_once():
-                await asyncio.sleep(0.2)
+            try:
+                if not await self._drain_step():
+                    await asyncio.sleep(_DRAIN_PAUSE)
+            except Exception:
+                log.exception("re-sending the spool failed; trying again in %.1f s", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _DRAIN_BACKOFF_MAX)
+            else:
+                backoff = _DRAIN_PAUSE
+
+    async def _drain_step(self) -> bool:
+        """One pass of the drain loop; False when JetStream stopped acknowledging."""
+        assert self.spool is not None
+        if not self.spool.pending:
+            self._drained.set()
+            return True
+        if not self.connected:
+            return True
+        return await self._drain_once()
 
     async def _drain_once(self) -> bool:
         """Re-send the spool head in order; False when JetStream stopped acknowledging."""
@@ -410,5 +443,11 @@ class Fleet:
 
     def _dropped(self, event: OutgoingEvent) -> None:
         self.stats.dropped += 1
-        if self.on_overflow is not None:
+        if self.on_overflow is None:
+            return
+        # The caller's alerting hook: its failure is logged, never the publisher's. Raised
+        # from the drain, it would leave the refused record at the spool's head for good.
+        try:
             self.on_overflow(event)
+        except Exception:
+            log.exception("on_overflow raised for dropped event %s", event.event_id)

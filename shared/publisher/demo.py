@@ -184,13 +184,18 @@ async def run_demo(
     grace: float = 2.0,
 ) -> DemoStats:
     """Simulate the fleet until `duration` seconds pass or `stop` is set (None: forever)."""
+    if not speed > 0:
+        raise ValueError(f"speed must be a positive number, not {speed!r}")
     rng = random.Random(seed)
     stop = stop or asyncio.Event()
     fleets = {org: Fleet(nats_url, org=org, subjects=subjects) for org in orgs}
-    for one in fleets.values():
-        await one.start()
+    started: list[Fleet] = []
     demo = Demo(fleets, fleet(tuple(orgs)), rng, speed)
     try:
+        # Inside the `try`: when one org's start fails, the orgs started before it close.
+        for one in fleets.values():
+            await one.start()
+            started.append(one)
         if backfill_runs:
             await demo.backfill(backfill_runs, backfill_hours)
             log.info("backfilled %d runs over %.0f h", demo.stats.backfilled, backfill_hours)
@@ -214,9 +219,17 @@ async def run_demo(
             task.cancel()
         if demo.tasks:
             await asyncio.wait(set(demo.tasks), timeout=5)
-        for one in fleets.values():
+        for one in started:
             await one.close()
     return demo.stats
+
+
+def _positive(text: str) -> float:
+    """An argparse type: run durations are divided by `--speed`."""
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def main(argv: Sequence[str]) -> int:
@@ -229,7 +242,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
     parser.add_argument("--orgs", default=",".join(DEMO_ORGS), help="comma-separated orgs")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--speed", type=float, default=1.0, help="divide run durations by this")
+    parser.add_argument(
+        "--speed", type=_positive, default=1.0, help="divide run durations by this (> 0)"
+    )
     parser.add_argument("--backfill-runs", type=int, default=0, help="past runs to publish first")
     parser.add_argument("--backfill-hours", type=float, default=24.0)
     parser.add_argument("--nats-url", help="default: $NATS_URL")

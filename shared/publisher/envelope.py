@@ -21,6 +21,8 @@ from shared.events import EventType
 
 #: The NATS header JetStream dedupes on; it carries `dedupe_id(org, event_id)`.
 MSG_ID_HEADER = "Nats-Msg-Id"
+#: What starts a hashed event id in `dedupe_id`; no id sent as it is starts with it.
+_HASHED = "sha256:"
 
 
 def dedupe_id(org: str, event_id: str) -> str:
@@ -31,11 +33,19 @@ def dedupe_id(org: str, event_id: str) -> str:
     for the duplicate window. An id a header cannot carry as it is (nats-py strips header
     values and turns CR/LF into spaces, so `e1` and `e1 ` would be one id, and the second
     event would be dropped as a repeat) is sent as `sha256:` and the hex digest of its UTF-8.
+    So is an id that itself starts with `sha256:`: sent as it is, it could be the digest of
+    another id, and JetStream would drop the second of the two as a repeat.
     """
-    # Printable (no control character) and no whitespace at either end: kept as it is.
-    if event_id.isprintable() and event_id[:1].strip() and event_id[-1:].strip():
+    # Printable (no control character), no whitespace at either end and not in the hashed
+    # form: kept as it is, so ids in flight keep deduplicating against their earlier sends.
+    if (
+        event_id.isprintable()
+        and event_id[:1].strip()
+        and event_id[-1:].strip()
+        and not event_id.startswith(_HASHED)
+    ):
         return f"{org}:{event_id}"
-    return f"{org}:sha256:{hashlib.sha256(event_id.encode()).hexdigest()}"
+    return f"{org}:{_HASHED}{hashlib.sha256(event_id.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
@@ -22,6 +24,8 @@ from shared.publisher.fit import fit_text, scrub_nul
 
 if TYPE_CHECKING:
     from shared.publisher.client import Fleet
+
+log = logging.getLogger("fleetwatch.publisher")
 
 #: Called with the terminate reason instead of cancelling the run's task.
 TerminateCallback = Callable[[str | None], Awaitable[None] | None]
@@ -46,9 +50,30 @@ _CHECKED: dict[str, TypeAdapter[Any]] = {
 }
 
 
+#: Text the code sets on a run: a number, a dict or an SDK object (`answer` for
+#: `answer.text`) would break the run's last event (a TypeError while building it, or a
+#: payload ingest dead-letters), leaving its row `running`. Lengths are not checked here:
+#: long text is cut to fit when published (`fit_text`).
+_TEXT = frozenset(
+    {
+        "id", "org", "agent", "message", "response", "execution_log", "triggered_by",
+        "project", "workflow", "schedule_id", "engine", "external_id", "parent_execution_id",
+    }
+)  # fmt: skip
+
+
 def _checked(name: str, value: Any) -> Any:
     """`value` as the contract takes it for field `name` (unchanged for unchecked fields)."""
-    if value is None or name not in _CHECKED:
+    if value is None:
+        return value
+    if name in _TEXT:
+        if not isinstance(value, str):
+            raise TypeError(
+                f"Run.{name} = {reprlib.repr(value)} refused: text (str) expected, "
+                f"not {type(value).__name__}"
+            )
+        return value
+    if name not in _CHECKED:
         return value
     try:
         return _CHECKED[name].validate_python(value)
@@ -185,8 +210,24 @@ class Run:
             self._task = None
         await self.fleet._register(self)
         self._token = current_run.set(self)
-        await self._publish(EventType.EXECUTION_STARTED, self._fields("running"))
+        try:
+            await self._publish(EventType.EXECUTION_STARTED, self._fields("running"))
+        except BaseException:
+            # `async with` never calls __aexit__ when __aenter__ raises: undo here, or a
+            # terminate for this id would cancel the task's later work and the task's next
+            # runs would name this one as their parent.
+            self._leave()
+            raise
         return self
+
+    def _leave(self) -> None:
+        """Stop being the task's current run and the terminate responder's."""
+        if self._token is not None:
+            # The sync facade enters and leaves in two different tasks (two contexts).
+            with contextlib.suppress(ValueError):
+                current_run.reset(self._token)
+            self._token = None
+        self.fleet._unregister(self)
 
     async def __aexit__(
         self,
@@ -194,11 +235,7 @@ class Run:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if self._token is not None:
-            # The sync facade enters and leaves in two different tasks (two contexts).
-            with contextlib.suppress(ValueError):
-                current_run.reset(self._token)
-        self.fleet._unregister(self)
+        self._leave()
         self.finished = True
         self.completed_at = now()
         fields = self._fields("")
@@ -221,7 +258,7 @@ class Run:
         else:
             fields["status"] = "success"
             type_ = EventType.EXECUTION_COMPLETED
-        await self._publish(type_, fields)
+        await self._publish_last(type_, fields, body_raised=exc is not None)
         return suppress
 
     # -- terminate ---------------------------------------------------------------------------
@@ -277,6 +314,31 @@ class Run:
                 type_, org=self.org, execution=fields, source=self.fleet.source_for(self.agent)
             ),
         )
+
+    async def _publish_last(
+        self, type_: EventType, fields: dict[str, Any], *, body_raised: bool
+    ) -> None:
+        """Publish the run's last event, so that its row never stays `running` for a value the
+        code captured: `tool_calls` are the one field not checked as they are set (not JSON,
+        or over the size limit), so a refused event goes out again without them. The refusal
+        then reaches the code, unless the body's own exception is already on its way."""
+        try:
+            await self._publish(type_, fields)
+        except InvalidEventError as refused:
+            if fields.get("tool_calls") is None:
+                raise
+            await self._publish(type_, {**fields, "tool_calls": None})
+            log.error(
+                "execution %s: %s published without its tool_calls, which were refused: %s",
+                self.id, type_.value, refused,
+            )  # fmt: skip
+            if not body_raised:
+                raise InvalidEventError(
+                    refused.event_id,
+                    "execution.tool_calls",
+                    refused.reason,
+                    f"{refused.detail} (the run's {type_.value} went out without tool_calls)",
+                ) from refused
 
     def _next_attempt(self, node_id: str) -> int:
         attempt = self._attempts.get(node_id, 0) + 1

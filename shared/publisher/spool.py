@@ -4,11 +4,14 @@ Layout of a spool directory: `events.log` holds one record per line
 (`["<subject>","<event_id>"]<TAB><payload>`), appended in publish order; `offset` holds the
 byte position up to which records are acknowledged; `lock` keeps a second process out.
 A record torn by a crash (no trailing newline) is dropped at open: its event was never
-reported as spooled, because `append` returns only after the full line is written.
+reported as spooled, because `append` returns only after the full line is written. A write
+that fails (disk full) is cut off at once, so the next record starts where the last good one
+ended; nothing is buffered in the process between appends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -59,8 +62,11 @@ class Spool:
         self._lock_file: IO[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._offset = 0
+        #: Where the last intact record ends: the file's size, but for a failed write's part
+        #: that could not be cut off yet (`_torn`).
         self._size = 0
         self._pending = 0
+        self._torn = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -79,7 +85,12 @@ class Spool:
         self._size = ends[-1] if ends else 0
         self._offset = min(self._read_offset(), self._size)
         self._pending = sum(1 for end in ends if end > self._offset)
-        self._log = log_path.open("ab")
+        self._log = self._open_log()
+
+    def _open_log(self) -> IO[bytes]:
+        # Unbuffered: a failed write must leave no part of its record waiting in a buffer,
+        # to be written later in front of (or inside) the next record.
+        return (self.directory / "events.log").open("ab", buffering=0)
 
     def close(self) -> None:
         if self._log is not None:
@@ -135,12 +146,34 @@ class Spool:
                 f"spool {self.directory} holds {self.pending_bytes} bytes "
                 f"(max {self.max_bytes}); event {event.event_id} not stored"
             )
-        self._log.write(record)
-        self._log.flush()
-        if self.fsync:
-            os.fsync(self._log.fileno())
+        if self._torn:
+            self._cut_torn_tail()
+        try:
+            self._write_all(record)
+            if self.fsync:
+                os.fsync(self._log.fileno())
+        except OSError:
+            # Not stored, so not spooled: no part of it may stay in the file.
+            self._torn = True
+            with contextlib.suppress(OSError):
+                self._cut_torn_tail()
+            raise
         self._size += len(record)
         self._pending += 1
+
+    def _write_all(self, record: bytes) -> None:
+        """Write the whole record; an unbuffered write may take only part of it."""
+        assert self._log is not None
+        view = memoryview(record)
+        while view:
+            written = self._log.write(view)
+            view = view[written:]
+
+    def _cut_torn_tail(self) -> None:
+        """Drop what a failed append left past the last intact record."""
+        assert self._log is not None
+        os.ftruncate(self._log.fileno(), self._size)
+        self._torn = False
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -159,18 +192,22 @@ class Spool:
         return out
 
     def commit(self, end: int, count: int) -> None:
-        """Mark the `count` records up to byte `end` acknowledged; empty the file when all are."""
+        """Mark the `count` records up to byte `end` acknowledged; empty the file when all are
+        (judged by the file's real size, so a record written after `end` is never erased)."""
         if self._log is None:
             raise SpoolError("spool is not open")
         self._offset = end
         self._pending = max(0, self._pending - count)
-        if self._offset >= self._size:
+        if self._offset >= self._size and self._file_size() == self._offset:
             self._log.truncate(0)
-            self._log.flush()
             self._offset = self._size = self._pending = 0
         elif self._offset > self.max_bytes:
             self._compact()
         self._write_offset()
+
+    def _file_size(self) -> int:
+        assert self._log is not None
+        return os.fstat(self._log.fileno()).st_size
 
     def _compact(self) -> None:
         """Drop the acknowledged prefix so the file stays near the bound."""
@@ -187,7 +224,7 @@ class Spool:
         os.replace(tmp, log_path)
         self._size -= self._offset
         self._offset = 0
-        self._log = log_path.open("ab")
+        self._log = self._open_log()
 
     def _write_offset(self) -> None:
         self._offset_write(self._offset)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -13,10 +14,13 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.events import is_valid_name
 from shared.subjects import Subjects
 
 if TYPE_CHECKING:
     from shared.publisher.run import Run
+
+log = logging.getLogger("fleetwatch.publisher")
 
 _REMEMBER_FINISHED = 1000
 
@@ -28,7 +32,8 @@ class TerminateResponder:
         self.subjects = subjects
         self.unknown_reply_delay = unknown_reply_delay
         self.runs: dict[tuple[str, str], Run] = {}
-        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
+        #: (org, id) of recently finished runs -> their agent.
+        self._finished: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._subs: dict[tuple[str, str], Subscription | None] = {}
         self._replies: set[asyncio.Task[None]] = set()
         # A run's registration and a reconnect may subscribe the same agent at once.
@@ -36,7 +41,13 @@ class TerminateResponder:
 
     def track(self, run: Run) -> bool:
         """Hold `run`; True when its (org, agent) is new. It stays listed without a
-        subscription until `subscribe` (or `subscribe_all`, run on every (re)connect) makes one."""
+        subscription until `subscribe` (or `subscribe_all`, run on every (re)connect) makes one.
+
+        A run whose org or agent no subject can name is not held: its events are refused
+        too, and an (org, agent) listed for good would fail every later (re)connect's
+        subscribing."""
+        if not (is_valid_name(run.org) and is_valid_name(run.agent)):
+            return False
         self.runs[(run.org, run.id)] = run
         key = (run.org, run.agent)
         if key in self._subs:
@@ -45,16 +56,22 @@ class TerminateResponder:
         return True
 
     def untrack(self, run: Run) -> None:
-        self.runs.pop((run.org, run.id), None)
-        self._finished[(run.org, run.id)] = None
+        if self.runs.get((run.org, run.id)) is not run:
+            return
+        del self.runs[(run.org, run.id)]
+        self._finished[(run.org, run.id)] = run.agent
         while len(self._finished) > _REMEMBER_FINISHED:
             self._finished.popitem(last=False)
 
     async def subscribe_all(self, nc: NatsClient) -> None:
         """Subscribe for every agent seen so far that has no subscription yet (runs begun
-        before the first connect, or while reconnecting)."""
+        before the first connect, or while reconnecting). Each on its own: one that fails is
+        logged and tried again on the next (re)connect, and the others are still made."""
         for org, agent in list(self._subs):
-            await self.subscribe(nc, org, agent)
+            try:
+                await self.subscribe(nc, org, agent)
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("no terminate subscription for %s/%s yet: %r", org, agent, exc)
 
     async def subscribe(self, nc: NatsClient, org: str, agent: str) -> None:
         async with self._subscribing:
@@ -62,7 +79,7 @@ class TerminateResponder:
                 return
 
             async def handler(msg: Msg) -> None:
-                await self._on_request(org, msg)
+                await self._on_request(org, agent, msg)
 
             self._subs[(org, agent)] = await nc.subscribe(
                 self.subjects.terminate(org, agent), cb=handler
@@ -75,7 +92,9 @@ class TerminateResponder:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _on_request(self, org: str, msg: Msg) -> None:
+    async def _on_request(self, org: str, agent: str, msg: Msg) -> None:
+        """Answer a request on `agent`'s subject: only that agent's runs are its to stop (a
+        request naming another agent's run of this process is answered as unknown)."""
         try:
             request = orjson.loads(msg.data)
             execution_id = str(request["execution_id"])
@@ -84,10 +103,10 @@ class TerminateResponder:
             await _reply(msg, False, "request must be JSON with execution_id")
             return
         run = self.runs.get((org, execution_id))
-        if run is not None:
+        if run is not None and run.agent == agent:
             accepted, why = await run.request_terminate(reason if isinstance(reason, str) else None)
             await _reply(msg, accepted, why)
-        elif (org, execution_id) in self._finished:
+        elif run is None and self._finished.get((org, execution_id)) == agent:
             await _reply(msg, False, "execution already finished")
         else:
             # Several processes may serve one agent: answer "not here" late, so that the

@@ -52,6 +52,7 @@ class OwnNats:
 
     def __init__(self, store: Path) -> None:
         self.port = free_port()
+        self.monitor_port = free_port()
         self.store = store
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -61,11 +62,22 @@ class OwnNats:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [NATS_SERVER, "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port)],
+            [
+                NATS_SERVER, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
+                "-p", str(self.port), "-m", str(self.monitor_port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         wait_port(self.port)
+        wait_port(self.monitor_port)
+
+    async def connections(self) -> int:
+        """How many client connections the server holds (its monitoring endpoint)."""
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{self.monitor_port}/connz")
+        count: int = response.json()["num_connections"]
+        return count
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -12,7 +12,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from shared.events import Event
-from shared.publisher import Fleet, SyncFleet
+from shared.publisher import Fleet, InvalidEventError, SyncFleet, current_run
 from shared.subjects import Subjects
 from tests.publisher.conftest import free_port, stream_messages, wait_for_count
 
@@ -317,3 +317,77 @@ async def test_one_orgs_event_id_does_not_hide_anothers(
             )
     messages = await stream_messages(js, streams.events_stream)
     assert sorted(m[2]["org"] for m in messages) == sorted([org, other])
+
+
+async def test_a_run_whose_started_event_is_refused_leaves_nothing_behind(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """Entering held the run for terminate and made it the task's current run before
+    publishing `execution_started`, and a failed publish undid neither: a terminate for its
+    id cancelled whatever the task did next, and the task's next runs named it as parent."""
+    async with Fleet(nats_url, org=org, subjects=streams, strict=True) as fleet:
+        refused = fleet.execution("worker", project="p" * 300)  # the contract allows 200
+        with pytest.raises(InvalidEventError, match="project"):
+            async with refused:
+                pass
+        assert current_run.get() is None
+        assert fleet.terminate.runs == {}
+        assert fleet._nc is not None
+        async with fleet.execution("worker", message="next job") as run:
+            reply = await fleet._nc.request(
+                streams.terminate(org, "worker"),
+                orjson.dumps({"execution_id": refused.id}),
+                timeout=3,
+            )
+            assert orjson.loads(reply.data)["accepted"] is False
+            await asyncio.sleep(0.05)  # where a cancellation of this task would land
+        assert run.parent_execution_id is None
+    messages = await stream_messages(js, streams.events_stream)
+    assert [(m[2]["type"], m[2]["execution"]["id"]) for m in messages] == [
+        ("execution_started", run.id),
+        ("execution_completed", run.id),
+    ]
+    assert all("parent_execution_id" not in m[2]["execution"] for m in messages)
+
+
+async def test_terminate_on_one_agents_subject_leaves_another_agents_run_alone(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """Runs were found by (org, execution_id) alone: a request on agent-a's subject stopped
+    agent-b's run when one process held both."""
+    entered = asyncio.Event()
+    runs: list[str] = []
+    async with (
+        Fleet(nats_url, org=org, subjects=streams, unknown_reply_delay=0.1) as fleet,
+        fleet.execution("agent-a"),
+    ):
+
+        async def other_agent() -> None:
+            async with fleet.execution("agent-b") as run:
+                runs.append(run.id)
+                entered.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(other_agent())
+        await entered.wait()
+        nc = fleet._nc
+        assert nc is not None
+        request = orjson.dumps({"execution_id": runs[0]})
+        reply = await nc.request(streams.terminate(org, "agent-a"), request, timeout=3)
+        assert orjson.loads(reply.data) == {
+            "accepted": False,
+            "reason": "execution is not running in this agent",
+        }
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        reply = await nc.request(streams.terminate(org, "agent-b"), request, timeout=3)
+        assert orjson.loads(reply.data) == {"accepted": True, "reason": None}
+        await asyncio.wait_for(task, 5)
+        # Finished, it is still not agent-a's run to speak of.
+        reply = await nc.request(streams.terminate(org, "agent-a"), request, timeout=3)
+        assert orjson.loads(reply.data)["reason"] == "execution is not running in this agent"
+    last = {
+        m[2]["execution"]["agent_name"]: m[2]["type"]
+        for m in await stream_messages(js, streams.events_stream)
+    }
+    assert last == {"agent-a": "execution_completed", "agent-b": "execution_cancelled"}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 from nats.js import JetStreamContext
 
 from shared.events import Event
-from shared.publisher.demo import run_demo
+from shared.publisher.client import Fleet
+from shared.publisher.demo import main, run_demo
 from shared.publisher.demo_fleet import DEMO_ORGS, fleet, plan_run
 from shared.publisher.demo_history import history_events
 from shared.subjects import Subjects
@@ -79,3 +83,40 @@ async def test_live_demo_publishes_what_ingest_accepts(
     assert types["execution_failed"] + types["component_failed"] > 0
     assert types["component_started"] > 0
     assert {m[2]["org"] for m in messages} == set(DEMO_ORGS)
+
+
+def test_speed_must_be_positive(nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--speed 0` divided run durations by zero: ZeroDivisionError once NATS answered."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"  # no streams: nothing is stored
+    with pytest.raises(SystemExit) as exited:
+        main(["--speed", "0", "--backfill-runs", "1", "--nats-url", nats_url, "--prefix", prefix])
+    assert exited.value.code == 2
+    assert "--speed: must be a positive number, not 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="speed must be a positive number"):
+        asyncio.run(run_demo(nats_url, Subjects(prefix), rate=50, duration=1, stop=None, speed=0))
+
+
+async def test_fleets_started_before_one_that_fails_are_closed(
+    nats_url: str, streams: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fleets were started outside the `try` whose `finally` closes them: when one org's
+    start failed, the connections of the orgs started before it were left open."""
+    closed: list[str] = []
+    start, close = Fleet.start, Fleet.close
+
+    async def failing_start(self: Fleet) -> Fleet:
+        if self.org == "initech":
+            raise OSError("connection refused")
+        return await start(self)
+
+    async def recorded_close(self: Fleet, drain_timeout: float = 5.0) -> None:
+        closed.append(self.org)
+        await close(self, drain_timeout)
+
+    monkeypatch.setattr(Fleet, "start", failing_start)
+    monkeypatch.setattr(Fleet, "close", recorded_close)
+    with pytest.raises(OSError, match="connection refused"):
+        await run_demo(
+            nats_url, streams, rate=1, duration=1, stop=None, orgs=["acme", "globex", "initech"]
+        )
+    assert closed == ["acme", "globex"]

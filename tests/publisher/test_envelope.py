@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -117,3 +118,15 @@ def test_dedupe_ids_stay_distinct_through_a_nats_header() -> None:
         assert value == value.strip()
         assert value.isprintable()
     assert dedupe_id("acme", "e1 ") == dedupe_id("acme", "e1 ")  # deterministic
+
+
+def test_an_id_spelled_like_a_hashed_one_is_not_taken_for_it() -> None:
+    """`job-1\\t` goes out hashed, as `acme:sha256:<hex>`; the printable id `sha256:<hex>`
+    went out as it was, the same Msg-Id, and JetStream dropped whichever came second."""
+    hashed = "job-1\t"
+    spelled = "sha256:" + hashlib.sha256(hashed.encode()).hexdigest()
+    assert dedupe_id("acme", hashed) != dedupe_id("acme", spelled)
+    assert dedupe_id("acme", spelled).startswith("acme:sha256:")
+    # Every other id keeps the Msg-Id it had, so events in flight still deduplicate.
+    for event_id in ["e1", "sha256", "sha256-x", "SHA256:ab", "x:sha256:ab", "a b"]:
+        assert dedupe_id("acme", event_id) == f"acme:{event_id}"

@@ -4,17 +4,20 @@ are 422 naming index and field, and nothing of the batch is published."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import orjson
+import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 
 from services.ingest.apikeys import create_key
-from services.ingest.gateway import create_gateway_router
+from services.ingest.gateway import MAX_EVENTS, MAX_LISTED_ERRORS, create_gateway_router
+from services.ingest.gateway_batch import TooManyEventsError, split_body
 from shared.db import connect, create_pool
 from shared.events import EventType
 from shared.publisher.envelope import component_event, execution_event
@@ -163,3 +166,68 @@ async def test_event_ids_a_header_would_merge_are_each_stored(
     # The same batch again: every one of them is now a repeat JetStream drops.
     again = await client.post("/api/events", json=events)
     assert again.json() == {"accepted": 4, "duplicates": 4}
+
+
+async def test_a_flood_of_events_is_413_without_parsing_the_flood(
+    client: httpx.AsyncClient, js: JetStreamContext, streams: Subjects
+) -> None:
+    """The whole body was split and parsed, and an error built for each bad line, before the
+    1000-event limit was checked: 8 MiB of `x` lines held ingest's event loop for 13 s and
+    took ~1 GB. Splitting now stops past the limit, for NDJSON lines and array items alike."""
+    floods = {
+        "application/x-ndjson": b"x\n" * (1 << 20),
+        "application/json": b"[" + b",".join([b'{"a":1}'] * 500_000) + b"]",
+    }
+    for content_type, body in floods.items():
+        tracemalloc.start()
+        try:
+            response = await client.post(
+                "/api/events", content=body, headers={"Content-Type": content_type}
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["detail"] == f"more than {MAX_EVENTS} events in one request"
+        # The body and its copies on the way in; parsing it all took 100 MB or more.
+        assert peak < 5 * len(body), (content_type, peak)
+    assert await stored(js, streams) == 0
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-ndjson"])
+def test_the_event_limit_counts_items_exactly(content_type: str) -> None:
+    """At the limit a body is split whole; one event more is refused before it is parsed."""
+    event = orjson.dumps(started("r1", tool_calls=[{"tool": "grep", "args": {"q": "[,]"}}]))
+
+    def body(count: int) -> bytes:
+        if content_type == "application/json":
+            return b"[\n" + b",\n".join([event] * count) + b"\n]"
+        return b"\n\n".join([event] * count) + b"\n"
+
+    items, errors = split_body(body(MAX_EVENTS), content_type, MAX_EVENTS)
+    assert (len(items), errors) == (MAX_EVENTS, [])
+    with pytest.raises(TooManyEventsError):
+        split_body(body(MAX_EVENTS + 1), content_type, MAX_EVENTS)
+    # Items too deeply nested to count cheaply are parsed, and counted, as before.
+    deep = b"[" + b",".join([b"[" * 12 + b"]" * 12] * (MAX_EVENTS + 1)) + b"]"
+    with pytest.raises(TooManyEventsError):
+        split_body(deep, "application/json", MAX_EVENTS)
+
+
+async def test_a_refused_batch_lists_its_first_errors_and_counts_them_all(
+    client: httpx.AsyncClient, js: JetStreamContext, streams: Subjects
+) -> None:
+    """Every error of every event was listed: a thousand bad events made an answer of
+    megabytes. An NDJSON line that is not JSON was also reported twice."""
+    batch = [started(f"r{i}", cost=-1) for i in range(300)]
+    response = await client.post("/api/events", json=batch)
+    assert refused(response) == {(i, "execution.cost") for i in range(MAX_LISTED_ERRORS)}
+    assert [e["index"] for e in response.json()["errors"]] == list(range(MAX_LISTED_ERRORS))
+    assert response.json()["error_count"] == 300
+    ndjson = b"\n".join([orjson.dumps(started("r1")), b"x", orjson.dumps(started("r2"))])
+    response = await client.post(
+        "/api/events", content=ndjson, headers={"Content-Type": "application/x-ndjson"}
+    )
+    assert refused(response) == {(1, "event")}
+    assert response.json()["error_count"] == 1
+    assert await stored(js, streams) == 0

@@ -11,8 +11,9 @@ from typing import Any
 import nats
 import nats.errors
 import orjson
+import pytest
 
-from shared.publisher import Fleet
+from shared.publisher import Fleet, InvalidEventError
 from shared.subjects import Subjects
 from tests.publisher.conftest import OwnNats, make_streams, stream_messages
 
@@ -93,3 +94,45 @@ async def test_run_begun_during_an_outage_answers_terminate_after_reconnect(
     assert last["during-outage"]["type"] == "execution_cancelled"
     assert last["during-outage"]["execution"]["error"] == "operator"
     assert last["after-reconnect"]["type"] == "execution_cancelled"
+
+
+async def test_an_agent_name_no_subject_can_hold_never_breaks_connecting(
+    own_nats: OwnNats, subjects: Subjects, org: str, tmp_path: Path
+) -> None:
+    """A refused run of `bad agent` (a space: no subject token) stayed listed for a terminate
+    subscription that every (re)connect tried first and failed on: connecting in the
+    background then raised after connecting (a new connection leaked every few seconds), and
+    the agents listed after it were never subscribed."""
+    await make_streams(own_nats.url, subjects)
+    own_nats.stop()
+    fleet = Fleet(
+        own_nats.url, org=org, subjects=subjects, spool_dir=tmp_path / "spool",
+        connect_timeout=0.5,
+    )  # fmt: skip
+    await fleet.start()  # NATS is away: it spools and connects in the background
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        with pytest.raises(InvalidEventError, match="bad agent"):
+            async with fleet.execution("bad agent"):
+                pass
+        entered = asyncio.Event()
+
+        async def job() -> None:
+            async with fleet.execution("worker", id="good"):
+                entered.set()
+                await asyncio.sleep(60)
+
+        tasks.append(asyncio.create_task(job()))
+        await entered.wait()
+        own_nats.start()
+        await wait_until(lambda: fleet.connected)
+
+        reply = await terminate(own_nats.url, subjects.terminate(org, "worker"), "good")
+        assert reply == {"accepted": True, "reason": None}
+        await asyncio.wait_for(tasks[0], 5)
+        await asyncio.sleep(2)  # a background connect that failed would have retried by now
+        assert await own_nats.connections() == 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await fleet.close()

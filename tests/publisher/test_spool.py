@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,47 @@ def test_one_process_per_spool(tmp_path: Path) -> None:
     second = Spool(tmp_path)
     second.open()
     second.close()
+
+
+@contextlib.contextmanager
+def disk_full_past(size: int) -> Iterator[None]:
+    """No file of this process grows past `size` bytes (a write across it is cut short,
+    the next one fails with EFBIG), as on a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def big(i: int) -> OutgoingEvent:
+    return OutgoingEvent("fleet.events.o.a.execution_started", f"id-{i}", b"x" * 1000)
+
+
+def test_a_failed_append_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Part of a record the disk had no room for stayed in the writer's buffer and went out
+    later, in front of the next record: that one read back as garbage, and a commit of what
+    was read emptied the file, erasing a record whose publish had returned False (spooled)."""
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.append(big(1))
+    with disk_full_past(1500), pytest.raises(OSError):
+        spool.append(big(2))  # about 400 of its bytes fit
+    assert (tmp_path / "events.log").stat().st_size == spool.pending_bytes
+    spool.append(big(3))  # room again
+    assert spool.pending == 2
+    assert spool.pending_bytes == (tmp_path / "events.log").stat().st_size
+    batch = spool.read(10)
+    assert [e for _, e in batch] == [big(1), big(3)]
+    spool.commit(batch[0][0], 1)  # the drain acknowledges the head only
+    spool.close()
+
+    again = Spool(tmp_path)
+    again.open()
+    assert [e for _, e in again.read(10)] == [big(3)]
+    again.commit(again.read(10)[-1][0], 1)
+    assert (again.pending, (tmp_path / "events.log").stat().st_size) == (0, 0)
+    again.close()

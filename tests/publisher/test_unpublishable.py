@@ -234,3 +234,66 @@ async def test_a_spool_poisoned_by_an_older_client_drains_after_upgrade(
         assert [run_id_of(e) for e in dropped] == ["poison"]
     messages: Messages = await stream_messages(js, streams.events_stream)
     assert [m[2]["execution"]["id"] for m in messages] == ["next-1", "next-2"]
+
+
+class Answer:
+    """What an LLM SDK returns: the text is `answer.text`, not the answer."""
+
+    text = "hello"
+
+
+async def test_text_fields_refuse_what_is_not_text_where_it_is_set(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """`run.response = 42` was taken as set: leaving the run then raised TypeError before
+    its last event was built (the row stayed `running`), and a dict went out as a response
+    ingest dead-letters. Now the assignment raises, inside the body, so the run ends
+    `execution_failed` naming the field, as any exception in the body does."""
+    values: list[Any] = [42, 0.5, {"text": "hi"}, Answer()]
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+        for i, value in enumerate(values):
+            with pytest.raises(TypeError, match=r"Run\.response = .* refused: text \(str\)"):
+                async with fleet.execution("writer", id=f"r{i}") as run:
+                    run.response = value
+            assert run.response is None
+        with pytest.raises(TypeError, match=r"Run\.message = 7 refused"):
+            fleet.execution("writer", message=7)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"Run\.execution_log"):
+            run.set(cost=1.0, execution_log=b"bytes")
+        assert run.cost is None  # all or none
+    last = {e.execution.id: e for e in await stored(js, streams) if e.execution}
+    assert set(last) == {f"r{i}" for i in range(len(values))}
+    for event in last.values():
+        assert event.type == "execution_failed"
+        assert event.execution is not None
+        assert event.execution.error_type == "TypeError"
+        assert event.execution.error is not None
+        assert event.execution.error.startswith("Run.response = ")
+
+
+async def test_a_run_whose_tool_calls_cannot_be_published_still_ends(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """`tool_calls` are not checked as they are set; a last event they made unpublishable (an
+    SDK object in them, or a megabyte of them) was refused and nothing else was sent, so the
+    row stayed `running`. It now goes out without them, and the code hears of it."""
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+        with pytest.raises(InvalidEventError, match="went out without tool_calls") as refused:
+            async with fleet.execution("writer", id="sdk-object") as run:
+                run.tool_calls = [Answer()]
+        assert refused.value.field == "execution.tool_calls"
+
+        async def failing_with_a_megabyte_of_tool_calls() -> None:
+            async with fleet.execution("writer", id="too-big") as run:
+                run.tool_calls = ["x" * 1000] * 1000
+                raise KeyError("missing")
+
+        # The body's own exception goes on; the refusal is only logged then.
+        with pytest.raises(KeyError, match="missing"):
+            await failing_with_a_megabyte_of_tool_calls()
+    last = {e.execution.id: e for e in await stored(js, streams) if e.execution}
+    assert last["sdk-object"].type == "execution_completed"
+    assert last["too-big"].type == "execution_failed"
+    for event in last.values():
+        assert event.execution is not None
+        assert event.execution.tool_calls is None
