@@ -49,8 +49,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fleetwatch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    result = _load(COMMANDS[name][0])(rest)
+    try:
+        result = _load(COMMANDS[name][0])(rest)
+    except Exception as exc:
+        message = operator_error(exc)
+        if message is None:
+            raise  # a bug: the traceback is what helps
+        print(f"fleetwatch {name}: {message}", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+def operator_error(exc: BaseException) -> str | None:
+    """One line for what an operator can act on (a server that does not answer, a database
+    not migrated, a setting refused); None for anything else."""
+    import asyncpg  # here, not at the top: `--help` and services that never fail stay light
+    from pydantic import ValidationError
+
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        return f"{exc} (is the database migrated? `fleetwatch migrate`)"
+    if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return f"database: {type(exc).__name__}: {exc}"
+    if isinstance(exc, ValidationError):
+        where = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+        return f"invalid setting: {where}"
+    if isinstance(exc, ConnectionError | TimeoutError | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 if __name__ == "__main__":

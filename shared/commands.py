@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from shared.auth import Role, mint_token
 from shared.db import connect
+from shared.events import is_valid_name
 from shared.migrate import migrate
 from shared.settings import CommonSettings
 
@@ -30,14 +31,27 @@ def migrate_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _name(value: str) -> str:
+    if not is_valid_name(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is no org name (letters, digits, _ and -)")
+    return value
+
+
+def _seconds(value: str) -> int:
+    seconds = int(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return seconds
+
+
 def token_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="fleetwatch token", description="mint a development HS256 token"
     )
-    parser.add_argument("--org", required=True)
+    parser.add_argument("--org", required=True, type=_name)
     parser.add_argument("--user", required=True)
     parser.add_argument("--role", required=True, choices=[r.value for r in Role])
-    parser.add_argument("--ttl", type=int, default=86_400, help="seconds (default one day)")
+    parser.add_argument("--ttl", type=_seconds, default=86_400, help="seconds (default one day)")
     args = parser.parse_args(argv)
     secret = CommonSettings().jwt_secret.get_secret_value()
     print(mint_token(secret=secret, org=args.org, user=args.user, role=args.role, ttl_s=args.ttl))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import logging
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.subjects import Subjects
@@ -33,6 +35,16 @@ class CommonSettings(BaseSettings):
     log_level: str = Field(default="INFO", validation_alias="FLEETWATCH_LOG_LEVEL")
     stream_max_age_days: float = Field(default=7.0, validation_alias="FLEETWATCH_RETENTION_DAYS")
     stream_replicas: int = Field(default=1, validation_alias="FLEETWATCH_STREAM_REPLICAS")
+
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        # `debug` as well as `DEBUG`: logging itself knows only the upper-case names.
+        level = value.strip().upper()
+        if level not in logging.getLevelNamesMapping():
+            known = ", ".join(n for n in logging.getLevelNamesMapping() if n != "NOTSET")
+            raise ValueError(f"unknown log level {value!r} (one of {known})")
+        return level
 
     @property
     def subjects(self) -> Subjects:

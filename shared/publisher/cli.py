@@ -81,6 +81,8 @@ def events_from_json(text: bytes, org: str | None) -> list[dict[str, Any]]:
             item.setdefault("org", org)
         item.setdefault("event_id", new_id())
         events.append(item)
+    if not events:
+        raise UsageError("no events in the input")
     return events
 
 
@@ -138,6 +140,9 @@ def emit_main(argv: Sequence[str]) -> int:
     except (UsageError, ValueError) as exc:
         print(f"fleetwatch emit: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"fleetwatch emit: cannot read {args.json}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     subjects = Subjects(args.prefix or settings.subject_prefix)
     problems = check(events, subjects)
     if problems:
@@ -146,6 +151,7 @@ def emit_main(argv: Sequence[str]) -> int:
     try:
         asyncio.run(publish(events, args.nats_url or settings.nats_url, subjects))
     except (PublishError, InvalidEventError, OSError, TimeoutError, nats.errors.Error) as exc:
-        print(f"fleetwatch emit: not published: {exc}", file=sys.stderr)
+        # Some (a refused connection, a timeout) say nothing but their type.
+        print(f"fleetwatch emit: not published: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
     return 0

@@ -32,6 +32,7 @@ from shared.publisher.run import Run, TerminateCallback, current_run
 from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
 from shared.publisher.terminate import TerminateResponder
 from shared.subjects import Subjects
+from shared.urls import redacted
 from shared.validation import has_nul
 
 log = logging.getLogger("fleetwatch.publisher")
@@ -116,7 +117,9 @@ class Fleet:
         except _PUBLISH_ERRORS:
             if self.spool is None:
                 raise
-            log.warning("NATS at %s unreachable; spooling until it answers", self.nats_url)
+            log.warning(
+                "NATS at %s unreachable; spooling until it answers", redacted(self.nats_url)
+            )
             self._tasks.append(asyncio.create_task(self._connect_forever()))
         if self.spool is not None:
             self._tasks.append(asyncio.create_task(self._drain_forever()))
@@ -201,7 +204,7 @@ class Fleet:
             except _PUBLISH_ERRORS:
                 delay = min(delay * 2, 5.0)
                 continue
-            log.info("connected to NATS at %s", self.nats_url)
+            log.info("connected to NATS at %s", redacted(self.nats_url))
             return
 
     async def _on_reconnected(self) -> None:

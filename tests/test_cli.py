@@ -1,0 +1,104 @@
+"""The `fleetwatch` command as an operator meets it: a server that does not answer, a bad
+setting, bad arguments give one line naming the problem and an exit code, not a traceback."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.settings import CommonSettings
+from shared.urls import redacted
+
+UNREACHABLE_DB = "postgresql://postgres@127.0.0.1:1/nothing"
+
+
+def fleetwatch(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["migrate"], ["apikey", "list", "--org", "acme"], ["retention", "--dry-run"]],
+)
+def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(args: list[str]) -> None:
+    done = fleetwatch(*args, DATABASE_URL=UNREACHABLE_DB)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"fleetwatch {args[0]}: ConnectionRefusedError"), done.stderr
+
+
+def test_an_unmigrated_database_is_named_with_the_way_out(tmp_path: Path) -> None:
+    from tests.conftest import DATABASE_URL, with_database
+
+    # The server's own maintenance database has no fleetwatch tables at all.
+    done = fleetwatch(
+        "apikey", "list", "--org", "acme", DATABASE_URL=with_database(DATABASE_URL, "template1")
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "fleetwatch migrate" in done.stderr
+
+
+def test_log_levels_are_read_in_any_case_and_unknown_ones_refused() -> None:
+    assert CommonSettings(log_level="debug").log_level == "DEBUG"
+    assert logging.getLevelName(CommonSettings(log_level=" Warning ").log_level) == 30
+    done = fleetwatch("migrate", FLEETWATCH_LOG_LEVEL="loud")
+    assert done.returncode == 1
+    assert "invalid setting: FLEETWATCH_LOG_LEVEL" in done.stderr
+    assert "unknown log level 'loud'" in done.stderr
+
+
+def test_token_refuses_an_org_no_subject_can_hold_and_a_ttl_already_past() -> None:
+    bad_org = fleetwatch("token", "--org", "bad org!", "--user", "u", "--role", "admin")
+    assert bad_org.returncode == 2
+    assert "is no org name" in bad_org.stderr
+    past = fleetwatch("token", "--org", "acme", "--user", "u", "--role", "admin", "--ttl", "-5")
+    assert past.returncode == 2
+    assert "positive number of seconds" in past.stderr
+
+
+def test_emit_says_what_is_wrong_with_its_input(tmp_path: Path) -> None:
+    missing = fleetwatch("emit", "--json", str(tmp_path / "none.json"))
+    assert (missing.returncode, "Traceback" in missing.stderr) == (2, False)
+    assert "cannot read" in missing.stderr
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    for args, stdin in ((["--json", str(empty)], ""), (["--json", "-"], "\n")):
+        done = fleetwatch("emit", *args, stdin=stdin)
+        assert done.returncode == 2, done.stderr
+        assert "no events in the input" in done.stderr
+
+
+def test_passwords_in_server_urls_are_never_shown() -> None:
+    assert redacted("nats://fw:S3cret@127.0.0.1:4222") == "nats://fw:***@127.0.0.1:4222"
+    assert redacted("postgresql://app:pw@db:5432/fw?sslmode=require") == (
+        "postgresql://app:***@db:5432/fw?sslmode=require"
+    )
+    assert redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert redacted("postgresql://u:p@[::1]:5432/d") == "postgresql://u:***@[::1]:5432/d"
+
+
+async def test_the_client_logs_no_password_of_its_nats_url(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from shared.publisher.client import Fleet
+
+    fleet = Fleet("nats://svc:TopSecretPw@127.0.0.1:1", org="acme", spool_dir=tmp_path / "spool")
+    with caplog.at_level(logging.INFO, logger="fleetwatch.publisher"):
+        await fleet.start()  # spools: the server does not answer
+        await fleet.close()
+    assert "unreachable" in caplog.text
+    assert "TopSecretPw" not in caplog.text
