@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, Route, WebSocket, WebSocketRoute, expect
 
 from shared.auth import mint_token
 from tests.dashboard.conftest import Stack, screenshot
@@ -428,3 +433,376 @@ async def test_socket_resumes_when_the_notifier_returns(admin_page: Page, stack:
         {"id": "live-004", "agent_name": "alpha", "triggered_by": "mcp", "started_at": now_iso()},
     )
     await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-004", timeout=8_000)
+
+
+# The tests below each open their own tab (the shared one's filters and history stay out of it)
+# on the stack above, which by now also holds the rows the tests above published.
+
+
+@contextlib.asynccontextmanager
+async def own_page(browser: Browser, **options: Any) -> AsyncIterator[Page]:
+    """A fresh tab (empty localStorage) that fails the test on an uncaught error in the page."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 950}, **options)
+    errors: list[str] = []
+    try:
+        page = await context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield page
+    finally:
+        await context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+async def live(page: Page) -> None:
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+async def listed(stack: Stack, params: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The API's list (up to 200 rows) for `params`."""
+    headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
+        answer = await client.get("/api/executions", params=[*params, ("limit", "200")])
+    rows: list[dict[str, Any]] = answer.json()["executions"]
+    return rows
+
+
+async def wait_listed(
+    stack: Stack,
+    params: Sequence[tuple[str, str]],
+    wanted: Callable[[list[dict[str, Any]]], bool],
+) -> None:
+    """Until the API's list for `params` satisfies `wanted` (ingest has written the events)."""
+    for _ in range(150):
+        if wanted(await listed(stack, params)):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the API never listed what was wanted for {params}")
+
+
+async def eventually(check: Callable[[], bool], what: str) -> None:
+    """Until `check()` holds (events from the page reach the test a moment later)."""
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+def with_ids(*ids: str) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda rows: set(ids) <= {r["id"] for r in rows}
+
+
+def without_ids(*ids: str) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda rows: not set(ids) & {r["id"] for r in rows}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def nudge(stack: Stack) -> None:
+    """A live event (one no search or status filter below lets in): after it, the page
+    re-reads its first page."""
+    await stack.publish(
+        "execution_completed",
+        {"id": unique("nudge"), "agent_name": "beta", "message": "nudge", "response": "nudge"},
+    )
+
+
+async def test_rows_the_api_lists_are_not_filtered_again(browser: Browser, stack: Stack) -> None:
+    """A poll's rows are the API's answer to the page's own filters: the page must not drop
+    them with its weaker check (a search matching the response, which summaries lack)."""
+    word = unique("zebra")
+    hidden = unique("found")
+    async with own_page(browser) as page:
+
+        def route(ws: WebSocketRoute) -> None:
+            # The page never hears of `hidden` live: only a poll can bring it.
+            server = ws.connect_to_server()
+            server.on_message(lambda m: None if hidden in str(m) else ws.send(m))
+
+        await page.route_web_socket(re.compile(r"/ws"), route)
+        await page.goto(stack.page_url(query=f"search={word}"))
+        await live(page)
+        await expect(page.locator(".empty")).to_be_visible()
+        await stack.publish(
+            "execution_completed",
+            {
+                "id": hidden,
+                "agent_name": "alpha",
+                "message": "A plain task",
+                "response": f"Found a {word} in the logs",
+                "started_at": now_iso(),
+            },
+        )
+        await wait_listed(stack, [("search", word)], with_ids(hidden))
+        await nudge(stack)
+        await expect(page.locator(ROWS)).to_have_count(1)
+        assert await shown_ids(page) == [hidden]
+        await expect(page.locator(".summary")).to_have_text("Showing 1 of 1 executions")
+
+
+async def test_the_detail_page_follows_its_execution_whatever_the_list_showed(
+    browser: Browser, stack: Stack
+) -> None:
+    """Opened from a list filtered to agent alpha, the detail of gamma's child run still gets
+    its live updates; back on the list, the feed is narrowed to alpha again."""
+    parent = next(r for r in stack.rows if r.agent_name == "alpha" and r.status == "failed")
+    child = unique("kid")
+    await stack.publish(
+        "execution_started",
+        {
+            "id": child,
+            "agent_name": "gamma",
+            "parent_execution_id": parent.id,
+            "message": "A child run",
+            "started_at": now_iso(),
+        },
+    )
+    await wait_listed(stack, [("agent_name", "gamma")], with_ids(child))
+    async with own_page(browser) as page:
+        subscribed: list[Any] = []
+
+        def on_socket(ws: WebSocket) -> None:
+            ws.on("framesent", lambda frame: subscribed.append(json.loads(frame)["subscribe"]))
+
+        page.on("websocket", on_socket)
+        await page.goto(stack.page_url(query="agent_name=alpha"))
+        await live(page)
+        await page.locator(f'tr[data-id="{parent.id}"] .c-message a').click()
+        await page.locator(f'.panel a[href="/?execution={child}"]').click()
+        head = page.locator(f'.page-detail[data-id="{child}"] .detail-head .status-text')
+        await expect(head).to_have_text("running")
+        await stack.publish(
+            "execution_completed",
+            {"id": child, "agent_name": "gamma", "response": "done", "completed_at": now_iso()},
+        )
+        await expect(head).to_have_text("success")
+        await eventually(lambda: subscribed[-1] == {}, f"subscribed to {subscribed}")
+        await page.go_back()
+        await page.go_back()
+        await expect(page).to_have_url(re.compile(r"\?agent_name=alpha$"))
+        await expect(page.locator(ROWS).first).to_be_visible()
+        alpha = {"agent_name": ["alpha"]}
+        await eventually(lambda: subscribed[-1] == alpha, f"subscribed to {subscribed}")
+
+
+async def test_back_undoes_a_filter_set_on_a_bare_url(browser: Browser, stack: Stack) -> None:
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+        assert page.url == stack.base_url + "/"
+        await page.locator("select[name=status]").select_option("failed")
+        await expect(page).to_have_url(re.compile(r"\?status=failed$"))
+        await expect(page.locator(f"{ROWS}:not([data-status=failed])")).to_have_count(0)
+        await page.go_back()
+        await expect(page.locator(ROWS)).to_have_count(50)
+        assert page.url == stack.base_url + "/"
+        await expect(page.locator("select[name=status]")).to_have_value("")
+        # And forward again: the filter is back.
+        await page.go_forward()
+        await expect(page.locator("select[name=status]")).to_have_value("failed")
+
+
+async def test_a_row_that_stops_matching_leaves_the_list(browser: Browser, stack: Stack) -> None:
+    """Under `status=running`, a run that completes goes (live), and so does a row the API no
+    longer lists (a search whose match a later event replaced) once the page polls."""
+    run = unique("run")
+
+    async def no_list(route: Route) -> None:
+        await route.abort()
+
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(query="status=running"))
+        await live(page)
+        await settled(page)
+        await stack.publish(
+            "execution_started",
+            {"id": run, "agent_name": "alpha", "message": "Runner", "started_at": now_iso()},
+        )
+        row = page.locator(f'tr[data-id="{run}"]')
+        await expect(row).to_have_attribute("data-status", "running")
+        # The live event alone takes it out: the list is not re-read meanwhile.
+        await page.route("**/api/executions?*", no_list)
+        await stack.publish(
+            "execution_completed", {"id": run, "agent_name": "alpha", "completed_at": now_iso()}
+        )
+        await expect(row).to_have_count(0)
+        await expect(page.locator(f"{ROWS}:not([data-status=running])")).to_have_count(0)
+        await page.unroute("**/api/executions?*", no_list)
+        # The database has caught up and the page has re-read the list: the count agrees.
+        await wait_listed(stack, [("status", "running")], without_ids(run))
+        await nudge(stack)
+        await expect(page.locator(".summary")).to_have_text(
+            re.compile(r"^Showing (\d+) of \1 executions$")
+        )
+        shown = await page.locator(ROWS).count()
+        await expect(page.locator(".summary")).to_have_text(
+            f"Showing {shown} of {shown} executions"
+        )
+
+        word = unique("kiwi")
+        renamed = unique("renamed")
+        await stack.publish(
+            "execution_started",
+            {
+                "id": renamed,
+                "agent_name": "beta",
+                "message": f"Sort {word}",
+                "started_at": now_iso(),
+            },
+        )
+        await wait_listed(stack, [("search", word)], with_ids(renamed))
+        await page.goto(stack.page_url(query=f"search={word}"))
+        await live(page)
+        await expect(page.locator(ROWS)).to_have_count(1)
+        # A later event rewrites the message: the API stops listing it under the search.
+        await stack.publish(
+            "execution_completed",
+            {"id": renamed, "agent_name": "beta", "message": "Sort apples", "response": "ok"},
+        )
+        await wait_listed(stack, [("search", word)], without_ids(renamed))
+        await nudge(stack)
+        await expect(page.locator(ROWS)).to_have_count(0)
+        await expect(page.locator(".empty")).to_contain_text("No executions match")
+
+
+async def test_a_link_with_two_projects_lists_both(browser: Browser, stack: Stack) -> None:
+    """The API splits commas for agent, status and trigger only: repeated project values must
+    reach it repeated."""
+    tag = uuid.uuid4().hex[:6]
+    projects = {f"billing-{tag}": unique("bill"), f"ops-{tag}": unique("ops")}
+    for project, id_ in [*projects.items(), (f"other-{tag}", unique("other"))]:
+        await stack.publish(
+            "execution_completed",
+            {"id": id_, "agent_name": "beta", "project": project, "started_at": now_iso()},
+        )
+    params = [("project", p) for p in projects]
+    await wait_listed(stack, params, with_ids(*projects.values()))
+    async with own_page(browser) as page:
+        requests: list[str] = []
+        page.on(
+            "request", lambda r: requests.append(r.url) if "/api/executions?" in r.url else None
+        )
+        await page.goto(stack.page_url(query="&".join(f"project={p}" for p in projects)))
+        await expect(page.locator(ROWS)).to_have_count(2)
+        assert set(await shown_ids(page)) == set(projects.values())
+        for project in projects:
+            await expect(page.locator("[data-link-filters]")).to_contain_text(f"project={project}")
+        assert all(f"project={p}" in requests[0] for p in projects), requests
+
+
+async def test_a_failed_load_more_keeps_the_rows(browser: Browser, stack: Stack) -> None:
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+
+        async def refuse(route: Route) -> None:
+            await route.fulfill(
+                status=429,
+                headers={"Retry-After": "1"},
+                content_type="application/json",
+                body='{"detail": "rate limited"}',
+            )
+
+        await page.route("**/api/executions?*cursor=*", refuse)
+        await page.locator(".btn-more").click()
+        await expect(page.locator(".more-error")).to_contain_text("rate limited")
+        await expect(page.locator(".table-wrap")).to_be_visible()
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await expect(page.locator(".btn-more")).to_be_enabled()
+        # The cursor was kept: trying again loads the next page.
+        await page.unroute("**/api/executions?*cursor=*", refuse)
+        await page.locator(".btn-more").click()
+        await expect(page.locator(ROWS).nth(50)).to_be_attached()
+        await expect(page.locator(".more-error")).to_be_hidden()
+        ids = await shown_ids(page)
+        assert len(ids) == len(set(ids))
+
+
+async def test_a_refused_token_while_opening_a_view_leaves_the_sign_in_form(
+    browser: Browser, stack: Stack
+) -> None:
+    refused = json.dumps({"detail": "token expired"})
+
+    async def unauthorized(route: Route) -> None:
+        await route.fulfill(status=401, content_type="application/json", body=refused)
+
+    async def open_detail(page: Page) -> None:
+        await page.locator(f'tr[data-id="{DETAILED_ID}"] .c-message a').click()
+
+    async def open_compare(page: Page) -> None:
+        for id_ in (DETAILED_ID, "seed-002"):
+            await page.locator(f'tr[data-id="{id_}"] input.pick').check()
+        await page.locator(".list-head .btn").click()
+
+    async with own_page(browser) as page:
+        form = page.locator("form.signin")
+        for open_view, path in [
+            (open_detail, f"**/api/executions/{DETAILED_ID}"),
+            (open_detail, f"**/api/executions/{DETAILED_ID}/log"),
+            (open_compare, f"**/api/executions/{DETAILED_ID}"),
+        ]:
+            await page.goto(stack.page_url(query="clear=1"))
+            await expect(page.locator(ROWS)).to_have_count(50)
+            await page.route(path, unauthorized)
+            await open_view(page)
+            await expect(form).to_be_visible()
+            await expect(form.locator(".error-box")).to_contain_text("sign in again")
+            await page.wait_for_timeout(300)  # whatever the view still had in flight
+            await expect(form).to_be_visible()
+            await expect(page.locator("#app .page")).to_have_count(0)
+            await page.unroute(path, unauthorized)
+
+
+async def test_a_poll_answering_for_old_filters_is_ignored(browser: Browser, stack: Stack) -> None:
+    """A poll sent before the filters changed must not bring its count or rows into the new
+    list ("Showing 9 of 65")."""
+    held, answered = asyncio.Event(), asyncio.Event()
+    hold = {"on": False}
+
+    async def slow_unfiltered(route: Route) -> None:
+        if not hold["on"] or "status=" in route.request.url:
+            await route.continue_()
+            return
+        hold["on"] = False
+        held.set()
+        await asyncio.sleep(1.5)
+        await route.continue_()
+        response = await route.request.response()
+        if response is not None:
+            await response.finished()
+        answered.set()
+
+    failed = await listed(stack, [("status", "failed")])
+    async with own_page(browser) as page:
+        await page.route("**/api/executions?*", slow_unfiltered)
+        await page.goto(stack.page_url())
+        await live(page)
+        await expect(page.locator(ROWS)).to_have_count(50)
+        hold["on"] = True
+        await nudge(stack)  # the page polls its unfiltered first page, slowly
+        await asyncio.wait_for(held.wait(), 15)
+        await page.locator("select[name=status]").select_option("failed")
+        summary = page.locator(".summary")
+        await expect(summary).to_have_text(re.compile(rf"^Showing {len(failed)} of "))
+        await asyncio.wait_for(answered.wait(), 15)
+        await page.wait_for_timeout(200)  # the page has read the old answer by now
+        await expect(summary).to_have_text(f"Showing {len(failed)} of {len(failed)} executions")
+        await expect(page.locator(f"{ROWS}:not([data-status=failed])")).to_have_count(0)
+
+
+async def test_links_with_bad_values_still_show_a_page(browser: Browser, stack: Stack) -> None:
+    async with own_page(browser) as page:
+        # A range that is no number of hours is dropped, not a blank page.
+        failed = await listed(stack, [("status", "failed")])
+        await page.goto(stack.page_url(query="hours=abc&status=failed"))
+        await expect(page.locator(ROWS)).to_have_count(len(failed))
+        await expect(page).to_have_url(re.compile(r"\?status=failed$"))
+        await expect(page.locator("select[name=hours]")).to_have_value("")
+        # Compare with a single id says what it needs instead of loading forever.
+        await page.goto(stack.page_url(query=f"compare={DETAILED_ID}"))
+        await expect(page.locator(".error-box")).to_contain_text("two execution ids")
+        await expect(page.locator(".loading")).to_have_count(0)
+        await page.locator(f'.error-box a[href="/?execution={DETAILED_ID}"]').click()
+        await expect(page.locator(".waterfall .step")).to_have_count(4)

@@ -89,7 +89,7 @@ async def test_filters_match_live_rows_as_the_api_would(modules_page: Page) -> N
     page = modules_page
     exec_ = (
         "{agent_name: 'a', status: 'failed', triggered_by: 'api', message: 'Pay Invoice 7',"
-        " started_at: new Date().toISOString()}"
+        " response: 'Paid.', started_at: new Date().toISOString()}"
     )
     cases = {
         "{}": True,
@@ -97,21 +97,56 @@ async def test_filters_match_live_rows_as_the_api_would(modules_page: Page) -> N
         "{status: 'running'}": False,
         "{triggered_by: 'schedule'}": False,
         "{search: 'invoice'}": True,
+        "{search: 'paid'}": True,
         "{search: 'refund'}": False,
         "{hours: '1'}": True,
-        # A link's filters: comma lists as in the API, and fields a summary lacks never match.
+        # A link's filters: comma lists as in the API, and a project given as a list.
         "{status: 'running,failed'}": True,
         "{status: 'running,success'}": False,
         "{agent_name: 'b,a', triggered_by: 'api'}": True,
-        "{project: 'billing'}": False,
         "{start_time: '2000-01-01T00:00:00Z'}": True,
         "{start_time: '2999-01-01T00:00:00Z'}": False,
         "{end_time: '2000-01-01T00:00:00Z'}": False,
+        # What a summary does not carry (here its project) is no reason to leave it out.
+        "{project: ['billing']}": True,
+        "{workflow: ['a,b']}": True,
+        # "other" is every trigger the API does not know (and none), as in the API.
+        "{triggered_by: 'other'}": False,
     }
     for filters, expected in cases.items():
         assert await run(page, "filters.js", f"m.matches({exec_}, {filters})") is expected, filters
     old = "{agent_name: 'a', status: 'success', started_at: '2020-01-01T00:00:00Z'}"
     assert await run(page, "filters.js", f"m.matches({old}, {{hours: '24'}})") is False
+    # A summary's own project does rule it out; a list of projects is matched value by value.
+    billed = "{agent_name: 'a', status: 'running', project: 'p,1'}"
+    assert await run(page, "filters.js", f"m.matches({billed}, {{project: ['p,1']}})") is True
+    assert await run(page, "filters.js", f"m.matches({billed}, {{project: ['p']}})") is False
+    # Unknown triggers (and none) are "other".
+    for trigger, expected in (("'cron'", True), ("'api'", False), ("undefined", True)):
+        cron = f"{{agent_name: 'a', status: 'running', triggered_by: {trigger}}}"
+        got = await run(page, "filters.js", f"m.matches({cron}, {{triggered_by: 'other,api'}})")
+        assert got is True, trigger
+        got = await run(page, "filters.js", f"m.matches({cron}, {{triggered_by: 'other'}})")
+        assert got is expected, trigger
+    # Search looks at message and response as the API does: a summary carries no response from
+    # the list, and text cut at 200 characters may match past the cut.
+    search = "{search: 'zebra'}"
+    for summary, expected in {
+        "{status: 'success', message: 'Plain task'}": True,
+        "{status: 'success', message: 'Plain task', response: 'a ZEBRA'}": True,
+        "{status: 'success', message: 'Plain task', response: 'ok'}": False,
+        "{status: 'success', message: 'x'.repeat(200), response: 'ok'}": True,
+    }.items():
+        assert await run(page, "filters.js", f"m.matches({summary}, {search})") is expected, summary
+    # The status and agent a row carries can take it out of the list; nothing else can.
+    ruled = {
+        "{status: 'running'}": True,
+        "{status: 'success,failed'}": False,
+        "{agent_name: 'b'}": True,
+        "{triggered_by: 'schedule', search: 'nothing like it'}": False,
+    }
+    for filters, expected in ruled.items():
+        assert await run(page, "filters.js", f"m.ruledOut({exec_}, {filters})") is expected, filters
     params = await run(
         page,
         "filters.js",
@@ -123,10 +158,10 @@ async def test_filters_match_live_rows_as_the_api_would(modules_page: Page) -> N
     later = await run(
         page,
         "filters.js",
-        "m.listParams({hours: '6', start_time: '2026-01-01T09:00:00Z', project: 'p'},"
+        "m.listParams({hours: '6', start_time: '2026-01-01T09:00:00Z', project: ['p']},"
         " Date.parse('2026-01-01T12:00:00Z'))",
     )
-    assert later == {"start_time": "2026-01-01T09:00:00Z", "project": "p"}
+    assert later == {"start_time": "2026-01-01T09:00:00Z", "project": ["p"]}
     earlier = await run(
         page,
         "filters.js",
@@ -134,6 +169,98 @@ async def test_filters_match_live_rows_as_the_api_would(modules_page: Page) -> N
         " Date.parse('2026-01-01T12:00:00Z'))",
     )
     assert earlier == {"start_time": "2026-01-01T11:00:00.000Z"}
+    # A range that is no number of hours is no range (it used to throw, leaving a blank list).
+    assert await run(page, "filters.js", "m.listParams({hours: 'abc', status: 'failed'})") == {
+        "status": "failed"
+    }
+
+
+async def read_filters(page: Page, query: str, remembered: bool = True) -> Any:
+    """readFilters() with `query` in the address bar (and what localStorage holds)."""
+    await page.evaluate("q => history.replaceState(null, '', '/js/format.js' + q)", query)
+    return await run(
+        page, "filters.js", f"m.readFilters({{remembered: {str(remembered).lower()}}})"
+    )
+
+
+async def test_filters_read_from_the_url(modules_page: Page) -> None:
+    page = modules_page
+    try:
+        # Repeated project and workflow values stay apart (a name may hold a comma); the API
+        # gets them repeated, as it splits commas for agent, status and trigger only.
+        assert await read_filters(
+            page, "?project=p1&project=p2,x&status=failed&status=running"
+        ) == {
+            "project": ["p1", "p2,x"],
+            "status": "failed,running",
+        }
+        written = await run(
+            page,
+            "filters.js",
+            "(m.writeFilters({project: ['p1', 'p2,x'], status: 'failed'}),"
+            " [...new URLSearchParams(location.search)])",
+        )
+        assert sorted(written) == [["project", "p1"], ["project", "p2,x"], ["status", "failed"]]
+        # A range that is no number of hours is dropped.
+        assert await read_filters(page, "?hours=abc&status=failed") == {"status": "failed"}
+        # A bare URL remembers the last filters, except when going back through history.
+        await page.evaluate(
+            "localStorage.setItem('fleetwatch.filters', '{\"status\": \"failed\"}')"
+        )
+        assert await read_filters(page, "") == {"status": "failed"}
+        assert await read_filters(page, "", remembered=False) == {}
+    finally:
+        await page.evaluate("localStorage.clear(); history.replaceState(null, '', '/js/format.js')")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def new_york_page(browser: Browser, static_url: str) -> AsyncIterator[Page]:
+    """The modules in a browser five hours west of UTC."""
+    context = await browser.new_context(timezone_id="America/New_York", locale="en-US")
+    page = await context.new_page()
+    await page.goto(f"{static_url}/js/format.js")
+    try:
+        yield page
+    finally:
+        await context.close()
+
+
+async def test_times_without_offset_are_utc_as_in_the_api(new_york_page: Page) -> None:
+    page = new_york_page
+    # Started at 12:00 UTC (07:00 in New York); the link's start_time 10:00 is UTC to the API.
+    exec_ = "{agent_name: 'a', status: 'running', started_at: '2026-01-05T12:00:00Z'}"
+    for filters, expected in {
+        "{start_time: '2026-01-05T10:00:00'}": True,
+        "{start_time: '2026-01-05T10:00'}": True,
+        "{start_time: '2026-01-05'}": True,
+        "{start_time: '2026-01-05T13:00:00'}": False,
+        "{end_time: '2026-01-05T12:30:00'}": True,
+        "{end_time: '2026-01-05T12:00:00'}": False,
+    }.items():
+        assert await run(page, "filters.js", f"m.matches({exec_}, {filters})") is expected, filters
+
+
+async def test_day_buckets_are_named_in_utc(new_york_page: Page) -> None:
+    """A day bucket starts at midnight UTC: in New York that is the evening before."""
+    page = new_york_page
+    labels = await run(
+        page,
+        "charts.js",
+        """(() => {
+          const svg = m.timelineChart(m.timelineBuckets({buckets: [
+            {bucket: '2026-02-03T00:00:00Z', success: 1},
+            {bucket: '2026-02-04T00:00:00Z', success: 2},
+            {bucket: '2026-02-05T00:00:00Z', failed: 3}]}), {bucket: 'day'});
+          return {
+            axis: [...svg.querySelectorAll('text.axis')].map(t => t.textContent).slice(-3),
+            titles: [...svg.querySelectorAll('title')].map(t => t.textContent),
+          };
+        })()""",
+    )
+    assert labels == {
+        "axis": ["Feb 3", "Feb 4", "Feb 5"],
+        "titles": ["2/3/2026: 1 success", "2/4/2026: 2 success", "2/5/2026: 3 failed"],
+    }
 
 
 async def test_retry_classes_follow_the_design(modules_page: Page) -> None:

@@ -54,8 +54,11 @@ function describe(status, body) {
 export async function api(path, { method = "GET", params = null, body = undefined, signal } = {}) {
   const url = new URL(path, location.origin);
   if (params) {
+    // A list is sent as a repeated parameter (`project=a&project=b`), as the API takes it.
     for (const [key, value] of Object.entries(params)) {
-      if (value !== null && value !== undefined && value !== "") url.searchParams.set(key, value);
+      for (const one of Array.isArray(value) ? value : [value]) {
+        if (one !== null && one !== undefined && one !== "") url.searchParams.append(key, one);
+      }
     }
   }
   const headers = { Accept: "application/json" };

@@ -30,6 +30,9 @@ export function navigate(url, { replace = false } = {}) {
 }
 
 function signIn(message) {
+  // Whatever a view was still loading must not paint over the form (a 401 brings us here
+  // from the middle of it).
+  leaveView();
   live?.stop();
   live = null;
   setLiveState("off");
@@ -58,22 +61,37 @@ function signIn(message) {
 
 let routeSeq = 0;
 
-async function route() {
-  const params = new URLSearchParams(location.search);
-  const seq = ++routeSeq;
-  const current = () => seq === routeSeq;
+/** The view shown is done with: what it still loads or schedules is for nobody. */
+function leaveView() {
+  routeSeq += 1;
+  page?.close();
   page = null;
   detailId = null;
+}
+
+/**
+ * Show the view the URL names. `remembered`: a bare `/` takes the last filters from
+ * localStorage; going back through history (popstate) it does not (see readFilters).
+ */
+async function route({ remembered = true } = {}) {
+  const params = new URLSearchParams(location.search);
+  leaveView();
+  const seq = routeSeq;
+  const current = () => seq === routeSeq;
   if (params.get("execution")) {
     detailId = params.get("execution");
     document.title = `${detailId} · fleetwatch`;
+    // The live feed follows what is shown: a list's agent filter would hold back this
+    // execution's events when it belongs to another agent (a child run, say).
+    live?.setFilters({});
     await renderDetail(root, detailId, { navigate, current });
   } else if (params.get("compare")) {
     document.title = "Compare · fleetwatch";
-    await renderCompare(root, params.get("compare").split(",").slice(0, 2), { current });
+    live?.setFilters({});
+    await renderCompare(root, params.get("compare").split(",").filter(Boolean).slice(0, 2), { current });
   } else {
     document.title = "Executions · fleetwatch";
-    page = new ExecutionsPage(root, { agents, navigate, role: tokenClaims()?.role });
+    page = new ExecutionsPage(root, { agents, navigate, role: tokenClaims()?.role, remembered });
     page.onFiltersChanged = (filters) => live?.setFilters(filters);
     page.mount();
     live?.setFilters(page.filters);
@@ -133,7 +151,7 @@ window.addEventListener("fleetwatch:unauthorized", () => {
   setToken(null);
   signIn("Your session has expired or the token is invalid. Please sign in again.");
 });
-window.addEventListener("popstate", () => getToken() && route());
+window.addEventListener("popstate", () => getToken() && route({ remembered: false }));
 document.addEventListener("click", (event) => {
   const link = event.target.closest("a[data-nav]");
   if (!link || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;

@@ -88,11 +88,13 @@ export function timelineChart(buckets, { bucket = "hour", width = 720 } = {}) {
       s("text", { x: pad.left - 6, y: y(tick) + 4, "text-anchor": "end", class: "axis" }, String(tick)),
     );
   }
+  // Day buckets start at midnight UTC (the API's date_trunc): a day is named in UTC, or west of
+  // Greenwich every bar would carry the day before.
   buckets.forEach((b, i) => {
     const x = pad.left + i * step + (step - barW) / 2;
     let base = 0;
     const when = new Date(b.time);
-    const label = bucket === "day" ? when.toLocaleDateString() : when.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    const label = bucket === "day" ? when.toLocaleDateString([], { timeZone: "UTC" }) : when.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
     for (const status of STATUS_ORDER) {
       const n = b.counts[status];
       if (!n) continue;
@@ -120,7 +122,7 @@ export function timelineChart(buckets, { bucket = "hour", width = 720 } = {}) {
   buckets.forEach((b, i) => {
     if (i % labelEvery) return;
     const when = new Date(b.time);
-    const text = bucket === "day" ? when.toLocaleDateString([], { month: "short", day: "numeric" }) : when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const text = bucket === "day" ? when.toLocaleDateString([], { month: "short", day: "numeric", timeZone: "UTC" }) : when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     svg.append(s("text", { x: pad.left + i * step + step / 2, y: height - 6, "text-anchor": "middle", class: "axis" }, text));
   });
   return svg;

@@ -204,6 +204,11 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
 }
 
 export async function renderCompare(root, ids, { current = () => true } = {}) {
+  if (ids.length !== 2) {
+    const only = ids[0] ? [" ", h("a", { href: executionHref(ids[0]), "data-nav": true }, `Open ${ids[0]}`)] : null;
+    clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, "Compare takes two execution ids, separated by a comma (", h("code", {}, "?compare=id1,id2"), ").", only)));
+    return;
+  }
   clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading executions…"));
   let pair;
   try {

@@ -4,21 +4,38 @@ import { api } from "./api.js";
 import { chartLegend, statCards, statCardsLoading, timelineBuckets, timelineChart } from "./charts.js";
 import { clear, debounce, h, toast } from "./dom.js";
 import { filterBar } from "./filterbar.js";
-import { hasFilters, listParams, matches, readFilters, statsHours, writeFilters } from "./filters.js";
+import { hasFilters, isSet, listParams, matches, parseApiTime, readFilters, ruledOut, statsHours, writeFilters } from "./filters.js";
 import * as fmt from "./format.js";
 import { headerRow, renderRow } from "./rows.js";
 
 const PAGE_SIZE = 50;
+/**
+ * The database may lag the live feed: a row a live event added that a poll does not list yet
+ * may simply not be written yet. It is kept this long before a poll that leaves it out takes
+ * it out (the poll after a burst of events comes 1.2 s after the last one).
+ */
+const INGEST_GRACE_MS = 5000;
 
 export class ExecutionsPage {
-  constructor(root, { agents, navigate, role }) {
+  /** `remembered`: a bare URL takes the last filters from localStorage (not when going back). */
+  constructor(root, { agents, navigate, role, remembered = true }) {
     this.root = root;
     this.role = role;
     this.agents = agents;
     this.navigate = navigate;
-    this.filters = readFilters();
+    this.filters = readFilters({ remembered });
     if (role === "client" && !this.filters.agent_name && agents.length) this.filters.agent_name = agents[0].name;
     this.rows = new Map();
+    /** Rows a live event added that the API has not listed yet: id -> when they were added. */
+    this.unconfirmed = new Map();
+    /** Rows a live event took out (their status left the filter): id -> that status's rank. */
+    this.gone = new Map();
+    /** Bumped whenever the list is replaced: a poll sent before then answers for another list. */
+    this.generation = 0;
+    this.recheck = null;
+    this.polls = 0; // polls sent
+    this.polled = 0; // the newest poll applied
+    this.closed = false;
     this.replacing = false;
     this.pending = [];
     this.selected = new Set();
@@ -27,7 +44,7 @@ export class ExecutionsPage {
     this.total = 0;
     this.request = null;
     this.fleetWide = role !== "client";
-    this.refreshStatsSoon = debounce(() => this.fleetWide && this.loadStats(), 1500);
+    this.refreshStatsSoon = debounce(() => this.fleetWide && !this.closed && this.loadStats(), 1500);
     this.syncSoon = debounce(() => this.poll({ toasts: false }), 1200);
   }
 
@@ -35,6 +52,13 @@ export class ExecutionsPage {
     writeFilters(this.filters);
     clear(this.root).append(this.layout());
     this.reload();
+  }
+
+  /** The page is left: nothing it has scheduled may fetch any more. */
+  close() {
+    this.closed = true;
+    clearTimeout(this.recheck);
+    this.request?.abort();
   }
 
   layout() {
@@ -47,6 +71,7 @@ export class ExecutionsPage {
     this.tableWrap = h("div", { class: "table-wrap" }, this.table);
     this.state = h("div", { class: "list-state" });
     this.more = h("button", { class: "btn btn-more", type: "button", hidden: true, onclick: () => this.loadMore() }, "Load more");
+    this.moreError = h("p", { class: "more-error", role: "alert", hidden: true });
     return h(
       "div",
       { class: "page page-executions" },
@@ -59,7 +84,7 @@ export class ExecutionsPage {
       h("div", { class: "list-head" }, this.summary, this.compareButton),
       this.tableWrap,
       this.state,
-      h("div", { class: "list-foot" }, this.more),
+      h("div", { class: "list-foot" }, this.moreError, this.more),
     );
   }
 
@@ -76,7 +101,7 @@ export class ExecutionsPage {
 
   /** Change filters: URL, localStorage, the form, the list, the stats, the live subscription. */
   setFilters(filters, { keepForm = false } = {}) {
-    this.filters = Object.fromEntries(Object.entries(filters).filter(([, v]) => v));
+    this.filters = Object.fromEntries(Object.entries(filters).filter(([, v]) => isSet(v)));
     if (!this.fleetWide && !this.filters.agent_name && this.agents.length) this.filters.agent_name = this.agents[0].name;
     writeFilters(this.filters, { push: true });
     if (!keepForm) {
@@ -88,6 +113,7 @@ export class ExecutionsPage {
   }
 
   reload() {
+    this.generation += 1;
     this.cursor = null;
     if (this.fleetWide) {
       this.loadStats();
@@ -136,21 +162,25 @@ export class ExecutionsPage {
     this.request?.abort();
     const controller = new AbortController();
     this.request = controller;
-    const [path, params] = this.listRequest();
-    if (!replace && this.cursor) params.cursor = this.cursor;
     if (replace) {
       // Live updates that arrive while the list is replaced wait for it (see upsert).
       this.replacing = true;
       this.showState("loading");
     }
     this.more.disabled = true;
+    this.moreError.hidden = true;
     try {
+      const [path, params] = this.listRequest();
+      if (!replace && this.cursor) params.cursor = this.cursor;
       const page = await api(path, { params, signal: controller.signal });
       if (replace) {
         this.rows.clear();
+        this.unconfirmed.clear();
+        this.gone.clear();
         clear(this.tbody);
       }
       for (const exec of page.executions ?? []) {
+        this.unconfirmed.delete(exec.id);
         if (this.rows.has(exec.id)) continue;
         this.rows.set(exec.id, exec);
         this.tbody.append(this.row(exec));
@@ -165,9 +195,14 @@ export class ExecutionsPage {
       if (err.name === "AbortError") return;
       if (replace) {
         this.rows.clear();
+        this.unconfirmed.clear();
         clear(this.tbody);
+        this.showState("error", err);
+      } else {
+        // The rows shown stay, and so does the cursor: the button tries the same page again.
+        this.moreError.textContent = `Could not load more executions: ${err.message}`;
+        this.moreError.hidden = false;
       }
-      this.showState("error", err);
     } finally {
       if (this.request === controller) {
         this.request = null;
@@ -211,7 +246,8 @@ export class ExecutionsPage {
   renderSummary() {
     this.more.hidden = !this.hasMore;
     const shown = this.rows.size;
-    const total = `${fmt.count(this.total)}${this.totalExact === false ? "+" : ""}`;
+    // The API may count a moment behind the rows shown (its count is cached for a few seconds).
+    const total = `${fmt.count(Math.max(this.total, shown))}${this.totalExact === false ? "+" : ""}`;
     this.summary.textContent = shown ? `Showing ${fmt.count(shown)} of ${total} executions` : "";
     this.compareButton.hidden = this.selected.size !== 2;
   }
@@ -246,18 +282,34 @@ export class ExecutionsPage {
     this.navigate(`/?compare=${encodeURIComponent(a)},${encodeURIComponent(b)}`);
   }
 
-  /** Put one execution into the list: update its row in place, or add it at the top. */
-  upsert(exec, { highlight = true } = {}) {
+  /**
+   * Put one execution into the list: update its row in place, or add it at the top.
+   *
+   * With `live`, `exec` is a notifier summary: it is added only if it may match the filters
+   * (`matches`: what it does not carry is no reason to leave it out), and a row it moves out of
+   * the status or agent filter leaves the list. Without, it is a row the API listed under these
+   * very filters: the API's answer is never filtered again here.
+   */
+  upsert(exec, { highlight = true, live = false } = {}) {
     if (this.replacing) {
-      this.pending.push([exec, { highlight }]);
+      this.pending.push([exec, { highlight, live }]);
       return;
     }
+    if (!live) this.unconfirmed.delete(exec.id);
     const old = this.rows.get(exec.id);
     if (old) {
       const merged = { ...old };
       for (const [k, v] of Object.entries(exec)) if (v !== null && v !== undefined) merged[k] = v;
       // The database may lag the live feed for a moment: a status never moves backwards.
       if ((RANK[exec.status] ?? 0) < (RANK[old.status] ?? 0)) merged.status = old.status;
+      if (live && ruledOut(merged, this.filters)) {
+        this.remove(exec.id);
+        this.gone.set(exec.id, RANK[merged.status] ?? 0);
+        this.total = Math.max(0, this.total - 1);
+        this.showState(this.rows.size ? null : "empty");
+        this.renderSummary();
+        return;
+      }
       this.rows.set(exec.id, merged);
       const tr = this.tbody.querySelector(`tr[data-id="${CSS.escape(exec.id)}"]`);
       const fresh = this.row(merged);
@@ -265,7 +317,11 @@ export class ExecutionsPage {
       if (highlight) flash(fresh);
       return;
     }
-    if (!matches(exec, this.filters)) return;
+    if (live) {
+      if (!matches(exec, this.filters) || (RANK[exec.status] ?? 0) < (this.gone.get(exec.id) ?? -1)) return;
+      this.gone.delete(exec.id);
+      this.unconfirmed.set(exec.id, Date.now());
+    }
     this.rows.set(exec.id, exec);
     const fresh = this.row(exec);
     this.tbody.prepend(fresh);
@@ -273,6 +329,14 @@ export class ExecutionsPage {
     this.total += 1;
     this.showState(null);
     this.renderSummary();
+  }
+
+  /** Take one row out of the list (its count is the caller's). */
+  remove(id) {
+    this.rows.delete(id);
+    this.unconfirmed.delete(id);
+    this.selected.delete(id);
+    this.tbody.querySelector(`tr[data-id="${CSS.escape(id)}"]`)?.remove();
   }
 
   /**
@@ -289,7 +353,7 @@ export class ExecutionsPage {
     // An execution belongs to the agent that first reported it: ingest refuses another agent's
     // events for it (the feed still carries them), so they must not repaint its row.
     if (before?.agent_name && exec.agent_name && before.agent_name !== exec.agent_name) return;
-    this.upsert(exec);
+    this.upsert(exec, { live: true });
     if (exec.status === "failed" && before?.status !== "failed") failureToast(exec);
     this.syncSoon();
     this.refreshStatsSoon();
@@ -297,6 +361,9 @@ export class ExecutionsPage {
 
   /** The first page again, merged into what is shown (polling, and after live events). */
   async poll({ toasts = true } = {}) {
+    if (this.closed) return;
+    const generation = this.generation;
+    const seq = ++this.polls;
     let page;
     try {
       const [path, params] = this.listRequest();
@@ -304,23 +371,76 @@ export class ExecutionsPage {
     } catch {
       return; // The indicator already says we are not live; the next poll tries again.
     }
+    // The filters changed (or the list was reloaded) while this poll was out, so it answered
+    // for another list; or a later poll answered first. Either way its rows and count are stale.
+    if (this.closed || generation !== this.generation || this.replacing || seq < this.polled) return;
+    this.polled = seq;
     const list = page.executions ?? [];
     for (const exec of list) {
       const old = this.rows.get(exec.id);
+      this.unconfirmed.delete(exec.id);
       if (old && changed(old, exec)) {
         if (toasts && exec.status === "failed" && old.status !== "failed") failureToast(exec);
         this.upsert(exec, { highlight: old.status !== exec.status });
       }
     }
-    for (const exec of list.filter((e) => !this.rows.has(e.id)).reverse()) {
+    // A row a live event just took out may come back from a database that has not caught up
+    // with the feed yet (it still says running): a status never moves backwards.
+    const behind = (e) => (RANK[e.status] ?? 0) < (this.gone.get(e.id) ?? -1);
+    for (const exec of list.filter((e) => !this.rows.has(e.id) && !behind(e)).reverse()) {
+      this.gone.delete(exec.id);
       this.upsert(exec);
       if (toasts && exec.status === "failed") failureToast(exec);
     }
+    const dropped = this.dropUnlisted(list, Boolean(page.has_more));
     this.total = page.total_count ?? this.total;
     this.totalExact = page.total_count_exact !== false;
+    if (dropped && !this.rows.size) this.showState("empty");
     this.renderSummary();
     if (toasts && this.fleetWide) this.loadStats();
   }
+
+  /**
+   * Take out the rows shown that the API no longer lists (they stopped matching) within the part
+   * of the list a poll re-read: all of it when it has no more, else down to its last row. Older
+   * rows ("Load more") were not re-read, and a row a live event added may not be written yet.
+   */
+  dropUnlisted(list, hasMore) {
+    const listed = new Set(list.map((e) => e.id));
+    // The list runs newest first by start (else first seen, which summaries do not carry): the
+    // oldest start it shows bounds what it covered.
+    const floor = hasMore ? startOf(list.findLast((e) => startOf(e) !== null)) : null;
+    if (hasMore && floor === null) return 0;
+    const now = Date.now();
+    let wait = null;
+    let dropped = 0;
+    for (const [id, row] of [...this.rows]) {
+      if (listed.has(id)) continue;
+      const added = this.unconfirmed.get(id);
+      if (hasMore) {
+        const start = startOf(row);
+        // Strictly newer only: rows in the same millisecond may sort either way of the cut.
+        // A live row without a start was first seen just now, so at the top.
+        if (start === null ? added === undefined : start <= floor) continue;
+      }
+      if (added !== undefined && now - added < INGEST_GRACE_MS) {
+        wait = Math.min(wait ?? Infinity, added + INGEST_GRACE_MS - now);
+        continue;
+      }
+      this.remove(id);
+      dropped += 1;
+    }
+    if (wait !== null) {
+      clearTimeout(this.recheck);
+      this.recheck = setTimeout(() => this.poll({ toasts: false }), wait + 100);
+    }
+    return dropped;
+  }
+}
+
+/** When an execution started (ms), or null when the row does not say. */
+function startOf(exec) {
+  return exec ? (parseApiTime(exec.started_at)?.getTime() ?? null) : null;
 }
 
 const RANK = { pending: 0, running: 1, success: 2, failed: 2, cancelled: 2 };

@@ -1,5 +1,7 @@
 // Filters live in the URL (shareable) and in localStorage (sticky); the URL wins.
 
+import { TRIGGERS } from "./format.js";
+
 const STORE_KEY = "fleetwatch.filters";
 
 /** The page speaks the API's own filter names; `hours` is the stats endpoint's window. */
@@ -10,8 +12,16 @@ export const FILTER_KEYS = ["agent_name", "status", "triggered_by", "hours", "se
  */
 export const LINK_KEYS = ["project", "workflow", "start_time", "end_time"];
 const ALL_KEYS = [...FILTER_KEYS, ...LINK_KEYS];
-/** List filters: repeated (`status=failed&status=running`) or comma-separated, as in the API. */
-const LIST_KEYS = new Set(["agent_name", "status", "triggered_by", "project", "workflow"]);
+/**
+ * List filters: repeated (`status=failed&status=running`) or comma-separated. The API splits
+ * commas for these three only, so they are kept as one comma-separated string (a select shows it).
+ */
+const COMMA_KEYS = new Set(["agent_name", "status", "triggered_by"]);
+/**
+ * Project and workflow names may hold commas, which the API does not split: these are kept as
+ * arrays of values and sent as repeated parameters (`project=a&project=b`).
+ */
+const REPEATED_KEYS = new Set(["project", "workflow"]);
 export const RANGES = [
   ["", "All time"],
   ["1", "Last hour"],
@@ -21,17 +31,44 @@ export const RANGES = [
   ["168", "Last 7 days"],
 ];
 
-export function readFilters() {
+/** A filter's values as a list: an array as it is, a string split on commas where the API does. */
+function valuesOf(key, value) {
+  if (Array.isArray(value)) return value;
+  if (value === undefined || value === null || value === "") return [];
+  return COMMA_KEYS.has(key) ? String(value).split(",") : [String(value)];
+}
+
+/** Is a filter set (a non-empty string, or a non-empty list)? */
+export function isSet(value) {
+  return Array.isArray(value) ? value.length > 0 : Boolean(value);
+}
+
+/** A time range is a positive number of hours; anything else (`hours=abc`) is no range. */
+function validHours(value) {
+  const hours = Number(value);
+  return Number.isFinite(hours) && hours > 0;
+}
+
+/**
+ * The filters of the address bar, else (with `remembered`) the last ones kept in localStorage.
+ * Going back through history must not remember: a bare `/` left in the history is a view that
+ * had no filters, and restoring them there would make a filter impossible to undo with Back.
+ */
+export function readFilters({ remembered = true } = {}) {
   const params = new URLSearchParams(location.search);
   const fromUrl = {};
   for (const key of ALL_KEYS) {
     const values = params.getAll(key).filter(Boolean);
-    if (values.length) fromUrl[key] = LIST_KEYS.has(key) ? values.join(",") : values[0];
+    if (!values.length) continue;
+    if (REPEATED_KEYS.has(key)) fromUrl[key] = [...new Set(values)];
+    else if (COMMA_KEYS.has(key)) fromUrl[key] = values.join(",");
+    else if (key !== "hours" || validHours(values[0])) fromUrl[key] = values[0];
   }
-  if (Object.keys(fromUrl).length || params.has("clear")) return fromUrl;
+  if (Object.keys(fromUrl).length || params.has("clear") || !remembered) return fromUrl;
   try {
     const stored = JSON.parse(localStorage.getItem(STORE_KEY) ?? "{}");
-    return Object.fromEntries(FILTER_KEYS.filter((k) => stored[k]).map((k) => [k, String(stored[k])]));
+    const kept = FILTER_KEYS.filter((k) => stored[k] && (k !== "hours" || validHours(stored[k])));
+    return Object.fromEntries(kept.map((k) => [k, String(stored[k])]));
   } catch {
     return {};
   }
@@ -41,8 +78,14 @@ export function readFilters() {
 export function writeFilters(filters, { push = false } = {}) {
   const params = new URLSearchParams(location.search);
   for (const key of ALL_KEYS) {
-    if (filters[key]) params.set(key, filters[key]);
-    else params.delete(key);
+    if (Array.isArray(filters[key])) {
+      params.delete(key);
+      for (const value of filters[key]) params.append(key, value);
+    } else if (filters[key]) {
+      params.set(key, filters[key]);
+    } else {
+      params.delete(key);
+    }
   }
   params.delete("clear");
   const query = params.toString();
@@ -55,56 +98,92 @@ export function writeFilters(filters, { push = false } = {}) {
 }
 
 export function hasFilters(filters) {
-  return ALL_KEYS.some((k) => filters[k]);
+  return ALL_KEYS.some((k) => isSet(filters[k]));
 }
 
-/** The link's filters the form cannot show, as [name, value] pairs. */
+/** The link's filters the form cannot show, as [name, value] pairs (one per value). */
 export function linkFilters(filters) {
-  return LINK_KEYS.filter((k) => filters[k]).map((k) => [k, filters[k]]);
+  return LINK_KEYS.flatMap((k) => valuesOf(k, filters[k]).map((v) => [k, v]));
+}
+
+/**
+ * A time as the API reads it: ISO 8601, and without an offset in UTC (JavaScript would read
+ * a date-time without one as local time). Null when JavaScript cannot read it.
+ */
+export function parseApiTime(text) {
+  if (!text) return null;
+  let value = String(text).trim();
+  if (/^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/i.test(value)) value = `${value.replace(" ", "T")}Z`;
+  const t = new Date(value);
+  return Number.isNaN(t.getTime()) ? null : t;
 }
 
 /** The list endpoint's parameters for these filters (a time range becomes start_time). */
 export function listParams(filters, now = Date.now()) {
   const params = {};
   for (const key of ALL_KEYS) {
-    if (key !== "hours" && filters[key]) params[key] = filters[key];
+    if (key !== "hours" && isSet(filters[key])) params[key] = filters[key];
   }
-  if (filters.hours) {
+  if (validHours(filters.hours)) {
     const since = new Date(now - Number(filters.hours) * 3600_000);
     // Both a range and a link's start_time: the later start narrows more.
-    const linked = filters.start_time ? new Date(filters.start_time) : null;
-    if (!linked || Number.isNaN(linked.getTime()) || linked < since) params.start_time = since.toISOString();
+    const linked = parseApiTime(filters.start_time);
+    if (!linked || linked < since) params.start_time = since.toISOString();
   }
   return params;
 }
 
 /** The stats window in hours: the chosen range, or the last 24 hours for "All time". */
 export function statsHours(filters) {
-  return Number(filters.hours) || 24;
+  return validHours(filters.hours) ? Number(filters.hours) : 24;
 }
 
-/** Is `value` one of a list filter's comma-separated values (no filter: anything is)? */
-function oneOf(value, wanted) {
-  return !wanted || (value !== undefined && value !== null && wanted.split(",").includes(value));
+/** Does a value the row carries fall outside a list filter ("other": any trigger not known)? */
+function outside(key, value, wanted) {
+  if (!isSet(wanted) || value === undefined || value === null) return false;
+  const values = valuesOf(key, wanted);
+  if (values.includes(value)) return false;
+  return !(key === "triggered_by" && values.includes("other") && !TRIGGERS.includes(value));
 }
 
 /**
- * Does a live execution summary belong in the list under these filters? What a summary does
- * not say (a completion often omits its trigger and project) does not match:
- * the next poll brings such a row, with the API's full filtering.
+ * Does a row definitely fail the filters a live update can change or tell: its status and its
+ * agent? A row shown that a live event moves out of them (a running row under `status=running`
+ * completes) leaves the list.
+ */
+export function ruledOut(row, filters) {
+  return outside("agent_name", row.agent_name, filters.agent_name) || outside("status", row.status, filters.status);
+}
+
+/** Text the notifier cut (at 200 characters) may hold a match past the cut. */
+const TEXT_CUT = 200;
+
+/**
+ * Could a live execution summary belong in the list under these filters? A summary carries only
+ * what its event knew (a completion often omits its trigger, project and message; text is cut
+ * at 200 characters), so what it does not say counts as a match: only what it does say can rule
+ * it out. The poll that follows every event brings the API's own answer, which is never
+ * filtered again here, and takes out a row the API does not list.
  */
 export function matches(exec, filters, now = Date.now()) {
-  for (const key of LIST_KEYS) {
-    if (!oneOf(exec[key], filters[key])) return false;
+  for (const key of [...COMMA_KEYS, ...REPEATED_KEYS]) {
+    if (outside(key, exec[key], filters[key])) return false;
   }
   if (filters.search) {
-    const needle = filters.search.toLowerCase();
-    const hay = `${exec.message ?? ""} ${exec.response ?? ""}`.toLowerCase();
-    if (!hay.includes(needle)) return false;
+    // As the API: a case-insensitive substring of message or response. Ruled out only when
+    // both are there in full and neither holds it.
+    const needle = filters.search.trim().toLowerCase();
+    const texts = [exec.message, exec.response];
+    const whole = texts.every((t) => typeof t === "string" && t.length < TEXT_CUT);
+    if (whole && !texts.some((t) => t.toLowerCase().includes(needle))) return false;
   }
-  const started = exec.started_at ? new Date(exec.started_at).getTime() : null;
-  if (filters.hours && started !== null && started < now - Number(filters.hours) * 3600_000) return false;
-  if (filters.start_time && (started === null || started < new Date(filters.start_time).getTime())) return false;
-  if (filters.end_time && (started === null || started > new Date(filters.end_time).getTime())) return false;
+  // The API filters on started_at (else when first seen, which a summary does not carry).
+  const started = parseApiTime(exec.started_at)?.getTime() ?? null;
+  if (started === null) return true;
+  if (validHours(filters.hours) && started < now - Number(filters.hours) * 3600_000) return false;
+  const from = parseApiTime(filters.start_time)?.getTime();
+  const until = parseApiTime(filters.end_time)?.getTime();
+  if (from !== undefined && started < from) return false;
+  if (until !== undefined && started >= until) return false;
   return true;
 }
