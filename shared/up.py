@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +21,16 @@ import httpx
 from shared.auth import mint_token
 from shared.commands import _migrate
 from shared.db import connect
-from shared.embedded import Embedded, database_url_or_embedded, nats_url_or_embedded
+from shared.embedded import (
+    Embedded,
+    child_setup,
+    database_url_or_embedded,
+    nats_url_or_embedded,
+    port_open,
+    redacted_nats,
+)
 from shared.settings import CommonSettings
+from shared.urls import redacted
 
 SERVICES: dict[str, int] = {"ingest": 8002, "query": 8000, "notifier": 8001, "reconciler": 8003}
 DEMO_ADMIN = "demo-admin"
@@ -62,15 +73,127 @@ def _wait_ready(name: str, port: int, process: subprocess.Popen[bytes], log: Pat
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
+            healthy = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
+            healthy = False
+        # The port was free before the child started, so a 200 is its own, unless the child
+        # died meanwhile (failing to bind) while something else took the port.
+        if healthy and process.poll() is None:
+            return
         time.sleep(0.2)
     raise RuntimeError(f"{name} did not answer on port {port} within 60 s; see {log}")
 
 
+def _port_free(host: str, port: int) -> bool:
+    if port_open("127.0.0.1", port, timeout=0.3):
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the services' servers bind: SO_REUSEADDR, so TIME_WAIT does not count as in use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            # Other errors (an address of no interface here) are the service's to report.
+            return exc.errno != errno.EADDRINUSE
+    return True
+
+
+def _check_ports() -> None:
+    """Every service port free before anything starts: a stale stack on them would answer
+    the health checks, and its URL and token would be printed as this one's."""
+    seen: dict[int, str] = {}
+    for name in SERVICES:
+        var = f"{name.upper()}_PORT"
+        try:
+            port = _port(name)
+        except ValueError:
+            raise RuntimeError(f"{var}={os.environ.get(var)!r} is not a port number") from None
+        if port in seen:
+            raise RuntimeError(f"port {port} is given twice ({seen[port]} and {var})")
+        seen[port] = var
+        if not _port_free(os.environ.get(f"{name.upper()}_HOST", "127.0.0.1"), port):
+            raise RuntimeError(
+                f"port {port} in use ({var}): stop what listens there (an earlier "
+                f"`fleetwatch up`?) or set {var} to a free port"
+            )
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: the same orderly shutdown as Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _while_stopping(_signum: int, _frame: object) -> None:
+    print(
+        "fleetwatch up: still stopping (services first, then NATS and PostgreSQL)", file=sys.stderr
+    )
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _export(name: str, url: str, shown: str) -> str:
+    """A line to paste into a shell, with `shown`: the URL without its credentials."""
+    line = f"  export {name}={shlex.quote(shown)}"
+    if shown != url:
+        line += "  # credentials redacted: put yours back in"
+    return line
+
+
 def main(argv: Sequence[str] = ()) -> int:
+    # First of all: a SIGTERM (or the terminal's hang-up) at any point of the start must stop
+    # what was started so far, not kill `up` and leave services and servers running.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *_STOP_SIGNALS)}
+    for sig in _STOP_SIGNALS:
+        if previous[sig] is not signal.SIG_IGN:  # under nohup a hang-up stays ignored
+            signal.signal(sig, _raise_stop)
+    embedded = Embedded()
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    code = 0
+    try:
+        _run(argv, embedded, children)
+    except KeyboardInterrupt as exc:
+        reason = exc.signame if isinstance(exc, _Stop) else "Ctrl-C"
+        print(f"\nfleetwatch up: {reason}: stopping", file=sys.stderr)
+    except RuntimeError as exc:
+        print(f"fleetwatch up: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        for sig in previous:
+            signal.signal(sig, _while_stopping)
+        try:
+            _stop_children(children)
+            embedded.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return code
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in children.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for process in children.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _run(
+    argv: Sequence[str], embedded: Embedded, children: dict[str, subprocess.Popen[bytes]]
+) -> None:
     parser = argparse.ArgumentParser(
         prog="fleetwatch up", description="run ingest, query, notifier, reconciler and a demo fleet"
     )
@@ -82,91 +205,89 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--no-demo", action="store_true", help="start no demo publisher")
     args = parser.parse_args(argv)
 
+    _check_ports()
     run_dir = Path(args.run_dir).resolve()
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     settings = CommonSettings()
-    embedded = Embedded()
-    children: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        nats_url, nats_source = nats_url_or_embedded(settings.nats_url, run_dir, embedded)
-        database_url, db_source = database_url_or_embedded(
-            settings.database_url, run_dir, embedded, explicit="DATABASE_URL" in os.environ
+    nats_url, nats_source = nats_url_or_embedded(
+        settings.nats_url, run_dir, embedded, explicit="NATS_URL" in os.environ
+    )
+    print(f"NATS:       {redacted_nats(nats_url)}  ({nats_source})")
+    sys.stdout.flush()
+    database_url, db_source = database_url_or_embedded(
+        settings.database_url, run_dir, embedded, explicit="DATABASE_URL" in os.environ
+    )
+    print(f"PostgreSQL: {redacted(database_url)}  ({db_source})")
+    sys.stdout.flush()
+    applied = asyncio.run(_migrate(database_url))
+    print(f"schema:     {len(applied)} migration(s) applied")
+    sys.stdout.flush()
+    orgs = _demo_orgs()
+    asyncio.run(_seed(database_url, orgs))
+
+    env = {
+        **os.environ,
+        "NATS_URL": nats_url,
+        "DATABASE_URL": database_url,
+        # The page asks the query service where the live feed is.
+        "QUERY_NOTIFIER_URL": f"ws://127.0.0.1:{_port('notifier')}/ws",
+    }
+    for name in SERVICES:
+        children[name] = _spawn(
+            [sys.executable, "-m", "shared.cli", name], env, logs / f"{name}.log"
         )
-        print(f"NATS:       {nats_url}  ({nats_source})")
-        print(f"PostgreSQL: {database_url}  ({db_source})")
-        applied = asyncio.run(_migrate(database_url))
-        print(f"schema:     {len(applied)} migration(s) applied")
-        orgs = _demo_orgs()
-        asyncio.run(_seed(database_url, orgs))
-
-        env = {
-            **os.environ,
-            "NATS_URL": nats_url,
-            "DATABASE_URL": database_url,
-            # The page asks the query service where the live feed is.
-            "QUERY_NOTIFIER_URL": f"ws://127.0.0.1:{_port('notifier')}/ws",
-        }
-        for name in SERVICES:
-            log = logs / f"{name}.log"
-            children[name] = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", name],
-                env=env,
-                stdout=log.open("ab"),
-                stderr=subprocess.STDOUT,
-            )
-        for name, process in children.items():
-            _wait_ready(name, _port(name), process, logs / f"{name}.log")
-        if not args.no_demo:
-            log = logs / "demo.log"
-            children["demo"] = subprocess.Popen(
-                [
-                    *[sys.executable, "-m", "shared.cli", "demo"],
-                    *["--rate", str(args.rate), "--backfill-runs", str(args.backfill)],
-                ],
-                env=env,
-                stdout=log.open("ab"),
-                stderr=subprocess.STDOUT,
-            )
-        token = mint_token(
-            secret=settings.jwt_secret.get_secret_value(),
-            org=orgs[0],
-            user=DEMO_ADMIN,
-            role="admin",
-            ttl_s=7 * 86_400,
+    for name, process in children.items():
+        _wait_ready(name, _port(name), process, logs / f"{name}.log")
+    if not args.no_demo:
+        children["demo"] = _spawn(
+            [
+                *[sys.executable, "-m", "shared.cli", "demo"],
+                *["--rate", str(args.rate), "--backfill-runs", str(args.backfill)],
+            ],
+            env,
+            logs / "demo.log",
         )
-        query = f"http://127.0.0.1:{_port('query')}"
-        print()
-        print(f"Dashboard:  {query}/#token={token}")
-        print(f"API:        curl -H 'Authorization: Bearer {token}' {query}/api/executions")
-        print(f"Live feed:  ws://127.0.0.1:{_port('notifier')}/ws?token=<token>")
-        print("Metrics:    " + ", ".join(f"127.0.0.1:{_port(n)}/metrics" for n in SERVICES))
-        print(f"Logs:       {logs}/")
-        print("Stop with Ctrl-C.")
-        sys.stdout.flush()
-        _supervise(children)
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as exc:
-        print(f"fleetwatch up: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for process in children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in children.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        embedded.stop()
-    return 0
+    token = mint_token(
+        secret=settings.jwt_secret.get_secret_value(),
+        org=orgs[0],
+        user=DEMO_ADMIN,
+        role="admin",
+        ttl_s=7 * 86_400,
+    )
+    query = f"http://127.0.0.1:{_port('query')}"
+    print()
+    print(f"Dashboard:  {query}/#token={token}")
+    print(f"API:        curl -H 'Authorization: Bearer {token}' {query}/api/executions")
+    print(f"Live feed:  ws://127.0.0.1:{_port('notifier')}/ws?token=<token>")
+    print("Metrics:    " + ", ".join(f"127.0.0.1:{_port(n)}/metrics" for n in SERVICES))
+    print(f"Logs:       {logs}/")
+    print("Operator commands (fleetwatch apikey, admin, token, ...) for this stack, in a shell:")
+    print(_export("NATS_URL", nats_url, redacted_nats(nats_url)))
+    print(_export("DATABASE_URL", database_url, redacted(database_url)))
+    print("Stop with Ctrl-C.")
+    sys.stdout.flush()
+    _supervise(children, logs)
 
 
-def _supervise(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # A hang-up reaches the services as `up`'s SIGTERM (an orderly drain), and they
+            # get SIGTERM too should `up` die without stopping them.
+            preexec_fn=child_setup(ignore_hup=True),
+        )
+
+
+def _supervise(children: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
     while True:
         for name, process in children.items():
             if process.poll() is not None:
-                raise RuntimeError(f"{name} stopped (exit {process.returncode}); see .run/logs")
+                raise RuntimeError(
+                    f"{name} stopped (exit {process.returncode}); see {logs / f'{name}.log'}"
+                )
         time.sleep(1)
