@@ -62,11 +62,12 @@ def policy_from(settings: ReconcilerSettings) -> Policy:
 LISTING_PROBLEMS_SHOWN = 20
 
 
-def _listing_problem(engine: str, problem: str) -> Decision:
+def _listing_problem(engine: str, reason: str) -> Decision:
+    """An engine's listing failed, whole or for some of its runs: flagged, the pass goes on."""
     return Decision(
         kind=Kind.ENGINE_ERROR,
         action=Action.FLAG,
-        reason=f"listing runs: {problem}",
+        reason=reason,
         org=None,
         execution_id=None,
         agent_name=None,
@@ -211,10 +212,10 @@ class Reconciler:
                 listed += await self.engines[name].list_runs(now - self.lookback, now)
                 problems = list(getattr(self.engines[name], "listing_problems", ()))
                 for problem in problems[:LISTING_PROBLEMS_SHOWN]:
-                    report.decisions.append(_listing_problem(name, problem))
+                    report.decisions.append(_listing_problem(name, f"listing runs: {problem}"))
                 if len(problems) > LISTING_PROBLEMS_SHOWN:
                     more = f"and {len(problems) - LISTING_PROBLEMS_SHOWN} more unreadable runs"
-                    report.decisions.append(_listing_problem(name, more))
+                    report.decisions.append(_listing_problem(name, f"listing runs: {more}"))
                 if problems:
                     self.metrics.engine_errors.labels(name).inc(len(problems))
             except Exception as exc:  # an adapter bug must not stop the pass either
@@ -222,18 +223,7 @@ class Reconciler:
                     log.exception("engine %s failed to list runs", name)
                 self.metrics.engine_errors.labels(name).inc()
                 report.engine_errors.append(str(exc))
-                report.decisions.append(
-                    Decision(
-                        kind=Kind.ENGINE_ERROR,
-                        action=Action.FLAG,
-                        reason=f"listing runs failed: {exc}",
-                        org=None,
-                        execution_id=None,
-                        agent_name=None,
-                        engine=name,
-                        external_id=None,
-                    )
-                )
+                report.decisions.append(_listing_problem(name, f"listing runs failed: {exc}"))
         return listed
 
     async def run_pass(

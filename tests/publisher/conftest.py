@@ -21,6 +21,9 @@ import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
+from shared.events import EventType
+from shared.publisher import OutgoingEvent, Spool, execution_event
+from shared.publisher.envelope import dedupe_id, encode
 from shared.settings import CommonSettings
 from shared.streams import ensure_streams
 from shared.subjects import Subjects
@@ -198,3 +201,31 @@ async def ingest(service_env: dict[str, str]) -> AsyncIterator[Ingest]:
 
 def env_without_nats() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+
+
+def completed(org: str, run_id: str, **fields: Any) -> dict[str, Any]:
+    """An `execution_completed` of agent `writer`, as a client would publish it."""
+    return execution_event(
+        EventType.EXECUTION_COMPLETED,
+        org=org,
+        execution={"id": run_id, "agent_name": "writer", "status": "success", **fields},
+    )
+
+
+def left_by_an_older_client(
+    directory: Path, streams: Subjects, org: str, after: tuple[str, ...] = ("next",)
+) -> None:
+    """A spool holding a record over NATS' max_payload (1.2 MB: refused for good) ahead of
+    good ones (run ids `after`)."""
+    spool = Spool(directory)
+    spool.open()
+    for run_id, log in (("poison", "漢" * 400_000), *((run_id, "ok") for run_id in after)):
+        event = completed(org, run_id, execution_log=log)
+        spool.append(
+            OutgoingEvent(
+                streams.event(org, "writer", "execution_completed"),
+                dedupe_id(org, event["event_id"]),
+                encode(event),
+            )
+        )
+    spool.close()

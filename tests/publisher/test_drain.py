@@ -4,40 +4,13 @@ connection and the spool's lock."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
 
-from shared.events import EventType
-from shared.publisher import Fleet, OutgoingEvent, Spool, execution_event
-from shared.publisher.envelope import dedupe_id, encode
+from shared.publisher import Fleet, OutgoingEvent, Spool
 from shared.subjects import Subjects
-from tests.publisher.conftest import stream_messages
-
-
-def completed(org: str, run_id: str, **fields: Any) -> dict[str, Any]:
-    return execution_event(
-        EventType.EXECUTION_COMPLETED,
-        org=org,
-        execution={"id": run_id, "agent_name": "writer", "status": "success", **fields},
-    )
-
-
-def left_by_an_older_client(directory: Path, streams: Subjects, org: str) -> None:
-    """A spool holding a record over NATS' max_payload (refused for good) ahead of a good one."""
-    spool = Spool(directory)
-    spool.open()
-    for run_id, log in (("poison", "漢" * 400_000), ("next", "ok")):
-        event = completed(org, run_id, execution_log=log)
-        spool.append(
-            OutgoingEvent(
-                streams.event(org, "writer", "execution_completed"),
-                dedupe_id(org, event["event_id"]),
-                encode(event),
-            )
-        )
-    spool.close()
+from tests.publisher.conftest import completed, left_by_an_older_client, stream_messages
 
 
 async def stored_runs(js: JetStreamContext, streams: Subjects) -> list[str]:

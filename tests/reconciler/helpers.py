@@ -110,3 +110,26 @@ async def http_engine(state: EngineState, **config: Any) -> AsyncIterator[HttpEn
             yield adapter
         finally:
             await adapter.close()
+
+
+def ago(seconds: float) -> str:
+    """An ISO time `seconds` before now, as an engine reports it (negative: in the future)."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[str]:
+    """The base URL of an engine that accepts connections and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()

@@ -5,7 +5,6 @@ execution. Each correction that is published must be one ingest takes; nothing i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats
@@ -18,19 +17,8 @@ from services.reconciler.rules import Action, Kind
 from shared.events import Event
 from shared.subjects import Subjects
 from shared.validation import validate
-from tests.reconciler.helpers import http_engine, insert_row, make_reconciler, stream_messages
+from tests.reconciler.helpers import ago, insert_row, make_reconciler, stream_messages
 from tests.reconciler.http_engine import EngineState
-
-
-def _ago(seconds: float) -> str:
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
-
-
-@pytest_asyncio.fixture
-async def engine() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
-    state = EngineState()
-    async with http_engine(state) as adapter:
-        yield state, adapter
 
 
 @pytest_asyncio.fixture
@@ -67,7 +55,7 @@ async def test_engine_text_no_event_may_carry_is_fitted_and_blocks_no_other_row(
     """Before: a 70 KB error (or NUL, a 1970 start, a 300-char error type, a 195-char id) made
     the pass raise, so no row was corrected on any pass."""
     state, _ = engine
-    state.add("good-1", "succeeded", completed_at=_ago(30))
+    state.add("good-1", "succeeded", completed_at=ago(30))
     state.add("good-2", "failed", error="quota exceeded")
     state.add(
         "odd-1",
@@ -102,7 +90,7 @@ async def test_a_workflow_id_reused_by_todays_run_leaves_yesterdays_row_alone(
     subjects: Subjects,
 ) -> None:
     state, _ = engine
-    state.add("nightly", "failed", started_at=_ago(600), completed_at=_ago(60), error="today's")
+    state.add("nightly", "failed", started_at=ago(600), completed_at=ago(60), error="today's")
     await insert_row(
         db, org, "yesterday", engine="http", external_id="nightly", status="success", age_s=86_400
     )
@@ -127,8 +115,8 @@ async def test_an_earlier_run_of_a_live_execution_is_not_created_as_an_orphan(
     run-1 had no row under its id, so it was an "orphan" and X was published as failed."""
     state, _ = engine
     named = {"org": org, "agent_name": "agent-1", "execution_id": "X"}
-    state.add("run-1", "failed", started_at=_ago(3000), error="attempt 1 crashed", **named)
-    state.add("run-2", "running", started_at=_ago(1800), **named)
+    state.add("run-1", "failed", started_at=ago(3000), error="attempt 1 crashed", **named)
+    state.add("run-2", "running", started_at=ago(1800), **named)
     await insert_row(db, org, "X", engine="http", external_id="run-2", age_s=1800)
 
     report = await reconciler.run_pass(fix=True)
@@ -147,7 +135,7 @@ async def test_open_rows_of_two_orgs_sharing_a_run_id_are_flagged_not_both_faile
 ) -> None:
     state, _ = engine
     other = f"{org}-b"
-    state.add("job-7", "failed", started_at=_ago(3600), completed_at=_ago(5), error="boom")
+    state.add("job-7", "failed", started_at=ago(3600), completed_at=ago(5), error="boom")
     await insert_row(db, org, "a1", engine="http", external_id="job-7")
     await insert_row(db, other, "b1", engine="http", external_id="job-7")
 
@@ -163,7 +151,7 @@ async def test_open_rows_of_two_orgs_sharing_a_run_id_are_flagged_not_both_faile
     }
     assert await stream_messages(nats_url, subjects) == []
     # Once the engine names the org, that org's row is corrected and only that one.
-    state.add("job-7", "failed", started_at=_ago(3600), completed_at=_ago(5), error="boom", org=org)
+    state.add("job-7", "failed", started_at=ago(3600), completed_at=ago(5), error="boom", org=org)
     await reconciler.run_pass(fix=True)
     events = await _published(nats_url, subjects)
     assert [(e.org, e.execution_id) for e in events] == [(org, "a1")]

@@ -4,10 +4,8 @@ execution's gives no steps; one unreadable run in a listing hides no other."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats
@@ -17,48 +15,28 @@ from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.rules import Kind
 from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.subjects import Subjects
-from tests.reconciler.helpers import http_engine, insert_row, make_reconciler
+from tests.reconciler.helpers import ago, insert_row, make_reconciler, silent_server
 from tests.reconciler.http_engine import EngineState
-
-
-def _ago(seconds: float) -> str:
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
-
-
-@pytest_asyncio.fixture
-async def engine() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
-    state = EngineState()
-    async with http_engine(state) as adapter:
-        yield state, adapter
 
 
 @pytest_asyncio.fixture
 async def silent() -> AsyncIterator[HttpEngine]:
-    """An engine that accepts connections and never answers (3 attempts of 0.3 s each)."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    adapter = HttpEngine(
-        HttpEngineConfig(
-            base_url=f"http://127.0.0.1:{port}",
-            name="http",
-            list_path=None,
-            status_map=DEFAULT_STATUS_MAP,
-            timeout_seconds=0.3,
-            backoff_seconds=0.01,
+    """An engine that never answers (3 attempts of 0.3 s each)."""
+    async with silent_server() as url:
+        adapter = HttpEngine(
+            HttpEngineConfig(
+                base_url=url,
+                name="http",
+                list_path=None,
+                status_map=DEFAULT_STATUS_MAP,
+                timeout_seconds=0.3,
+                backoff_seconds=0.01,
+            )
         )
-    )
-    try:
-        yield adapter
-    finally:
-        await adapter.close()
-        for writer in held:
-            writer.close()
-        server.close()
+        try:
+            yield adapter
+        finally:
+            await adapter.close()
 
 
 async def test_background_step_sync_reaches_runs_past_its_first_page(
@@ -126,8 +104,8 @@ async def test_steps_of_a_later_run_under_a_reused_id_are_not_copied(
     state, adapter = engine
     await insert_row(db, org, "done", engine="http", external_id=f"{org}-reused", status="success")
     await insert_row(db, org, "mine", engine="http", external_id=f"{org}-mine", status="success")
-    state.add(f"{org}-reused", "running", started_at=_ago(-60))  # after the row completed
-    state.add(f"{org}-mine", "succeeded", started_at=_ago(3600))
+    state.add(f"{org}-reused", "running", started_at=ago(-60))  # after the row completed
+    state.add(f"{org}-mine", "succeeded", started_at=ago(3600))
     reconciler = await make_reconciler(
         database_url, {"http": adapter}, None, Subjects("unused"), component_engines=["http"]
     )
@@ -152,17 +130,17 @@ async def test_one_unreadable_run_in_a_listing_hides_no_other(
     state.add(
         f"{org}-orphan",
         "succeeded",
-        started_at=_ago(1800),
+        started_at=ago(1800),
         org=org,
         agent_name="agent-1",
         execution_id=f"{org}-orphan-ex",
     )
-    state.add(f"{org}-odd", "exploded", started_at=_ago(1800), org=org, agent_name="agent-1")
+    state.add(f"{org}-odd", "exploded", started_at=ago(1800), org=org, agent_name="agent-1")
     # A numeric job id and an error object of the engine's own shape are read, not refused.
     state.runs[f"{org}-numeric"] = {
         "id": 4242,
         "status": "FAILED",
-        "started_at": _ago(1800),
+        "started_at": ago(1800),
         "error": {"code": 7, "text": "quota"},
         "org": org,
         "agent_name": "agent-1",

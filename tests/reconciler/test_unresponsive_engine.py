@@ -4,7 +4,6 @@ corrections are published in the same pass."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from services.reconciler.rules import Kind
 from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.subjects import Subjects
 from tests.procs import free_port
-from tests.reconciler.helpers import insert_row, make_reconciler, stream_messages
+from tests.reconciler.helpers import insert_row, make_reconciler, silent_server, stream_messages
 from tests.reconciler.http_engine import EngineState, serving
 
 ROWS = 40
@@ -29,20 +28,13 @@ CONCURRENCY = 4
 @pytest_asyncio.fixture
 async def engines(org: str) -> AsyncIterator[dict[str, HttpEngine]]:
     """`silent`: accepts and never answers (0.3 s timeout, 3 attempts); `good`: answers."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     state = EngineState()
     state.add(f"job-{org}", "succeeded")  # its own id: the module shares a database
-    async with serving(state, free_port()) as url:
+    async with silent_server() as silent_url, serving(state, free_port()) as url:
         found = {
             "silent": HttpEngine(
                 HttpEngineConfig(
-                    base_url=f"http://127.0.0.1:{port}",
+                    base_url=silent_url,
                     name="silent",
                     list_path=None,
                     status_map=DEFAULT_STATUS_MAP,
@@ -62,9 +54,6 @@ async def engines(org: str) -> AsyncIterator[dict[str, HttpEngine]]:
         finally:
             for engine in found.values():
                 await engine.close()
-            for writer in held:
-                writer.close()
-            server.close()
 
 
 async def _pass(
