@@ -39,6 +39,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE_PORTS = ("QUERY_PORT", "NOTIFIER_PORT", "INGEST_PORT", "RECONCILER_PORT")
 
 
+def _as_from_a_terminal() -> None:
+    """Signals as a terminal's shell hands them down: a runner under nohup, or started in the
+    background, passes SIGHUP or SIGINT on ignored, and `up` rightly keeps them so."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Up:
     """One `fleetwatch up` process and everything it started."""
 
@@ -68,6 +75,7 @@ class Up:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=_as_from_a_terminal,
             )
 
     def stdout(self) -> str:
