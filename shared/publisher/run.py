@@ -391,12 +391,33 @@ class Step:
         fields["completed_at"] = now()
         if exc is None:
             fields["output"] = self.output
-            await self._publish(EventType.COMPONENT_COMPLETED, fields)
+            await self._publish_completed(fields)
         else:
             fields["error"] = fit_text(_exception_text(exc), MAX_TEXT)
             fields["error_type"] = type(exc).__name__[:200]
             await self._publish(EventType.COMPONENT_FAILED, fields)
         return False
+
+    async def _publish_completed(self, fields: dict[str, Any]) -> None:
+        """`component_completed`, so that the step never stays `running` for its output: not
+        checked as it is set (not JSON, or over the size limit), a refused output is left out
+        of the event, which goes out again, and the refusal then reaches the code."""
+        try:
+            await self._publish(EventType.COMPONENT_COMPLETED, fields)
+        except InvalidEventError as refused:
+            if fields.get("output") is None:
+                raise
+            await self._publish(EventType.COMPONENT_COMPLETED, {**fields, "output": None})
+            log.error(
+                "step %s of execution %s: published without its output, which was refused: %s",
+                self.node_id, self.run.id, refused,
+            )  # fmt: skip
+            raise InvalidEventError(
+                refused.event_id,
+                "component.output",
+                refused.reason,
+                f"{refused.detail} (the step's component_completed went out without its output)",
+            ) from refused
 
     def _fields(self) -> dict[str, Any]:
         return {

@@ -282,3 +282,30 @@ async def test_a_run_whose_tool_calls_cannot_be_published_still_ends(
     for event in last.values():
         assert event.execution is not None
         assert event.execution.tool_calls is None
+
+
+async def test_a_step_whose_output_cannot_be_published_still_ends(
+    nats_url: str, streams: Subjects, js: JetStreamContext, org: str
+) -> None:
+    """A step's `output` is not checked as it is set either: an output its event cannot carry
+    left the step `running` for good. The step now ends without it, and the code hears of it
+    (here its run then fails, naming the output)."""
+    async with Fleet(nats_url, org=org, subjects=streams) as fleet:
+
+        async def a_step_answering_an_sdk_object() -> None:
+            async with (
+                fleet.execution("writer", id="with-step") as run,
+                run.component("summarize") as step,
+            ):
+                step.output = Answer()
+
+        with pytest.raises(InvalidEventError, match="went out without its output") as refused:
+            await a_step_answering_an_sdk_object()
+        assert refused.value.field == "component.output"
+    events = await stored(js, streams)
+    steps = [e for e in events if e.component is not None]
+    assert [e.type for e in steps] == ["component_started", "component_completed"]
+    assert steps[-1].component is not None
+    assert steps[-1].component.output is None
+    (last,) = [e for e in events if e.execution is not None and e.type != "execution_started"]
+    assert last.type == "execution_failed"
