@@ -428,7 +428,9 @@ def decide_orphan_runs(
         org = run.org or policy.orphan_org
         agent = run.agent_name or policy.orphan_agent
         too_long = max(len(run.external_id), len(orphan_execution_id(run))) > MAX_ID
-        unprintable = any(not ch.isprintable() for ch in orphan_execution_id(run))
+        # The event carries both ids; ingest refuses control characters (NUL) in either.
+        ids = run.external_id + orphan_execution_id(run)
+        unprintable = not ids.isprintable()
         base = {
             "engine": run.engine,
             "external_id": run.external_id,

@@ -467,9 +467,11 @@ def test_a_run_without_a_start_time_is_timed_from_when_it_was_first_listed() -> 
 
 def test_an_orphan_id_with_control_characters_is_flagged_not_created() -> None:
     odd = run(Status.SUCCESS, external_id="job\x001", org="acme", agent_name="ruby")
-    (decision,) = decide_orphan_runs([odd], [], NOW, POLICY)
-    assert (decision.kind, decision.action) == (Kind.ORPHAN_RUN_UNATTRIBUTED, Action.FLAG)
-    assert "control characters" in decision.reason
+    named = dataclasses.replace(odd, execution_id="fine")  # the event carries the run id too
+    for found in (odd, named):
+        (decision,) = decide_orphan_runs([found], [], NOW, POLICY)
+        assert (decision.kind, decision.action) == (Kind.ORPHAN_RUN_UNATTRIBUTED, Action.FLAG)
+        assert "control characters" in decision.reason
 
 
 def test_a_row_lacking_its_run_id_is_not_failed_while_the_engine_lists_a_run_naming_it() -> None:
