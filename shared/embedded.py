@@ -107,24 +107,13 @@ class Embedded:
             self.postgres = None
 
 
-def redacted_nats(url: str) -> str:
-    """`redacted(url)`, and a token too: NATS reads `nats://TOKEN@host` as token auth."""
-    shown = redacted(url)
-    with contextlib.suppress(ValueError):
-        parts = urlsplit(shown)
-        if parts.username and parts.password is None:
-            host = parts.netloc.rsplit("@", 1)[1]
-            return urlunsplit(parts._replace(netloc=f"***@{host}"))
-    return shown
-
-
 def nats_url_or_embedded(
     url: str, run_dir: Path, embedded: Embedded, *, explicit: bool = False
 ) -> tuple[str, str]:
     """The NATS URL to use and where it came from.
 
     `explicit`: NATS_URL was set, so a server there that refuses us is an error."""
-    shown = redacted_nats(url)
+    shown = redacted(url)
     try:
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 4222

@@ -27,7 +27,6 @@ from shared.embedded import (
     database_url_or_embedded,
     nats_url_or_embedded,
     port_open,
-    redacted_nats,
 )
 from shared.settings import CommonSettings
 from shared.urls import redacted
@@ -213,7 +212,7 @@ def _run(
     nats_url, nats_source = nats_url_or_embedded(
         settings.nats_url, run_dir, embedded, explicit="NATS_URL" in os.environ
     )
-    print(f"NATS:       {redacted_nats(nats_url)}  ({nats_source})")
+    print(f"NATS:       {redacted(nats_url)}  ({nats_source})")
     sys.stdout.flush()
     database_url, db_source = database_url_or_embedded(
         settings.database_url, run_dir, embedded, explicit="DATABASE_URL" in os.environ
@@ -263,7 +262,7 @@ def _run(
     print("Metrics:    " + ", ".join(f"127.0.0.1:{_port(n)}/metrics" for n in SERVICES))
     print(f"Logs:       {logs}/")
     print("Operator commands (fleetwatch apikey, admin, token, ...) for this stack, in a shell:")
-    print(_export("NATS_URL", nats_url, redacted_nats(nats_url)))
+    print(_export("NATS_URL", nats_url, redacted(nats_url)))
     print(_export("DATABASE_URL", database_url, redacted(database_url)))
     print("Stop with Ctrl-C.")
     sys.stdout.flush()

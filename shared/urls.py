@@ -1,4 +1,5 @@
-"""Server URLs as they may be shown: the password of `user:password@` replaced by `***`."""
+"""Server URLs as they may be shown: the password of `user:password@` (and a NATS token,
+`nats://TOKEN@host`) replaced by `***`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ def redacted(url: str) -> str:
     must not). A URL that cannot be read is shown as its scheme only."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
         host = parts.hostname or ""
         if ":" in host:  # an IPv6 address
             host = f"[{host}]"
         port = f":{parts.port}" if parts.port is not None else ""
-        netloc = f"{parts.username or ''}:***@{host}{port}"
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{host}{port}"
+        elif parts.username and parts.scheme.startswith(("nats", "tls", "ws")):
+            netloc = f"***@{host}{port}"  # NATS reads `nats://TOKEN@host` as a token
+        else:
+            return url
         return urlunsplit(parts._replace(netloc=netloc))
     except ValueError:
         return url.split(":", 1)[0] + "://***"

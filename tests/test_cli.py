@@ -88,6 +88,8 @@ def test_passwords_in_server_urls_are_never_shown() -> None:
         "postgresql://app:***@db:5432/fw?sslmode=require"
     )
     assert redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert redacted("nats://s3cr3ttoken@127.0.0.1:4222") == "nats://***@127.0.0.1:4222"
+    assert redacted("postgresql://postgres@db/fw") == "postgresql://postgres@db/fw"
     assert redacted("postgresql://u:p@[::1]:5432/d") == "postgresql://u:***@[::1]:5432/d"
 
 

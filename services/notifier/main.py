@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = NotifierSettings(**overrides)
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     # Per-connection open/close lines would drown the log at a thousand clients.
     logging.getLogger("services.notifier.ws").setLevel(logging.WARNING)

@@ -23,9 +23,7 @@ def main(argv: Sequence[str] = ()) -> int:
     settings = QuerySettings()
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s %(message)s")
     check_token_secret(settings, host, "query API")
     uvicorn.run(
         create_app(settings),
