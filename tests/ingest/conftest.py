@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,8 +25,9 @@ class Wired:
     js: JetStreamContext
 
 
-@pytest_asyncio.fixture
-async def wired(nats_url: str, database_url: str, subjects: Subjects) -> AsyncIterator[Wired]:
+@contextlib.asynccontextmanager
+async def streams_of(nats_url: str, database_url: str, subjects: Subjects) -> AsyncIterator[Wired]:
+    """A connection to NATS on which the ingest streams of `subjects` exist."""
     settings = IngestSettings(
         nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
     )
@@ -36,3 +38,9 @@ async def wired(nats_url: str, database_url: str, subjects: Subjects) -> AsyncIt
         yield Wired(settings, nc, js)
     finally:
         await nc.close()
+
+
+@pytest_asyncio.fixture
+async def wired(nats_url: str, database_url: str, subjects: Subjects) -> AsyncIterator[Wired]:
+    async with streams_of(nats_url, database_url, subjects) as found:
+        yield found

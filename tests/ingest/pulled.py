@@ -7,19 +7,15 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import nats
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
 
-from services.ingest.settings import IngestSettings
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
+from tests.ingest.conftest import Wired, streams_of
 from tests.ingest.events_factory import execution_events
 from tests.ingest.test_ingest_service import publish
 
@@ -31,11 +27,8 @@ InfoSource = JetStreamContext.PullSubscription | Callable[[], Awaitable[Consumer
 FETCH_WINDOW_S = 0.5
 
 
-@dataclass
-class Published:
-    settings: IngestSettings
-    nc: Client
-    js: JetStreamContext
+#: The streams of a test, holding what was published (see `one_event_per_execution`).
+Published = Wired
 
 
 @contextlib.asynccontextmanager
@@ -45,17 +38,9 @@ async def one_event_per_execution(
     """The ingest streams of `subjects`, holding the last event of `count` executions."""
     rng = random.Random(count)
     events = [execution_events(org, "ruby", f"{tag}{i:02d}", rng)[-1] for i in range(count)]
-    settings = IngestSettings(
-        nats_url=nats_url, database_url=database_url, subject_prefix=subjects.prefix
-    )
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        await ensure_streams(js, settings)
-        await publish(js, subjects, events)
-        yield Published(settings, nc, js)
-    finally:
-        await nc.close()
+    async with streams_of(nats_url, database_url, subjects) as wired:
+        await publish(wired.js, subjects, events)
+        yield wired
 
 
 def unpatched_fetch() -> Fetch:
