@@ -107,12 +107,19 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
         "engine": decision.engine,
         "external_id": decision.external_id,
     }
-    what = status.value
+    what: tuple[str, ...] = (status.value,)
+    ours = decision.our_status
+    if ours is not None and ours.is_terminal:
+        # Over a finished row the id names what it overrides: had it named the status only, a
+        # second correction after the agent reported its own status again would reuse the
+        # first's id and be dropped as its duplicate. Repeats over the same row stay one id.
+        stamp = decision.our_completed_at.isoformat() if decision.our_completed_at else "-"
+        what = (status.value, "over", ours.value, stamp)
     if decision.kind is Kind.MISSING_EXTERNAL_ID:
         fields["error"] = f"reconciler: {decision.reason}"
         fields["error_type"] = "missing_external_id"
         fields["completed_at"] = now
-        what = "missing_external_id"
+        what = ("missing_external_id",)
     elif run is not None:
         started = fields["started_at"] = _moment(run.started_at)
         if status.is_terminal:
@@ -123,7 +130,7 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
             fields["error_type"] = _label(run.error_type)
     return Event(
         type=EXECUTION_EVENT[status],
-        event_id=correction_event_id(decision.org, decision.execution_id, what),
+        event_id=correction_event_id(decision.org, decision.execution_id, *what),
         occurred_at=now,
         org=decision.org,
         source=SOURCE,

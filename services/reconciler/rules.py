@@ -90,6 +90,8 @@ class Decision:
     engine: str | None
     external_id: str | None
     our_status: Status | None = None
+    #: When our row says it finished (None: not finished, or not a row's decision).
+    our_completed_at: datetime | None = None
     engine_status: Status | None = None
     #: The status a PUBLISH decision asserts.
     publish_status: Status | None = None
@@ -111,6 +113,7 @@ def _decision(row: Row, kind: Kind, action: Action, reason: str, **extra: object
         engine=row.engine,
         external_id=row.external_id,
         our_status=row.status,
+        our_completed_at=row.completed_at,
         **extra,  # type: ignore[arg-type]
     )
 

@@ -15,10 +15,11 @@ from services.reconciler.engines import EngineError
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.rules import Action, Kind, Policy
 from services.reconciler.settings import ReconcilerSettings
-from shared.events import Status
+from shared.events import Event, Status
 from shared.subjects import Subjects
 from tests.procs import running
 from tests.reconciler.helpers import (
+    ago,
     http_engine,
     insert_row,
     make_reconciler,
@@ -268,3 +269,56 @@ def test_a_run_is_read_despite_odd_optional_fields_but_never_with_odd_ids() -> N
     for odd in ({"org": ["acme"]}, {"execution_id": {"id": 1}}, {"id": None}):
         with pytest.raises(EngineError):
             engine.parse_run({"id": "a", "status": "ok", **odd})
+
+
+async def test_a_status_the_agent_reports_again_after_a_correction_is_corrected_again(
+    engine_state: tuple[EngineState, HttpEngine],
+    db: asyncpg.Connection,
+    database_url: str,
+    org: str,
+    nats_url: str,
+    subjects: Subjects,
+    service_env: dict[str, str],
+) -> None:
+    """The engine says failed, the agent success. The correction to failed had the id
+    `reconcile:<org>:<id>:failed` whatever the row held, so once the agent reported success
+    again (later than the correction) every further correction reused that id: JetStream or
+    ingest dropped it, the row kept the agent's word, and each pass counted it fixed."""
+    state, engine = engine_state
+    state.add("flip-1", "failed", error="engine says no", started_at=ago(600))
+    await insert_row(
+        db, org, "x-flip", engine="http", external_id="flip-1", status="success", age_s=600
+    )
+    nc = await nats.connect(nats_url)
+    policy = Policy(first_check_grace=timedelta(seconds=30), orphan_grace=timedelta(minutes=10))
+    reconciler = await make_reconciler(
+        database_url, {"http": engine}, nc.jetstream(), subjects, policy
+    )
+    status_sql = "SELECT count(*) FROM executions WHERE org = $1 AND id = 'x-flip' AND status = $2"
+    try:
+        async with running("ingest", service_env):
+            assert (await reconciler.run_pass(fix=True)).published == 1
+            assert await wait_until(db, status_sql, (org, "failed"), 1) == 1
+            later = datetime.now(UTC)
+            agent_says = Event.model_validate(
+                {
+                    "type": "execution_completed",
+                    "event_id": "agent-flip-again",
+                    "occurred_at": later,
+                    "org": org,
+                    "execution": {"id": "x-flip", "agent_name": "agent-1", "completed_at": later},
+                }
+            )
+            await nc.jetstream().publish(
+                subjects.event(org, "agent-1", agent_says.type),
+                agent_says.model_dump_json(exclude_none=True).encode(),
+            )
+            assert await wait_until(db, status_sql, (org, "success"), 1) == 1
+            again = await reconciler.run_pass(fix=True)
+            assert again.published == 1
+            assert await wait_until(db, status_sql, (org, "failed"), 1) == 1
+            # The row agrees with the engine now: the next pass has nothing to publish.
+            assert (await reconciler.run_pass(fix=True)).published == 0
+    finally:
+        await reconciler.pool.close()
+        await nc.close()
