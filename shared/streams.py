@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from shared.settings import CommonSettings
 
 DUPLICATE_WINDOW_S = 120.0
 DLQ_MAX_AGE_DAYS = 30.0
 _DAY = 86_400.0
+#: JetStream's error code for "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
 
 
 def stream_configs(settings: CommonSettings) -> list[StreamConfig]:
@@ -38,13 +40,28 @@ def stream_configs(settings: CommonSettings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, settings: CommonSettings) -> None:
-    """Create FLEET_EVENTS and FLEET_DLQ (for the configured prefix) or update their limits."""
+async def ensure_streams(
+    js: JetStreamContext, settings: CommonSettings, *, update: bool = False
+) -> None:
+    """Create FLEET_EVENTS and FLEET_DLQ (for the configured prefix) where missing; with
+    `update`, also bring their limits to `settings`.
+
+    Only ingest, the streams' owner, updates: the retention and replicas are the deployment's,
+    and a notifier, a reconciler or an operator's one-off `fleetwatch reconcile --fix` started
+    without the deployment's `FLEETWATCH_RETENTION_DAYS` would otherwise cut a 30-day stream to
+    the default 7 days, dropping every older event.
+    """
     for config in stream_configs(settings):
         assert config.name is not None
         try:
             await js.stream_info(config.name)
         except NotFoundError:
-            await js.add_stream(config=config)
-        else:
+            try:
+                await js.add_stream(config=config)
+                continue
+            except BadRequestError as exc:
+                # Another process created it between our look and our add.
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+        if update:
             await js.update_stream(config=config)

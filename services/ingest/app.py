@@ -162,7 +162,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
         )
         state.js = state.nc.jetstream()
-        await ensure_streams(state.js, settings)
+        await ensure_streams(state.js, settings, update=True)
         state.pool = await _connect_pool(settings)
         fleet = FleetMetrics(metrics.registry)
         state.consumer = BatchConsumer(
