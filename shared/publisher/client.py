@@ -216,6 +216,9 @@ class Fleet:
                 await self.terminate.subscribe_all(self._nc)
 
     async def _on_disconnected(self) -> None:
+        if self._closing:  # our own close: nothing for the operator to look into
+            log.debug("disconnected from NATS")
+            return
         log.warning("disconnected from NATS")
 
     async def _on_error(self, exc: Exception) -> None:

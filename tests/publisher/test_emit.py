@@ -34,6 +34,8 @@ async def test_emit_from_flags_and_json(
         "--field", "tool_calls=[\"grep\"]",
     )  # fmt: skip
     assert code == 0, out
+    # A normal close is no warning: "disconnected from NATS" after every success misled.
+    assert b"disconnected" not in out, out
     step = {
         "type": "component_failed",
         "event_id": "e-42",
