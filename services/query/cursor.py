@@ -1,4 +1,5 @@
-"""The opaque keyset cursor of the list: the last row's `(sort_at, id)`, base64 of JSON."""
+"""The opaque keyset cursor of the list: the last row's `(sort_at, id)` and a fingerprint of
+the filters it was made under, base64 of JSON."""
 
 from __future__ import annotations
 
@@ -18,13 +19,19 @@ class CursorError(ValueError):
 class CursorKey:
     sort_at: datetime
     id: str
+    #: `ListFilters.fingerprint()` of the list it continues (None: a cursor made before
+    #: cursors carried it, accepted as it is).
+    filters: str | None = None
 
 
 _VERSION = 1
 
 
 def encode_cursor(key: CursorKey) -> str:
-    raw = orjson.dumps({"v": _VERSION, "t": key.sort_at.isoformat(), "i": key.id})
+    data = {"v": _VERSION, "t": key.sort_at.isoformat(), "i": key.id}
+    if key.filters is not None:
+        data["f"] = key.filters
+    raw = orjson.dumps(data)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -36,6 +43,7 @@ def decode_cursor(text: str) -> CursorKey:
             raise CursorError("unknown cursor version")
         moment = datetime.fromisoformat(data["t"])
         ident = data["i"]
+        filters = data.get("f")
     except (binascii.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, CursorError):
             raise
@@ -45,6 +53,7 @@ def decode_cursor(text: str) -> CursorKey:
         or not isinstance(ident, str)
         or not 1 <= len(ident) <= 200
         or "\x00" in ident  # PostgreSQL text cannot hold it
+        or not (filters is None or isinstance(filters, str))
     ):
         raise CursorError("not a cursor of this list")
     try:
@@ -53,4 +62,4 @@ def decode_cursor(text: str) -> CursorKey:
         moment = moment.astimezone(UTC)
     except OverflowError:
         raise CursorError("not a cursor of this list") from None
-    return CursorKey(sort_at=moment, id=ident)
+    return CursorKey(sort_at=moment, id=ident, filters=filters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
 from shared.auth import AuthError, AuthUnavailable, Claims, Role, verify_token
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class QueryState:
@@ -36,6 +39,9 @@ class QueryState:
     count_cache: TTLCache[Any, tuple[int, bool]] | None = None
     pool: asyncpg.Pool | None = None
     nats: NatsClient | None = None
+    #: Bumped per org whenever its cached scopes are dropped: a scope read before the drop
+    #: (its transaction may predate the change) is then not cached after it.
+    scope_generation: dict[str, int] = field(default_factory=dict)
     #: Stats cache keys being recomputed in the background, and those tasks.
     refreshing: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -53,6 +59,7 @@ class QueryState:
 
     def forget_scopes(self, org: str) -> None:
         """Drop the cached scopes of one org (its agents' owners or shares changed)."""
+        self.scope_generation[org] = self.scope_generation.get(org, 0) + 1
         if self.scope_cache is not None:
             for key in [k for k in self.scope_cache if k[0] == org]:
                 self.scope_cache.pop(key, None)
@@ -137,11 +144,30 @@ def _busy(detail: str) -> HTTPException:
     return HTTPException(503, detail=detail, headers={"Retry-After": "1"})
 
 
+#: What a database restarting, failing over or out of reach raises when the pool connects.
+_UNREACHABLE: tuple[type[Exception], ...] = (
+    OSError,  # refused, reset, no route, DNS
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+)
+DATABASE_LOST = "the database is unavailable; try again"
+
+
+def _dead(conn: asyncpg.Connection) -> bool:
+    try:
+        closed: bool = conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took its connection back when it was lost
+        return True
+    return closed
+
+
 @asynccontextmanager
 async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection in a transaction under the app role with the org set (RLS).
 
-    A busy pool answers 503 after `pool_acquire_timeout_s` rather than queueing forever.
+    A busy pool answers 503 after `pool_acquire_timeout_s` rather than queueing forever; a
+    database out of reach, or a connection that dies under the request (Postgres restarted
+    or failed over), 503 too: a retry can succeed, and the pool reconnects for it.
     """
     pool = state.pool
     if pool is None:
@@ -151,10 +177,20 @@ async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Con
     except TimeoutError:
         state.metrics.busy.labels("connection").inc()
         raise _busy("no database connection free; try again") from None
+    except _UNREACHABLE as exc:
+        log.warning("database unavailable: %r", exc)
+        raise _busy(DATABASE_LOST) from None
     try:
         async with conn.transaction():
             await repo.enter_org(conn, org)
             yield conn
+    except Exception as exc:
+        # Whatever the driver made of it (a lost connection, a protocol state error on a
+        # connection the server ended while idle), a dead connection is not the caller's bug.
+        if isinstance(exc, HTTPException) or not _dead(conn):
+            raise
+        log.warning("database connection lost: %r", exc)
+        raise _busy(DATABASE_LOST) from None
     finally:
         await pool.release(conn)
 
@@ -191,8 +227,10 @@ async def resolve_scope(state: QueryState, conn: asyncpg.Connection, claims: Cla
     """The caller's scope: cached briefly, else read (in the caller's RLS transaction)."""
     scope = cached_scope(state, claims)
     if scope is None:
+        generation = state.scope_generation.get(claims.org, 0)
         scope = await load_scope(conn, claims)
-        if state.scope_cache is not None:
+        unchanged = state.scope_generation.get(claims.org, 0) == generation
+        if state.scope_cache is not None and unchanged:
             state.scope_cache[_scope_key(claims)] = scope
     return scope
 

@@ -137,14 +137,23 @@ ORDER BY duration_ms DESC, id LIMIT 1
 """
 RECENT = "SELECT {columns} FROM executions WHERE {where} ORDER BY sort_at DESC, id DESC LIMIT 10"
 
+# One export batch: up to {limit} rows, cut where their texts pass {max_bytes} (the first row
+# always kept): a row's message, response and error may hold 64 KiB each. `octet_length`
+# reads a stored value's size without decompressing it; `fetched` says whether the list
+# may go on past this batch.
 EXPORT = """
 SELECT e.id, e.agent_name, a.display_name AS agent_display_name, e.project, e.workflow,
     e.status, e.triggered_by, e.message, e.response, e.error, e.error_type, e.started_at,
     e.completed_at, e.duration_ms, e.cost, e.tokens_in, e.tokens_out, e.engine, e.external_id,
-    e.parent_execution_id, e.sort_at
-FROM (SELECT * FROM executions WHERE {where}
-      ORDER BY sort_at DESC, id DESC LIMIT {limit}) AS e
+    e.parent_execution_id, e.sort_at, e.fetched
+FROM (SELECT s.*, count(*) OVER () AS fetched,
+          sum(s.size) OVER (ORDER BY s.sort_at DESC, s.id DESC) - s.size AS before
+      FROM (SELECT *, coalesce(octet_length(message), 0) + coalesce(octet_length(response), 0)
+                + coalesce(octet_length(error), 0) AS size
+            FROM executions WHERE {where}
+            ORDER BY sort_at DESC, id DESC LIMIT {limit}) AS s) AS e
 LEFT JOIN agents AS a ON a.org = $1 AND a.name = e.agent_name
+WHERE e.before < {max_bytes}
 ORDER BY e.sort_at DESC, e.id DESC
 """
 
@@ -338,18 +347,25 @@ async def recent(conn: asyncpg.Connection, where: Where) -> list[asyncpg.Record]
 
 
 async def export_batches(
-    conn: asyncpg.Connection, where: Where, *, batch: int, search: str | None = None
+    conn: asyncpg.Connection,
+    where: Where,
+    *,
+    batch: int,
+    max_bytes: int,
+    search: str | None = None,
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """The filtered list in keyset batches: memory holds one batch, however long the list.
-    `search`: a common term's pattern, not in `where` (see WALK)."""
+    """The filtered list in keyset batches of at most `batch` rows and about `max_bytes` of
+    text (one row past it at most): memory holds one batch, however long the list and large
+    its rows. `search`: a common term's pattern, not in `where` (see WALK)."""
     current = where
     while True:
-        sql, args = _walked(EXPORT.format(where="{where}", limit=int(batch)), current, search)
+        sql = EXPORT.format(where="{where}", limit=int(batch), max_bytes=int(max_bytes))
+        sql, args = _walked(sql, current, search)
         rows = [dict(r) for r in await conn.fetch(sql, *args)]
         if not rows:
             return
         yield rows
-        if len(rows) < batch:
+        if len(rows) == rows[0]["fetched"] < batch:  # the whole rest of the list was here
             return
         last = rows[-1]
         current = where.copy()

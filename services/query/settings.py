@@ -55,6 +55,9 @@ class QuerySettings(CommonSettings):
     #: 0: never ask.
     search_candidates: int = Field(default=2_000, ge=0, le=100_000)
     export_batch_size: int = Field(default=2000, ge=10, le=50_000)
+    #: An export batch also stops once its rows' message, response and error pass this many
+    #: bytes (64 KiB each at most): memory per export stays near it, whatever the rows hold.
+    export_batch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     #: Exports streamed at once: each holds one pool connection until its body is sent (at
     #: the client's pace), so keep this below `pool_max_size` to leave room for the rest.
     export_concurrency: int = Field(default=4, ge=1)

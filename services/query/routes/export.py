@@ -107,7 +107,13 @@ async def _stream(
         else:
             where = filtered(org, agents, replace(filters, search=None))
             walk = search_pattern(filters.search)
-    batches = repo.export_batches(ctx.conn, where, batch=settings.export_batch_size, search=walk)
+    batches = repo.export_batches(
+        ctx.conn,
+        where,
+        batch=settings.export_batch_size,
+        max_bytes=settings.export_batch_bytes,
+        search=walk,
+    )
     async for rows in batches:
         yield csv_chunk(rows, header=first) if fmt == "csv" else ndjson_chunk(rows)
         first = False

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.query.deps import StateDep
+from shared.migrate import load_migrations
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -20,18 +23,37 @@ APP_ROLE_USABLE = (
     "THEN pg_has_role('fleetwatch_app', 'MEMBER') ELSE false END"
 )
 
+SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
+
+
+@functools.cache
+def required_schema() -> int:
+    """The newest migration this release ships: its statements need that schema (the
+    tables, and `search_candidates()` in its current form)."""
+    return max(m.version for m in load_migrations())
+
+
+async def _schema_version(conn: asyncpg.Connection) -> int | None:
+    try:
+        version: int | None = await conn.fetchval(SCHEMA_VERSION)
+    except asyncpg.UndefinedTableError:  # never migrated
+        return None
+    return version
+
 
 @router.get("/healthz", tags=["health"], summary="The process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"], summary="The database answers (NATS is reported)")
+@router.get("/readyz", tags=["health"], summary="The database answers, migrated (NATS is reported)")
 async def readyz(state: StateDep) -> JSONResponse:
     checks: dict[str, Any] = {
         "database": False,
         # Every scoped read switches to this role: a user that may not fails every call.
         "app_role": False,
+        # This release's migrations applied (`fleetwatch migrate`): else every call fails.
+        "schema": False,
         "nats": bool(state.nats and state.nats.is_connected),
     }
     if state.pool is not None:
@@ -39,10 +61,12 @@ async def readyz(state: StateDep) -> JSONResponse:
             async with state.pool.acquire(timeout=2) as conn:
                 checks["database"] = await conn.fetchval("SELECT 1") == 1
                 checks["app_role"] = await conn.fetchval(APP_ROLE_USABLE) is True
+                version = await _schema_version(conn)
+                checks["schema"] = version is not None and version >= required_schema()
         except Exception:  # any failure means "not ready", never a crash
             log.debug("readiness check failed", exc_info=True)
     # Terminate needs NATS, but reads do not: only the database decides readiness.
-    ready = checks["database"] and checks["app_role"]
+    ready = checks["database"] and checks["app_role"] and checks["schema"]
     return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
 

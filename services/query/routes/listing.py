@@ -45,11 +45,16 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
         walk = search_pattern(filters.search)
     else:
         where = base
+    fingerprint = filters.fingerprint()
     if page.cursor is not None:
         try:
-            where = after(where, decode_cursor(page.cursor))
+            key = decode_cursor(page.cursor)
         except CursorError as exc:
             raise FilterError("cursor", str(exc)) from None
+        if key.filters is not None and key.filters != fingerprint:
+            # Under other filters it would start mid-list, silently skipping newer rows.
+            raise FilterError("cursor", "continues a list with other filters; leave it out")
+        where = after(where, key)
     rows = await repo.list_page(
         ctx.conn, where, limit=page.limit + 1, offset=page.offset, search=walk
     )
@@ -64,7 +69,9 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
-        next_cursor = encode_cursor(CursorKey(sort_at=last["sort_at"], id=last["id"]))
+        next_cursor = encode_cursor(
+            CursorKey(sort_at=last["sort_at"], id=last["id"], filters=fingerprint)
+        )
     return json_response(
         {
             "executions": [summary(r) for r in rows],

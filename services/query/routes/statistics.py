@@ -180,11 +180,12 @@ async def timeline(
 
 def _group_row(row: Any) -> dict[str, Any]:
     finished = row["finished"]
+    average = row["avg_duration_ms"]  # NULL: no run measured; 0.0 is a measured value
     return {
         "name": row["name"],
         "runs": row["runs"],
         "workflows": row["workflows"],
-        "avg_duration_ms": round(row["avg_duration_ms"], 1) if row["avg_duration_ms"] else None,
+        "avg_duration_ms": round(average, 1) if average is not None else None,
         "errors": row["errors"],
         "success_rate": round(row["successes"] / finished, 4) if finished else None,
         "last_run_at": row["last_run_at"],

@@ -1,0 +1,40 @@
+"""Per-workflow and per-project statistics: a measured zero is a value, not "no data"."""
+
+from __future__ import annotations
+
+import httpx
+
+from shared.db import connect
+from tests.query.helpers import add_org, client_for, insert, make_rows, settings_for, token
+
+ORG = "qg-org"
+ADMIN = token(ORG, "ada", "admin")
+
+
+async def test_runs_that_took_zero_ms_average_zero_not_none(
+    database_url: str, nats_url: str
+) -> None:
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, ORG)
+        rows = make_rows(ORG, ("a1",), 4, seed=11)
+        for row in rows:  # instant runs (a cached answer): measured, and 0 ms each
+            row.update(workflow="instant", project="fast", status="success", duration_ms=0)
+        rows[0].update(workflow="unmeasured", project="vague", duration_ms=None)
+        await insert(conn, rows)
+    finally:
+        await conn.close()
+    async with client_for(settings_for(database_url, nats_url)) as client:
+
+        async def get(path: str) -> dict[str, object]:
+            reply: httpx.Response = await client.get(path, headers=ADMIN)
+            assert reply.status_code == 200, reply.text
+            body: dict[str, object] = reply.json()
+            return body
+
+        assert (await get("/api/workflows/instant/stats"))["avg_duration_ms"] == 0
+        assert (await get("/api/projects/fast/stats"))["avg_duration_ms"] == 0
+        listed = (await get("/api/workflows"))["workflows"]
+        assert isinstance(listed, list)
+        by_name = {w["name"]: w["avg_duration_ms"] for w in listed}
+        assert by_name == {"instant": 0, "unmeasured": None}
