@@ -42,6 +42,8 @@ class QueryState:
     #: Bumped per org whenever its cached scopes are dropped: a scope read before the drop
     #: (its transaction may predate the change) is then not cached after it.
     scope_generation: dict[str, int] = field(default_factory=dict)
+    #: The database checks of the last /readyz that reached the database (see routes/health).
+    last_readiness: dict[str, bool] | None = None
     #: Stats cache keys being recomputed in the background, and those tasks.
     refreshing: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -174,3 +174,27 @@ async def test_readyz_is_503_until_the_schema_is_migrated(nats_url: str) -> None
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_busy_pool_is_still_ready(database_url: str, nats_url: str) -> None:
+    """Every pooled connection in use (a burst of slow requests) is load, not an outage:
+    answering 503 there made Kubernetes take every replica out of the Service at once."""
+    settings = settings_for(database_url, nats_url, pool_min_size=1, pool_max_size=1)
+    async with _client(settings) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        app_state = client._transport.app.state.query  # type: ignore[attr-defined]
+        async with app_state.pool.acquire():  # the only connection, held by "a request"
+            busy = await client.get("/readyz")
+            assert busy.status_code == 200, busy.text
+            assert busy.json()["busy"] is True
+        assert (await client.get("/readyz")).json()["busy"] is False
+
+
+async def test_a_busy_pool_of_a_database_never_reached_is_not_ready(
+    database_url: str, nats_url: str
+) -> None:
+    settings = settings_for(database_url, nats_url, pool_min_size=1, pool_max_size=1)
+    async with _client(settings) as client:
+        app_state = client._transport.app.state.query  # type: ignore[attr-defined]
+        async with app_state.pool.acquire():  # held before any readiness check passed
+            assert (await client.get("/readyz")).status_code == 503

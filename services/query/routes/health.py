@@ -24,6 +24,9 @@ APP_ROLE_USABLE = (
 )
 
 SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
+#: How long /readyz waits for a pooled connection before calling the pool busy.
+READY_ACQUIRE_TIMEOUT_S = 2.0
+_DATABASE_CHECKS = ("database", "app_role", "schema")
 
 
 @functools.cache
@@ -56,18 +59,28 @@ async def readyz(state: StateDep) -> JSONResponse:
         "schema": False,
         "nats": bool(state.nats and state.nats.is_connected),
     }
+    busy = False
     if state.pool is not None:
         try:
-            async with state.pool.acquire(timeout=2) as conn:
+            async with state.pool.acquire(timeout=READY_ACQUIRE_TIMEOUT_S) as conn:
                 checks["database"] = await conn.fetchval("SELECT 1") == 1
                 checks["app_role"] = await conn.fetchval(APP_ROLE_USABLE) is True
                 version = await _schema_version(conn)
                 checks["schema"] = version is not None and version >= required_schema()
+            state.last_readiness = {k: checks[k] for k in _DATABASE_CHECKS}
+        except TimeoutError:
+            # Every connection is serving a request: load, not an outage. Not ready here, every
+            # replica under the same burst would leave the Service at once; the last full
+            # answer stands (none yet: not ready). A dead database fails the requests, whose
+            # connections the pool then drops, so the next check reaches it and says so.
+            busy = True
+            checks.update(state.last_readiness or {})
         except Exception:  # any failure means "not ready", never a crash
             log.debug("readiness check failed", exc_info=True)
     # Terminate needs NATS, but reads do not: only the database decides readiness.
-    ready = checks["database"] and checks["app_role"] and checks["schema"]
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+    ready = all(checks[k] for k in _DATABASE_CHECKS)
+    body = {"ready": ready, **checks, "busy": busy}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)
