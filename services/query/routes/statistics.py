@@ -35,6 +35,9 @@ from services.query.where import filtered
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["statistics"])
+#: A timeline start this much before its window is still the window's start (clocks and the
+#: time between computing and sending it), not a 422.
+WINDOW_EDGE_SLACK = timedelta(minutes=1)
 #: One workflow's or project's stats: a name may hold `/` (`team/etl`), sent percent-encoded
 #: as one segment (`team%2Fetl`), so these routes match on the path as sent.
 named = APIRouter(tags=["statistics"], route_class=SentPathRoute)
@@ -159,9 +162,10 @@ async def timeline(
         require_agent_visible(ctx, name)
     now = datetime.now(UTC)
     start = now - timedelta(hours=hours_value)
-    if filters.start_time is not None and filters.start_time < start:
+    if filters.start_time is not None and filters.start_time < start - WINDOW_EDGE_SLACK:
         # The buckets cover `hours`; an earlier start would be cut off while
-        # `filters_applied` still named it.
+        # `filters_applied` still named it. The window's own start, as a client computed
+        # it a moment earlier, is within the slack (and the window begins at `start`).
         raise FilterError(
             "start_time",
             f"is before the timeline's window (the last {hours_value} hours); "
