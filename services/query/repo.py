@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -72,7 +72,7 @@ ORDER BY started_at NULLS LAST, node_id, attempt
 CHILDREN = """
 SELECT {columns} FROM executions
 WHERE org = $1 AND parent_execution_id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))
-ORDER BY sort_at, id LIMIT 500
+ORDER BY sort_at, id LIMIT {limit}
 """
 LOG = "SELECT agent_name, execution_log FROM executions WHERE org = $1 AND id = $2"
 
@@ -119,7 +119,7 @@ SELECT {key} AS name, count(*) AS runs, count(DISTINCT workflow) AS workflows,
     count(*) FILTER (WHERE status = 'success') AS successes,
     count(*) FILTER (WHERE status IN ('success', 'failed', 'cancelled')) AS finished,
     max(sort_at) AS last_run_at
-FROM executions WHERE {where} GROUP BY 1 ORDER BY runs DESC, 1 LIMIT 500
+FROM executions WHERE {where} GROUP BY 1 ORDER BY runs DESC, 1 LIMIT {limit}
 """
 TOP_COMPONENT = """
 SELECT c.name, count(*) AS uses FROM component_executions AS c
@@ -224,13 +224,23 @@ async def components(conn: asyncpg.Connection, org: str, execution_id: str) -> l
     return list(await conn.fetch(COMPONENTS, org, execution_id))
 
 
+#: How many children of an execution, and workflows or projects, a response lists at most.
+LISTED_AT_MOST = 500
+
+
+def cut(rows: Sequence[asyncpg.Record]) -> tuple[list[asyncpg.Record], bool]:
+    """The first `LISTED_AT_MOST` of rows read with one more, and whether there were more."""
+    return list(rows[:LISTED_AT_MOST]), len(rows) > LISTED_AT_MOST
+
+
 async def children(
     conn: asyncpg.Connection, org: str, execution_id: str, agents: frozenset[str] | None
-) -> list[asyncpg.Record]:
-    """The first 500 children the caller may see (`agents` None: every agent of the org)."""
+) -> tuple[list[asyncpg.Record], bool]:
+    """The first 500 children the caller may see (`agents` None: every agent of the org), and
+    whether there are more."""
     visible = None if agents is None else sorted(agents)
-    sql = CHILDREN.format(columns=SUMMARY_COLUMNS)
-    return list(await conn.fetch(sql, org, execution_id, visible))
+    sql = CHILDREN.format(columns=SUMMARY_COLUMNS, limit=LISTED_AT_MOST + 1)
+    return cut(await conn.fetch(sql, org, execution_id, visible))
 
 
 async def execution_log(
@@ -317,9 +327,13 @@ async def delete_share(conn: asyncpg.Connection, org: str, agent_name: str, user
     return status.endswith(" 1")
 
 
-async def group_stats(conn: asyncpg.Connection, where: Where, key: str) -> list[asyncpg.Record]:
+async def group_stats(
+    conn: asyncpg.Connection, where: Where, key: str
+) -> tuple[list[asyncpg.Record], bool]:
+    """The 500 busiest workflows or projects, and whether there are more."""
     assert key in {"workflow", "project"}
-    return list(await conn.fetch(GROUP_STATS.format(key=key, where=where.sql), *where.args))
+    sql = GROUP_STATS.format(key=key, where=where.sql, limit=LISTED_AT_MOST + 1)
+    return cut(await conn.fetch(sql, *where.args))
 
 
 async def top_component(conn: asyncpg.Connection, where: Where) -> asyncpg.Record | None:

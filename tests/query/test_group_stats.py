@@ -38,3 +38,29 @@ async def test_runs_that_took_zero_ms_average_zero_not_none(
         assert isinstance(listed, list)
         by_name = {w["name"]: w["avg_duration_ms"] for w in listed}
         assert by_name == {"instant": 0, "unmeasured": None}
+
+
+async def test_lists_cut_at_500_say_so(database_url: str, nats_url: str) -> None:
+    """/api/workflows, /api/projects and an execution's children stop at 500: they once did
+    it silently, so a client could not tell the 501st workflow from none."""
+    org = "qg-cut-org"
+    admin = token(org, "ada", "admin")
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        rows = make_rows(org, ("a1",), 502, seed=12)
+        for i, row in enumerate(rows):
+            row.update(workflow=f"wf-{i:04d}", project=f"p-{i % 3}", parent_execution_id="root")
+        rows[-1].update(parent_execution_id=None, id="root")
+        await insert(conn, rows)
+    finally:
+        await conn.close()
+    async with client_for(settings_for(database_url, nats_url)) as client:
+        workflows = (await client.get("/api/workflows", headers=admin)).json()
+        assert (len(workflows["workflows"]), workflows["truncated"]) == (500, True)
+        projects = (await client.get("/api/projects", headers=admin)).json()
+        assert (len(projects["projects"]), projects["truncated"]) == (3, False)
+        detail = (await client.get("/api/executions/root", headers=admin)).json()
+        assert (len(detail["children"]), detail["children_truncated"]) == (500, True)
+        child = (await client.get(f"/api/executions/{rows[0]['id']}", headers=admin)).json()
+        assert (child["children"], child["children_truncated"]) == ([], False)

@@ -77,9 +77,8 @@ async def execution_detail(execution_id: str, caller: LightCallerDep) -> dict[st
     async with caller.connect() as ctx:
         row = await _visible(ctx, execution_id)
         parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
-        children = [
-            summary(r) for r in await repo.children(ctx.conn, org, execution_id, ctx.scope.agents)
-        ]
+        kids, more_kids = await repo.children(ctx.conn, org, execution_id, ctx.scope.agents)
+        children = [summary(r) for r in kids]
     engine_run = bool(row["engine"] and row["external_id"])
     if not parts and engine_run and await _ask_reconciler(caller, execution_id):
         # A fresh transaction sees what the reconciler's events made ingest commit meanwhile.
@@ -90,6 +89,7 @@ async def execution_detail(execution_id: str, caller: LightCallerDep) -> dict[st
         components=parts,
         retries=retry_counts(parts),
         children=children,
+        children_truncated=more_kids,
         log_url=f"/api/executions/{quote(execution_id, safe='')}/log" if row["has_log"] else None,
         engine_url=engine_url(caller.state.settings.engine_urls, row["engine"], row["external_id"]),
     )

@@ -204,7 +204,7 @@ async def _group_detail(ctx: Ctx, key: str, name: str, hours: int | None) -> dic
         else ListFilters(project=(name,), start_time=start)
     )
     where = filtered(ctx.scope.org, ctx.scope.agents, filters)
-    groups = await repo.group_stats(ctx.conn, where, key)
+    groups, _ = await repo.group_stats(ctx.conn, where, key)
     if not groups:
         raise HTTPException(404, detail=f"no executions of {key} {name!r}")
     result = _group_row(groups[0])
@@ -232,8 +232,8 @@ async def _group_list(ctx: Ctx, request: Request, key: str) -> dict[str, Any]:
     filters = ListFilters(start_time=_window(hours) if hours is not None else None)
     where = filtered(ctx.scope.org, ctx.scope.agents, filters)
     where.add(f"{key} IS NOT NULL")
-    rows = await repo.group_stats(ctx.conn, where, key)
-    return {f"{key}s": [_group_row(r) for r in rows], "hours": hours}
+    rows, truncated = await repo.group_stats(ctx.conn, where, key)
+    return {f"{key}s": [_group_row(r) for r in rows], "hours": hours, "truncated": truncated}
 
 
 HoursParam = Annotated[int | None, Query(ge=1, le=24 * 400)]
