@@ -45,7 +45,7 @@ async def _connect_nats(state: QueryState) -> None:
 
 def _filter_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FilterError)
-    detail = [{"loc": ["query", exc.field], "msg": exc.message, "type": "value_error"}]
+    detail = [{"loc": [exc.where, exc.field], "msg": exc.message, "type": "value_error"}]
     return JSONResponse({"detail": detail}, status_code=422)
 
 

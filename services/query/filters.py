@@ -32,10 +32,12 @@ MAX_TRIGGER = 64
 class FilterError(ValueError):
     """An invalid query parameter; `field` names it for the 422 answer."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, where: str = "query") -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        #: Where the value was sent: "query" (a parameter) or "path" (a segment).
+        self.where = where
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +257,10 @@ def parse_agent_list_query(name: str, items: Iterable[tuple[str, str]]) -> ListQ
     items = list(items)
     if any(key == "agent_name" for key, _ in items):
         raise FilterError("agent_name", "the agent is given in the path")
-    (agent,) = _names("agent_name", [name])
+    try:
+        (agent,) = _names("agent_name", [name])
+    except FilterError as exc:
+        raise FilterError("name", exc.message, where="path") from None
     query = parse_list_query(items)
     return ListQuery(filters=replace(query.filters, agent_name=(agent,)), page=query.page)
 

@@ -144,7 +144,8 @@ async def test_path_agent_name_is_one_name(
     client: httpx.AsyncClient, headers: dict[str, str], name: str
 ) -> None:
     reply = await client.get(f"/api/agents/{name}/executions", headers=headers)
-    assert fields(reply) == ["agent_name"]
+    assert [d["loc"] for d in reply.json()["detail"]] == [["path", "name"]]
+    assert fields(reply) == ["name"]
 
 
 async def test_path_agent_name_lists_that_agent(client: httpx.AsyncClient) -> None:
@@ -190,3 +191,12 @@ async def test_an_empty_choice_is_422_not_the_default(
 ) -> None:
     reply = await client.get(f"{path}?{query}", headers=ADMIN)
     assert fields(reply) == [query.rstrip("=")]
+
+
+async def test_a_bad_agent_name_in_the_path_is_422_at_the_path(client: httpx.AsyncClient) -> None:
+    reply = await client.get("/api/agents/no%20spaces/executions", headers=ADMIN)
+    assert reply.status_code == 422, reply.text
+    assert [d["loc"] for d in reply.json()["detail"]] == [["path", "name"]]
+    # A filter on the agent here is the query's own mistake, and said so there.
+    reply = await client.get("/api/agents/a1/executions?agent_name=a2", headers=ADMIN)
+    assert [d["loc"] for d in reply.json()["detail"]] == [["query", "agent_name"]]
