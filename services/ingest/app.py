@@ -19,7 +19,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from services.ingest.consumer import TRANSIENT_ERRORS, BatchConsumer
 from services.ingest.fleet_metrics import FleetMetrics
@@ -54,17 +53,28 @@ async def _raw_batch(msg: Any) -> list[Msg]:
     return list(msg.raw_message)
 
 
+#: How long the start waits for a first database connection before serving without one.
+_FIRST_CONNECT_TIMEOUT = 5.0
+
+
 async def _connect_pool(settings: IngestSettings) -> asyncpg.Pool:
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT_ERRORS),
-        wait=wait_exponential(min=0.2, max=5),
-        reraise=True,
-    ):
-        with attempt:
-            return await create_pool(
-                settings.database_url, min_size=1, max_size=settings.db_pool_size
-            )
-    raise AssertionError("unreachable")
+    """The pool, made whether or not Postgres answers now.
+
+    Connections are opened on demand (`min_size=0`), so that ingest started during a
+    database outage serves health, metrics and readiness (not ready) and waits for Postgres
+    the way a running ingest does: batches retried, nothing acked. A database that answers
+    but refuses us (a wrong password or database name) still stops the start with its error.
+    """
+    pool = await create_pool(settings.database_url, min_size=0, max_size=settings.db_pool_size)
+    try:
+        async with pool.acquire(timeout=_FIRST_CONNECT_TIMEOUT):
+            pass
+    except TRANSIENT_ERRORS as exc:
+        log.warning("database unreachable (%r); ingest waits for it", exc)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
 
 
 def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBroker:

@@ -267,6 +267,7 @@ class BatchConsumer:
 
     async def _commit(self, batch: list[tuple[Msg, Incoming]]) -> None:
         delay = self._retry_min
+        registry_forgotten = False
         while True:
             started = time.perf_counter()
             try:
@@ -290,6 +291,14 @@ class BatchConsumer:
                 delay = min(delay * 2, self._retry_max)
                 continue
             except Exception as exc:
+                if isinstance(exc, asyncpg.ForeignKeyViolationError) and not registry_forgotten:
+                    # Only the registry tables have foreign keys (to organizations): an org
+                    # this process remembers writing was deleted since. Write it again.
+                    registry_forgotten = True
+                    self._registry.forget()
+                    self._metrics.db_errors.labels("transient").inc()
+                    log.warning("%s; writing the registry rows again", exc)
+                    continue
                 if refused_content(exc):
                     self._metrics.db_errors.labels("rejected").inc()
                     await self._bisect(batch, exc)
@@ -309,9 +318,13 @@ class BatchConsumer:
 
     async def _bisect(self, batch: list[tuple[Msg, Incoming]], exc: Exception) -> None:
         if len(batch) == 1:
-            msg, _ = batch[0]
+            msg, incoming = batch[0]
             log.error("database refused one event; dead-lettering it: %s", exc)
-            await self._dead_letter(msg, Rejected("db_rejected", f"{type(exc).__name__}: {exc}"))
+            await self._dead_letter(
+                msg,
+                Rejected("db_rejected", f"{type(exc).__name__}: {exc}"),
+                type_label=incoming.event.type,
+            )
             return
         middle = len(batch) // 2
         await self._commit(batch[:middle])

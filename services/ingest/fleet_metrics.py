@@ -173,15 +173,21 @@ class FleetMetrics:
         )
 
     def labels_for(self, org: str, agent: str) -> tuple[str, str]:
-        """The (org, agent) label pair after the caps."""
+        """The (org, agent) label pair after the caps (one observation of it counted)."""
+        pair, folded = self._cap(org, agent)
+        if folded is not None:
+            self.label_overflow.labels(folded).inc()
+        return pair
+
+    def _cap(self, org: str, agent: str) -> tuple[tuple[str, str], str | None]:
+        """The label pair after the caps, and which label a cap folded into "other" (if any)."""
         org_label = self._orgs(org)
         if org_label == OTHER and org != OTHER:
-            self.label_overflow.labels("org").inc()
-            return OTHER, OTHER
+            return (OTHER, OTHER), "org"
         agent_label = agent if self._agents(f"{org}\x00{agent}") != OTHER else OTHER
         if agent_label == OTHER and agent != OTHER:
-            self.label_overflow.labels("agent").inc()
-        return org_label, agent_label
+            return (org_label, OTHER), "agent"
+        return (org_label, agent_label), None
 
     def observe(self, events: Iterable[Event], finished: Sequence[Finished] | None = None) -> None:
         """Count a committed batch: starts from its events, finishes from `finished`.
@@ -191,46 +197,66 @@ class FleetMetrics:
         last report), so each execution counts once. Without it, terminal events stand in.
         """
         events = list(events)
-        labels: dict[tuple[str, str], tuple[str, str]] = {}
+        caps: dict[tuple[str, str], tuple[tuple[str, str], str | None]] = {}
+        overflow: CounterOf[str] = CounterOf()
 
-        def capped(org: str, agent: str) -> tuple[str, str]:
-            found = labels.get((org, agent))
+        def capped(org: str, agent: str, observations: int) -> tuple[str, str]:
+            found = caps.get((org, agent))
             if found is None:
-                found = labels[(org, agent)] = self.labels_for(org, agent)
-            return found
+                found = caps[(org, agent)] = self._cap(org, agent)
+            pair, folded = found
+            if folded is not None:
+                overflow[folded] += observations
+            return pair
 
         # Sum per label set first: labels() costs a lock and a look-up, inc() another lock,
-        # and a batch repeats the same few label sets hundreds of times.
+        # and a batch repeats the same few label sets hundreds of times. The sums are keyed
+        # by the reported (org, agent), then folded by the caps, so that the overflow
+        # counter counts every observation a cap folds, not once per batch.
         starts: CounterOf[tuple[str, str]] = CounterOf()
         for event in events:
             execution = event.execution
             if execution is not None and event.type is EventType.EXECUTION_STARTED:
-                starts[capped(event.org, execution.agent_name)] += 1
-        for key, count in starts.items():
+                starts[(event.org, execution.agent_name)] += 1
+        started: CounterOf[tuple[str, str]] = CounterOf()
+        for (org, agent), count in starts.items():
+            started[capped(org, agent, count)] += count
+        for key, count in started.items():
             self.started.labels(*key).inc(count)
         if finished is None:
             finished = [_finished_from(e) for e in events if _is_terminal_execution(e)]
-        counts: CounterOf[tuple[str, str, str, str]] = CounterOf()
+        reported: CounterOf[tuple[str, str, str, str]] = CounterOf()
         costs: dict[tuple[str, str], list[float]] = {}
         durations: dict[tuple[str, str], list[float]] = {}
         for done in finished:
-            org, agent = capped(done.org, done.agent_name)
-            counts[(org, agent, done.status, trigger_group(done.triggered_by))] += 1
+            key = (done.org, done.agent_name)
+            reported[(*key, done.status, trigger_group(done.triggered_by))] += 1
             if done.cost is not None:
-                costs.setdefault((org, agent), []).append(done.cost)
+                costs.setdefault(key, []).append(done.cost)
             seconds = duration_seconds(done.duration_ms, done.started_at, done.completed_at)
             if seconds is not None:
-                durations.setdefault((org, agent), []).append(seconds)
+                durations.setdefault(key, []).append(seconds)
+        counts: CounterOf[tuple[str, str, str, str]] = CounterOf()
+        for (org, agent, status, trigger), count in reported.items():
+            counts[(*capped(org, agent, count), status, trigger)] += count
         for key4, count in counts.items():
             self.executions.labels(*key4).inc(count)
-        cost_by_org: dict[str, list[float]] = {}
+        cost_by_pair: dict[tuple[str, str], list[float]] = {}
         for (org, agent), amounts in costs.items():
+            cost_by_pair.setdefault(capped(org, agent, 0), []).extend(amounts)
+        cost_by_org: dict[str, list[float]] = {}
+        for (org, agent), amounts in cost_by_pair.items():
             self.cost.labels(org, agent).inc(sum(amounts))
             cost_by_org.setdefault(org, []).extend(amounts)
         for org, amounts in cost_by_org.items():
             observe_all(self.cost_per_execution.labels(org), amounts)
+        duration_by_pair: dict[tuple[str, str], list[float]] = {}
         for (org, agent), amounts in durations.items():
+            duration_by_pair.setdefault(capped(org, agent, 0), []).extend(amounts)
+        for (org, agent), amounts in duration_by_pair.items():
             observe_all(self.duration.labels(org, agent), amounts)
+        for label, count in overflow.items():
+            self.label_overflow.labels(label).inc(count)
 
     def set_running(self, rows: Sequence[RunningRow]) -> None:
         """Replace the running/stuck gauges with a fresh reading of the database."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from itertools import islice, takewhile
+from itertools import takewhile
 from typing import Any
 
 import orjson
@@ -150,14 +150,31 @@ def _more_items_than(body: bytes, limit: int) -> bool:
     return False
 
 
+def _ndjson_sent_as_json(body: bytes) -> bool:
+    """Whether a body that is not one JSON document is NDJSON: two lines or more, the first
+    of them JSON of its own (the first line of a pretty-printed document, `{` or `[`, is
+    not)."""
+    lines = _LINE.finditer(body)
+    first = next(lines, None)
+    if first is None or next(lines, None) is None:
+        return False
+    try:
+        orjson.loads(first.group())
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def _json(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]]:
     if limit is not None and _more_items_than(body, limit):
         raise TooManyEventsError(limit)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if next(islice(_LINE.finditer(body), 1, None), None) is not None:
-            return _ndjson(body, limit)  # two lines or more: NDJSON sent as JSON
+        if _ndjson_sent_as_json(body):
+            return _ndjson(body, limit)
+        # One JSON document (pretty-printed, say) with a mistake in it: one error, placed
+        # in the whole body, not one per line (nor 413 for a long one).
         return [], [FieldError(0, "body", f"not JSON: {exc}")]
     items = parsed if isinstance(parsed, list) else [parsed]
     if limit is not None and len(items) > limit:

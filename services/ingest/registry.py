@@ -4,7 +4,9 @@ Every batch names the same few orgs, agents and projects. Upserting them all eac
 ~4 ms per 1,000-event batch, mostly agents' `last_seen_at` (a row update each, leaving dead
 tuples behind). `RegistryCache` remembers what this process committed: an entry is written
 again once it is `ttl` old (so a row removed elsewhere comes back) or, for an agent, when its
-`last_seen_at` moves by more than `resolution` or it first gets a project.
+`last_seen_at` moves by more than `resolution` or it first gets a project. A batch whose
+write finds a remembered org gone (a foreign-key violation) makes the consumer `forget` it all
+and write the batch again, rather than dead-letter its events.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ class RegistryCache:
             ):
                 out.agents[key] = (project, seen_at)
         return out
+
+    def forget(self) -> None:
+        """Drop everything remembered (rows were deleted elsewhere)."""
+        self._written.clear()
+        self._agents.clear()
 
     def remember(self, committed: Registration) -> None:
         """Record what a committed transaction wrote."""

@@ -70,3 +70,10 @@ def test_the_cache_is_bounded() -> None:
         cache.remember(Registration(orgs={f"org-{i}"}))
     assert cache.pending(Registration(orgs={"org-0"})).orgs == {"org-0"}
     assert len(cache._written) <= 11
+
+
+def test_forget_makes_everything_pending_again() -> None:
+    cache = RegistryCache(clock=Clock())
+    cache.remember(wanted(T))
+    cache.forget()
+    assert cache.pending(wanted(T)) == wanted(T)
