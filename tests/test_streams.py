@@ -104,11 +104,15 @@ def test_the_cli_fix_leaves_the_limits_alone(
         "FLEETWATCH_SUBJECT_PREFIX": subjects.prefix,
     }
     env.pop("FLEETWATCH_RETENTION_DAYS", None)
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "shared.cli", "reconcile", "--fix", "--http-base-url", ENGINE],
         env=env,
         capture_output=True,
+        text=True,
         timeout=90,
         check=False,
     )
+    # The pass really ran (a command that died before reaching NATS proves nothing).
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "published 0 correction(s)" in done.stdout, done.stdout[-2000:]
     assert asyncio.run(_limits(nats_url, subjects))[subjects.events_stream] == (30 * DAY, 1)

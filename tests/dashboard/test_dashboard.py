@@ -631,6 +631,8 @@ async def test_a_row_that_stops_matching_leaves_the_list(browser: Browser, stack
         await expect(page.locator(f"{ROWS}:not([data-status=running])")).to_have_count(0)
         await page.unroute("**/api/executions?*", no_list)
         # The database has caught up and the page has re-read the list: the count agrees.
+        # (Absent from the running list is also true before ingest stored the run at all.)
+        await wait_listed(stack, [("status", "success")], with_ids(run))
         await wait_listed(stack, [("status", "running")], without_ids(run))
         await nudge(stack)
         await expect(page.locator(".summary")).to_have_text(

@@ -171,3 +171,18 @@ async def test_two_ingest_and_two_notifier_replicas(
                 await asyncio.sleep(0.2)
         # Each distinct event applied exactly once across both replicas.
         assert applied == len(events), per_replica
+        # And each message of the stream handled by one replica only: replicas that each had a
+        # consumer of their own would both take every message (the second as a duplicate), so
+        # the rows and the count above would hold while nothing was shared out.
+        in_stream = len(events) + len(events[::10])  # every tenth published twice
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(timeout=5) as client:
+            while True:
+                per_replica = [await applied_events(client, i) for i in ingests]
+                handled = sum(sum(o.values()) for o in per_replica)
+                if handled >= in_stream or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1)  # a message taken twice would be counted by now
+            per_replica = [await applied_events(client, i) for i in ingests]
+        assert sum(sum(o.values()) for o in per_replica) == in_stream, per_replica

@@ -7,6 +7,8 @@ answering nothing).
 Every answer is compared with a brute-force computation over the seeded rows
 (`tests/isolation/world.py`: agents named alike in both orgs, owned, shared and unshared), and
 every body is searched for canaries: ids of rows the caller may not see and the other org's name.
+Every probe runs twice: with both locks, and with row-level security off, where the SQL's own
+org and agent conditions must hold alone. The live feed is probed live and on replay.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import pytest_asyncio
 import websockets
 from nats.js.errors import NotFoundError
 
+from services.query import repo
 from shared.db import connect
 from shared.subjects import Subjects
+from tests.conftest import DATABASE_URL, _create_db, _drop_db, with_database
 from tests.isolation.world import Caller, World, query_env, seed_world
 from tests.procs import Service, running
 
@@ -48,6 +52,9 @@ CALLERS = (
 )
 
 
+RING_SIZE = 4
+
+
 @dataclass
 class Stack:
     query: Service
@@ -56,25 +63,67 @@ class Stack:
     subjects: Subjects
 
 
-@pytest_asyncio.fixture(scope="module")
-async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
-    """One seeded world served by a `fleetwatch query` and a `fleetwatch notifier` process."""
-    conn = await connect(database_url)
+async def _without_row_security(url: str, org: str) -> None:
+    """Turn row-level security off in the database at `url`, and check that it is off: the app
+    role, its org set, then reads every org's rows."""
+    conn = await connect(url)
     try:
-        world = await seed_world(conn)
+        tables = await conn.fetch(
+            "SELECT c.oid::regclass::text AS name FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relrowsecurity"
+        )
+        assert tables
+        for table in tables:
+            await conn.execute(f"ALTER TABLE {table['name']} DISABLE ROW LEVEL SECURITY")
+        async with conn.transaction():
+            await conn.execute(repo.ENTER_ORG, org)
+            assert await conn.fetchval("SELECT count(DISTINCT org) FROM executions") > 1
     finally:
         await conn.close()
-    subjects = Subjects(f"iso{uuid.uuid4().hex[:8]}")
-    env = query_env(nats_url, database_url, prefix=subjects.prefix)
-    try:
+
+
+@pytest_asyncio.fixture(scope="module", params=["both-locks", "sql-alone"])
+async def stack(
+    request: pytest.FixtureRequest, nats_url: str, database_url: str, template_db: str
+) -> AsyncIterator[Stack]:
+    """One seeded world served by a `fleetwatch query` and a `fleetwatch notifier` process.
+
+    `sql-alone`: in a database of its own with row-level security off, so every door has to
+    hold by the org and agent conditions of its own SQL (the first lock). Otherwise a statement
+    that forgot its org would pass every probe here, the second lock hiding it.
+    """
+    async with contextlib.AsyncExitStack() as cleanup:
+        url = database_url
+        if request.param == "sql-alone":
+            name = await _create_db(template_db)
+            cleanup.push_async_callback(_drop_db, name)
+            url = with_database(DATABASE_URL, name)
+        conn = await connect(url)
+        try:
+            world = await seed_world(conn)
+        finally:
+            await conn.close()
+        if request.param == "sql-alone":
+            await _without_row_security(url, world.org_a)
+        subjects = Subjects(f"iso{uuid.uuid4().hex[:8]}")
+        cleanup.push_async_callback(_delete_streams, nats_url, subjects)
+        env = query_env(nats_url, url, prefix=subjects.prefix)
+        # A small ring: a resume from further back than RING_SIZE events replays from the
+        # stream, a recent one from memory, so the replay probe below passes through both doors.
+        env["NOTIFIER_RING_SIZE"] = str(RING_SIZE)
         async with running("query", env) as query, running("notifier", env) as notifier:
             yield Stack(query, notifier, world, subjects)
-    finally:
-        nc = await nats.connect(nats_url)
+
+
+async def _delete_streams(nats_url: str, subjects: Subjects) -> None:
+    nc = await nats.connect(nats_url)
+    try:
         js = nc.jetstream()
         for stream in (subjects.events_stream, subjects.dlq_stream):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
+    finally:
         await nc.close()
 
 
@@ -268,9 +317,16 @@ async def test_share_doors(stack: Stack) -> None:
         # A's admin shares A's alpha with "cust": B's "cust" and B's alpha are untouched.
         assert await put(c["a-admin"], "alpha", "cust") == 204
         try:
-            r = await client.get("/api/agents/alpha/executions", headers=c["a-client"].headers)
+            r = await client.get(
+                "/api/agents/alpha/executions", params={"limit": 200}, headers=c["a-client"].headers
+            )
             assert r.status_code == 200
-            assert all(e["id"].startswith(world.org_a) for e in r.json()["executions"])
+            # Exactly A's alpha rows: an empty answer would pass a check on each row alone.
+            want = {
+                x["id"] for x in world.rows if (x["org"], x["agent_name"]) == (world.org_a, "alpha")
+            }
+            assert want
+            assert {e["id"] for e in r.json()["executions"]} == want
             r = await client.get("/api/agents/alpha/executions", headers=c["b-client"].headers)
             assert r.status_code == 403
         finally:
@@ -301,6 +357,35 @@ def _sees(caller: Caller, org: str, agent: str) -> bool:
     return org == caller.org and (caller.agents is None or agent in caller.agents)
 
 
+async def _publish_everyones_events(
+    stack: Stack, nc: Any, tag: str
+) -> list[tuple[str, str, str, int]]:
+    """Three `execution_started` per agent of both orgs: (org, agent, event id, stream seq)."""
+    js = nc.jetstream()
+    published: list[tuple[str, str, str, int]] = []
+    for org, agents in (
+        (stack.world.org_a, ("alpha", "beta", "gamma")),
+        (stack.world.org_b, ("alpha", "beta", "delta")),
+    ):
+        for agent in agents:
+            for i in range(3):
+                event_id = uuid.uuid4().hex
+                event = {
+                    "type": "execution_started",
+                    "event_id": event_id,
+                    "occurred_at": "2026-02-05T10:00:00Z",
+                    "org": org,
+                    "execution": {"id": f"{tag}-{org}-{agent}-{i}", "agent_name": agent},
+                }
+                ack = await js.publish(
+                    stack.subjects.event(org, agent, "execution_started"),
+                    orjson.dumps(event),
+                    headers={"Nats-Msg-Id": event_id},
+                )
+                published.append((org, agent, event_id, ack.seq))
+    return published
+
+
 async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: str) -> None:
     """Each caller's WebSocket gets every event of its visible agents and nothing else."""
     world, port = stack.world, stack.notifier.port
@@ -317,29 +402,8 @@ async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: 
         ready = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
         assert ready["type"] == "ready", (label, ready)
     nc = await nats.connect(nats_url)
-    published: list[tuple[str, str, str, int]] = []
     try:
-        js = nc.jetstream()
-        for org, agents in (
-            (world.org_a, ("alpha", "beta", "gamma")),
-            (world.org_b, ("alpha", "beta", "delta")),
-        ):
-            for agent in agents:
-                for i in range(3):
-                    event_id = uuid.uuid4().hex
-                    event = {
-                        "type": "execution_started",
-                        "event_id": event_id,
-                        "occurred_at": "2026-02-05T10:00:00Z",
-                        "org": org,
-                        "execution": {"id": f"live-{org}-{agent}-{i}", "agent_name": agent},
-                    }
-                    ack = await js.publish(
-                        stack.subjects.event(org, agent, "execution_started"),
-                        orjson.dumps(event),
-                        headers={"Nats-Msg-Id": event_id},
-                    )
-                    published.append((org, agent, event_id, ack.seq))
+        published = await _publish_everyones_events(stack, nc, "live")
         # Each socket up to the last event it may see. The last one published is b-admin's:
         # after it, the notifier has sent every event, so a stray one would be there already.
         assert _sees(world.callers["b-admin"], *published[-1][:2])
@@ -362,3 +426,56 @@ async def test_live_events_reach_exactly_their_audience(stack: Stack, nats_url: 
         for f in frames:
             if "execution" in f:
                 assert f["execution"]["id"].startswith(f"live-{caller.org}-"), (label, f)
+
+
+async def _replayed(port: int, caller: Caller, resume_from: int) -> list[dict[str, Any]]:
+    """The events a fresh socket of `caller` is replayed from `resume_from`, up to its `ready`
+    (which follows the replay: a stray event of the replay would come before it)."""
+    async with websockets.connect(
+        f"ws://127.0.0.1:{port}/ws",
+        subprotocols=["bearer", caller.token],  # type: ignore[list-item]
+    ) as ws:
+        await ws.send(orjson.dumps({"subscribe": {}, "resume_from": resume_from}).decode())
+        frames: list[dict[str, Any]] = []
+        while True:
+            frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+            if frames[-1].get("type") == "ready":
+                return [f for f in frames if f.get("type", "").startswith("execution_")]
+
+
+async def test_replayed_events_reach_exactly_their_audience(stack: Stack, nats_url: str) -> None:
+    """A reconnecting socket's replay, from the stream and from memory, is scoped as live is."""
+    world, port = stack.world, stack.notifier.port
+    # A live watcher that sees the last event: once it has it, fan-out has passed every event,
+    # so each replay below covers them all (none arrives live after its `ready`).
+    watcher = await websockets.connect(
+        f"ws://127.0.0.1:{port}/ws",
+        subprotocols=["bearer", world.callers["b-admin"].token],  # type: ignore[list-item]
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        await watcher.send(orjson.dumps({"subscribe": {}}).decode())
+        assert orjson.loads(await asyncio.wait_for(watcher.recv(), 10))["type"] == "ready"
+        published = await _publish_everyones_events(stack, nc, "replay")
+        assert _sees(world.callers["b-admin"], *published[-1][:2])
+        seen = await _collect(watcher, 10.0, published[-1][3])
+        assert seen
+        assert seen[-1]["seq"] == published[-1][3], seen[-3:]
+    finally:
+        await nc.close()
+        await watcher.close()
+    first_seq, last_seq = published[0][3], published[-1][3]
+    assert last_seq - first_seq + 1 > RING_SIZE  # the earliest are only in the stream now
+    # From before this test's events (the stream), and from within the ring (memory).
+    for resume_from in (first_seq - 1, last_seq - RING_SIZE):
+        for label in CALLERS:
+            caller = world.callers[label]
+            frames = await _replayed(port, caller, resume_from)
+            got = [f["event_id"] for f in frames]
+            want = [
+                e for org, agent, e, seq in published
+                if seq > resume_from and _sees(caller, org, agent)
+            ]  # fmt: skip
+            assert got == want, (label, resume_from, len(got), len(want))
+            for f in frames:
+                assert f["execution"]["id"].startswith(f"replay-{caller.org}-"), (label, f)

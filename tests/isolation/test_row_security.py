@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 import pytest_asyncio
 
 from services.ingest.batch import Incoming, apply_batch
@@ -74,3 +75,17 @@ async def test_the_app_role_cannot_write_executions_or_another_orgs_agents(
         await conn.execute("SELECT set_config('fleetwatch.org', $1, true)", a)
         changed = await conn.execute("UPDATE agents SET display_name='pwned' WHERE org=$1", b)
         assert changed == "UPDATE 0"
+    # Nor write rows into another org: a share of b's agent planted, or a's agent moved to b
+    # (the policy's WITH CHECK; reading alone would not stop them).
+    for statement, args in (
+        (
+            "INSERT INTO agent_shares (org, agent_name, user_id) VALUES ($1, $2, 'mallory')",
+            (b, "agent-1"),
+        ),
+        ("UPDATE agents SET org = $1 WHERE org = $2", (b, a)),
+    ):
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE fleetwatch_app")
+            await conn.execute("SELECT set_config('fleetwatch.org', $1, true)", a)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+                await conn.execute(statement, *args)

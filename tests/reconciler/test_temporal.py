@@ -180,12 +180,13 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
             assert changed == 4
             synced = await reconciler.sync_recent_components()
             assert synced >= 6
-            await wait_until(
+            stored_steps = await wait_until(
                 db,
                 "SELECT count(*) FROM component_executions WHERE org = $1",
                 (org,),
                 synced,
             )
+            assert stored_steps == synced  # every step synced reached the table
             # Synced steps are not fetched again while the run does not change.
             assert await reconciler.sync_recent_components() == 0
             # x-fail's run names no org or execution, and another org's row uses its run id:
@@ -203,12 +204,13 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
             failed_steps = await reconciler.sync_recent_components()
             assert failed_steps >= 1
             synced += failed_steps
-            await wait_until(
+            stored_steps = await wait_until(
                 db,
                 "SELECT count(*) FROM component_executions WHERE org = $1",
                 (org,),
                 synced,
             )
+            assert stored_steps == synced  # every step synced reached the table
             # On demand, as the query service asks for a running execution's steps.
             await nc.subscribe(subjects.sync_components(), cb=sync_handler(reconciler))
             reply = await nc.request(
@@ -224,11 +226,15 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
             }
             bad = await nc.request(subjects.sync_components(), b"{}", timeout=10)
             assert orjson.loads(bad.data)["ok"] is False
-            await wait_until(
-                db,
-                "SELECT count(*) FROM component_executions WHERE org = $1 AND execution_id = $2",
-                (org, "x-wait"),
-                1,
+            assert (
+                await wait_until(
+                    db,
+                    "SELECT count(*) FROM component_executions "
+                    "WHERE org = $1 AND execution_id = $2",
+                    (org, "x-wait"),
+                    1,
+                )
+                == 1
             )
 
         rows = {
