@@ -112,7 +112,6 @@ class AccessGuard:
             self.hub.set_scope(client, scope)
 
     def _failed(self, key: ScopeKey, clients: list[Client], exc: Exception) -> None:
-        self.hub.metrics.scope_load_failures.inc()
         now = time.monotonic()
         since = self._failing_since.setdefault(key, now)
         if now - since < self.scopes.ttl_s:

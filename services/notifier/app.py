@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Any
 
 import asyncpg
 import nats
@@ -16,15 +15,16 @@ from nats.js import JetStreamContext
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from services.notifier.access import AccessGuard
+from services.notifier.feed import LiveFeed
 from services.notifier.handshake import choose_subprotocol
 from services.notifier.http import make_process_request
-from services.notifier.hub import Hub
+from services.notifier.hub import CLOSE_SERVICE_RESTART, Hub
 from services.notifier.metrics import Metrics
 from services.notifier.repo import fetch_scope
 from services.notifier.scopes import ScopeCache
 from services.notifier.session import SessionDeps, handle
 from services.notifier.settings import NotifierSettings
-from services.notifier.stream import bounds, follow
+from services.notifier.stream import StreamBounds, bounds
 from services.notifier.summary import build_outgoing, decode
 from services.notifier.triggers import TriggerMemory
 from services.notifier.warmup import read_recent
@@ -67,14 +67,20 @@ class Notifier:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
-        self._sub: Any = None
+        self._feed: LiveFeed | None = None
         self._server: Server | None = None
         self._guard_task: asyncio.Task[None] | None = None
         self._ready = False
 
     @property
     def ready(self) -> bool:
-        return self._ready and self._nc is not None and self._nc.is_connected
+        return (
+            self._ready
+            and self._feed is not None
+            and self._feed.following
+            and self._nc is not None
+            and self._nc.is_connected
+        )
 
     @property
     def port(self) -> int:
@@ -85,7 +91,10 @@ class Notifier:
     async def start(self) -> None:
         s = self.settings
         self._nc = await nats.connect(
-            s.nats_url, name="fleetwatch-notifier", max_reconnect_attempts=-1
+            s.nats_url,
+            name="fleetwatch-notifier",
+            max_reconnect_attempts=-1,
+            reconnected_cb=self._on_reconnected,
         )
         self._js = self._nc.jetstream()
         await ensure_streams(self._js, s)
@@ -96,14 +105,33 @@ class Notifier:
             self.metrics.scope_loads.inc()
             return await fetch_scope(pool, claims)
 
-        scopes = ScopeCache(load, ttl_s=s.scope_ttl_s, load_timeout_s=s.scope_load_timeout_s)
+        scopes = ScopeCache(
+            load,
+            ttl_s=s.scope_ttl_s,
+            load_timeout_s=s.scope_load_timeout_s,
+            on_failure=self.metrics.scope_load_failures.inc,
+        )
         guard = AccessGuard(self.hub, scopes)
         # Start right after the stream's current end; every later event reaches the hub. What
         # came before is read back first, so a reconnect storm resumes from memory.
         start = await bounds(self._js, s.subjects)
         floor, recent = await read_recent(self._js, s.subjects, start, s.ring_size, self.triggers)
         self.hub.start_at(start.last_seq, recent, floor)
-        self._sub = await follow(self._js, s.subjects, start.last_seq + 1, self._on_message)
+        js = self._js
+
+        async def ensure_stream() -> None:
+            await ensure_streams(js, s)
+
+        self._feed = LiveFeed(
+            js,
+            s.subjects,
+            self._on_message,
+            position=lambda: self.hub.last_seq,
+            on_reset=self._on_stream_reset,
+            ensure_stream=ensure_stream,
+            check_s=s.stream_check_s,
+        )
+        await self._feed.start(start)
         deps = SessionDeps(
             settings=s,
             hub=self.hub,
@@ -134,10 +162,22 @@ class Notifier:
         self._ready = True
         log.info("notifier listening on %s:%s", s.host, self.port)
 
+    async def _on_reconnected(self) -> None:
+        if self._feed is not None:
+            self._feed.reconnected()
+
+    def _on_stream_reset(self, found: StreamBounds) -> None:
+        """The stream was made anew: every client holds sequences it no longer has. Closed with
+        1012, they reconnect, resume and are told to reload (`unknown_sequence`)."""
+        self.hub.close(tuple(self.hub.clients), CLOSE_SERVICE_RESTART, "event stream reset, resume")
+        self.hub.start_at(found.last_seq)
+
     async def _on_message(self, msg: Msg) -> None:
         try:
             meta = msg.metadata
             seq = meta.sequence.stream
+            if seq <= self.hub.last_seq:
+                return  # already fanned out (an old consumer's message after a refollow)
             event = decode(self.settings.subjects, msg.subject, msg.data)
             if event is None:
                 self.metrics.invalid_events.inc()
@@ -161,11 +201,8 @@ class Notifier:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:
-                log.debug("unsubscribe failed: %s", exc)
+        if self._feed is not None:
+            await self._feed.stop()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
         if self._pool is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from services.notifier.summary import EventMeta
 from shared.access import Scope
@@ -14,6 +14,16 @@ from shared.events import Name, Status, trigger_group
 from shared.validation import describe
 
 Trigger = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _not_a_boolean(value: object) -> object:
+    # JSON `true` would pass as sequence 1 and replay the whole stream.
+    if isinstance(value, bool):
+        raise ValueError("must be a stream sequence number, not a boolean")
+    return value
+
+
+StreamSeq = Annotated[int, Field(ge=0, le=2**63), BeforeValidator(_not_a_boolean)]
 
 
 class Subscribe(BaseModel):
@@ -30,7 +40,7 @@ class ClientFrame(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     subscribe: Subscribe | None = None
-    resume_from: Annotated[int, Field(ge=0, le=2**63)] | None = None
+    resume_from: StreamSeq | None = None
 
 
 @dataclass(frozen=True, slots=True)

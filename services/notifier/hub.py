@@ -30,9 +30,18 @@ log = logging.getLogger(__name__)
 
 #: Close codes of the protocol (docs/notifier.md).
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW = 4008
 CLOSE_UNAUTHORIZED = 4401
+#: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 5.5.1).
+CLOSE_REASON_MAX_BYTES = 123
+
+
+def close_reason(text: str) -> str:
+    """`text` cut to what a close frame can carry, never inside a character (a longer reason
+    cannot be sent at all: the close fails and the client sees 1011)."""
+    return text.encode()[:CLOSE_REASON_MAX_BYTES].decode(errors="ignore")
 
 
 def text_frame(payload: bytes) -> bytes:

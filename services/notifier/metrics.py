@@ -50,7 +50,7 @@ class Metrics:
         )
         self.resumes = Counter(
             "notifier_resumes_total",
-            "Resume requests by outcome (ring, stream, up_to_date, resync)",
+            "Resume requests by outcome (ring, stream, up_to_date, resync, unavailable)",
             ["outcome"],
             registry=r,
         )
@@ -61,7 +61,8 @@ class Metrics:
         )
         self.scope_load_failures = Counter(
             "notifier_scope_load_failures_total",
-            "Scope refreshes for open connections that failed (the last scope is kept a while)",
+            "Scope loads that failed or timed out (handshakes: 1013; refreshes: the last scope "
+            "is kept for up to a TTL)",
             registry=r,
         )
         self.access_closes = Counter(

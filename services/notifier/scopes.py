@@ -34,8 +34,11 @@ class ScopeCache:
         maxsize: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
         load_timeout_s: float | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self._loader = loader
+        #: Called once per failed (or timed-out) load, however many callers were waiting on it.
+        self._on_failure = on_failure
         self.ttl_s = ttl_s
         self._load_timeout_s = load_timeout_s
         self._clock = clock
@@ -66,6 +69,8 @@ class ScopeCache:
         try:
             scope = await _within(self._loader(claims), self._load_timeout_s)
         except Exception as exc:
+            if self._on_failure is not None:
+                self._on_failure()
             future.set_exception(exc)
             # Mark retrieved: waiters may be none, and an unobserved error would be logged.
             future.exception()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass
 
+import nats.errors
 from nats.js import JetStreamContext
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -22,7 +24,7 @@ from services.notifier.filters import (
     parse_frame,
 )
 from services.notifier.handshake import initial_frame, offered_subprotocols, token_from
-from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Hub
+from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Hub, close_reason
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
 from services.notifier.scopes import ScopeCache
 from services.notifier.settings import NotifierSettings
@@ -90,12 +92,12 @@ async def _authenticate(conn: ServerConnection, deps: SessionDeps) -> Claims | N
         return await verify_token(token, deps.settings)
     except AuthError as exc:
         deps.hub.metrics.auth_failures.inc()
-        # Close reasons are capped at 123 bytes by the protocol.
-        await conn.close(CLOSE_UNAUTHORIZED, str(exc)[:120])
+        # The message may quote the token (an unknown `kid`), in any script.
+        await conn.close(CLOSE_UNAUTHORIZED, close_reason(str(exc)))
         return None
     except AuthUnavailable as exc:
         # The token was not judged: the client should retry, not ask its user to log in again.
-        await conn.close(CLOSE_TRY_AGAIN, str(exc)[:120])
+        await conn.close(CLOSE_TRY_AGAIN, close_reason(str(exc)))
         return None
 
 
@@ -104,7 +106,10 @@ def _limit_send_buffer(conn: ServerConnection, size: int) -> None:
         return
     sock = conn.transport.get_extra_info("socket")
     if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        # The client may have left during the access lookup (its socket is closed): the
+        # session then ends at its first read, as any closed connection's does.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 async def _hello(conn: ServerConnection, timeout_s: float) -> ClientFrame | FrameError | None:
@@ -133,12 +138,15 @@ async def _on_frame(
         return None
     if frame.subscribe is not None:
         hub.set_filter(client, Filter.from_subscribe(frame.subscribe))
-    if frame.resume_from is not None and started:
-        await _late_resume(client, frame.resume_from, deps)
+    if not started:
+        return frame.resume_from
+    # An honoured late resume ends with a second `ready`; a refused one (an `error`) still set
+    # the frame's filters, which a `subscribed` confirms as for any later `subscribe`.
+    if frame.resume_from is not None and await _late_resume(client, frame.resume_from, deps):
         return None
-    if frame.subscribe is not None and started:
+    if frame.subscribe is not None:
         await client.conn.send(control_frame("subscribed"), text=True)
-    return frame.resume_from
+    return None
 
 
 async def _send_error(client: Client, error: str, detail: str) -> None:
@@ -155,7 +163,7 @@ async def _start(client: Client, first: ClientFrame | FrameError | None, deps: S
     await _catch_up(client, resume_from, deps)
 
 
-async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> None:
+async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> bool:
     """A `resume_from` after live delivery began (the first frame missed the hello window).
 
     Under load a client's first frame can reach us after the window although the client sent
@@ -163,7 +171,7 @@ async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> N
     resuming is exactly what an in-time frame would have got. After its first event, a replay
     could only repeat events or send them out of order, so the frame is refused. So is any
     resume after the first one of the connection: each opens a replay, and the one that
-    matters (the first, after a reconnect) has been served.
+    matters (the first, after a reconnect) has been served. Returns whether it was honoured.
     """
     hub = deps.hub
     if client.resumed:
@@ -173,7 +181,7 @@ async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> N
             "resume_too_late",
             "resume_from is honoured once per connection; reconnect to resume",
         )
-        return
+        return False
     if not hub.hold(client):
         hub.metrics.frame_errors.inc()
         await _send_error(
@@ -181,8 +189,9 @@ async def _late_resume(client: Client, resume_from: int, deps: SessionDeps) -> N
             "resume_too_late",
             "resume_from is honoured until the first event is sent; reconnect to resume",
         )
-        return
+        return False
     await _catch_up(client, resume_from, deps)
+    return True
 
 
 async def _catch_up(client: Client, resume_from: int | None, deps: SessionDeps) -> None:
@@ -196,7 +205,16 @@ async def _catch_up(client: Client, resume_from: int | None, deps: SessionDeps) 
     live_seq = hub.last_seq
     if resume_from is not None:
         client.resumed = True
-        await _resume(client, resume_from, live_seq, deps)
+        try:
+            await _resume(client, resume_from, live_seq, deps)
+        except nats.errors.Error as exc:
+            # NATS cannot answer now (down, reconnecting, stream unavailable): what was missed
+            # cannot be read, and going live would hide the gap. Reconnecting later with the
+            # same `resume_from` loses nothing.
+            log.warning("resume from %d failed, closing with 1013: %r", resume_from, exc)
+            hub.metrics.resumes.labels("unavailable").inc()
+            hub.close((client,), CLOSE_TRY_AGAIN, "event stream unavailable, retry")
+            return
     hub.go_live(client, live_seq)
 
 
@@ -237,7 +255,6 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
                 sent += 1
             client.last_seq = out.seq
     else:
-        hub.metrics.resumes.labels("stream").inc()
         async for msg in read_range(deps.js, subjects, plan.first, plan.last):
             seq = msg.metadata.sequence.stream
             event = decode(subjects, msg.subject, msg.data)
@@ -261,5 +278,7 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
                 last_seq=plan.last,
             )
             await client.conn.send(frame, text=True)
+        else:
+            hub.metrics.resumes.labels("stream").inc()
     if sent:
         hub.metrics.messages_sent.labels("replay").inc(sent)

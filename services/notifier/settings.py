@@ -41,4 +41,6 @@ class NotifierSettings(CommonSettings):
     #: Largest frame a client may send.
     max_client_frame: int = Field(default=16 * 1024, ge=256)
     close_timeout_s: float = Field(default=5.0, gt=0)
+    #: How often the events stream is looked at for having been made anew (sequences reset).
+    stream_check_s: float = Field(default=5.0, gt=0)
     db_pool_max: int = Field(default=5, ge=1)

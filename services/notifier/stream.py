@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -21,11 +22,15 @@ REPLAY_MSG_TIMEOUT_S = 5.0
 class StreamBounds:
     first_seq: int
     last_seq: int
+    #: When the stream was made: another value means it was deleted and made anew.
+    created: datetime | None = None
 
 
 async def bounds(js: JetStreamContext, subjects: Subjects) -> StreamBounds:
     info = await js.stream_info(subjects.events_stream)
-    return StreamBounds(first_seq=info.state.first_seq, last_seq=info.state.last_seq)
+    return StreamBounds(
+        first_seq=info.state.first_seq, last_seq=info.state.last_seq, created=info.created
+    )
 
 
 def _from(seq: int) -> ConsumerConfig:

@@ -10,7 +10,7 @@ from websockets.protocol import State
 
 from services.notifier.clients import Client
 from services.notifier.filters import EVERYTHING, Filter
-from services.notifier.hub import Hub, text_frame
+from services.notifier.hub import Hub, close_reason, text_frame
 from services.notifier.metrics import Metrics
 from services.notifier.summary import EventMeta, Outgoing
 from shared.access import Scope
@@ -148,3 +148,11 @@ def test_a_new_scope_moves_the_client_and_held_events_meet_todays_rules() -> Non
     assert _got(held) == text_frame(b'{"x":1}')
     assert held.last_seq == 2
     assert held.live
+
+
+@pytest.mark.parametrize("text", ["short", "a" * 200, "é" * 100, "x" + "😀" * 40])
+def test_close_reason_fits_a_close_frame_and_keeps_whole_characters(text: str) -> None:
+    reason = close_reason(text)
+    assert len(reason.encode()) <= 123
+    assert text.startswith(reason)
+    assert len(reason.encode()) > 123 - 4 or reason == text

@@ -57,6 +57,9 @@ async def test_provider_tokens_are_accepted_and_forgeries_refused(
     forged = {
         "another_key": jwks.token(claims, key=new_key()),
         "unknown_kid": jwks.token(claims, kid="k9"),
+        # Quoted in the error, which the close reason carries: cut to the protocol's 123 bytes,
+        # not characters, or the close frame cannot be sent and the client sees 1011.
+        "non_ascii_kid": jwks.token(claims, kid="é" * 80),
         # The development secret is not a key once a provider is configured.
         "hs256_secret": jwt.encode({**claims, "exp": int(time.time()) + 60}, SECRET, "HS256"),
     }

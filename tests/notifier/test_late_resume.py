@@ -258,3 +258,24 @@ async def test_resume_from_is_honoured_once_per_connection(
     assert orjson.loads(await asyncio.wait_for(late.recv(), 5))["type"] == "subscribed"
     for ws in (at_hello, late):
         await ws.close()
+
+
+async def test_a_refused_resume_still_confirms_the_filters_its_frame_set(
+    notifier: Notifier, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    """The frame's `subscribe` is applied even though its `resume_from` is refused, so the
+    client is told so, as for any later `subscribe`: otherwise it cannot know which filters
+    are in force."""
+    live, _ = await connect_live(notifier.port, token(org, "boss", "admin"))
+    seq = await publish(js, subjects, execution_event(org, "x"))
+    assert [f["seq"] for f in events_of(await collect(live, until_seq=seq))] == [seq]
+    await _send(live, {"subscribe": {"status": ["failed"]}, "resume_from": 0})
+    frames = [orjson.loads(await asyncio.wait_for(live.recv(), 5)) for _ in range(2)]
+    assert [(f["type"], f.get("error")) for f in frames] == [
+        ("error", "resume_too_late"),
+        ("subscribed", None),
+    ]
+    await publish(js, subjects, execution_event(org, "x"))
+    failed = await publish(js, subjects, execution_event(org, "x", "execution_failed"))
+    assert [f["seq"] for f in events_of(await collect(live, until_seq=failed))] == [failed]
+    await live.close()

@@ -406,3 +406,28 @@ async def test_stream_replay_remembers_triggers_as_live_does(
             == 1
         )
         await ws.close()
+
+
+async def test_a_stream_replay_that_falls_short_is_one_resume_counted_as_resync(
+    nats_url: str, database_url: str, js: JetStreamContext, subjects: Subjects, org: str
+) -> None:
+    settings = settings_for(nats_url, database_url, subjects, ring_size=1)
+    await ensure_streams(js, settings)
+    seqs = [await publish(js, subjects, execution_event(org, "x")) for _ in range(5)]
+    tok = token(org, "boss", "admin")
+    async with running(settings) as app:
+        # The newest event vanishes from the stream after fan-out passed it: the replay, which
+        # must reach it, cannot, and says so rather than hand over with a silent gap.
+        await js.delete_msg(subjects.events_stream, seqs[-1])
+        ws = await websockets.connect(ws_url(app.port, f"token={tok}&resume_from={seqs[0]}"))
+        frames = await _until_ready(ws)
+        assert [f["type"] for f in frames] == ["execution_started"] * 3 + [
+            "resync_required",
+            "ready",
+        ]
+        assert frames[3]["reason"] == "replay_incomplete"
+        await ws.close()
+        sample = app.metrics.registry.get_sample_value
+        outcomes = ("ring", "stream", "up_to_date", "resync", "unavailable")
+        counted = {o: sample("notifier_resumes_total", {"outcome": o}) or 0 for o in outcomes}
+        assert counted == {"ring": 0, "stream": 0, "up_to_date": 0, "resync": 1, "unavailable": 0}

@@ -41,7 +41,15 @@ async def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     # Popen returns at once; the readiness poll below is the part that waits, asynchronously.
     proc = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-m", "shared.cli", "notifier"],
-        env={**env, "NOTIFIER_PORT": str(port), "FLEETWATCH_JWT_SECRET": SECRET},
+        env={
+            **env,
+            "NOTIFIER_PORT": str(port),
+            "FLEETWATCH_JWT_SECRET": SECRET,
+            # The clients below resume in their first frame; on a loaded machine the default
+            # window (0.25 s) can pass before a fresh process reads it, and an event sent live
+            # first makes the resume too late (docs/notifier.md): that is not what this tests.
+            "NOTIFIER_HELLO_TIMEOUT_S": "3",
+        },
         cwd=os.getcwd(),
     )
     try:

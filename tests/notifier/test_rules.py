@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import orjson
 import pytest
+from nats.js import JetStreamContext
 
+from services.notifier.feed import LiveFeed, was_reset
 from services.notifier.filters import ClientFrame, Filter, FrameError, delivers, parse_frame
 from services.notifier.handshake import (
     choose_subprotocol,
@@ -16,6 +20,7 @@ from services.notifier.handshake import (
 )
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
 from services.notifier.scopes import ScopeCache, scope_key
+from services.notifier.stream import StreamBounds
 from services.notifier.summary import TEXT_CUT, build_outgoing, decode, meta_of
 from services.notifier.triggers import TriggerMemory
 from shared.access import Scope
@@ -37,6 +42,20 @@ def _event(
             "execution": body,
         }
     )
+
+
+def test_a_stream_made_anew_is_told_by_its_creation_time_or_its_last_sequence() -> None:
+    made = datetime(2026, 2, 5, tzinfo=UTC)
+    again = datetime(2026, 2, 6, tzinfo=UTC)
+    followed = StreamBounds(first_seq=1, last_seq=100, created=made)
+    assert not was_reset(StreamBounds(50, 180, made), followed, position=150)
+    # Purged: the first sequence moves, the last one stays.
+    assert not was_reset(StreamBounds(151, 150, made), followed, position=150)
+    # Made anew and already past where fan-out stood: only the creation time tells.
+    assert was_reset(StreamBounds(1, 400, again), followed, position=150)
+    # Without creation times (an older server), a last sequence that went back does.
+    assert was_reset(StreamBounds(1, 3, None), followed, position=150)
+    assert not was_reset(StreamBounds(1, 150, None), followed, position=150)
 
 
 class TestPlanResume:
@@ -73,6 +92,8 @@ class TestClientFrames:
             ('{"subscribe": {"status": ["bogus"]}}', "invalid_frame"),
             ('{"subscribe": {"agent_name": ["bad name!"]}}', "invalid_frame"),
             ('{"resume_from": -1}', "invalid_frame"),
+            # Not sequence 1: a client bug must not silently replay the whole stream.
+            ('{"resume_from": true}', "invalid_frame"),
             ('{"unsubscribe": true}', "invalid_frame"),
         ],
     )
@@ -255,3 +276,42 @@ class TestScopeCache:
         now[0] = 17.5
         await cache.get(claims)
         assert loads == ["u", "u", "u"]
+
+
+class _StreamInfoWhileFanOutGoesOn:
+    """A JetStream context whose stream info answers with the stream as it was asked about,
+    while fan-out passes another event meanwhile (as the live consumer does under load)."""
+
+    def __init__(self, position: list[int], created: datetime) -> None:
+        self.position = position
+        self.created = created
+
+    async def stream_info(self, name: str) -> SimpleNamespace:
+        last = self.position[0]
+        self.position[0] += 1
+        state = SimpleNamespace(first_seq=1, last_seq=last)
+        return SimpleNamespace(state=state, created=self.created)
+
+
+async def test_an_event_fanned_out_during_the_stream_check_is_no_reset() -> None:
+    made = datetime(2026, 2, 5, tzinfo=UTC)
+    position = [100]
+    js = _StreamInfoWhileFanOutGoesOn(position, made)
+
+    async def handler(msg: object) -> None: ...
+
+    async def ensure() -> None: ...
+
+    feed = LiveFeed(
+        cast(JetStreamContext, js),
+        Subjects("t"),
+        handler,
+        position=lambda: position[0],
+        on_reset=lambda found: None,
+        ensure_stream=ensure,
+        check_s=1.0,
+    )
+    feed._followed = StreamBounds(1, 100, made)
+    assert not await feed.looks_reset()
+    js.created = datetime(2026, 2, 6, tzinfo=UTC)
+    assert await feed.looks_reset()

@@ -9,8 +9,10 @@ through a TCP proxy that stops passing bytes while its connections stay open.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
@@ -61,6 +63,8 @@ async def _partitioned(app: Notifier, proxy: Proxy, org: str) -> None:
     failures = app.metrics.registry.get_sample_value("notifier_scope_load_failures_total")
     assert (failures or 0) >= 1
 
+    # A handshake's failed lookup is counted too: with no socket open, it is the only sign.
+    before = app.metrics.registry.get_sample_value("notifier_scope_load_failures_total") or 0
     started = time.monotonic()
     fresh = await websockets.connect(
         ws_url(app.port),
@@ -68,3 +72,34 @@ async def _partitioned(app: Notifier, proxy: Proxy, org: str) -> None:
     )
     assert await _close_code(fresh, limit_s=10) == 1013
     assert time.monotonic() - started < LOAD_TIMEOUT_S + 2
+    after = app.metrics.registry.get_sample_value("notifier_scope_load_failures_total")
+    assert after == before + 1
+
+
+async def test_a_client_that_gives_up_during_a_slow_lookup_is_no_error(
+    nats_url: str,
+    database_url: str,
+    subjects: Subjects,
+    org: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reconnect storm on a slow database: clients that leave before their access is known
+    are a normal end, not a handler failure logged at ERROR once per socket."""
+    async with proxy_to(port_of(database_url)) as proxy:
+        settings = settings_for(nats_url, url_through(database_url, proxy.port), subjects)
+        async with running(settings) as app:
+            proxy.latency = 0.3
+            for i in range(4):
+                tok = token(org, f"c{i}", "client")
+                # Half of them ask in the URL, so they start without waiting for a first frame.
+                ws = await (
+                    websockets.connect(ws_url(app.port, f"token={tok}&resume_from=0&status=failed"))
+                    if i % 2
+                    else websockets.connect(ws_url(app.port), subprotocols=["bearer", tok])  # type: ignore[list-item]
+                )
+                ws.transport.abort()
+            await asyncio.sleep(1.5)  # every lookup has ended
+            proxy.latency = 0.0
+            assert not app.hub.clients
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
