@@ -80,10 +80,10 @@ def test_path_agent_name_is_one_name() -> None:
     for name in ("a,b", "a,", "", "a b", "x" * 65):
         with pytest.raises(FilterError) as caught:
             parse_agent_list_query(name, [])
-        assert caught.value.field == "agent_name"
+        assert (caught.value.where, caught.value.field) == ("path", "name")
     with pytest.raises(FilterError) as caught:
         parse_agent_list_query("a", [("agent_name", "b")])
-    assert caught.value.field == "agent_name"
+    assert (caught.value.where, caught.value.field) == ("query", "agent_name")
 
 
 def test_search_commonness_is_judged_within_the_scope() -> None:
