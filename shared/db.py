@@ -33,10 +33,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
 
 
+#: Seconds a new pooled connection may take (TCP, TLS, authentication).
+CONNECT_TIMEOUT_S = 10.0
+
+
 async def create_pool(
     database_url: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
 ) -> asyncpg.Pool:
-    """A pool whose connections speak JSON through orjson."""
+    """A pool whose connections speak JSON through orjson.
+
+    A new connection gives up after `CONNECT_TIMEOUT_S` (asyncpg waits 60 s): a database that
+    swallows packets would otherwise hold a request, or a batch of a service being stopped,
+    past Kubernetes' 30 s grace period."""
+    kwargs.setdefault("timeout", CONNECT_TIMEOUT_S)
     pool = await asyncpg.create_pool(
         database_url,
         min_size=min_size,

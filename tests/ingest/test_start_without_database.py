@@ -79,3 +79,31 @@ async def test_ingest_stops_on_a_database_it_cannot_log_in_to(
         ingest.kill()
     assert code != 0
     assert "nobody-here" in ingest.log()
+
+
+async def test_sigterm_with_the_database_blackholed_stops_within_the_grace_period(
+    js: JetStreamContext,
+    subjects: Subjects,
+    service_env: dict[str, str],
+    org: str,
+    database_url: str,
+) -> None:
+    """A batch waiting for a connection to a database that swallows packets waited asyncpg's
+    60 s connect timeout, past Kubernetes' 30 s grace period (then SIGKILL). Nothing is lost
+    either way (unacked messages come again); the process should stop on its own."""
+    event = execution_events(org, "ruby", "blackholed", random.Random(9))[0]
+    async with proxy_to(port_of(database_url)) as proxy:
+        proxy.cut()  # connections accepted, never answered
+        env = {**service_env, "DATABASE_URL": via_port(database_url, proxy.port)}
+        ingest = start_service("ingest", env)
+        try:
+            await wait_ready(ingest.url, timeout=30, path="/healthz")
+            await publish(js, subjects, [event])
+            await asyncio.sleep(1)  # the batch now waits for a connection
+            started = asyncio.get_running_loop().time()
+            ingest.kill(signal.SIGTERM)
+            await asyncio.to_thread(ingest.wait, 45)
+            took = asyncio.get_running_loop().time() - started
+            assert took < 25, f"stopped after {took:.0f} s"
+        finally:
+            ingest.kill()
