@@ -105,7 +105,9 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.phantom or self.duplicated or self.fold_problems)
+        # A run in which nothing was acked (or stored) proved nothing: not a pass.
+        proved = self.acked > 0 and self.stored > 0
+        return proved and not (self.lost or self.phantom or self.duplicated or self.fold_problems)
 
     def explain(self) -> str:
         return (
