@@ -12,6 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Where `--quick` runs write. Their figures (small tables, few rounds) must never replace a
+#: full run's in bench/results/, which the README and docs cite.
+QUICK_RESULTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "bench-quick"
+
+
+def results_dir(quick: bool) -> Path:
+    """The folder a run's result file goes to: bench/results/ for full runs only."""
+    return QUICK_RESULTS if quick else RESULTS
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -51,29 +59,107 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def command_cpu_seconds(*names: str) -> float:
-    """CPU time of every local process whose command name is one of `names` (or starts with
-    `name:`, as Postgres titles its backends)."""
-    total = 0.0
+#: A snapshot of processes' CPU seconds so far, by pid.
+CpuSnapshot = dict[int, float]
+
+#: Postgres's own processes, shared by every database (their titles name none).
+_PG_AUXILIARY = (
+    "walwriter",
+    "checkpointer",
+    "background writer",
+    "autovacuum launcher",
+    "logical replication launcher",
+    "archiver",
+    "stats collector",
+    "parallel worker",
+)
+
+
+def postgres_title_counts(title: str, database: str | None) -> bool:
+    """Whether a postgres process, by its title (`/proc/<pid>/cmdline`), works for `database`:
+    the postmaster and the auxiliary processes always, a backend or autovacuum worker only
+    for that database (all of them with `database` None)."""
+    if database is None or not title.startswith("postgres: "):
+        return True
+    rest = title.removeprefix("postgres: ")
+    head, sep, tail = rest.partition(": ")
+    if sep and " " not in head:  # `cluster_name: ` (Debian's `15/main: `)
+        rest = tail
+    if rest.startswith("autovacuum worker"):
+        return rest.split()[2:3] == [database]
+    if rest.startswith(_PG_AUXILIARY):
+        return True
+    words = rest.split()  # a backend: user, database, client, activity
+    return len(words) > 1 and words[1] == database
+
+
+def nats_args_count(args: list[str], port: int | None) -> bool:
+    """Whether a nats-server, by its arguments, is the one listening on `port` (any with
+    `port` None)."""
+    if port is None:
+        return True
+    wanted = str(port)
+    return any(
+        (a in ("-p", "--port") and args[i + 1 : i + 2] == [wanted])
+        or a in (f"-p={wanted}", f"--port={wanted}")
+        for i, a in enumerate(args)
+    )
+
+
+def command_cpu(
+    *names: str, database: str | None = None, nats_port: int | None = None
+) -> CpuSnapshot:
+    """CPU seconds so far of every local process whose command name is one of `names` (or
+    starts with `name:`, as Postgres titles its backends); for postgres with `database`,
+    only the processes that work for it, for nats-server with `nats_port` only the one on
+    that port (other tenants' work on a shared server is not this benchmark's cost)."""
+    out: CpuSnapshot = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                comm = (entry / "comm").read_text().strip()
-            except OSError:
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm not in names and comm.split(":", 1)[0] not in names:
                 continue
-            if comm in names or comm.split(":", 1)[0] in names:
-                total += cpu_seconds(int(entry.name))
+            if database is not None or nats_port is not None:
+                args = (entry / "cmdline").read_bytes().decode().split("\0")
+                if comm == "nats-server" and not nats_args_count(args, nats_port):
+                    continue
+                if comm != "nats-server" and not postgres_title_counts(
+                    " ".join(args).strip(), database
+                ):
+                    continue
+        except (OSError, UnicodeDecodeError):
+            continue
+        out[int(entry.name)] = cpu_seconds(int(entry.name))
+    return out
+
+
+def cpu_used(before: CpuSnapshot, after: CpuSnapshot) -> float:
+    """CPU seconds used between two snapshots: each process's own growth, a process that
+    started in between from zero. One that ended in between is left out; subtracting what it
+    had used before (as a difference of two totals does) can make the figure negative."""
+    total = 0.0
+    for pid, now in after.items():
+        then = before.get(pid, 0.0)
+        total += now - then if now >= then else now  # lower: a new process on a reused pid
     return total
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every local postgres process (backends, WAL writer, checkpointer, ...)."""
-    return command_cpu_seconds("postgres")
+def postgres_cpu(database: str | None = None) -> CpuSnapshot:
+    """CPU of the local postgres processes (backends, WAL writer, checkpointer, ...): those of
+    `database` and the shared ones when it is given."""
+    return command_cpu("postgres", database=database)
 
 
-def nats_cpu_seconds() -> float:
-    """CPU time of every local nats-server process."""
-    return command_cpu_seconds("nats-server")
+def nats_cpu(port: int | None = None) -> CpuSnapshot:
+    """CPU of the local nats-server on `port` (every local one with `port` None)."""
+    return command_cpu("nats-server", nats_port=port)
+
+
+def database_of(url: str) -> str:
+    """The database name in a PostgreSQL URL."""
+    return urlsplit(url).path.lstrip("/")
 
 
 def _cpu_line() -> list[str]:
@@ -104,9 +190,10 @@ def machine_pct(seconds: float, elapsed: float) -> float:
     return seconds / (max(elapsed, 1e-9) * (os.cpu_count() or 1)) * 100
 
 
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, data: dict[str, Any], quick: bool = False) -> Path:
+    directory = results_dir(quick)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
 

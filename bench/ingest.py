@@ -34,12 +34,15 @@ import nats
 from nats.js import JetStreamContext
 
 from bench.common import (
+    CpuSnapshot,
     cpu_seconds,
+    cpu_used,
     database_exists,
+    database_of,
     idle_seconds,
     machine_pct,
-    nats_cpu_seconds,
-    postgres_cpu_seconds,
+    nats_cpu,
+    postgres_cpu,
     recreate_database,
     rss_mb,
     server_url,
@@ -60,6 +63,9 @@ from tests.chaos.infra import own_nats
 from tests.procs import start_service, wait_ready
 
 DB_NAME = "fw_bench_ingest"
+#: Rows preloaded into the executions table before measuring, full and `--quick`.
+PRELOAD_ROWS = 1_000_000
+QUICK_PRELOAD_ROWS = 100_000
 ORGS = ["acme", "globex", "initech"]
 AGENTS = [f"agent-{i:02d}" for i in range(50)]
 COPY_COLUMNS = ["org", "id", "agent_name", *EXECUTION_FIELDS, "first_seen_at", "versions"]
@@ -69,6 +75,9 @@ DEFAULT_BATCH_SIZE: int = IngestSettings.model_fields["batch_size"].default
 #: The batch size the throughput runs use (`--batch-size`; the default otherwise).
 BATCH_SIZE = DEFAULT_BATCH_SIZE
 MAX_IN_FLIGHT: int = IngestSettings.model_fields["max_in_flight"].default
+#: The port of the benchmark's own nats-server, whose CPU alone is counted (None: every
+#: local nats-server's, with `--nats-url`).
+NATS_PORT: int | None = None
 
 
 def _synthetic_row(i: int, rng: random.Random) -> tuple[Any, ...]:
@@ -92,6 +101,45 @@ def _synthetic_row(i: int, rng: random.Random) -> tuple[Any, ...]:
     org = ORGS[i % 3]
     agent = AGENTS[(i // 3) % 50]
     return (org, f"pre-{i:08d}", agent, *[values.get(f) for f in EXECUTION_FIELDS], started, {})
+
+
+def db_name(quick: bool) -> str:
+    """Quick runs load a small table of their own: recreating the full runs' database with
+    100k rows would leave the next `--reuse` run (and bench/ingest_cpu.py) measuring a table
+    a tenth of the size the README states."""
+    return f"{DB_NAME}_quick" if quick else DB_NAME
+
+
+async def loaded_rows(name: str) -> int:
+    """Rows in the executions table of database `name` (0 if it has no such table)."""
+    if not await database_exists(name):
+        return 0
+    conn = await connect(with_database(server_url(), name))
+    try:
+        if await conn.fetchval("SELECT to_regclass('executions')") is None:
+            return 0
+        return int(await conn.fetchval("SELECT count(*) FROM executions"))
+    finally:
+        await conn.close()
+
+
+async def reusable(name: str, rows: int) -> bool:
+    """Whether bench database `name` already holds at least `rows` executions."""
+    return await loaded_rows(name) >= rows
+
+
+async def ensure_preloaded(name: str, rows: int, reuse: bool) -> str:
+    """The URL of bench database `name` with >= `rows` executions: kept if `reuse` and it
+    has them, else made anew and preloaded."""
+    if reuse and await reusable(name, rows):
+        print(f"reusing {name}")
+        return with_database(server_url(), name)
+    url = await recreate_database(name)
+    print(f"preloading {rows:,} rows into {name} ...", flush=True)
+    began = time.perf_counter()
+    await preload(url, rows)
+    print(f"  done in {time.perf_counter() - began:.0f}s")
+    return url
 
 
 async def preload(url: str, rows: int) -> None:
@@ -228,14 +276,15 @@ async def publish_all(js: JetStreamContext, subjects: Subjects, events: list[Eve
         )
 
 
-def _cpu_now(pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far: the ingest processes', Postgres's, nats-server's, stolen, idle."""
+def _cpu_now(pids: list[int], database: str) -> dict[str, CpuSnapshot]:
+    """CPU seconds so far: the ingest processes', Postgres's (for `database`), nats-server's,
+    and the machine's stolen and idle time."""
     return {
-        "ingest": sum(cpu_seconds(pid) for pid in pids),
-        "postgres": postgres_cpu_seconds(),
-        "nats": nats_cpu_seconds(),
-        "steal": steal_seconds(),
-        "idle": idle_seconds(),
+        "ingest": {pid: cpu_seconds(pid) for pid in pids},
+        "postgres": postgres_cpu(database),
+        "nats": nats_cpu(NATS_PORT),
+        "steal": {0: steal_seconds()},
+        "idle": {0: idle_seconds()},
     }
 
 
@@ -247,6 +296,7 @@ async def time_until(
     pids: list[int],
     rss: list[float],
     cpu: dict[str, float],
+    database: str,
 ) -> tuple[float, int]:
     """Seconds from the first event stored to `expected` stored; events present at first sight.
 
@@ -258,13 +308,14 @@ async def time_until(
     """
     first_at: float | None = None
     first_count = 0
+    start: dict[str, CpuSnapshot] = {}
     while True:
         rss.extend(rss_mb(pid) for pid in pids)
         if first_at is None:
             if await conn.fetchval(ANY_EVENT_SQL, orgs):
                 first_at = time.perf_counter()
                 first_count = await conn.fetchval(COUNT_SQL, orgs)
-                cpu.update({name: -seconds for name, seconds in _cpu_now(pids).items()})
+                start = _cpu_now(pids, database)
             else:
                 await asyncio.sleep(0.02)
             continue
@@ -273,8 +324,8 @@ async def time_until(
             await conn.fetchval(TAIL_SQL, orgs, tail_ids) == len(tail_ids)
             and await conn.fetchval(COUNT_SQL, orgs) >= expected
         ):
-            for name, seconds in _cpu_now(pids).items():
-                cpu[name] += seconds
+            for name, now in _cpu_now(pids, database).items():
+                cpu[name] = cpu_used(start[name], now)
             return checked_at - first_at, first_count
         await asyncio.sleep(0.02)
 
@@ -315,7 +366,9 @@ async def measure_ingest(
         tail = [e.event_id for e in events[-200:]]
         pids = [svc.process.pid for svc in services]
         cpu: dict[str, float] = {}
-        elapsed, first = await time_until(conn, orgs, tail, len(events), pids, rss, cpu)
+        elapsed, first = await time_until(
+            conn, orgs, tail, len(events), pids, rss, cpu, database_of(url)
+        )
         rows = await conn.fetchval(
             "SELECT count(*) FROM executions WHERE org = ANY($1::text[])", orgs
         )
@@ -357,12 +410,13 @@ async def measure_copy(url: str, n: int, tag: str) -> tuple[float, float, float]
     records = rows_for(events)
     conn = await connect(url)
     try:
-        pg_before, py_before = postgres_cpu_seconds(), time.process_time()
+        database = database_of(url)
+        pg_before, py_before = postgres_cpu(database), time.process_time()
         steal_before = steal_seconds()
         began = time.perf_counter()
         await conn.copy_records_to_table("executions", records=records, columns=COPY_COLUMNS)
         elapsed = time.perf_counter() - began
-        used = postgres_cpu_seconds() - pg_before + time.process_time() - py_before
+        used = cpu_used(pg_before, postgres_cpu(database)) + time.process_time() - py_before
         return n / elapsed, used / n * 1e6, machine_pct(steal_seconds() - steal_before, elapsed)
     finally:
         await conn.close()
@@ -454,24 +508,19 @@ async def main(quick: bool, reuse: bool, rounds: int, nats_url: str | None) -> N
     if nats_url is not None:
         await _main(quick, reuse, rounds, nats_url)
         return
+    global NATS_PORT
     async with own_nats() as server:
         # The ingest processes take NATS_URL from the environment they inherit.
         os.environ["NATS_URL"] = server.url
+        NATS_PORT = server.port
         await _main(quick, reuse, rounds, server.url)
 
 
 async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
-    preload_rows = 100_000 if quick else 1_000_000
     n = 10_000 if quick else 50_000
-    url = with_database(server_url(), DB_NAME)
-    if reuse and await database_exists(DB_NAME):
-        print(f"reusing {DB_NAME}")
-    else:
-        url = await recreate_database(DB_NAME)
-        print(f"preloading {preload_rows:,} rows into {DB_NAME} ...", flush=True)
-        began = time.perf_counter()
-        await preload(url, preload_rows)
-        print(f"  done in {time.perf_counter() - began:.0f}s")
+    url = await ensure_preloaded(
+        db_name(quick), QUICK_PRELOAD_ROWS if quick else PRELOAD_ROWS, reuse
+    )
     conn = await connect(url)
     await quiet_tables(conn)
     table_rows = await conn.fetchval("SELECT count(*) FROM executions")
@@ -507,7 +556,7 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
             await measure_ingest(url, js, one_per_row(f"rep{run}r{r}", n), n, rss_two, 2)
         )
         print(f"round {r + 1}: ingest, 2 replicas: {pairs_of_replicas[-1]}", flush=True)
-    copy_rate = statistics.median(copies)
+    copy_rate = median_rate(copies)
     single = _median_run(singles)
     replicated = _median_run(pairs_of_replicas)
 
@@ -555,7 +604,7 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         "quick": quick,
     }
     name = "ingest" if BATCH_SIZE == DEFAULT_BATCH_SIZE else f"ingest_batch{BATCH_SIZE}"
-    path = write_result(name, result)
+    path = write_result(name, result, quick)
     print()
     print(f"| table rows before | {table_rows:,} |")
     print(f"| raw COPY (median of {rounds}) | {copy_rate:,.0f} rows/s |")
@@ -585,14 +634,23 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median rate (an actual run, so its fields agree with each other)."""
+    """The run with the median rate (an actual run, so its fields agree with each other);
+    of an even number, the lower middle one, as `median_rate` takes for the COPY."""
     ordered = sorted(runs, key=lambda x: x["rows_per_s"])
-    return ordered[len(ordered) // 2]
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def median_rate(rates: list[float]) -> float:
+    """The COPY rates' median, taken as `_median_run` takes ingest's: an even number of rounds
+    must not compare ingest's upper middle round with the mean of COPY's two middle ones."""
+    return statistics.median_low(rates)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="100k rows table, 10k batch")
+    parser.add_argument(
+        "--quick", action="store_true", help="100k rows table (a database of its own), 10k batch"
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse the preloaded database")
     parser.add_argument("--rounds", type=int, default=3, help="COPY/ingest rounds (median)")
     parser.add_argument(

@@ -5,8 +5,10 @@ Python, Postgres and nats-server share the cores with other work. This one runs 
 handler (`BatchConsumer.handle`: validate, lock, look up, fold, COPY, commit, metrics, ack)
 serially, batch after batch, on the real Postgres and the bench database of
 bench/ingest.py (>= 1M rows, every index), and reports the CPU it took per event: the
-Python process's and all of Postgres's. Only the NATS side is left out: the messages are
-plain objects with a subject, a body and a JetStream reply subject, acked in memory.
+Python process's and Postgres's (the bench database's backends and the server's shared
+processes; other databases' backends on a shared server are not counted). Only the NATS
+side is left out: the messages are plain objects with a subject, a body and a JetStream
+reply subject, acked in memory.
 
 Use it to compare two checkouts of the ingest code (run it in each, alternately); the
 ratio to a raw COPY is bench/ingest.py's job.
@@ -24,15 +26,16 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import (
-    database_exists,
-    postgres_cpu_seconds,
-    recreate_database,
-    server_url,
-    with_database,
-    write_result,
+from bench.common import cpu_used, postgres_cpu, write_result
+from bench.ingest import (
+    PRELOAD_ROWS,
+    QUICK_PRELOAD_ROWS,
+    db_name,
+    ensure_preloaded,
+    loaded_rows,
+    one_per_row,
+    started_event,
 )
-from bench.ingest import DB_NAME, one_per_row, preload, started_event
 from services.ingest.consumer import BatchConsumer
 from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
@@ -62,7 +65,9 @@ class _Delivered:
         pass
 
 
-async def _round(consumer: BatchConsumer, subjects: Subjects, batches: int, two: bool) -> Any:
+async def _round(
+    consumer: BatchConsumer, subjects: Subjects, batches: int, two: bool, database: str
+) -> Any:
     tag = f"cpu{uuid.uuid4().hex[:8]}"
     events = one_per_row(tag, BATCH_SIZE * batches // (2 if two else 1))
     if two:
@@ -74,13 +79,13 @@ async def _round(consumer: BatchConsumer, subjects: Subjects, batches: int, two:
         for i, e in enumerate(events, 1)
     ]
     gc.collect()
-    pg_before, py_before = postgres_cpu_seconds(), time.process_time()
+    pg_before, py_before = postgres_cpu(database), time.process_time()
     began = time.perf_counter()
     for start in range(0, len(messages), BATCH_SIZE):
         await consumer.handle(messages[start : start + BATCH_SIZE])  # type: ignore[arg-type]
     elapsed = time.perf_counter() - began
     python = time.process_time() - py_before
-    postgres = postgres_cpu_seconds() - pg_before
+    postgres = cpu_used(pg_before, postgres_cpu(database))
     assert all(m.acked for m in messages), "a message was not acked"
     n = len(messages)
     return {
@@ -91,12 +96,10 @@ async def _round(consumer: BatchConsumer, subjects: Subjects, batches: int, two:
     }
 
 
-async def main(batches: int, rounds: int, two: bool) -> None:
-    url = with_database(server_url(), DB_NAME)
-    if not await database_exists(DB_NAME):
-        url = await recreate_database(DB_NAME)
-        print(f"preloading 1,000,000 rows into {DB_NAME} ...", flush=True)
-        await preload(url, 1_000_000)
+async def main(batches: int, rounds: int, two: bool, quick: bool = False) -> None:
+    name = db_name(quick)
+    url = await ensure_preloaded(name, QUICK_PRELOAD_ROWS if quick else PRELOAD_ROWS, reuse=True)
+    table_rows = await loaded_rows(name)
     subjects = Subjects("fleet")
     pool = await create_pool(url, min_size=1, max_size=2)
     metrics = IngestMetrics.create()
@@ -111,12 +114,14 @@ async def main(batches: int, rounds: int, two: bool) -> None:
     runs = []
     try:
         for r in range(rounds):
-            runs.append(await _round(consumer, subjects, batches, two))
+            runs.append(await _round(consumer, subjects, batches, two, name))
             print(f"round {r + 1}: {runs[-1]}", flush=True)
     finally:
         await pool.close()
     result = {
         "events_per_row": 2 if two else 1,
+        "quick": quick,
+        "table_rows_before": table_rows,
         "batch_size": BATCH_SIZE,
         "rounds": rounds,
         "each_round": runs,
@@ -129,7 +134,8 @@ async def main(batches: int, rounds: int, two: bool) -> None:
         f"median CPU per event: Python {result['python_cpu_us_per_event']} µs, "
         f"Postgres {result['postgres_cpu_us_per_event']} µs"
     )
-    print(f"written to {write_result('ingest_cpu' + ('_two' if two else ''), result)}")
+    path = write_result("ingest_cpu" + ("_two" if two else ""), result, quick)
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":
@@ -137,8 +143,10 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=20, help="batches of 1,000 per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--two-events", action="store_true", help="started + completed per row")
-    parser.add_argument("--quick", action="store_true", help="5 batches, 2 rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 batches, 2 rounds, on the 100k-row quick database"
+    )
     args = parser.parse_args()
     if args.quick:
         args.batches, args.rounds = 5, 2
-    asyncio.run(main(args.batches, args.rounds, args.two_events))
+    asyncio.run(main(args.batches, args.rounds, args.two_events, args.quick))

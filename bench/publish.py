@@ -1,7 +1,9 @@
 """Publisher benchmark: client-side overhead per event, and sustained publish rate from one
 process against raw nats-py JetStream publishing of the same payloads, in the same run.
 
-    .venv/bin/python -m bench.publish [--quick] [--nats-url URL] [--out bench/results/publish.json]
+    .venv/bin/python -m bench.publish [--quick] [--nats-url URL] [--out FILE]
+
+Writes bench/results/publish.json (`--quick`: test-artifacts/bench-quick/publish.json).
 
 Without `--nats-url` it starts its own nats-server (the venv's) on a free port with a
 temporary store, so other work on the machine's shared NATS neither disturbs nor is disturbed.
@@ -27,6 +29,7 @@ from typing import Any
 
 import nats
 
+from bench.common import results_dir
 from shared.events import EventType
 from shared.publisher import Fleet
 from shared.publisher.envelope import MSG_ID_HEADER, OutgoingEvent, encode, execution_event
@@ -195,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="publisher vs raw nats-py JetStream publish")
     parser.add_argument("--quick", action="store_true", help="fewer events and rounds")
     parser.add_argument("--nats-url", help="default: start an own nats-server")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/publish.json"))
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.out = args.out or results_dir(args.quick) / "publish.json"
     n, rounds = (2000, 4) if args.quick else (5000, 8)
     proc = None
     with tempfile.TemporaryDirectory() as store:

@@ -8,7 +8,8 @@ dedicated database `fwbench_query_<N>` with COPY (`--reuse` keeps one of a previ
 the same row count, migrated up to date), then for each case times, interleaved round by
 round: the API over HTTP with its count and stats caches off, the very SQL the API then runs
 (same where-builder, same statements, same RLS transaction) through asyncpg, and the API with
-its default caches. Prints a table and writes bench/results/query_api.json.
+its default caches. Prints a table and writes bench/results/query_api.json (`--quick`:
+test-artifacts/bench-quick/, so that a smoke run never replaces the full run's figures).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
+from bench.common import results_dir
 from services.query import repo
 from services.query.cursor import CursorKey, encode_cursor
 from services.query.filters import ListFilters, search_pattern
@@ -40,7 +42,6 @@ from shared.auth import mint_token
 from shared.db import connect
 from shared.migrate import migrate
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SECRET = "bench-secret-0123456789abcdef-0123456789"
 ORGS = ("bench-a", "bench-b", "bench-c")
 STATUSES = ("success",) * 14 + ("failed",) * 3 + ("running", "pending", "cancelled")
@@ -451,10 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.load_only:
         return 0
     print_table(result)
-    RESULTS.mkdir(exist_ok=True)
-    # A partial run (`--cases`) does not overwrite the full run's results.
+    # A partial run (`--cases`) does not overwrite the full run's results; nor does `--quick`.
     suffix = "" if not args.cases else "_" + "_".join(args.cases.replace(" ", "").split(","))
-    (RESULTS / f"query_api{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out = results_dir(args.quick) / f"query_api{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -34,6 +34,7 @@ from nats.js.errors import NotFoundError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import results_dir  # noqa: E402
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig  # noqa: E402
 from services.reconciler.engines.http_client import KeepAliveClient  # noqa: E402
 from services.reconciler.loop import Reconciler  # noqa: E402
@@ -224,8 +225,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--delay-ms", type=float, default=5.0, help="engine latency per request")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "reconcile_http.json"))
+    parser.add_argument("--out", default=None, help="default: bench/results/reconcile_http.json")
     args = parser.parse_args()
+    args.out = args.out or str(results_dir(args.quick) / "reconcile_http.json")
     port = _free_port()
     # The engine runs in a process of its own, as a real one would.
     engine = subprocess.Popen(

@@ -1,4 +1,7 @@
-"""`make bench`: run every benchmark in turn (pass --quick for the small versions)."""
+"""`make bench`: run every benchmark in turn (pass --quick for the small versions).
+
+Full runs write bench/results/; quick ones test-artifacts/bench-quick/.
+"""
 
 from __future__ import annotations
 
