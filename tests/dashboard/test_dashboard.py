@@ -8,7 +8,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -462,6 +462,7 @@ async def listed(stack: Stack, params: Sequence[tuple[str, str]]) -> list[dict[s
     headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
     async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
         answer = await client.get("/api/executions", params=[*params, ("limit", "200")])
+    assert answer.status_code == 200, answer.text
     rows: list[dict[str, Any]] = answer.json()["executions"]
     return rows
 
@@ -808,3 +809,229 @@ async def test_links_with_bad_values_still_show_a_page(browser: Browser, stack: 
         await expect(page.locator(".loading")).to_have_count(0)
         await page.locator(f'.error-box a[href="/?execution={DETAILED_ID}"]').click()
         await expect(page.locator(".waterfall .step")).to_have_count(4)
+
+
+async def in_api_order(stack: Stack, page: Page, params: Sequence[tuple[str, str]]) -> list[str]:
+    """Until the rows shown are the start of the API's list for `params`; the API's ids."""
+    for _ in range(100):
+        wanted = [e["id"] for e in await listed(stack, params)]
+        shown = await shown_ids(page)
+        if shown and shown == wanted[: len(shown)]:
+            return wanted
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"shown {shown}\nthe API lists {wanted}")
+
+
+async def test_live_rows_take_their_place_in_the_list_order(browser: Browser, stack: Stack) -> None:
+    """Newest start first: a live row goes where its start puts it, and one older than the rows
+    loaded (a run started days ago that completes now, a backfilled one) is left to "Load more"."""
+    now = datetime.now(UTC)
+    old, mid, back, mark = unique("old"), unique("mid"), unique("back"), unique("mark")
+    old_start = (now - timedelta(days=3)).isoformat()
+    await stack.publish(
+        "execution_started",
+        {"id": old, "agent_name": "alpha", "message": "Long haul", "started_at": old_start},
+    )
+    await wait_listed(stack, [], with_ids(old))
+    seed10 = stack.rows[10]
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await live(page)
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await stack.publish(
+            "execution_completed",
+            {"id": old, "agent_name": "alpha", "started_at": old_start, "completed_at": now_iso()},
+        )
+        mid_start = seed10.started_at - timedelta(seconds=30)
+        await stack.publish(
+            "execution_started",
+            {"id": mid, "agent_name": "beta", "started_at": mid_start.isoformat()},
+        )
+        back_start = (now - timedelta(days=5)).isoformat()
+        await stack.publish(
+            "execution_completed", {"id": back, "agent_name": "gamma", "started_at": back_start}
+        )
+        await stack.publish(
+            "execution_started", {"id": mark, "agent_name": "alpha", "started_at": now_iso()}
+        )
+        await expect(page.locator(ROWS).first).to_have_attribute("data-id", mark)
+        ids = await shown_ids(page)
+        assert ids[ids.index(mid) - 1] == seed10.id, ids
+        assert old not in ids
+        assert back not in ids
+        await wait_listed(stack, [], with_ids(mid, back, mark))
+        await nudge(stack)
+        await in_api_order(stack, page, [])
+        more = page.locator(".btn-more")
+        while await more.is_visible():
+            count = await page.locator(ROWS).count()
+            await more.click()
+            await expect(page.locator(ROWS)).not_to_have_count(count)
+        wanted = await in_api_order(stack, page, [])
+        assert await shown_ids(page) == wanted
+        assert wanted[-2:] == [old, back]
+        await expect(page.locator(".summary")).to_have_text(
+            f"Showing {len(wanted)} of {len(wanted)} executions"
+        )
+
+
+async def test_a_live_row_without_a_start_waits_for_the_api_to_place_it(
+    browser: Browser, stack: Stack
+) -> None:
+    """A completion often says nothing of the start: the row goes where the API lists it."""
+    slow, mark = unique("slow"), unique("mark")
+    seed2 = stack.rows[2]
+    start = (seed2.started_at - timedelta(seconds=20)).isoformat()
+    await stack.publish(
+        "execution_started", {"id": slow, "agent_name": "alpha", "started_at": start}
+    )
+    await wait_listed(stack, [("status", "running")], with_ids(slow))
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(query="status=success"))
+        await live(page)
+        await settled(page)
+        await stack.publish(
+            "execution_completed", {"id": slow, "agent_name": "alpha", "completed_at": now_iso()}
+        )
+        await stack.publish(
+            "execution_completed", {"id": mark, "agent_name": "beta", "started_at": now_iso()}
+        )
+        await expect(page.locator(ROWS).first).to_have_attribute("data-id", mark)
+        # Not on top meanwhile: absent, or already where the API's fill put it.
+        ids = await shown_ids(page)
+        assert slow not in ids or ids[ids.index(slow) - 1] == seed2.id, ids
+        await wait_listed(stack, [("status", "success")], with_ids(slow, mark))
+        await nudge(stack)
+        await expect(page.locator(f'tr[data-id="{slow}"]')).to_be_attached()
+        await in_api_order(stack, page, [("status", "success")])
+        ids = await shown_ids(page)
+        assert ids[ids.index(slow) - 1] == seed2.id, ids
+
+
+async def test_the_compare_view_follows_both_executions_live(
+    browser: Browser, stack: Stack
+) -> None:
+    a, b = unique("cmp-a"), unique("cmp-b")
+    for id_, agent in ((a, "alpha"), (b, "gamma")):
+        await stack.publish(
+            "execution_started", {"id": id_, "agent_name": agent, "started_at": now_iso()}
+        )
+    await wait_listed(stack, [], with_ids(a, b))
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(query=f"compare={a},{b}"))
+        await live(page)
+        status = page.locator("tr[data-field=status] td")
+        await expect(status.nth(1)).to_contain_text("running")
+        await page.locator(".compare-grid").first.scroll_into_view_if_needed()
+        await stack.publish(
+            "execution_completed",
+            {"id": b, "agent_name": "gamma", "cost": 0.25, "completed_at": now_iso()},
+        )
+        await expect(status.nth(1)).to_contain_text("success")
+        await expect(status.nth(0)).to_contain_text("running")
+        await expect(page.locator("tr[data-field=cost] td").nth(1)).to_have_text("$0.25")
+        await stack.publish("execution_failed", {"id": a, "agent_name": "alpha", "error": "boom"})
+        await expect(status.nth(0)).to_contain_text("failed")
+        await expect(page.locator(".loading")).to_have_count(0)
+
+
+async def test_load_more_under_a_time_range(browser: Browser, stack: Stack) -> None:
+    """The range's start is computed once per list: "Load more" continues that very list (the
+    API refuses a cursor sent with other filters, and a start a moment later is another)."""
+    since = (datetime.now(UTC) - timedelta(hours=24)).isoformat()
+    wanted = [e["id"] for e in await listed(stack, [("start_time", since)])]
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(query="hours=24"))
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await page.locator(".btn-more").click()
+        await expect(page.locator(ROWS)).to_have_count(len(wanted))
+        await expect(page.locator(".more-error")).to_be_hidden()
+
+
+async def test_a_search_typed_just_before_leaving_the_list_stays_behind(
+    browser: Browser, stack: Stack
+) -> None:
+    """The search waits for a pause in typing; a row opened meanwhile must not be sent back to
+    the list's URL (nor its live feed narrowed) when that pause comes."""
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(query="agent_name=gamma"))
+        await live(page)
+        await settled(page)
+        await page.locator("input[name=search]").fill("invoice")
+        await page.locator('tr[data-id="seed-002"] .c-message a').click()
+        detail = page.locator('.page-detail[data-id="seed-002"]')
+        await expect(detail).to_be_visible()
+        await page.wait_for_timeout(800)
+        assert page.url.endswith("/?execution=seed-002")
+        await expect(detail).to_be_visible()
+
+
+async def test_the_detail_page_refreshes_while_the_live_feed_is_down(
+    browser: Browser, stack: Stack
+) -> None:
+    """The indicator says "polling every 10 s" on every view: the detail page must poll too."""
+    run = unique("run")
+    await stack.publish(
+        "execution_started", {"id": run, "agent_name": "alpha", "started_at": now_iso()}
+    )
+    await wait_listed(stack, [], with_ids(run))
+    async with own_page(browser) as page:
+
+        async def refuse(ws: WebSocketRoute) -> None:
+            await ws.close(code=1011, reason="down")
+
+        await page.route_web_socket(re.compile(r"/ws"), refuse)
+        await page.goto(stack.page_url(query=f"execution={run}"))
+        head = page.locator(".detail-head .status-text")
+        await expect(head).to_have_text("running")
+        await expect(page.locator("#live")).to_have_attribute("data-state", "polling")
+        await stack.publish(
+            "execution_completed", {"id": run, "agent_name": "alpha", "completed_at": now_iso()}
+        )
+        await expect(head).to_have_text("success", timeout=25_000)
+
+
+async def test_a_resync_refreshes_the_detail_page(browser: Browser, stack: Stack) -> None:
+    """`resync_required` means events were missed: the view shown is read again, whichever."""
+    run = unique("run")
+    await stack.publish(
+        "execution_started", {"id": run, "agent_name": "alpha", "started_at": now_iso()}
+    )
+    await wait_listed(stack, [], with_ids(run))
+    sockets: list[WebSocketRoute] = []
+    async with own_page(browser) as page:
+
+        def route(ws: WebSocketRoute) -> None:
+            # The page never hears of `run` live: only reading it again can tell it.
+            server = ws.connect_to_server()
+            server.on_message(lambda m: None if run in str(m) else ws.send(m))
+            sockets.append(ws)
+
+        await page.route_web_socket(re.compile(r"/ws"), route)
+        await page.goto(stack.page_url(query=f"execution={run}"))
+        await live(page)
+        head = page.locator(".detail-head .status-text")
+        await expect(head).to_have_text("running")
+        await stack.publish(
+            "execution_completed", {"id": run, "agent_name": "alpha", "completed_at": now_iso()}
+        )
+        await wait_listed(stack, [("status", "success")], with_ids(run))
+        sockets[-1].send(json.dumps({"type": "resync_required", "seq": 1}))
+        await expect(head).to_have_text("success")
+
+
+async def test_a_client_is_not_offered_stop(browser: Browser, stack: Stack) -> None:
+    """Clients may not terminate executions (the API answers them 403): no Stop for them."""
+    run = unique("run")
+    await stack.publish(
+        "execution_started", {"id": run, "agent_name": "gamma", "started_at": now_iso()}
+    )
+    await wait_listed(stack, [("agent_name", "gamma")], with_ids(run))
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(user="cleo", role="client"))
+        row = page.locator(f'tr[data-id="{run}"]')
+        await expect(row).to_have_attribute("data-status", "running")
+        await expect(row.locator("[data-action=stop]")).to_have_count(0)
+        await row.locator(".c-message a").click()
+        await expect(page.locator(".detail-head .status-text")).to_have_text("running")
+        await expect(page.locator("[data-action=stop]")).to_have_count(0)

@@ -291,3 +291,36 @@ async def test_timeline_buckets_read_the_api_shape(modules_page: Page) -> None:
             "cost": 0.25,
         }
     ]
+
+
+async def test_list_order(modules_page: Page) -> None:
+    """A row goes before the first row with a start that it is newer than (ties: higher id);
+    rows without a start are passed over, and past them all there is no place (null)."""
+    rows = """[
+        {id: "p", started_at: null},
+        {id: "b", started_at: "2026-02-05T10:00:00Z"},
+        {id: "a", started_at: "2026-02-05T10:00:00Z"},
+        {id: "c", started_at: "2026-02-05T09:00:00"},
+    ]"""
+    page = modules_page
+    assert await run(
+        page,
+        "order.js",
+        f"""[
+            m.placeAmong({rows}, {{id: "n", started_at: "2026-02-05T11:00:00Z"}}),
+            m.placeAmong({rows}, {{id: "ab", started_at: "2026-02-05T10:00:00Z"}}),
+            m.placeAmong({rows}, {{id: "x", started_at: "2026-02-05T09:30:00Z"}}),
+            m.placeAmong({rows}, {{id: "y", started_at: "2026-02-05T08:00:00Z"}}),
+            m.placeAmong({rows}, {{id: "c", started_at: "2026-02-05T08:00:00Z"}}),
+        ]""",
+    ) == ["b", "a", "c", None, None]
+    assert await run(page, "order.js", "m.startOf({started_at: null})") is None
+
+
+async def test_durations_round_without_sixty_seconds(modules_page: Page) -> None:
+    """A duration just short of a minute boundary reads as the next minute, never "1 m 60 s"."""
+    assert await run(
+        modules_page,
+        "format.js",
+        "[m.duration(119600), m.duration(59700), m.duration(9970), m.duration(3599800)]",
+    ) == ["2 m 0 s", "1 m 0 s", "10 s", "1 h 0 m"]

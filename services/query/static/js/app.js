@@ -12,6 +12,8 @@ const root = document.getElementById("app");
 const indicator = document.getElementById("live");
 let page = null;
 let detailId = null;
+/** The two executions the compare view shows, else null. */
+let compareIds = null;
 let agents = [];
 let live = null;
 
@@ -67,6 +69,7 @@ function leaveView() {
   page?.close();
   page = null;
   detailId = null;
+  compareIds = null;
 }
 
 /**
@@ -84,11 +87,13 @@ async function route({ remembered = true } = {}) {
     // The live feed follows what is shown: a list's agent filter would hold back this
     // execution's events when it belongs to another agent (a child run, say).
     live?.setFilters({});
-    await renderDetail(root, detailId, { navigate, current });
+    await renderDetail(root, detailId, { navigate, current, canStop: canStop() });
   } else if (params.get("compare")) {
     document.title = "Compare · fleetwatch";
     live?.setFilters({});
-    await renderCompare(root, params.get("compare").split(",").filter(Boolean).slice(0, 2), { current });
+    const ids = params.get("compare").split(",").filter(Boolean).slice(0, 2);
+    if (ids.length === 2) compareIds = ids;
+    await renderCompare(root, ids, { current });
   } else {
     document.title = "Executions · fleetwatch";
     page = new ExecutionsPage(root, { agents, navigate, role: tokenClaims()?.role, remembered });
@@ -98,23 +103,31 @@ async function route({ remembered = true } = {}) {
   }
 }
 
-// A burst of events for the execution shown (its steps, often) is one refresh, not one each.
+/** Clients may not terminate executions (the API answers them 403): no Stop for them. */
+function canStop() {
+  return tokenClaims()?.role !== "client";
+}
+
+// A burst of events for the executions shown (their steps, often) is one refresh, not one each.
 const DETAIL_REFRESH_MS = 400;
 let detailRefresh = null;
 
-function refreshDetailSoon() {
+function refreshShownSoon() {
   if (detailRefresh !== null) return;
   const seq = routeSeq;
   detailRefresh = setTimeout(() => {
     detailRefresh = null;
     if (seq !== routeSeq) return;
-    renderDetail(root, detailId, { navigate, current: () => seq === routeSeq, refresh: true });
+    const current = () => seq === routeSeq;
+    if (detailId) renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() });
+    else if (compareIds) renderCompare(root, compareIds, { current, refresh: true });
   }, DETAIL_REFRESH_MS);
 }
 
 function onLiveEvent(message) {
+  const id = message.execution.id;
   if (page) page.onLive(message);
-  else if (detailId && message.execution.id === detailId) refreshDetailSoon();
+  else if (id === detailId || compareIds?.includes(id)) refreshShownSoon();
   else if (message.execution.status === "failed") toast(`${agentLabel(message.execution)} failed`, "error");
 }
 
@@ -139,8 +152,9 @@ async function start() {
   if (!live) {
     live = new LiveFeed({
       onEvent: onLiveEvent,
-      onPoll: () => page?.poll(),
-      onResync: () => page?.reload(),
+      // The indicator says "polling" on every view: a detail or compare page re-reads too.
+      onPoll: () => (page ? page.poll() : refreshShownSoon()),
+      onResync: () => (page ? page.reload() : refreshShownSoon()),
       onState: setLiveState,
     });
     live.start(page?.filters ?? {});

@@ -121,13 +121,19 @@ function section(title, ...body) {
   return h("section", { class: "panel" }, h("h2", {}, title), ...body);
 }
 
-/** What the reader has open or typed on a detail page, to keep through a live refresh. */
-function viewState(root) {
-  const page = root.querySelector(".page-detail");
+/** A step of a waterfall, by its waterfall (compare shows two) and its node and attempt. */
+function stepKeys(page) {
+  return [...page.querySelectorAll("ol.waterfall")].flatMap((ol, i) => [...ol.querySelectorAll("li.step")].map((li) => [`${i}/${li.dataset.node}/${li.dataset.attempt}`, li]));
+}
+
+/** What the reader has open or typed on a detail (or compare) page, to keep through a live refresh. */
+function viewState(root, selector) {
+  const page = root.querySelector(selector);
   if (!page) return null;
   const input = page.querySelector(".compare-form input");
   return {
-    open: new Set([...page.querySelectorAll("li.step")].filter((li) => li.querySelector("details")?.open).map((li) => `${li.dataset.node}/${li.dataset.attempt}`)),
+    selector,
+    open: new Set(stepKeys(page).filter(([, li]) => li.querySelector("details")?.open).map(([key]) => key)),
     compare: input?.value ?? "",
     focused: input !== null && document.activeElement === input,
     scroll: window.scrollY,
@@ -135,11 +141,13 @@ function viewState(root) {
 }
 
 function restoreView(root, state) {
-  for (const li of root.querySelectorAll(".page-detail li.step")) {
+  const page = root.querySelector(state.selector);
+  if (!page) return;
+  for (const [key, li] of stepKeys(page)) {
     const details = li.querySelector("details");
-    if (details && state.open.has(`${li.dataset.node}/${li.dataset.attempt}`)) details.open = true;
+    if (details && state.open.has(key)) details.open = true;
   }
-  const input = root.querySelector(".page-detail .compare-form input");
+  const input = page.querySelector(".compare-form input");
   if (input) {
     input.value = state.compare;
     if (state.focused) input.focus();
@@ -152,8 +160,8 @@ function restoreView(root, state) {
  * With `refresh`, the page shown stays until the new one is ready, and what the reader opened,
  * typed or scrolled to is kept (a live event for this execution re-renders it).
  */
-export async function renderDetail(root, id, { navigate, current = () => true, refresh = false }) {
-  const kept = refresh ? viewState(root) : null;
+export async function renderDetail(root, id, { navigate, current = () => true, refresh = false, canStop = true }) {
+  const kept = refresh ? viewState(root, ".page-detail") : null;
   if (!kept) clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading execution…"));
   let exec;
   try {
@@ -185,7 +193,7 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
         h(
           "div",
           { class: "detail-actions" },
-          exec.status === "running" ? stopButton(exec) : null,
+          canStop && exec.status === "running" ? stopButton(exec) : null,
           link ? h("a", { class: "btn", href: link, target: "_blank", rel: "noopener" }, `Open in ${exec.engine ?? "engine"}`) : null,
           h("form", { class: "compare-form", onsubmit: (e) => { e.preventDefault(); if (compareInput.value.trim()) navigate(`/?compare=${encodeURIComponent(exec.id)},${encodeURIComponent(compareInput.value.trim())}`); } }, compareInput, h("button", { class: "btn", type: "submit" }, "Compare")),
         ),
@@ -203,18 +211,20 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
   return exec;
 }
 
-export async function renderCompare(root, ids, { current = () => true } = {}) {
+/** Two executions side by side; with `refresh` (a live event for either), as renderDetail. */
+export async function renderCompare(root, ids, { current = () => true, refresh = false } = {}) {
   if (ids.length !== 2) {
     const only = ids[0] ? [" ", h("a", { href: executionHref(ids[0]), "data-nav": true }, `Open ${ids[0]}`)] : null;
     clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, "Compare takes two execution ids, separated by a comma (", h("code", {}, "?compare=id1,id2"), ").", only)));
     return;
   }
-  clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading executions…"));
+  const kept = refresh ? viewState(root, ".page-compare") : null;
+  if (!kept) clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading executions…"));
   let pair;
   try {
     pair = await Promise.all(ids.map((id) => api(`/api/executions/${encodeURIComponent(id)}`).then((e) => e.execution ?? e)));
   } catch (err) {
-    if (!current()) return;
+    if (!current() || kept) return; // a refresh keeps what is shown; the next event tries again
     clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, `Could not load both executions: ${err.message}`)));
     return;
   }
@@ -241,4 +251,5 @@ export async function renderCompare(root, ids, { current = () => true } = {}) {
       h("div", { class: "compare-grid" }, [a, b].map((e) => section(`Components of ${e.id}`, waterfall(e, e.components)))),
     ),
   );
+  if (kept) restoreView(root, kept);
 }

@@ -4,8 +4,9 @@ import { api } from "./api.js";
 import { chartLegend, statCards, statCardsLoading, timelineBuckets, timelineChart } from "./charts.js";
 import { clear, debounce, h, toast } from "./dom.js";
 import { filterBar } from "./filterbar.js";
-import { hasFilters, isSet, listParams, matches, parseApiTime, readFilters, ruledOut, statsHours, writeFilters } from "./filters.js";
+import { hasFilters, isSet, listParams, matches, readFilters, ruledOut, statsHours, writeFilters } from "./filters.js";
 import * as fmt from "./format.js";
+import { placeAmong, startOf } from "./order.js";
 import { headerRow, renderRow } from "./rows.js";
 
 const PAGE_SIZE = 50;
@@ -43,6 +44,8 @@ export class ExecutionsPage {
     this.hasMore = false;
     this.total = 0;
     this.request = null;
+    /** The list's path and parameters as its first page was asked for (later pages reuse them). */
+    this.listed = null;
     this.fleetWide = role !== "client";
     this.refreshStatsSoon = debounce(() => this.fleetWide && !this.closed && this.loadStats(), 1500);
     this.syncSoon = debounce(() => this.poll({ toasts: false }), 1200);
@@ -101,6 +104,8 @@ export class ExecutionsPage {
 
   /** Change filters: URL, localStorage, the form, the list, the stats, the live subscription. */
   setFilters(filters, { keepForm = false } = {}) {
+    // A search typed just before the page was left comes after it: it is for nobody now.
+    if (this.closed) return;
     this.filters = Object.fromEntries(Object.entries(filters).filter(([, v]) => isSet(v)));
     if (!this.fleetWide && !this.filters.agent_name && this.agents.length) this.filters.agent_name = this.agents[0].name;
     writeFilters(this.filters, { push: true });
@@ -170,8 +175,11 @@ export class ExecutionsPage {
     this.more.disabled = true;
     this.moreError.hidden = true;
     try {
-      const [path, params] = this.listRequest();
-      if (!replace && this.cursor) params.cursor = this.cursor;
+      // A later page continues this very list: the API refuses a cursor with other filters, and
+      // a time range's start computed a moment later is another filter.
+      if (replace || !this.listed) this.listed = this.listRequest();
+      const [path, first] = this.listed;
+      const params = !replace && this.cursor ? { ...first, cursor: this.cursor } : first;
       const page = await api(path, { params, signal: controller.signal });
       if (replace) {
         this.rows.clear();
@@ -236,11 +244,13 @@ export class ExecutionsPage {
   }
 
   row(exec) {
-    return renderRow(exec, this.selected, (id, on) => {
+    const onSelect = (id, on) => {
       if (on) this.selected.add(id);
       else this.selected.delete(id);
       this.renderSummary();
-    });
+    };
+    // Clients may not terminate executions (the API answers them 403).
+    return renderRow(exec, this.selected, onSelect, { canStop: this.role !== "client" });
   }
 
   renderSummary() {
@@ -310,25 +320,76 @@ export class ExecutionsPage {
         this.renderSummary();
         return;
       }
-      this.rows.set(exec.id, merged);
-      const tr = this.tbody.querySelector(`tr[data-id="${CSS.escape(exec.id)}"]`);
+      const tr = this.trOf(exec.id);
       const fresh = this.row(merged);
       if (tr) tr.replaceWith(fresh);
+      // A start learnt or corrected moves the row; past the rows loaded, a later page brings it.
+      if (startOf(merged) !== null && startOf(merged) !== startOf(old)) {
+        fresh.remove();
+        if (!this.insert(merged, fresh)) {
+          this.remove(exec.id);
+          this.renderSummary();
+          return;
+        }
+      }
+      this.rows.set(exec.id, merged);
       if (highlight) flash(fresh);
       return;
     }
     if (live) {
       if (!matches(exec, this.filters) || (RANK[exec.status] ?? 0) < (this.gone.get(exec.id) ?? -1)) return;
+      // Without a start its place is unknown: the API fill that follows (syncSoon) lists it there.
+      if (startOf(exec) === null) return;
+    }
+    const fresh = this.row(exec);
+    // Past the rows loaded while more pages exist: "Load more" brings it. The count is the API's
+    // to say (an execution already counted may have just completed), which the fill re-reads.
+    if (!this.insert(exec, fresh)) return;
+    if (live) {
       this.gone.delete(exec.id);
       this.unconfirmed.set(exec.id, Date.now());
     }
     this.rows.set(exec.id, exec);
-    const fresh = this.row(exec);
-    this.tbody.prepend(fresh);
     if (highlight) flash(fresh);
     this.total += 1;
     this.showState(null);
     this.renderSummary();
+  }
+
+  trOf(id) {
+    return this.tbody.querySelector(`tr[data-id="${CSS.escape(id)}"]`);
+  }
+
+  /**
+   * Put a new row's element at its place in the list order (newest start first). False when it
+   * lies past the last row loaded while more pages exist. A row without a start (the API's, not
+   * started yet) goes on top: it sorts by first sight, and `follow` puts it where the API says.
+   */
+  insert(exec, tr) {
+    if (startOf(exec) === null) {
+      this.tbody.prepend(tr);
+      return true;
+    }
+    const shown = [...this.tbody.children].map((el) => this.rows.get(el.dataset.id)).filter(Boolean);
+    const before = placeAmong(shown, exec);
+    if (before !== null) {
+      this.trOf(before).before(tr);
+      return true;
+    }
+    if (this.hasMore) return false;
+    this.tbody.append(tr);
+    return true;
+  }
+
+  /** Order the rows a poll listed as the API listed them (the rows between stay where they are). */
+  follow(list) {
+    let prev = null;
+    for (const exec of list) {
+      const tr = this.trOf(exec.id);
+      if (!tr) continue;
+      if (prev && prev.compareDocumentPosition(tr) & Node.DOCUMENT_POSITION_PRECEDING) prev.after(tr);
+      prev = tr;
+    }
   }
 
   /** Take one row out of the list (its count is the caller's). */
@@ -336,7 +397,7 @@ export class ExecutionsPage {
     this.rows.delete(id);
     this.unconfirmed.delete(id);
     this.selected.delete(id);
-    this.tbody.querySelector(`tr[data-id="${CSS.escape(id)}"]`)?.remove();
+    this.trOf(id)?.remove();
   }
 
   /**
@@ -392,6 +453,7 @@ export class ExecutionsPage {
       this.upsert(exec);
       if (toasts && exec.status === "failed") failureToast(exec);
     }
+    this.follow(list);
     const dropped = this.dropUnlisted(list, Boolean(page.has_more));
     this.total = page.total_count ?? this.total;
     this.totalExact = page.total_count_exact !== false;
@@ -420,7 +482,7 @@ export class ExecutionsPage {
       if (hasMore) {
         const start = startOf(row);
         // Strictly newer only: rows in the same millisecond may sort either way of the cut.
-        // A live row without a start was first seen just now, so at the top.
+        // A row without a start is the API's (live rows without one wait for it to list them).
         if (start === null ? added === undefined : start <= floor) continue;
       }
       if (added !== undefined && now - added < INGEST_GRACE_MS) {
@@ -436,11 +498,6 @@ export class ExecutionsPage {
     }
     return dropped;
   }
-}
-
-/** When an execution started (ms), or null when the row does not say. */
-function startOf(exec) {
-  return exec ? (parseApiTime(exec.started_at)?.getTime() ?? null) : null;
 }
 
 const RANK = { pending: 0, running: 1, success: 2, failed: 2, cancelled: 2 };

@@ -39,11 +39,14 @@ export function exactTime(value) {
 
 export function duration(ms) {
   if (ms === null || ms === undefined) return "—";
-  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 999.5) return `${Math.round(ms)} ms`;
   const sec = ms / 1000;
-  if (sec < 60) return `${sec.toFixed(sec < 10 ? 1 : 0)} s`;
-  const min = Math.floor(sec / 60);
-  if (min < 60) return `${min} m ${Math.round(sec % 60)} s`;
+  // Rounded first, then split: 119.6 s is "2 m 0 s", never "1 m 60 s".
+  if (sec < 9.95) return `${sec.toFixed(1)} s`;
+  const whole = Math.round(sec);
+  if (whole < 60) return `${whole} s`;
+  const min = Math.floor(whole / 60);
+  if (min < 60) return `${min} m ${whole % 60} s`;
   return `${Math.floor(min / 60)} h ${min % 60} m`;
 }
 

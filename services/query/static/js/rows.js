@@ -67,8 +67,8 @@ export function timeCell(value) {
   return h("time", { datetime: value ?? "", title: fmt.exactTime(value), dataset: { rel: value ?? "" } }, fmt.relativeTime(value));
 }
 
-/** The row; `selected` is the set of ids ticked for comparison. */
-export function renderRow(exec, selected, onSelect) {
+/** The row; `selected` is the set of ids ticked for comparison; `canStop`: not for clients. */
+export function renderRow(exec, selected, onSelect, { canStop = true } = {}) {
   // Summaries may carry only `error_type`; the full error is on the detail page.
   const errorText = exec.error ? fmt.firstLine(exec.error, 80) : exec.error_type || (exec.has_error ? "error" : "");
   const errorTitle = exec.error || (exec.has_error ? "Open the execution for the full error" : "");
@@ -105,7 +105,7 @@ export function renderRow(exec, selected, onSelect) {
     h("td", { class: "c-num c-cost", "data-label": "cost" }, fmt.cost(exec.cost)),
     h("td", { class: "c-num c-tokens", "data-label": "tokens in/out" }, fmt.tokens(exec)),
     h("td", { class: "c-error", title: errorTitle }, errorText),
-    h("td", { class: "c-actions" }, exec.status === "running" ? stopButton(exec) : null),
+    h("td", { class: "c-actions" }, canStop && exec.status === "running" ? stopButton(exec) : null),
   );
 }
 
