@@ -6,7 +6,9 @@ import * as fmt from "./format.js";
 import { agentHref, executionHref, statusBadge, stopButton, timeCell } from "./rows.js";
 
 const LONG_FIELDS = ["message", "response", "error"];
-const HIDDEN_FIELDS = new Set(["components", "children", "execution_log", "tool_calls", "versions", "log_url", "retries", ...LONG_FIELDS]);
+// Parts the page shows in their own places, and what the API says about them (not fields).
+const PAGE_PARTS = ["components", "children", "children_truncated", "execution_log", "tool_calls", "versions", "log_url", "has_log", "engine_url", "retries"];
+const HIDDEN_FIELDS = new Set([...PAGE_PARTS, ...LONG_FIELDS]);
 const TIME_FIELDS = new Set(["started_at", "completed_at", "first_seen_at", "updated_at", "last_seen_at"]);
 
 function pretty(value) {
@@ -98,13 +100,15 @@ function componentsTitle(exec) {
   return `Components (${parts.length} step${parts.length === 1 ? "" : "s"}${notes.length ? `, ${notes.join(", ")}` : ""})`;
 }
 
-function childrenTable(children) {
+function childrenTable(children, truncated = false) {
   if (!children?.length) return h("p", { class: "muted" }, "No child executions.");
-  return h(
+  const table = h(
     "table",
     { class: "executions compact" },
     h("tbody", {}, children.map((c) => h("tr", { dataset: { id: c.id } }, h("td", {}, statusBadge(c.status)), h("td", {}, h("a", { href: executionHref(c.id), "data-nav": true }, c.id)), h("td", {}, c.agent_name), h("td", {}, timeCell(c.started_at)), h("td", { class: "c-num" }, fmt.duration(c.duration_ms))))),
   );
+  if (!truncated) return table;
+  return [table, h("p", { class: "muted small children-cut" }, `The first ${children.length} child executions; there are more.`)];
 }
 
 async function loadLog(id) {
@@ -202,7 +206,7 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
       unset.length ? h("p", { class: "muted small unset" }, `Not reported: ${unset.map((k) => k.replace(/_/g, " ")).join(", ")}.`) : null,
       LONG_FIELDS.filter((k) => exec[k]).map((k) => section(k[0].toUpperCase() + k.slice(1), h("pre", { class: k === "error" ? "pre-error" : "" }, exec[k]))),
       section(componentsTitle(exec), waterfall(exec, exec.components)),
-      section("Child executions", childrenTable(exec.children)),
+      section("Child executions", childrenTable(exec.children, exec.children_truncated)),
       exec.tool_calls?.length ? section("Tool calls", h("pre", {}, pretty(exec.tool_calls))) : null,
       section("Log", log ? h("pre", { class: "log" }, log) : h("p", { class: "muted" }, "No log recorded.")),
     ),
@@ -230,7 +234,7 @@ export async function renderCompare(root, ids, { current = () => true, refresh =
   }
   if (!current()) return;
   const [a, b] = pair;
-  const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !["components", "children", "execution_log", "versions", "tool_calls", "log_url"].includes(k));
+  const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !PAGE_PARTS.includes(k));
   const cell = (exec, k) => (LONG_FIELDS.includes(k) && exec[k] ? h("pre", {}, exec[k]) : fieldValue(k, exec[k], exec));
   clear(root).append(
     h(
