@@ -15,6 +15,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, Va
 from shared.events import NAME_PATTERN
 
 _JWKS_ALGORITHMS = ["RS256", "ES256", "PS256", "EdDSA"]
+#: The algorithms each kind of key (a JWK's `kty`) may verify. A token is verified with the
+#: key its `kid` names; the algorithm in its header must suit that key: PyJWT raises a bare
+#: TypeError (an HTTP 500) when asked to verify ES256 with an RSA key.
+_ALGORITHMS_BY_KEY_TYPE = {"RSA": ["RS256", "PS256"], "EC": ["ES256"], "OKP": ["EdDSA"]}
 JWKS_TIMEOUT_S = 10.0
 
 
@@ -32,12 +36,18 @@ def _no_control_characters(text: str) -> str:
     return text
 
 
+#: A token's subject (a user id): what `sub` may hold.
+Subject = Annotated[
+    str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)
+]
+
+
 class Claims(BaseModel):
     """Who is calling: the subject, their organization and role."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    sub: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)]
+    sub: Subject
     org: Annotated[str, Field(pattern=NAME_PATTERN)]
     role: Role
     exp: int
@@ -73,11 +83,12 @@ def decode_token(
     options = {"require": require}
     try:
         if jwks_url:
-            key = _jwks_client(jwks_url).get_signing_key_from_jwt(token).key
+            signing_key = _jwks_client(jwks_url).get_signing_key_from_jwt(token)
+            suited = _ALGORITHMS_BY_KEY_TYPE.get(signing_key.key_type or "", [])
             payload = jwt.decode(
                 token,
-                key,
-                algorithms=_JWKS_ALGORITHMS,
+                signing_key.key,
+                algorithms=[a for a in _JWKS_ALGORITHMS if a in suited],
                 options=options,  # type: ignore[arg-type]
                 audience=audience,
                 issuer=issuer,

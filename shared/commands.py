@@ -6,7 +6,9 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
-from shared.auth import Role, mint_token
+from pydantic import TypeAdapter, ValidationError
+
+from shared.auth import Role, Subject, mint_token
 from shared.db import connect
 from shared.events import is_valid_name
 from shared.migrate import migrate
@@ -37,6 +39,18 @@ def _name(value: str) -> str:
     return value
 
 
+_SUBJECT: TypeAdapter[str] = TypeAdapter(Subject)
+
+
+def _user(value: str) -> str:
+    try:
+        return _SUBJECT.validate_python(value)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} cannot be a token's subject: {exc.errors()[0]['msg']}"
+        ) from None
+
+
 def _seconds(value: str) -> int:
     seconds = int(value)
     if seconds <= 0:
@@ -49,7 +63,7 @@ def token_main(argv: Sequence[str]) -> int:
         prog="fleetwatch token", description="mint a development HS256 token"
     )
     parser.add_argument("--org", required=True, type=_name)
-    parser.add_argument("--user", required=True)
+    parser.add_argument("--user", required=True, type=_user)
     parser.add_argument("--role", required=True, choices=[r.value for r in Role])
     parser.add_argument("--ttl", type=_seconds, default=86_400, help="seconds (default one day)")
     args = parser.parse_args(argv)

@@ -118,8 +118,12 @@ class RetentionReport:
 
 
 def cutoff_for(now: datetime, retention_days: int) -> datetime:
-    """Rows older than this are past retention."""
-    return now - timedelta(days=retention_days)
+    """Rows older than this are past retention. A retention reaching before year 1 (an
+    operator's "keep forever", such as 2147483647 days) expires nothing."""
+    try:
+        return now - timedelta(days=retention_days)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def stream_warning(stream_max_age_days: float, org_days: Sequence[int]) -> str | None:

@@ -7,12 +7,17 @@ import logging
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.events import NAME_PATTERN
 from shared.subjects import Subjects
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: Public (it is in the source): services refuse it off loopback (shared/token_secret.py).
 DEFAULT_JWT_SECRET = "fleetwatch-development-secret-change-me-0123"  # noqa: S105 (public by design; refused off loopback)
+#: JetStream keeps a stream's max age in int64 nanoseconds (~106,751 days); 0 means forever.
+MAX_STREAM_AGE_DAYS = 100_000
+#: JetStream's largest replica count.
+MAX_STREAM_REPLICAS = 5
 
 
 class CommonSettings(BaseSettings):
@@ -22,7 +27,10 @@ class CommonSettings(BaseSettings):
 
     nats_url: str = Field(default=DEFAULT_NATS_URL, validation_alias="NATS_URL")
     database_url: str = Field(default=DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
-    subject_prefix: str = Field(default="fleet", validation_alias="FLEETWATCH_SUBJECT_PREFIX")
+    #: Checked here, so that a prefix no subject can hold stops a service with its name.
+    subject_prefix: str = Field(
+        default="fleet", validation_alias="FLEETWATCH_SUBJECT_PREFIX", pattern=NAME_PATTERN
+    )
     jwt_secret: SecretStr = Field(
         default=SecretStr(DEFAULT_JWT_SECRET), validation_alias="FLEETWATCH_JWT_SECRET"
     )
@@ -33,8 +41,21 @@ class CommonSettings(BaseSettings):
     jwt_audience: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_AUDIENCE")
     jwt_issuer: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_ISSUER")
     log_level: str = Field(default="INFO", validation_alias="FLEETWATCH_LOG_LEVEL")
-    stream_max_age_days: float = Field(default=7.0, validation_alias="FLEETWATCH_RETENTION_DAYS")
-    stream_replicas: int = Field(default=1, validation_alias="FLEETWATCH_STREAM_REPLICAS")
+    stream_max_age_days: float = Field(
+        default=7.0, gt=0, le=MAX_STREAM_AGE_DAYS, validation_alias="FLEETWATCH_RETENTION_DAYS"
+    )
+    stream_replicas: int = Field(
+        default=1, ge=1, le=MAX_STREAM_REPLICAS, validation_alias="FLEETWATCH_STREAM_REPLICAS"
+    )
+
+    @field_validator("jwks_url", "jwt_audience", "jwt_issuer", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `FLEETWATCH_JWT_AUDIENCE=` is how templates write "not set"; taken as a value, an
+        # empty audience or issuer would refuse every token.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("log_level", mode="after")
     @classmethod
