@@ -15,6 +15,10 @@ _DAY = 86_400.0
 _STREAM_NAME_IN_USE = 10058
 
 
+class StreamConflictError(RuntimeError):
+    """A stream of our name exists for another subject prefix's subjects."""
+
+
 def stream_configs(settings: CommonSettings) -> list[StreamConfig]:
     subjects = settings.subjects
     common = {
@@ -54,7 +58,7 @@ async def ensure_streams(
     for config in stream_configs(settings):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            found = await js.stream_info(config.name)
         except NotFoundError:
             try:
                 await js.add_stream(config=config)
@@ -63,5 +67,16 @@ async def ensure_streams(
                 # Another process created it between our look and our add.
                 if exc.err_code != _STREAM_NAME_IN_USE:
                     raise
+            found = await js.stream_info(config.name)
+        theirs = found.config.subjects or []
+        if not set(config.subjects or []) <= set(theirs):
+            # Prefixes that differ only in case or `-`/`_` share stream names: this one is
+            # another prefix's, and updating it would take its subjects away.
+            raise StreamConflictError(
+                f"stream {config.name} holds {', '.join(theirs) or 'no subjects'}, not "
+                f"{', '.join(config.subjects or [])}: another FLEETWATCH_SUBJECT_PREFIX uses "
+                "this stream name (prefixes differing only in case or '-'/'_' share one); "
+                "choose a prefix of its own"
+            )
         if update:
             await js.update_stream(config=config)

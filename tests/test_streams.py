@@ -4,17 +4,19 @@ service or an operator's one-off command, started with other settings, leaves th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 
 import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from services.reconciler.app import build_reconciler
 from services.reconciler.settings import ReconcilerSettings
 from shared.settings import CommonSettings
-from shared.streams import DUPLICATE_WINDOW_S, ensure_streams
+from shared.streams import DUPLICATE_WINDOW_S, StreamConflictError, ensure_streams
 from shared.subjects import Subjects
 
 DAY = 86_400.0
@@ -116,3 +118,34 @@ def test_the_cli_fix_leaves_the_limits_alone(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "published 0 correction(s)" in done.stdout, done.stdout[-2000:]
     assert asyncio.run(_limits(nats_url, subjects))[subjects.events_stream] == (30 * DAY, 1)
+
+
+async def test_a_stream_of_another_prefix_under_the_same_name_is_refused(
+    nats_url: str, subjects: Subjects
+) -> None:
+    """`t-x` and `t_x` name the same streams (T_X_EVENTS): the second prefix's ingest rewrote
+    the first's stream to its own subjects (or, now, would use a stream that does not hold
+    its subjects). It is refused with both prefixes named."""
+    twin = Subjects(subjects.prefix + "-x")
+    other = Subjects(subjects.prefix + "_x")
+    assert twin.events_stream == other.events_stream
+    try:
+        await _ensure(nats_url, CommonSettings(subject_prefix=twin.prefix), update=True)
+        for update in (False, True):
+            with pytest.raises(StreamConflictError, match=twin.all_events):
+                await _ensure(nats_url, CommonSettings(subject_prefix=other.prefix), update=update)
+        assert (await _subjects_of(nats_url, twin.events_stream)) == [twin.all_events]
+    finally:
+        nc = await nats.connect(nats_url)
+        for name in (twin.events_stream, twin.dlq_stream):
+            with contextlib.suppress(NotFoundError):
+                await nc.jetstream().delete_stream(name)
+        await nc.close()
+
+
+async def _subjects_of(nats_url: str, stream: str) -> list[str] | None:
+    nc = await nats.connect(nats_url)
+    try:
+        return (await nc.jetstream().stream_info(stream)).config.subjects
+    finally:
+        await nc.close()
