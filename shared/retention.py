@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -260,4 +261,8 @@ def main(argv: Sequence[str]) -> int:
     warning = stream_warning(settings.stream_max_age_days, [o.retention_days for o in report.orgs])
     if warning:
         print(f"warning: {warning}")
+    missing = sorted(set(args.org or ()) - {o.org for o in report.orgs})
+    if missing:  # a typo in a nightly job must not pass for "nothing to delete"
+        print(f"fleetwatch retention: no such org: {', '.join(missing)}", file=sys.stderr)
+        return 1
     return 0

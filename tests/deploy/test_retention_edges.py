@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -31,3 +33,18 @@ async def test_an_org_kept_forever_does_not_stop_the_others(fresh_database_url: 
         assert await counts(conn, short) == (1, 2, 1)
     finally:
         await conn.close()
+
+
+def test_an_org_that_does_not_exist_is_named_not_a_silent_zero(database_url: str) -> None:
+    """`--org acme-typo` reported "0 org(s)" and exited 0: a nightly job with a typo never
+    deleted anything, and nothing said so."""
+    command = ["retention", "--dry-run", "--database-url", database_url, "--org", "no-such-org"]
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "no such org: no-such-org" in done.stderr
