@@ -16,6 +16,7 @@ import asyncpg
 import nats
 import pytest
 import pytest_asyncio
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from shared.db import connect
@@ -131,6 +132,16 @@ async def subjects(nats_url: str) -> AsyncIterator[Subjects]:
         for stream in (found.events_stream, found.dlq_stream):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(stream)
+        await nc.close()
+
+
+@pytest_asyncio.fixture
+async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    """A JetStream context on a connection of this test's own, closed after it."""
+    nc = await nats.connect(nats_url)
+    try:
+        yield nc.jetstream()
+    finally:
         await nc.close()
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
-import nats
 import pytest
-import pytest_asyncio
-from nats.js import JetStreamContext
 
 from tests.chaos.harness import ChaosResult, Scale, write_table
 
@@ -24,12 +21,3 @@ def chaos_results(scale: Scale) -> Iterator[list[ChaosResult]]:
     yield results
     if results:
         write_table(sorted(results, key=lambda r: int(r.fault.split(".")[0])), scale.long)
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()

@@ -7,13 +7,10 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import nats
 import orjson
-import pytest_asyncio
 from nats.js import JetStreamContext
 
 from shared.db import connect
@@ -22,15 +19,6 @@ from shared.subjects import Subjects
 from tests.checks import stored_equals_fold
 from tests.ingest.events_factory import execution_events, to_wire
 from tests.procs import running, start_service, wait_ready
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def publish(js: JetStreamContext, subjects: Subjects, events: list[Event]) -> None:

@@ -8,11 +8,8 @@ import asyncio
 import random
 import signal
 import subprocess
-from collections.abc import AsyncIterator
 
 import httpx
-import nats
-import pytest_asyncio
 from nats.js import JetStreamContext
 
 from shared.db import connect
@@ -21,15 +18,6 @@ from tests.chaos.infra import port_of, proxy_to, via_port
 from tests.ingest.events_factory import execution_events
 from tests.ingest.test_ingest_service import publish, wait_for_count
 from tests.procs import free_port, start_service, wait_ready
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def test_ingest_starts_and_waits_for_a_database_that_is_down(

@@ -27,7 +27,6 @@ from tests.notifier.helpers import (
     connect_live,
     events_of,
     execution_event,
-    jetstream,
     publish,
     running,
     settings_for,
@@ -35,12 +34,6 @@ from tests.notifier.helpers import (
 )
 
 TTL_S = 0.5
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    async with jetstream(nats_url) as found:
-        yield found
 
 
 @pytest_asyncio.fixture

@@ -24,7 +24,6 @@ from tests.notifier.helpers import (
     connect_live,
     events_of,
     execution_event,
-    jetstream,
     publish,
     running,
     settings_for,
@@ -35,12 +34,6 @@ from tests.notifier.helpers import (
 HELLO_S = 0.05
 #: The hello window of the busy-loop test: its setup must fit in it.
 PATIENT_HELLO_S = 0.5
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    async with jetstream(nats_url) as found:
-        yield found
 
 
 @pytest_asyncio.fixture

@@ -25,19 +25,12 @@ from tests.notifier.helpers import (
     connect_live,
     events_of,
     execution_event,
-    jetstream,
     publish,
     running,
     settings_for,
     token,
     ws_url,
 )
-
-
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    async with jetstream(nats_url) as found:
-        yield found
 
 
 @pytest_asyncio.fixture

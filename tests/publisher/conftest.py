@@ -113,15 +113,6 @@ async def streams(nats_url: str, subjects: Subjects) -> Subjects:
     return subjects
 
 
-@pytest_asyncio.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
-
-
 async def stream_messages(
     js: JetStreamContext, stream: str
 ) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
