@@ -14,6 +14,7 @@ import websockets
 from nats.js import JetStreamContext
 from pydantic import SecretStr
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from services.notifier.app import Notifier, create_app
 from services.notifier.settings import NotifierSettings
@@ -99,6 +100,15 @@ async def connect_live(
     ready = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
     assert ready["type"] == "ready", ready
     return ws, ready
+
+
+async def close_code(ws: ClientConnection, limit_s: float) -> int | None:
+    """Read until the server closes the socket (each frame within `limit_s`); its close code."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), limit_s)
+    except ConnectionClosed:
+        return ws.close_code
 
 
 async def collect(

@@ -12,12 +12,12 @@ import asyncio
 import httpx
 import orjson
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from shared.streams import ensure_streams
 from shared.subjects import Subjects
 from tests.chaos.infra import own_nats, port_of, proxy_to, url_through
 from tests.notifier.helpers import (
+    close_code,
     collect,
     connect_live,
     events_of,
@@ -29,14 +29,6 @@ from tests.notifier.helpers import (
     token,
     ws_url,
 )
-
-
-async def _close_code(ws: websockets.ClientConnection, limit_s: float) -> int | None:
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), limit_s)
-    except ConnectionClosed:
-        return ws.close_code
 
 
 async def test_a_resume_while_nats_is_unreachable_is_try_again_and_live_recovers(
@@ -54,7 +46,7 @@ async def test_a_resume_while_nats_is_unreachable_is_try_again_and_live_recovers
             resuming = await websockets.connect(
                 ws_url(app.port, f"token={tok}&resume_from={first - 1}")
             )
-            assert await _close_code(resuming, limit_s=20) == 1013
+            assert await close_code(resuming, limit_s=20) == 1013
             assert (
                 app.metrics.registry.get_sample_value(
                     "notifier_resumes_total", {"outcome": "unavailable"}
@@ -112,7 +104,7 @@ async def test_a_recreated_stream_is_followed_and_clients_are_told_to_resync(
         assert [f["seq"] for f in events_of(await collect(live, until_seq=seqs[-1]))] == seqs
         await js.delete_stream(subjects.events_stream)
         await ensure_streams(js, settings)
-        assert await _close_code(live, limit_s=10) == 1012
+        assert await close_code(live, limit_s=10) == 1012
         resuming = await websockets.connect(ws_url(app.port, f"token={tok}&resume_from={seqs[-1]}"))
         frame = orjson.loads(await asyncio.wait_for(resuming.recv(), 5))
         assert (frame["type"], frame["reason"]) == ("resync_required", "unknown_sequence")

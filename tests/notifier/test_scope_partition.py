@@ -14,23 +14,14 @@ import time
 
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from services.notifier.app import Notifier
 from shared.subjects import Subjects
 from tests.chaos.infra import Proxy, port_of, proxy_to, url_through
-from tests.notifier.helpers import connect_live, running, settings_for, token, ws_url
+from tests.notifier.helpers import close_code, connect_live, running, settings_for, token, ws_url
 
 TTL_S = 0.5
 LOAD_TIMEOUT_S = 0.3
-
-
-async def _close_code(ws: websockets.ClientConnection, limit_s: float) -> int | None:
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), limit_s)
-    except ConnectionClosed:
-        return ws.close_code
 
 
 async def test_a_hung_database_closes_open_sockets_with_1013_and_refuses_new_ones(
@@ -57,7 +48,7 @@ async def _partitioned(app: Notifier, proxy: Proxy, org: str) -> None:
     ws, _ = await connect_live(app.port, token(org, "cust", "client"))
     proxy.latency = 3600.0  # nothing gets through, nothing is closed
     partitioned = time.monotonic()
-    assert await _close_code(ws, limit_s=10) == 1013
+    assert await close_code(ws, limit_s=10) == 1013
     # Within a TTL of failed reloads, each cut short by the timeout, plus the sweep's tick.
     assert time.monotonic() - partitioned < TTL_S * 2 + LOAD_TIMEOUT_S * 3 + 2
     failures = app.metrics.registry.get_sample_value("notifier_scope_load_failures_total")
@@ -70,7 +61,7 @@ async def _partitioned(app: Notifier, proxy: Proxy, org: str) -> None:
         ws_url(app.port),
         subprotocols=["bearer", token(org, "other", "client")],  # type: ignore[list-item]
     )
-    assert await _close_code(fresh, limit_s=10) == 1013
+    assert await close_code(fresh, limit_s=10) == 1013
     assert time.monotonic() - started < LOAD_TIMEOUT_S + 2
     after = app.metrics.registry.get_sample_value("notifier_scope_load_failures_total")
     assert after == before + 1
