@@ -78,11 +78,15 @@ def _stream_seq(msg: Msg) -> int | None:
     return None
 
 
+#: A fetched message with what validation made of it.
+Checked = tuple[Msg, Incoming | Rejected]
+
+
 @dataclass(slots=True)
 class _Forming:
-    """A batch collecting fetched chunks until a slot is free."""
+    """A batch collecting fetched (and already validated) chunks until a slot is free."""
 
-    messages: list[Msg] = field(default_factory=list)
+    messages: list[Checked] = field(default_factory=list)
     keepers: list[asyncio.Task[None]] = field(default_factory=list)
     launched: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -178,6 +182,9 @@ class BatchConsumer:
             self.parked.set()
             await self.release.wait()
             return
+        # Validated now, as it arrives: while the batches in flight wait for Postgres, not
+        # once this one has a slot (the slot is then Postgres's time and the fold's only).
+        checked = self._check(messages)
         # From the moment a chunk is fetched until it is acked, JetStream must not redeliver
         # it: neither while it waits for a slot nor while a slow database writes it (a
         # redelivered copy would take a slot of its own and only be found a duplicate).
@@ -192,14 +199,14 @@ class BatchConsumer:
             task = asyncio.create_task(self._launch(self._forming))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        self._forming.messages.extend(messages)
+        self._forming.messages.extend(checked)
         self._forming.keepers.append(keeper)
 
     async def finish(self, messages: Sequence[Msg]) -> None:
         """Process messages as one batch now, and return once they are committed and acked."""
         keeper = asyncio.create_task(self._keep_alive_while_working(messages))
         await self._slots.acquire()
-        await self._run(list(messages), [keeper])
+        await self._run(self._check(messages), [keeper])
 
     async def _launch(self, forming: _Forming) -> None:
         await self._slots.acquire()
@@ -209,9 +216,9 @@ class BatchConsumer:
         forming.launched.set()
         await self._run(forming.messages, forming.keepers)
 
-    async def _run(self, messages: list[Msg], keepers: list[asyncio.Task[None]]) -> None:
+    async def _run(self, checked: list[Checked], keepers: list[asyncio.Task[None]]) -> None:
         try:
-            await self.handle(messages)
+            await self._handle_checked(checked)
         except Exception:
             # Unacked messages are redelivered after ack_wait; nothing is lost.
             log.exception("batch failed; its messages will be redelivered")
@@ -226,16 +233,30 @@ class BatchConsumer:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def handle(self, messages: Sequence[Msg]) -> None:
-        self._metrics.batch_size.observe(len(messages))
+        """Validate, write, dead-letter and ack `messages` as one batch, now."""
+        await self._handle_checked(self._check(messages))
+
+    def _check(self, messages: Sequence[Msg]) -> list[Checked]:
+        subjects = self._subjects
+        out: list[Checked] = []
+        for msg in messages:
+            checked = validate(subjects, msg.subject, msg.data)
+            if isinstance(checked, Rejected):
+                out.append((msg, checked))
+            else:
+                out.append((msg, Incoming(checked, _stream_seq(msg))))
+        return out
+
+    async def _handle_checked(self, checked: list[Checked]) -> None:
+        self._metrics.batch_size.observe(len(checked))
         valid: list[tuple[Msg, Incoming]] = []
         dead: list[Msg] = []
-        for msg in messages:
-            checked = validate(self._subjects, msg.subject, msg.data)
-            if isinstance(checked, Rejected):
-                await self._dead_letter(msg, checked, type_label="invalid")
+        for msg, result in checked:
+            if isinstance(result, Rejected):
+                await self._dead_letter(msg, result, type_label="invalid")
                 dead.append(msg)
             else:
-                valid.append((msg, Incoming(checked, _stream_seq(msg))))
+                valid.append((msg, result))
         # A stored dead letter is the end of its message: ack it now, not after the batch's
         # commit. A database outage can hold that commit back past JetStream's duplicate
         # window, and a redelivery after it (a restart) would store a second dead letter.

@@ -13,11 +13,13 @@ import asyncio
 import pytest
 from nats.js import JetStreamContext
 
+from services.ingest import consumer as consumer_module
 from services.ingest.consumer import BatchConsumer
 from services.ingest.metrics import IngestMetrics
 from services.ingest.repo import lock_key
 from shared.db import connect, create_pool
 from shared.subjects import Subjects
+from shared.validation import validate
 from tests.ingest.pulled import acks_pending_settle, one_event_per_execution
 
 
@@ -80,3 +82,56 @@ async def _coalesce(js: JetStreamContext, database_url: str, subjects: Subjects,
     finally:
         await blocker.close()
         await pool.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_chunk_waiting_for_a_slot_is_validated_on_arrival(
+    nats_url: str,
+    database_url: str,
+    subjects: Subjects,
+    org: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validation is Python work that needs no slot: it runs while the batch in flight waits
+    for Postgres, so that the slot holds only the transaction and the fold."""
+    validated: list[str] = []
+
+    def recording(subjects_: Subjects, subject: str, data: bytes) -> object:
+        validated.append(subject)
+        return validate(subjects_, subject, data)
+
+    monkeypatch.setattr(consumer_module, "validate", recording)
+    async with one_event_per_execution(nats_url, database_url, subjects, org, 6, "pv") as p:
+        pull = await p.js.pull_subscribe(
+            subjects.all_events, "prevalidate", stream=subjects.events_stream
+        )
+        first, second = [await pull.fetch(3, timeout=5) for _ in range(2)]
+        pool = await create_pool(database_url)
+        blocker = await connect(database_url)
+        consumer = BatchConsumer(
+            pool=pool,
+            js=p.js,
+            subjects=subjects,
+            metrics=IngestMetrics.create(),
+            max_in_flight=1,
+            batch_size=10,
+        )
+        try:
+            await blocker.execute("SELECT pg_advisory_lock($1)", lock_key(org, "pv00"))
+            await consumer.submit(first)  # takes the only slot, then waits for the lock
+            await asyncio.sleep(0.3)
+            assert len(validated) == 3
+
+            await asyncio.wait_for(consumer.submit(second), timeout=2)  # waits for the slot
+            assert len(validated) == 6  # ... already validated
+
+            await blocker.execute("SELECT pg_advisory_unlock_all()")
+            await asyncio.wait_for(consumer.drain(), timeout=20)
+            assert len(validated) == 6  # once each
+            async with pool.acquire() as conn:
+                stored = await conn.fetchval("SELECT count(*) FROM executions WHERE org = $1", org)
+            assert stored == 6
+            assert await acks_pending_settle(pull) == 0
+        finally:
+            await blocker.close()
+            await pool.close()
