@@ -3,8 +3,9 @@
 1. A dedicated database whose executions table holds >= 1M rows with every index.
 2. Raw baseline: COPY N new rows (exactly what ingest would store) into that table.
 3. Ingest: the same kind of N rows as a backlog of events on JetStream, consumed by the real
-   ingest process; rows/s from the first to the last commit. Then by two ingest replicas
-   sharing the durable consumer (the Kubernetes base runs two). Steps 2 and 3 take turns
+   ingest process (the service's default settings); rows/s from the first to the last
+   commit. Then by two ingest replicas sharing the durable consumer, with the settings the
+   Kubernetes base gives its two replicas (its ConfigMap). Steps 2 and 3 take turns
    `--rounds` times and the medians are compared. Also with 2 events per row.
 4. Publish->committed latency at 1,000 events/s (poll granularity 5 ms, included).
 5. Ingest RSS per process, sampled throughout.
@@ -14,7 +15,10 @@ deploy manifests run 2.10). `--nats-url` uses another server: Debian's 2.9.10, t
 machine, stalls pull consumers on the tail of a backlog (see the README), which measures NATS.
 
 Run: .venv/bin/python -m bench.ingest [--quick] [--reuse] [--rounds 3] [--nats-url URL]
-        [--batch-size N]
+        [--batch-size N] [--compare]
+
+`--compare` also runs the two replicas with the service's defaults (what a lone process
+uses) in every round, in alternating order, and reports both shapes paired round by round.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import nats
+import yaml
 from nats.js import JetStreamContext
 
 from bench.common import (
@@ -75,6 +81,32 @@ DEFAULT_BATCH_SIZE: int = IngestSettings.model_fields["batch_size"].default
 #: The batch size the throughput runs use (`--batch-size`; the default otherwise).
 BATCH_SIZE = DEFAULT_BATCH_SIZE
 MAX_IN_FLIGHT: int = IngestSettings.model_fields["max_in_flight"].default
+#: Where the Kubernetes base sets what its ingest replicas run with.
+K8S_BASE_CONFIG = Path(__file__).resolve().parent.parent / "deploy/k8s/base/config.yaml"
+
+
+def replica_settings() -> dict[str, str]:
+    """INGEST_BATCH_SIZE and INGEST_MAX_IN_FLIGHT as the Kubernetes base runs its replicas
+    (its ConfigMap), the service's defaults where it sets none; `--batch-size` overrides."""
+    config = next(
+        d for d in yaml.safe_load_all(K8S_BASE_CONFIG.read_text()) if d["kind"] == "ConfigMap"
+    )
+    data = config["data"]
+    return {
+        "INGEST_BATCH_SIZE": str(
+            BATCH_SIZE
+            if BATCH_SIZE != DEFAULT_BATCH_SIZE
+            else data.get("INGEST_BATCH_SIZE", DEFAULT_BATCH_SIZE)
+        ),
+        "INGEST_MAX_IN_FLIGHT": str(data.get("INGEST_MAX_IN_FLIGHT", MAX_IN_FLIGHT)),
+    }
+
+
+def process_settings() -> dict[str, str]:
+    """What one ingest process runs with: the service's defaults (`--batch-size` overrides)."""
+    return {"INGEST_BATCH_SIZE": str(BATCH_SIZE), "INGEST_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT)}
+
+
 #: The port of the benchmark's own nats-server, whose CPU alone is counted (None: every
 #: local nats-server's, with `--nats-url`).
 NATS_PORT: int | None = None
@@ -344,15 +376,16 @@ async def measure_ingest(
     expected_rows: int,
     rss: list[float],
     replicas: int = 1,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Ingest `events` from a backlog with `replicas` processes sharing the durable consumer."""
+    """Ingest `events` from a backlog with `replicas` processes sharing the durable consumer,
+    each run with `settings` (INGEST_* variables; by default `process_settings()`)."""
     subjects = Subjects(f"bench{uuid.uuid4().hex[:8]}")
     env = {
         **os.environ,
         "DATABASE_URL": url,
         "FLEETWATCH_SUBJECT_PREFIX": subjects.prefix,
-        "INGEST_BATCH_SIZE": str(BATCH_SIZE),
-        "INGEST_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
+        **(settings or process_settings()),
         "INGEST_BATCH_TIMEOUT": "0.05",
     }
     # The backlog is on the stream before ingest starts, so publishing never limits it.
@@ -504,19 +537,23 @@ async def measure_latency(
     }
 
 
-async def main(quick: bool, reuse: bool, rounds: int, nats_url: str | None) -> None:
+async def main(
+    quick: bool, reuse: bool, rounds: int, nats_url: str | None, compare: bool = False
+) -> None:
     if nats_url is not None:
-        await _main(quick, reuse, rounds, nats_url)
+        await _main(quick, reuse, rounds, nats_url, compare)
         return
     global NATS_PORT
     async with own_nats() as server:
         # The ingest processes take NATS_URL from the environment they inherit.
         os.environ["NATS_URL"] = server.url
         NATS_PORT = server.port
-        await _main(quick, reuse, rounds, server.url)
+        await _main(quick, reuse, rounds, server.url, compare)
 
 
-async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
+async def _main(
+    quick: bool, reuse: bool, rounds: int, nats_url: str, compare: bool = False
+) -> None:
     n = 10_000 if quick else 50_000
     url = await ensure_preloaded(
         db_name(quick), QUICK_PRELOAD_ROWS if quick else PRELOAD_ROWS, reuse
@@ -541,6 +578,7 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
     copy_steal: list[float] = []
     singles: list[dict[str, Any]] = []
     pairs_of_replicas: list[dict[str, Any]] = []
+    default_pairs: list[dict[str, Any]] = []
     for r in range(rounds):
         await checkpoint(url)
         rate, cpu_per_row, steal = await measure_copy(url, n, f"copy{run}r{r}")
@@ -551,11 +589,19 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         await checkpoint(url)
         singles.append(await measure_ingest(url, js, one_per_row(f"one{run}r{r}", n), n, rss))
         print(f"round {r + 1}: ingest, 1 process: {singles[-1]}", flush=True)
-        await checkpoint(url)
-        pairs_of_replicas.append(
-            await measure_ingest(url, js, one_per_row(f"rep{run}r{r}", n), n, rss_two, 2)
-        )
-        print(f"round {r + 1}: ingest, 2 replicas: {pairs_of_replicas[-1]}", flush=True)
+        # With --compare, two replicas also run as lone processes do (the service's defaults),
+        # first in every other round, so that each round compares the two shapes.
+        shapes = [("base", replica_settings())]
+        if compare:
+            shapes.append(("default", process_settings()))
+            shapes = shapes if r % 2 == 0 else shapes[::-1]
+        for shape, settings in shapes:
+            await checkpoint(url)
+            measured = await measure_ingest(
+                url, js, one_per_row(f"rep{shape}{run}r{r}", n), n, rss_two, 2, settings
+            )
+            (pairs_of_replicas if shape == "base" else default_pairs).append(measured)
+            print(f"round {r + 1}: ingest, 2 replicas ({shape}): {measured}", flush=True)
     copy_rate = median_rate(copies)
     single = _median_run(singles)
     replicated = _median_run(pairs_of_replicas)
@@ -579,8 +625,8 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         "nats_server_version": nats_version,
         "table_rows_before": table_rows,
         "batch_rows": n,
-        "batch_size": BATCH_SIZE,
-        "max_in_flight": MAX_IN_FLIGHT,
+        "one_process_settings": process_settings(),
+        "replica_settings": replica_settings(),
         "rounds": rounds,
         "copy_rows_per_s_each_round": [round(c, 1) for c in copies],
         "copy_rows_per_s": round(copy_rate, 1),
@@ -603,6 +649,19 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         "ingest_rss_mb_max_two_replicas": round(max(rss_two), 1) if rss_two else None,
         "quick": quick,
     }
+    if default_pairs:
+        result["ingest_two_replicas_default_settings"] = _median_run(default_pairs)
+        result["ingest_two_replicas_default_settings_each_round"] = [
+            x["rows_per_s"] for x in default_pairs
+        ]
+        result["ratio_two_replicas_default_settings_vs_copy"] = round(
+            result["ingest_two_replicas_default_settings"]["rows_per_s"] / copy_rate, 3
+        )
+        # Paired, round by round: the base's replica settings against the service's defaults.
+        result["base_vs_default_settings_each_round"] = [
+            round(b["rows_per_s"] / d["rows_per_s"], 3)
+            for b, d in zip(pairs_of_replicas, default_pairs, strict=True)
+        ]
     name = "ingest" if BATCH_SIZE == DEFAULT_BATCH_SIZE else f"ingest_batch{BATCH_SIZE}"
     path = write_result(name, result, quick)
     print()
@@ -613,9 +672,16 @@ async def _main(quick: bool, reuse: bool, rounds: int, nats_url: str) -> None:
         f"= {result['ratio_one_event_vs_copy']}x COPY |"
     )
     print(
-        f"| ingest, 2 replicas (1 event/row) | {replicated['rows_per_s']:,.0f} rows/s "
-        f"= {result['ratio_two_replicas_vs_copy']}x COPY |"
+        f"| ingest, 2 replicas (1 event/row; {result['replica_settings']}) | "
+        f"{replicated['rows_per_s']:,.0f} rows/s = {result['ratio_two_replicas_vs_copy']}x COPY |"
     )
+    if default_pairs:
+        print(
+            f"| ingest, 2 replicas with the service's defaults ({process_settings()}) | "
+            f"{result['ingest_two_replicas_default_settings']['rows_per_s']:,.0f} rows/s = "
+            f"{result['ratio_two_replicas_default_settings_vs_copy']}x COPY; base / defaults "
+            f"by round {result['base_vs_default_settings_each_round']} |"
+        )
     print(
         f"| ingest (2 events/row, shuffled) | {double['rows_per_s']:,.0f} rows/s, "
         f"{double['events_per_s']:,.0f} events/s = {result['ratio_two_events_vs_copy']}x COPY |"
@@ -662,6 +728,11 @@ if __name__ == "__main__":
         default=BATCH_SIZE,
         help=f"INGEST_BATCH_SIZE of the ingest processes (default: the service's, {BATCH_SIZE})",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run two replicas with the service's defaults in every round (paired)",
+    )
     args = parser.parse_args()
     BATCH_SIZE = args.batch_size
-    asyncio.run(main(args.quick, args.reuse, args.rounds, args.nats_url))
+    asyncio.run(main(args.quick, args.reuse, args.rounds, args.nats_url, args.compare))

@@ -26,10 +26,11 @@ class IngestSettings(CommonSettings):
     retry_max: float = Field(default=5.0, gt=0)
     db_pool_size: int = Field(default=4, ge=1)
     #: Batches processed at once (each in its own transaction; rows are locked per execution).
-    #: Two: Python folds and encodes one while Postgres writes the other (with one, a single
-    #: process left the machine 40% idle; four only contended in Postgres). Each holds up to
-    #: batch_size advisory locks: replicas x max_in_flight x batch_size must fit Postgres's
-    #: lock table.
+    #: Two: a lone process folds and encodes one while Postgres writes the other (with one, it
+    #: left the machine ~38% idle; four only contended in Postgres). Replicas do better with
+    #: one batch of 2,000 each (the Kubernetes base): the others keep Postgres busy. Each
+    #: holds up to batch_size advisory locks: replicas x max_in_flight x batch_size must fit
+    #: Postgres's lock table.
     max_in_flight: int = Field(default=2, ge=1, le=16)
     lag_poll_interval: float = Field(default=5.0, gt=0)
     #: How often the running/stuck gauges are read from Postgres (seconds).

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from services.ingest.gateway import MAX_BODY_BYTES
+from services.ingest.settings import IngestSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -276,3 +277,24 @@ def test_secrets_dev_generated_production_external(rendered: tuple[str, list[Doc
     else:
         (secret,) = secrets
         assert secret["stringData"]["DATABASE_URL"].startswith("postgresql://")
+
+
+def test_ingest_lock_room_per_replica_stays_that_of_one_default_process(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    """Each batch in flight holds one advisory lock per execution until it commits: the
+    overlays may shape ingest's batches for their replica count, but no replica may ask for
+    more of Postgres's shared lock table than one process with the service's defaults, and
+    the replicas together stay within the stock table's lower bound (64 locks per
+    transaction x 100 connections)."""
+    overlay, docs = rendered
+    config = one(docs, "ConfigMap", "fleetwatch-config")["data"]
+    defaults = IngestSettings.model_fields
+    batch = int(config.get("INGEST_BATCH_SIZE", defaults["batch_size"].default))
+    in_flight = int(config.get("INGEST_MAX_IN_FLIGHT", defaults["max_in_flight"].default))
+    per_replica = batch * in_flight
+    assert per_replica <= defaults["batch_size"].default * defaults["max_in_flight"].default
+    replicas = one(docs, "Deployment", "fleetwatch-ingest")["spec"]["replicas"]
+    assert replicas * per_replica <= 64 * 100, (overlay, replicas, per_replica)
+    if replicas == 1:  # a lone process overlaps its own batches
+        assert in_flight >= 2, overlay
