@@ -9,7 +9,11 @@ the advisory lock of the first chunk's execution from another connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
+import asyncpg
 import pytest
 from nats.js import JetStreamContext
 
@@ -31,6 +35,34 @@ def _sizes(metrics: IngestMetrics) -> tuple[float | None, float | None]:
     )
 
 
+@dataclass
+class _OneSlot:
+    consumer: BatchConsumer
+    metrics: IngestMetrics
+    pool: asyncpg.Pool
+    blocker: asyncpg.Connection
+
+
+@contextlib.asynccontextmanager
+async def _one_slot(
+    js: JetStreamContext, database_url: str, subjects: Subjects, org: str, held: str
+) -> AsyncIterator[_OneSlot]:
+    """A consumer with one slot and batches of up to 10, whose first batch cannot commit:
+    execution `held` is locked from another connection until `blocker` unlocks it."""
+    pool = await create_pool(database_url)
+    blocker = await connect(database_url)
+    metrics = IngestMetrics.create()
+    consumer = BatchConsumer(
+        pool=pool, js=js, subjects=subjects, metrics=metrics, max_in_flight=1, batch_size=10
+    )
+    try:
+        await blocker.execute("SELECT pg_advisory_lock($1)", lock_key(org, held))
+        yield _OneSlot(consumer, metrics, pool, blocker)
+    finally:
+        await blocker.close()
+        await pool.close()
+
+
 @pytest.mark.timeout(60)
 async def test_chunks_waiting_for_a_slot_become_one_batch(
     nats_url: str, database_url: str, subjects: Subjects, org: str
@@ -44,20 +76,9 @@ async def _coalesce(js: JetStreamContext, database_url: str, subjects: Subjects,
     chunks = [await pull.fetch(3, timeout=5) for _ in range(5)]
     assert [len(c) for c in chunks] == [3] * 5
 
-    pool = await create_pool(database_url)
-    blocker = await connect(database_url)
-    metrics = IngestMetrics.create()
-    consumer = BatchConsumer(
-        pool=pool,
-        js=js,
-        subjects=subjects,
-        metrics=metrics,
-        max_in_flight=1,
-        batch_size=10,
-    )
-    try:
-        # The first chunk's execution is locked elsewhere: its batch holds the only slot.
-        await blocker.execute("SELECT pg_advisory_lock($1)", lock_key(org, "co00"))
+    # The first chunk's execution is locked elsewhere: its batch holds the only slot.
+    async with _one_slot(js, database_url, subjects, org, "co00") as slot:
+        consumer, metrics = slot.consumer, slot.metrics
         await consumer.submit(chunks[0])  # a slot is free: it starts at once
         await asyncio.sleep(0.3)
         assert _sizes(metrics) == (1.0, 3.0)
@@ -69,19 +90,16 @@ async def _coalesce(js: JetStreamContext, database_url: str, subjects: Subjects,
         await asyncio.sleep(0.3)
         assert not fifth.done()
 
-        await blocker.execute("SELECT pg_advisory_unlock_all()")
+        await slot.blocker.execute("SELECT pg_advisory_unlock_all()")
         await asyncio.wait_for(fifth, timeout=10)
         await asyncio.wait_for(consumer.drain(), timeout=20)
         assert _sizes(metrics) == (3.0, 15.0)  # batches of 3, 9 and 3
 
-        async with pool.acquire() as conn:
+        async with slot.pool.acquire() as conn:
             stored = await conn.fetchval("SELECT count(*) FROM executions WHERE org = $1", org)
         assert stored == 15
         # Every message acked after its commit (the server applies acks asynchronously).
         assert await acks_pending_settle(pull) == 0
-    finally:
-        await blocker.close()
-        await pool.close()
 
 
 @pytest.mark.timeout(60)
@@ -106,32 +124,18 @@ async def test_a_chunk_waiting_for_a_slot_is_validated_on_arrival(
             subjects.all_events, "prevalidate", stream=subjects.events_stream
         )
         first, second = [await pull.fetch(3, timeout=5) for _ in range(2)]
-        pool = await create_pool(database_url)
-        blocker = await connect(database_url)
-        consumer = BatchConsumer(
-            pool=pool,
-            js=p.js,
-            subjects=subjects,
-            metrics=IngestMetrics.create(),
-            max_in_flight=1,
-            batch_size=10,
-        )
-        try:
-            await blocker.execute("SELECT pg_advisory_lock($1)", lock_key(org, "pv00"))
-            await consumer.submit(first)  # takes the only slot, then waits for the lock
+        async with _one_slot(p.js, database_url, subjects, org, "pv00") as slot:
+            await slot.consumer.submit(first)  # takes the only slot, then waits for the lock
             await asyncio.sleep(0.3)
             assert len(validated) == 3
 
-            await asyncio.wait_for(consumer.submit(second), timeout=2)  # waits for the slot
+            await asyncio.wait_for(slot.consumer.submit(second), timeout=2)  # waits for a slot
             assert len(validated) == 6  # ... already validated
 
-            await blocker.execute("SELECT pg_advisory_unlock_all()")
-            await asyncio.wait_for(consumer.drain(), timeout=20)
+            await slot.blocker.execute("SELECT pg_advisory_unlock_all()")
+            await asyncio.wait_for(slot.consumer.drain(), timeout=20)
             assert len(validated) == 6  # once each
-            async with pool.acquire() as conn:
+            async with slot.pool.acquire() as conn:
                 stored = await conn.fetchval("SELECT count(*) FROM executions WHERE org = $1", org)
             assert stored == 6
             assert await acks_pending_settle(pull) == 0
-        finally:
-            await blocker.close()
-            await pool.close()
