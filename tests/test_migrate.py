@@ -91,3 +91,30 @@ async def test_a_database_owner_without_superuser_can_migrate_and_serve_scoped_r
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'DROP ROLE IF EXISTS "{user}"')
         await admin.close()
+
+
+async def test_an_owner_without_createrole_migrates_once_an_admin_made_the_role() -> None:
+    """A database owner that may not create roles: a superuser makes `fleetwatch_app` and
+    grants it (as docs/deploy.md says), and then the owner's own `migrate` must go through."""
+    suffix = uuid.uuid4().hex[:10]
+    user, name = f"fwplain_{suffix}", f"fwmig_{suffix}"
+    admin = await asyncpg.connect(DATABASE_URL)
+    await admin.execute(f'CREATE ROLE "{user}" LOGIN NOCREATEROLE NOSUPERUSER')
+    await admin.execute(f'CREATE DATABASE "{name}" OWNER "{user}"')
+    try:
+        await admin.execute(
+            "DO $$ BEGIN CREATE ROLE fleetwatch_app NOLOGIN; "
+            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        )
+        await admin.execute(f'GRANT fleetwatch_app TO "{user}"')
+        conn = await connect(_as_user(with_database(DATABASE_URL, name), user))
+        try:
+            applied = await migrate(conn)
+            assert applied == [m.name for m in load_migrations()]
+            assert await conn.fetchval(APP_ROLE_USABLE) is True
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{user}"')
+        await admin.close()

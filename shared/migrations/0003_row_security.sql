@@ -1,10 +1,14 @@
 -- The second lock: the application role reads only rows of the org set in `fleetwatch.org`
 -- for its transaction; with no org set it reads nothing.
+-- Made only where missing: CREATE ROLE checks CREATEROLE before it looks for the role, so a
+-- database owner without that right migrates once a superuser has made it (docs/deploy.md).
 DO $$
 BEGIN
-    CREATE ROLE fleetwatch_app NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fleetwatch_app') THEN
+        CREATE ROLE fleetwatch_app NOLOGIN;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    NULL;  -- another migrator made it meanwhile
 END
 $$;
 
