@@ -7,13 +7,16 @@ costs a thousand events' work, not millions.
 
 An event passes only if the bytes the gateway will publish pass ingest's own rules (the
 contract model, the size limit and `shared.validation.has_nul`), so nothing answered 202 is
-dead-lettered for its content. Two events of a batch with one `event_id` must be the same
-bytes: JetStream keeps only the first of them (`Nats-Msg-Id`), so a different second one
-would be lost.
+dead-lettered for its content. orjson reads an integer past 64 bits as a float; so that such
+a number is refused (as ingest refuses it) rather than published rounded, a body holding a
+long run of digits is read again with the standard library, which keeps integers exact.
+Two events of a batch with one `event_id` must be the same bytes: JetStream keeps only the
+first of them (`Nats-Msg-Id`), so a different second one would be lost.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -35,6 +38,45 @@ _LINE = re.compile(rb"\S[^\r\n]*")
 #: Where a JSON array's items begin.
 _ARRAY_START = re.compile(rb"[ \t\r\n]*\[")
 _STRING = rb'"(?:[^"\\]++|\\.)*+"'
+
+
+#: Digits enough for an integer past 64 bits (-2**63 and 2**64 - 1 have 19 and 20 digits).
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _exact(data: bytes, parsed: Any) -> Any:
+    """`parsed` (orjson's reading of `data`), with integers past 64 bits kept as integers
+    rather than floats, so that the check refuses them. Only bytes orjson read come here, so
+    the standard library reads them too, but for nesting past Python's recursion limit."""
+    if _LONG_DIGITS.search(data) is None:
+        return parsed
+    try:
+        return json.loads(data)
+    except RecursionError:  # too deep to publish anyway: refused for its depth
+        return parsed
+
+
+def _big_integer(value: Any) -> tuple[str | int, ...] | None:
+    """The path to the first integer past 64 bits in `value`, or None. Linear in its size,
+    without recursion: each node keeps its parent's place, and one path is built at the end."""
+    # (parent's index in `seen`, key there) of each node visited
+    seen: list[tuple[int, str | int]] = []
+    stack: list[tuple[Any, int, str | int]] = [(value, -1, "")]
+    while stack:
+        node, parent, key = stack.pop()
+        if isinstance(node, dict | list):
+            seen.append((parent, key))
+            here = len(seen) - 1
+            children = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((child, here, k) for k, child in reversed(list(children)))
+        elif type(node) is int and not _INT_MIN <= node <= _INT_MAX:
+            path = [key]
+            while parent > 0:
+                parent, key = seen[parent]
+                path.append(key)
+            return tuple(reversed(path)) if parent == 0 else ()
+    return None
 
 
 def _nesting(levels: int) -> bytes:
@@ -113,7 +155,7 @@ def _ndjson(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]
         if limit is not None and len(items) == limit:
             raise TooManyEventsError(limit)
         try:
-            items.append(orjson.loads(line.group()))
+            items.append(_exact(line.group(), orjson.loads(line.group())))
         except orjson.JSONDecodeError as exc:
             errors.append(FieldError(len(items), "event", f"not JSON: {exc}"))
             items.append(_UNPARSED)
@@ -169,7 +211,7 @@ def _json(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]]:
     if limit is not None and _more_items_than(body, limit):
         raise TooManyEventsError(limit)
     try:
-        parsed = orjson.loads(body)
+        parsed = _exact(body, orjson.loads(body))
     except orjson.JSONDecodeError as exc:
         if _ndjson_sent_as_json(body):
             return _ndjson(body, limit)
@@ -230,8 +272,12 @@ def check_event(
     # Measured and checked as published: with the org the key added.
     try:
         payload = orjson.dumps(raw)
-    except orjson.JSONEncodeError:
-        # orjson reads 1024 levels but writes 254; from what it read, depth is all that fails.
+    except orjson.JSONEncodeError as exc:
+        # orjson reads 1024 levels but writes 254; from what it read, depth is all that fails,
+        # but for an integer past 64 bits (`_exact`), which ingest refuses too.
+        big = _big_integer(raw) if "64-bit" in str(exc) else None
+        if big is not None:
+            return None, [FieldError(index, _loc(big), "integers must fit 64 bits")]
         return None, [_too_deep(index, raw)]
     if len(payload) > MAX_EVENT_BYTES:
         return None, [
