@@ -12,7 +12,7 @@ import nats.js.errors
 import orjson
 from pydantic import ValidationError
 
-from shared.events import MAX_EVENT_BYTES, Event, EventType, is_valid_name
+from shared.events import MAX_EVENT_BYTES, MAX_ID, Event, EventType, is_valid_name
 from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode
 from shared.subjects import Subjects
 from shared.validation import NUL_REFUSED, Rejected, has_nul, nul_field, validate
@@ -33,6 +33,11 @@ class InvalidEventError(ValueError):
     @property
     def holds_nul(self) -> bool:
         return self.detail == NUL_REFUSED
+
+    @property
+    def holds_surrogate(self) -> bool:
+        """Refused for a lone surrogate in a string, which no UTF-8 encoder writes."""
+        return self.reason == "not_json" and "surrogates not allowed" in self.detail
 
 
 def subject_of(subjects: Subjects, event: dict[str, Any]) -> str:
@@ -67,7 +72,13 @@ def checked(
     the subject and the bytes show at once (see `check_light`)."""
     if subject is None:
         subject = subject_of(subjects, event)
-    event_id = str(event.get("event_id"))
+    raw_id = event.get("event_id")
+    event_id = str(raw_id)
+    if not isinstance(raw_id, str) or not raw_id:
+        # Sent, it would be dead-lettered, and its dedupe id (`<org>:None`, `<org>:5`) would
+        # make JetStream drop every later event with that id (valid ones too) as a repeat.
+        detail = f"{raw_id!r}: text of 1 to {MAX_ID} characters required"
+        raise InvalidEventError(event_id, "event_id", "schema", detail)
     try:
         payload = encode(event)
     except TypeError as exc:  # orjson.JSONEncodeError: not a JSON value

@@ -29,7 +29,7 @@ from shared.publisher.checks import (
 )
 from shared.publisher.envelope import MSG_ID_HEADER, OutgoingEvent, agent_of, dedupe_id, encode
 from shared.publisher.run import Run, TerminateCallback, current_run
-from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError
+from shared.publisher.spool import DEFAULT_MAX_BYTES, Spool, SpoolFullError, SpoolRecordError
 from shared.publisher.terminate import TerminateResponder
 from shared.subjects import Subjects
 from shared.urls import redacted
@@ -287,15 +287,19 @@ class Fleet:
             if not self.strict:
                 key = (event["org"], agent_of(event), event["type"])
                 subject = self._subject_cache.get(key)
-                if subject is not None:
+                raw_id = event["event_id"]
+                # Not text: `prepare` refuses it (its dedupe id could hide another event).
+                if subject is not None and type(raw_id) is str and raw_id:
                     payload = encode(event)
+                else:
+                    subject = None
         except (KeyError, ValueError, TypeError):
             subject = None
         if subject is None or len(payload) > MAX_EVENT_BYTES or has_nul(payload):
             out = self.prepare(event)
             subject, event_id, payload = out.subject, out.event_id, out.payload
         else:
-            event_id = dedupe_id(key[0], str(event["event_id"]))
+            event_id = dedupe_id(key[0], raw_id)
         js, spool = self._js, self.spool
         if js is None or (spool is not None and (spool.pending or not self.connected)):
             return await self._deliver(OutgoingEvent(subject, event_id, payload))
@@ -421,7 +425,14 @@ class Fleet:
         """Re-send the spool head in order; False when JetStream stopped acknowledging."""
         assert self.spool is not None
         while self.spool.pending:
-            batch = self.spool.read(_DRAIN_CHUNK)
+            try:
+                batch = self.spool.read(_DRAIN_CHUNK)
+            except SpoolRecordError as exc:
+                # Nothing can send it (there is no event to give `on_overflow` either).
+                log.error("%s; dropped: %r", exc, exc.line[:200])
+                self.stats.dropped += 1
+                self.spool.commit(exc.end, 1)
+                continue
             if not batch:
                 return True
             # Pipelined on one connection, so JetStream stores them in spool order; a failure

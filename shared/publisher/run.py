@@ -33,6 +33,15 @@ TerminateCallback = Callable[[str | None], Awaitable[None] | None]
 #: The run whose body is executing in this task, so nested runs link to it as parent.
 current_run: ContextVar[Run | None] = ContextVar("fleetwatch_current_run", default=None)
 
+#: Async `on_terminate` callbacks still running (a reference keeps each task alive).
+_callbacks: set[asyncio.Future[Any]] = set()
+
+
+def _callback_done(task: asyncio.Future[Any]) -> None:
+    _callbacks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("on_terminate raised", exc_info=task.exception())
+
 
 def _adapter(name: str) -> TypeAdapter[Any]:
     # `Count | None`, `Annotated[float, Field(...)] | None`: the limits are in the annotation.
@@ -87,12 +96,12 @@ def _exception_text(exc: BaseException) -> str:
 
 
 async def _send(fleet: Fleet, event: dict[str, Any]) -> None:
-    """Publish what a run captured; NUL in a JSON field (tool calls, a step's input or
-    output) is replaced as in the text fields, which `fit_text` already cleaned."""
+    """Publish what a run captured; NUL or a lone surrogate in a string (tool calls, a
+    step's input or output, short text) is replaced as `fit_text` does in long text."""
     try:
         await fleet.publish(event)
     except InvalidEventError as exc:
-        if not exc.holds_nul:
+        if not (exc.holds_nul or exc.holds_surrogate):
             raise
         await fleet.publish(scrub_nul(event))
 
@@ -272,9 +281,17 @@ class Run:
         self.terminate_requested = True
         self.terminate_reason = reason or "terminated on request"
         if self._on_terminate is not None:
-            result = self._on_terminate(self.terminate_reason)
-            if inspect.isawaitable(result):
-                await result
+            # The requester waits for the answer, which must not wait for the agent's own
+            # stopping (nor fail with it): an async callback runs on after the answer.
+            try:
+                result = self._on_terminate(self.terminate_reason)
+            except Exception:
+                log.exception("on_terminate of run %s raised", self.id)
+            else:
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    _callbacks.add(task)
+                    task.add_done_callback(_callback_done)
         elif self._cancel_task and self._task is not None and not self._task.done():
             self._we_cancelled = True
             self._task.cancel(self.terminate_reason)

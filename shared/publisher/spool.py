@@ -1,9 +1,11 @@
 """A bounded, ordered file spool for events JetStream has not acknowledged.
 
 Layout of a spool directory: `events.log` holds one record per line
-(`["<subject>","<event_id>"]<TAB><payload>`), appended in publish order; `offset` holds the
-byte position up to which records are acknowledged; `lock` keeps a second process out.
-A record torn by a crash (no trailing newline) is dropped at open: its event was never
+(`["<subject>","<event_id>"]<TAB><payload>`), appended in publish order; a payload holding a
+line break (a ready-made event sent pretty-printed, which ingest takes) is stored as
+`["<subject>","<event_id>","b64"]<TAB><base64 of the payload>`, so that it stays one line;
+`offset` holds the byte position up to which records are acknowledged; `lock` keeps a second
+process out. A record torn by a crash (no trailing newline) is dropped at open: its event was never
 reported as spooled, because `append` returns only after the full line is written. A write
 that fails (disk full) is cut off at once, so the next record starts where the last good one
 ended; nothing is buffered in the process between appends.
@@ -11,6 +13,7 @@ ended; nothing is buffered in the process between appends.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import os
@@ -36,13 +39,34 @@ class SpoolLockedError(SpoolError):
     """Another process holds this spool directory."""
 
 
+class SpoolRecordError(SpoolError):
+    """The record at the spool's head cannot be decoded (written by an older client that
+    split a payload's lines into records, or damaged on disk); `end` is the offset just past
+    it, to commit it as done: it can never be sent, and left there it would hold the head."""
+
+    def __init__(self, end: int, line: bytes, cause: Exception) -> None:
+        super().__init__(f"spool record ending at byte {end} cannot be read: {cause!r}")
+        self.end = end
+        self.line = line
+
+
+#: Marks a record whose payload is stored base64-encoded (it holds a line break).
+_BASE64 = "b64"
+
+
 def encode_record(event: OutgoingEvent) -> bytes:
+    if b"\n" in event.payload:
+        # Written as it is, the payload's line breaks would split it into several records.
+        head = orjson.dumps([event.subject, event.event_id, _BASE64])
+        return head + b"\t" + base64.b64encode(event.payload) + b"\n"
     return orjson.dumps([event.subject, event.event_id]) + b"\t" + event.payload + b"\n"
 
 
 def decode_record(line: bytes) -> OutgoingEvent:
     head, _, payload = line.rstrip(b"\n").partition(b"\t")
-    subject, event_id = orjson.loads(head)
+    subject, event_id, *encoding = orjson.loads(head)
+    if encoding == [_BASE64]:
+        payload = base64.b64decode(payload, validate=True)
     return OutgoingEvent(subject=str(subject), event_id=str(event_id), payload=payload)
 
 
@@ -83,7 +107,12 @@ class Spool:
         log_path.touch()
         ends = self._scan(log_path)
         self._size = ends[-1] if ends else 0
-        self._offset = min(self._read_offset(), self._size)
+        stored = self._read_offset()
+        self._offset = min(stored, self._size)
+        if stored != self._offset:
+            # Past the end (a crash between emptying the file and storing offset 0): left
+            # there, it would skip the records appended from now on at the next open.
+            self._write_offset()
         self._pending = sum(1 for end in ends if end > self._offset)
         self._log = self._open_log()
 
@@ -178,7 +207,9 @@ class Spool:
     # -- reading -----------------------------------------------------------------------------
 
     def read(self, limit: int) -> list[tuple[int, OutgoingEvent]]:
-        """Up to `limit` records from the head, each with the offset just past it."""
+        """Up to `limit` records from the head, each with the offset just past it. They stop
+        before a record that cannot be decoded; at the head, that one raises
+        `SpoolRecordError`."""
         out: list[tuple[int, OutgoingEvent]] = []
         with (self.directory / "events.log").open("rb") as handle:
             handle.seek(self._offset)
@@ -187,8 +218,14 @@ class Spool:
                 line = handle.readline()
                 if not line.endswith(b"\n"):
                     break
+                try:
+                    event = decode_record(line)
+                except (ValueError, TypeError) as exc:  # orjson, base64, unpacking
+                    if out:
+                        break
+                    raise SpoolRecordError(position + len(line), line, exc) from exc
                 position += len(line)
-                out.append((position, decode_record(line)))
+                out.append((position, event))
         return out
 
     def commit(self, end: int, count: int) -> None:
@@ -199,6 +236,8 @@ class Spool:
         self._offset = end
         self._pending = max(0, self._pending - count)
         if self._offset >= self._size and self._file_size() == self._offset:
+            # Offset first: a crash between the two re-sends records (deduped), never skips.
+            self._offset_write(0)
             self._log.truncate(0)
             self._offset = self._size = self._pending = 0
         elif self._offset > self.max_bytes:
