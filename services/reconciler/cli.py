@@ -189,6 +189,14 @@ async def _pass(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 file=err,
             )
             return 2
+        if args.engine is not None and args.engine not in reconciler.engines:
+            # Else a typo would check nothing and report "0 mismatches" as if all were well.
+            print(
+                f"fleetwatch reconcile: engine {args.engine!r} is not configured "
+                f"(configured: {', '.join(sorted(reconciler.engines))})",
+                file=err,
+            )
+            return 2
         report = await reconciler.run_pass(
             repo.Filters(args.org, args.agent, args.engine),
             fix=bool(args.fix),
@@ -234,6 +242,8 @@ def main(argv: Sequence[str] = ()) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "find-running":
+        if args.fix:
+            parser.error("find-running only lists; use --fix alone to publish corrections")
         return asyncio.run(_find_running(args, sys.stdout))
     if args.command is None and not (args.dry_run or args.fix):
         parser.error("give a command (find-running, cross-reference) or --dry-run / --fix")

@@ -131,7 +131,10 @@ class Reconciler:
         self.lookback = lookback
         self.component_window = component_window
         self.component_engines = tuple(component_engines)
-        self.is_leader = False
+        #: The lock `run` leads by: whether we lead is asked of it, not remembered from the
+        #: last pass, so a lease lost between passes stops the claim at once.
+        self._lock: LeaderLock | None = None
+        self.metrics.leader.set_function(lambda: 1.0 if self.is_leader else 0.0)
         # Runs synced in the background, by the row version synced: a sync that published
         # only duplicates writes no step, so without this the same run would be fetched again.
         self._synced: TTLCache[tuple[str, str], datetime] = TTLCache(
@@ -146,6 +149,11 @@ class Reconciler:
         self._first_listed: TTLCache[RunKey, datetime] = TTLCache(
             maxsize=100_000, ttl=max(2 * lookback.total_seconds(), 1.0)
         )
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica holds the leader lock now (`reconciler_leader`, `/readyz`)."""
+        return self._lock is not None and self._lock.held
 
     async def _lookup(self, row: Row, breaker: Breaker) -> Lookup | None:
         """What the engine says of the row's run; None when the breaker kept it from asking."""
@@ -206,24 +214,34 @@ class Reconciler:
     async def _listed(
         self, engines: Sequence[str], now: datetime, report: PassReport
     ) -> list[EngineRun]:
-        listed: list[EngineRun] = []
-        for name in engines:
-            try:
-                listed += await self.engines[name].list_runs(now - self.lookback, now)
-                problems = list(getattr(self.engines[name], "listing_problems", ()))
-                for problem in problems[:LISTING_PROBLEMS_SHOWN]:
-                    report.decisions.append(_listing_problem(name, f"listing runs: {problem}"))
-                if len(problems) > LISTING_PROBLEMS_SHOWN:
-                    more = f"and {len(problems) - LISTING_PROBLEMS_SHOWN} more unreadable runs"
-                    report.decisions.append(_listing_problem(name, f"listing runs: {more}"))
-                if problems:
-                    self.metrics.engine_errors.labels(name).inc(len(problems))
-            except Exception as exc:  # an adapter bug must not stop the pass either
-                if not isinstance(exc, EngineError):
-                    log.exception("engine %s failed to list runs", name)
-                self.metrics.engine_errors.labels(name).inc()
-                report.engine_errors.append(str(exc))
-                report.decisions.append(_listing_problem(name, f"listing runs failed: {exc}"))
+        """Every engine's listing, side by side and each within `engine_pass_timeout_s` (run
+        beside the lookups), so a silent engine's listing holds up no other engine either."""
+        found = await asyncio.gather(*(self._listed_one(name, now, report) for name in engines))
+        return [run for runs in found for run in runs]
+
+    async def _listed_one(self, name: str, now: datetime, report: PassReport) -> list[EngineRun]:
+        limit = asyncio.timeout(self.engine_pass_timeout_s)
+        try:
+            async with limit:
+                listed = await self.engines[name].list_runs(now - self.lookback, now)
+        except Exception as exc:  # an adapter bug must not stop the pass either
+            error = str(exc)
+            if limit.expired():
+                error = f"{name}: no listing within {self.engine_pass_timeout_s:g} s this pass"
+            elif not isinstance(exc, EngineError):
+                log.exception("engine %s failed to list runs", name)
+            self.metrics.engine_errors.labels(name).inc()
+            report.engine_errors.append(error)
+            report.decisions.append(_listing_problem(name, f"listing runs failed: {error}"))
+            return []
+        problems = list(getattr(self.engines[name], "listing_problems", ()))
+        for problem in problems[:LISTING_PROBLEMS_SHOWN]:
+            report.decisions.append(_listing_problem(name, f"listing runs: {problem}"))
+        if len(problems) > LISTING_PROBLEMS_SHOWN:
+            more = f"and {len(problems) - LISTING_PROBLEMS_SHOWN} more unreadable runs"
+            report.decisions.append(_listing_problem(name, f"listing runs: {more}"))
+        if problems:
+            self.metrics.engine_errors.labels(name).inc(len(problems))
         return listed
 
     async def run_pass(
@@ -237,19 +255,30 @@ class Reconciler:
         engines = [n for n in self.engines if filters.engine in (None, n)]
         async with self.pool.acquire() as conn:
             rows = await repo.open_rows(conn, engines, filters)
-        lookups = await self._lookups(rows, now, progress)
+        # Listings run beside the lookups: each engine costs the pass at most its time limit.
+        listing = asyncio.create_task(self._listed(engines, now, report))
+        try:
+            lookups = await self._lookups(rows, now, progress)
+        except BaseException:
+            listing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listing
+            raise
         report.checked = len(lookups)
         report.engine_errors += [lk.error for lk in lookups.values() if lk.error]
+        everything = await listing
         listed = [
             run
-            for run in await self._listed(engines, now, report)
+            for run in everything
             if filters.org in (None, run.org) and filters.agent in (None, run.agent_name)
         ]
-        for run in listed:
+        for run in everything:
             self._first_listed.setdefault((run.engine, run.external_id), now)
         open_keys = {(r.org, r.id) for r in rows}
+        # Finished rows are matched against the whole listing: `--org` / `--agent` narrow the
+        # rows and the orphans, but a run that names no org or agent may be a row's all the same.
         runs_by_key: defaultdict[tuple[str, str], list[EngineRun]] = defaultdict(list)
-        for run in listed:
+        for run in everything:
             runs_by_key[(run.engine, run.external_id)].append(run)
         # Rows of every org using the run ids in play (listed or looked up): a run that names
         # no org is nobody's orphan while one may be its, and a run that names no execution
@@ -258,7 +287,7 @@ class Reconciler:
         targets = [t for run in listed if (t := orphan_target(run, self.policy)) is not None]
         async with self.pool.acquire() as conn:
             for name in engines:
-                ids = {run.external_id for run in listed if run.engine == name}
+                ids = {run.external_id for run in everything if run.engine == name}
                 ids |= {r.external_id for r in rows if r.engine == name and r.external_id}
                 stored += await repo.rows_by_external_ids(conn, name, sorted(ids))
             existing = await repo.existing_executions(conn, targets)
@@ -278,7 +307,17 @@ class Reconciler:
             if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
                 extra.append(decision)
         report.decisions += (
-            reconcile(rows, lookups, listed, stored, now, self.policy, existing, self._first_listed)
+            reconcile(
+                rows,
+                lookups,
+                listed,
+                stored,
+                now,
+                self.policy,
+                existing,
+                self._first_listed,
+                sparing=everything,
+            )
             + extra
         )
         by_kind = Counter(decision.kind.value for decision in report.mismatches)
@@ -426,13 +465,13 @@ class Reconciler:
         on_pass: Callable[[PassReport], None] | None = None,
     ) -> None:
         """Until `stop`: as the leader, run a pass every `interval` seconds; else keep trying."""
+        self._lock = leader
         while not stop.is_set():
             try:
-                self.is_leader = await leader.try_acquire()
-                self.metrics.leader.set(1 if self.is_leader else 0)
-                if not self.is_leader:  # what it found as leader is another's to report now
+                leading = await leader.try_acquire()
+                if not leading:  # what it found as leader is another's to report now
                     self.metrics.mismatches_last_pass.clear()
-                if self.is_leader:
+                if leading:
                     with self.metrics.loop_duration.time():
                         report = await self.run_pass(fix=fix)
                         if fix:
@@ -456,5 +495,4 @@ class Reconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
         await leader.release()
-        self.is_leader = False
-        self.metrics.leader.set(0)
+        self._lock = None

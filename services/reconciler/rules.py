@@ -199,7 +199,11 @@ def unattributable(row: Row, run: EngineRun, holders: Holders) -> str | None:
 def run_for(row: Row, runs: Iterable[EngineRun], holders: Holders) -> EngineRun | None:
     """The one listed run that is this row's, or None when none or several could be."""
     candidates = [
-        run for run in runs if belongs(run, row) and unattributable(row, run, holders) is None
+        run
+        for run in runs
+        if belongs(run, row)
+        and unattributable(row, run, holders) is None
+        and not started_after_it_ended(row, run)
     ]
     named = [run for run in candidates if run.execution_id == row.id]
     if named:
@@ -226,6 +230,18 @@ _DAWN = datetime(1, 1, 1, tzinfo=UTC)
 CLOCK_SKEW = timedelta(seconds=30)
 
 
+def started_after_it_ended(row: Row, run: EngineRun) -> bool:
+    """A run that names no execution and started after this row's execution had ended: a
+    later run under a reused id (its row on its way, without its run id, or of a team that
+    does not report to us), never this row's to correct or to copy steps from."""
+    return (
+        run.execution_id is None
+        and run.started_at is not None
+        and row.completed_at is not None
+        and run.started_at > row.completed_at + CLOCK_SKEW
+    )
+
+
 def steps_refusal(row: Row, run: EngineRun, holders: Holders) -> str | None:
     """Why the steps of `run` must not be written into `row` (None: they may).
 
@@ -239,12 +255,7 @@ def steps_refusal(row: Row, run: EngineRun, holders: Holders) -> str | None:
     doubt = unattributable(row, run, holders)
     if doubt is not None:
         return doubt
-    if (
-        run.execution_id is None
-        and run.started_at is not None
-        and row.completed_at is not None
-        and run.started_at > row.completed_at + CLOCK_SKEW
-    ):
+    if started_after_it_ended(row, run):
         return (
             f"{row.engine} run {row.external_id!r} names no execution and started after this "
             "one ended (a later run under a reused id)"
@@ -497,16 +508,20 @@ def reconcile(
     policy: Policy,
     existing: Collection[tuple[str, str]] = (),
     first_seen: Mapping[RunKey, datetime] = _NONE_SEEN,
+    sparing: Sequence[EngineRun] | None = None,
 ) -> list[Decision]:
     """Every decision of one pass: one per row, then one per engine run we have no row for.
 
-    `stored` are our rows (of every org) using the run ids of `rows` and `listed`.
+    `stored` are our rows (of every org) using the run ids of `rows` and `listed`. `sparing`
+    is the whole listing when `listed` was narrowed to one org or agent: a run that names
+    neither may still be a row's (default: `listed`).
     """
     rows = list(rows)
     holders = Holders.of([*rows, *stored])
+    spare_from = listed if sparing is None else sparing
     decisions = [
         _spare_listed(
-            decide_row(row, lookups.get((row.org, row.id)), now, policy, holders), listed, policy
+            decide_row(row, lookups.get((row.org, row.id)), now, policy, holders), spare_from
         )
         for row in rows
     ]
@@ -514,16 +529,17 @@ def reconcile(
     return decisions
 
 
-def _spare_listed(decision: Decision, listed: Sequence[EngineRun], policy: Policy) -> Decision:
+def _spare_listed(decision: Decision, listed: Sequence[EngineRun]) -> Decision:
     """A row about to be failed for lacking its run id, while the engine lists a run that
-    names it (the event carrying the id was lost): flagged with that run, never failed."""
+    names it (the event carrying the id was lost): flagged with that run, never failed.
+
+    A run that names the execution but no org may be this row's (most engines know no org):
+    it spares the row too, whoever `ORPHAN_ORG` names. Flagging is safe; failing a run the
+    engine may still be running is not."""
     if decision.kind is not Kind.MISSING_EXTERNAL_ID or decision.action is not Action.PUBLISH:
         return decision
     for run in listed:
-        if (
-            run.execution_id == decision.execution_id
-            and (run.org or policy.orphan_org) == decision.org
-        ):
+        if run.execution_id == decision.execution_id and run.org in (None, decision.org):
             return replace(
                 decision,
                 action=Action.FLAG,

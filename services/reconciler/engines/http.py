@@ -190,6 +190,9 @@ class HttpEngine:
         return self.parse_run(payload, external_id)
 
     async def list_runs(self, since: datetime, until: datetime) -> list[EngineRun]:
+        # The problems are this listing's: a listing that is gone (404) or fails has none of
+        # the last one's, which would otherwise be flagged and counted again every pass.
+        self.listing_problems = []
         if not self._config.list_path:
             return []
         params = {"since": since.isoformat(), "until": until.isoformat()}

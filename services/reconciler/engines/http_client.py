@@ -17,6 +17,9 @@ from urllib.parse import urlencode, urlsplit
 import h11
 
 READ_CHUNK = 65_536
+#: The largest answer read (a listing of 100,000 runs fits): an engine, or a proxy before it,
+#: that sends more, or without end, gets an error instead of the reconciler's memory.
+MAX_BODY_BYTES = 128 * 1024 * 1024
 
 
 class HttpTimeout(Exception):
@@ -29,6 +32,10 @@ class HttpConnectionError(Exception):
 
 class HttpRequestError(Exception):
     """The request cannot be sent as given (h11 refuses it); sending it again cannot help."""
+
+
+class HttpResponseTooLarge(HttpRequestError):
+    """The answer is larger than `MAX_BODY_BYTES`; asking again would only repeat it."""
 
 
 # A connection that failed in one of these ways is broken, whatever the request was.
@@ -124,6 +131,9 @@ class KeepAliveClient:
                 status = event.status_code
             elif isinstance(event, h11.Data):
                 body += event.data
+                if len(body) > MAX_BODY_BYTES:
+                    # The connection is closed by the caller (`_round_trip`), mid-answer.
+                    raise HttpResponseTooLarge(f"answer larger than {MAX_BODY_BYTES} bytes")
             elif isinstance(event, h11.EndOfMessage):
                 return HttpResponse(status, bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
