@@ -69,6 +69,7 @@ async def _seed(database_url: str, orgs: list[str]) -> None:
 def _wait_ready(name: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        _check_stop()
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
         try:
@@ -126,8 +127,22 @@ class _Stop(KeyboardInterrupt):
         super().__init__(self.signame)
 
 
+#: The stop signal received, if any. Its handler raises `_Stop` wherever the main thread is,
+#: and Python drops an exception raised inside a weakref callback or a finaliser ("Exception
+#: ignored in: ..."): the places `up` waits check this too, so no stop is lost.
+_stop_requested: int | None = None
+
+
 def _raise_stop(signum: int, _frame: object) -> None:
+    global _stop_requested
+    _stop_requested = signum
     raise _Stop(signum)
+
+
+def _check_stop() -> None:
+    """Raise `_Stop` for a stop signal whose exception was swallowed on its way."""
+    if _stop_requested is not None:
+        raise _Stop(_stop_requested)
 
 
 def _while_stopping(_signum: int, _frame: object) -> None:
@@ -150,6 +165,8 @@ def _export(name: str, url: str, shown: str) -> str:
 def main(argv: Sequence[str] = ()) -> int:
     # First of all: a SIGTERM (or the terminal's hang-up) at any point of the start must stop
     # what was started so far, not kill `up` and leave services and servers running.
+    global _stop_requested
+    _stop_requested = None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *_STOP_SIGNALS)}
     for sig in _STOP_SIGNALS:
         if previous[sig] is not signal.SIG_IGN:  # under nohup a hang-up stays ignored
@@ -247,6 +264,7 @@ def _run(
             env,
             logs / "demo.log",
         )
+    _check_stop()  # not "ready" after a stop
     token = mint_token(
         secret=settings.jwt_secret.get_secret_value(),
         org=orgs[0],
@@ -284,6 +302,7 @@ def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subproces
 
 def _supervise(children: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
     while True:
+        _check_stop()
         for name, process in children.items():
             if process.poll() is not None:
                 raise RuntimeError(
