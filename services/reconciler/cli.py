@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import nats
 import orjson
+from nats.aio.client import Client as NatsClient
 
 from services.reconciler import repo
 from services.reconciler.app import build_reconciler, close_reconciler
@@ -19,6 +20,7 @@ from services.reconciler.loop import PassReport
 from services.reconciler.rules import Decision, Row
 from services.reconciler.settings import ReconcilerSettings
 from shared.db import connect
+from shared.urls import redacted
 
 PROGRESS_EVERY = 500
 
@@ -173,9 +175,27 @@ async def _find_running(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+#: How long `--fix` waits for NATS to answer before giving up (seconds).
+NATS_CONNECT_TIMEOUT_S = 10.0
+
+
+async def _connect_nats(url: str) -> NatsClient:
+    """NATS for publishing corrections, or ConnectionError naming it: nats-py alone tries a
+    first connect 60 times, 2 s apart, before it says anything."""
+    connecting = nats.connect(
+        url, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+    )
+    try:
+        return await asyncio.wait_for(connecting, NATS_CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        raise ConnectionError(
+            f"NATS at {redacted(url)} did not answer within {NATS_CONNECT_TIMEOUT_S:g} s"
+        ) from None
+
+
 async def _pass(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _settings(args)
-    nc = await nats.connect(settings.nats_url) if args.fix else None
+    nc = await _connect_nats(settings.nats_url) if args.fix else None
     try:
         reconciler = await build_reconciler(settings, nc)
     except EngineError as exc:
@@ -207,7 +227,8 @@ async def _pass(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if nc is not None:
             await nc.drain()
     _print_report(args, report, out)
-    return 0
+    # Some engine did not answer (or some row could not be checked): not a clean pass.
+    return 1 if report.engine_errors else 0
 
 
 def _print_report(args: argparse.Namespace, report: PassReport, out: TextIO) -> None:
