@@ -10,25 +10,12 @@ import json
 import pytest
 from nats.js import JetStreamContext
 
-from shared.events import Event
 from shared.publisher import Fleet
 from shared.publisher.fit import NUL_REPLACEMENT
 from shared.subjects import Subjects
-from shared.validation import validate
+from tests.publisher.stream_reads import stored
 
 HALF_EMOJI = json.loads('"half an emoji: \\ud83d"')
-
-
-async def stored(js: JetStreamContext, subjects: Subjects) -> list[Event]:
-    events = []
-    info = await js.stream_info(subjects.events_stream)
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(subjects.events_stream, seq)
-        assert msg.subject is not None
-        verdict = validate(subjects, msg.subject, msg.data or b"")
-        assert isinstance(verdict, Event), verdict
-        events.append(verdict)
-    return events
 
 
 @pytest.mark.parametrize("repeat", [1, 20_000])  # short text, and text long enough to be cut

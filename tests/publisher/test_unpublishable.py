@@ -13,32 +13,19 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
-from shared.events import MAX_LOG, Event
+from shared.events import MAX_LOG
 from shared.publisher import Fleet, InvalidEventError, OutgoingEvent
 from shared.publisher.fit import NUL_REPLACEMENT
 from shared.subjects import Subjects
-from shared.validation import validate
 from tests.publisher.conftest import (
     OwnNats,
     completed,
     left_by_an_older_client,
     stream_messages,
 )
+from tests.publisher.stream_reads import stored
 
 Messages = list[tuple[str, dict[str, str], dict[str, Any]]]
-
-
-async def stored(js: JetStreamContext, subjects: Subjects) -> list[Event]:
-    """Every stored message as ingest's own validator reads it (fails on a dead letter)."""
-    events = []
-    info = await js.stream_info(subjects.events_stream)
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(subjects.events_stream, seq)
-        assert msg.subject is not None
-        verdict = validate(subjects, msg.subject, msg.data or b"")
-        assert isinstance(verdict, Event), verdict
-        events.append(verdict)
-    return events
 
 
 def run_id_of(event: OutgoingEvent) -> str:
