@@ -4,6 +4,7 @@ is no superuser (a managed database), after which the query service's role switc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +26,25 @@ def _as_user(url: str, user: str) -> str:
     host = parts.hostname or "127.0.0.1"
     netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+@contextlib.asynccontextmanager
+async def _owned_database(
+    role_options: str,
+) -> AsyncIterator[tuple[asyncpg.Connection, str, str]]:
+    """A fresh database owned by a fresh login role with `role_options`; yields the superuser
+    connection, the role and the database, and drops both after."""
+    suffix = uuid.uuid4().hex[:10]
+    user, name = f"fwowner_{suffix}", f"fwmig_{suffix}"
+    admin = await asyncpg.connect(DATABASE_URL)
+    await admin.execute(f'CREATE ROLE "{user}" LOGIN {role_options}')
+    await admin.execute(f'CREATE DATABASE "{name}" OWNER "{user}"')
+    try:
+        yield admin, user, name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP ROLE IF EXISTS "{user}"')
+        await admin.close()
 
 
 @pytest_asyncio.fixture
@@ -58,12 +78,7 @@ async def test_two_migrators_at_once_on_a_fresh_database_both_succeed(
 
 async def test_a_database_owner_without_superuser_can_migrate_and_serve_scoped_reads() -> None:
     """The owner of a managed database: may create roles, is no superuser."""
-    suffix = uuid.uuid4().hex[:10]
-    user, name = f"fwowner_{suffix}", f"fwmig_{suffix}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    await admin.execute(f'CREATE ROLE "{user}" LOGIN CREATEROLE NOSUPERUSER')
-    await admin.execute(f'CREATE DATABASE "{name}" OWNER "{user}"')
-    try:
+    async with _owned_database("CREATEROLE NOSUPERUSER") as (_admin, user, name):
         conn = await connect(_as_user(with_database(DATABASE_URL, name), user))
         try:
             assert not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = $1", user)
@@ -87,21 +102,12 @@ async def test_a_database_owner_without_superuser_can_migrate_and_serve_scoped_r
             assert ids == ["e1"]  # and the other org's row stays hidden
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{user}"')
-        await admin.close()
 
 
 async def test_an_owner_without_createrole_migrates_once_an_admin_made_the_role() -> None:
     """A database owner that may not create roles: a superuser makes `fleetwatch_app` and
     grants it (as docs/deploy.md says), and then the owner's own `migrate` must go through."""
-    suffix = uuid.uuid4().hex[:10]
-    user, name = f"fwplain_{suffix}", f"fwmig_{suffix}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    await admin.execute(f'CREATE ROLE "{user}" LOGIN NOCREATEROLE NOSUPERUSER')
-    await admin.execute(f'CREATE DATABASE "{name}" OWNER "{user}"')
-    try:
+    async with _owned_database("NOCREATEROLE NOSUPERUSER") as (admin, user, name):
         await admin.execute(
             "DO $$ BEGIN CREATE ROLE fleetwatch_app NOLOGIN; "
             "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
@@ -114,7 +120,3 @@ async def test_an_owner_without_createrole_migrates_once_an_admin_made_the_role(
             assert await conn.fetchval(APP_ROLE_USABLE) is True
         finally:
             await conn.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'DROP ROLE IF EXISTS "{user}"')
-        await admin.close()
