@@ -7,6 +7,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,3 +33,10 @@ async def engine() -> AsyncIterator[tuple[EngineState, HttpEngine]]:
     state = EngineState()
     async with http_engine(state) as adapter:
         yield state, adapter
+
+
+@pytest.fixture
+def cli_env(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fleetwatch reconcile` run in-process reads this test's NATS, database and prefix."""
+    for name in ("NATS_URL", "DATABASE_URL", "FLEETWATCH_SUBJECT_PREFIX"):
+        monkeypatch.setenv(name, service_env[name])

@@ -12,17 +12,11 @@ from shared import cli
 from tests.procs import free_port
 
 
-def _env(monkeypatch: pytest.MonkeyPatch, service_env: dict[str, str]) -> None:
-    for name in ("NATS_URL", "DATABASE_URL", "FLEETWATCH_SUBJECT_PREFIX"):
-        monkeypatch.setenv(name, service_env[name])
-
-
 def test_a_pass_an_engine_could_not_answer_exits_1(
-    service_env: dict[str, str],
+    cli_env: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _env(monkeypatch, service_env)
     # Nothing listens there: the engine's listing fails.
     monkeypatch.setenv("RECONCILER_HTTP_BASE_URL", f"http://127.0.0.1:{free_port()}")
     assert cli.main(["reconcile", "--dry-run"]) == 1
@@ -32,11 +26,10 @@ def test_a_pass_an_engine_could_not_answer_exits_1(
 
 
 def test_fix_with_nats_unreachable_is_one_line_and_exit_1(
-    service_env: dict[str, str],
+    cli_env: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _env(monkeypatch, service_env)
     monkeypatch.setenv("NATS_URL", f"nats://127.0.0.1:{free_port()}")
     monkeypatch.setenv("RECONCILER_HTTP_BASE_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(reconcile_cli, "NATS_CONNECT_TIMEOUT_S", 1.0)

@@ -95,25 +95,21 @@ async def test_unreadable_runs_of_an_old_listing_are_not_reported_again(
 
 
 def test_cli_refuses_an_engine_filter_naming_no_configured_engine(
-    service_env: dict[str, str],
+    cli_env: None,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`--engine temporl` (a typo) must not report "0 checked, 0 mismatches" as if all were well."""
-    for name in ("NATS_URL", "DATABASE_URL", "FLEETWATCH_SUBJECT_PREFIX"):
-        monkeypatch.setenv(name, service_env[name])
     monkeypatch.setenv("RECONCILER_HTTP_BASE_URL", "http://127.0.0.1:9")
     assert cli.main(["reconcile", "--dry-run", "--engine", "temporl"]) == 2
     assert "temporl" in capsys.readouterr().err
 
 
 def test_cli_find_running_refuses_fix(
-    service_env: dict[str, str],
+    cli_env: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`find-running --fix` would list and publish nothing: refused, not silently ignored."""
-    for name in ("NATS_URL", "DATABASE_URL", "FLEETWATCH_SUBJECT_PREFIX"):
-        monkeypatch.setenv(name, service_env[name])
     with pytest.raises(SystemExit) as exited:
         cli.main(["reconcile", "find-running", "--fix"])
     assert exited.value.code == 2

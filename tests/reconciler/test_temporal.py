@@ -285,13 +285,11 @@ async def test_drift_found_dry_run_inert_fix_applied_running_left_alone(
 
 def test_cli_dry_run_cross_reference_and_find_running(
     fleet: Fleet,
-    service_env: dict[str, str],
+    cli_env: None,
     temporal_env: WorkflowEnvironment,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for name in ("NATS_URL", "DATABASE_URL", "FLEETWATCH_SUBJECT_PREFIX"):
-        monkeypatch.setenv(name, service_env[name])
     monkeypatch.setenv(
         "RECONCILER_TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host
     )
