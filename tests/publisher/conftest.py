@@ -22,7 +22,7 @@ import pytest_asyncio
 from nats.js import JetStreamContext
 
 from shared.events import EventType
-from shared.publisher import OutgoingEvent, Spool, execution_event
+from shared.publisher import Fleet, OutgoingEvent, Spool, execution_event
 from shared.publisher.envelope import dedupe_id, encode
 from shared.settings import CommonSettings
 from shared.streams import ensure_streams
@@ -220,3 +220,17 @@ def left_by_an_older_client(
             )
         )
     spool.close()
+
+
+async def ask_terminate(
+    fleet: Fleet, streams: Subjects, org: str, agent: str, execution_id: str, timeout: float = 3
+) -> bytes:
+    """What the agent answers to a request to terminate `execution_id` (as the query
+    service sends it)."""
+    assert fleet._nc is not None
+    reply = await fleet._nc.request(
+        streams.terminate(org, agent),
+        orjson.dumps({"execution_id": execution_id}),
+        timeout=timeout,
+    )
+    return reply.data

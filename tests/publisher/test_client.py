@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from shared.events import Event
 from shared.publisher import Fleet, InvalidEventError, SyncFleet, current_run
 from shared.subjects import Subjects
-from tests.publisher.conftest import free_port, stream_messages, wait_for_count
+from tests.publisher.conftest import ask_terminate, free_port, stream_messages, wait_for_count
 
 
 class Boom(RuntimeError):
@@ -211,13 +211,8 @@ async def test_terminate_callback_instead_of_cancel(
         Fleet(nats_url, org=org, subjects=streams) as fleet,
         fleet.execution("cb-agent", on_terminate=on_terminate) as run,
     ):
-        assert fleet._nc is not None
-        reply = await fleet._nc.request(
-            streams.terminate(org, "cb-agent"),
-            f'{{"execution_id": "{run.id}"}}'.encode(),
-            timeout=3,
-        )
-        assert b'"accepted":true' in reply.data
+        reply = await ask_terminate(fleet, streams, org, "cb-agent", run.id)
+        assert b'"accepted":true' in reply
         await asyncio.wait_for(stop.wait(), 3)
     assert reasons == ["terminated on request"]
     last = (await stream_messages(js, streams.events_stream))[-1][2]

@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 
 from shared.publisher import Fleet
 from shared.subjects import Subjects
-from tests.publisher.conftest import stream_messages
+from tests.publisher.conftest import ask_terminate, stream_messages
 
 
 async def test_a_slow_async_callback_does_not_delay_the_answer(
@@ -30,13 +30,8 @@ async def test_a_slow_async_callback_does_not_delay_the_answer(
         Fleet(nats_url, org=org, subjects=streams) as fleet,
         fleet.execution("slow-stop", on_terminate=on_terminate) as run,
     ):
-        assert fleet._nc is not None
-        reply = await fleet._nc.request(
-            streams.terminate(org, "slow-stop"),
-            f'{{"execution_id": "{run.id}"}}'.encode(),
-            timeout=1,
-        )
-        assert b'"accepted":true' in reply.data
+        reply = await ask_terminate(fleet, streams, org, "slow-stop", run.id, timeout=1)
+        assert b'"accepted":true' in reply
         await asyncio.wait_for(called.wait(), 3)
         release.set()
     last = (await stream_messages(js, streams.events_stream))[-1][2]
@@ -54,12 +49,7 @@ async def test_a_callback_that_raises_is_logged_and_the_request_answered(
             Fleet(nats_url, org=org, subjects=streams) as fleet,
             fleet.execution("bad-stop", on_terminate=on_terminate) as run,
         ):
-            assert fleet._nc is not None
-            reply = await fleet._nc.request(
-                streams.terminate(org, "bad-stop"),
-                f'{{"execution_id": "{run.id}"}}'.encode(),
-                timeout=2,
-            )
-            assert b'"accepted":true' in reply.data
+            reply = await ask_terminate(fleet, streams, org, "bad-stop", run.id, timeout=2)
+            assert b'"accepted":true' in reply
             assert run.terminate_requested
     assert any("cleanup failed" in (r.exc_text or "") for r in caplog.records)
