@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from services.ingest.gateway import MAX_BODY_BYTES
+from services.ingest.main import GRACEFUL_SHUTDOWN_S
 from services.ingest.settings import IngestSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -298,3 +299,21 @@ def test_ingest_lock_room_per_replica_stays_that_of_one_default_process(
     assert replicas * per_replica <= 64 * 100, (overlay, replicas, per_replica)
     if replicas == 1:  # a lone process overlaps its own batches
         assert in_flight >= 2, overlay
+
+
+def test_http_services_keep_serving_until_their_service_has_dropped_them(
+    rendered: tuple[str, list[Doc]],
+) -> None:
+    """Kubernetes takes a terminating pod out of its Service while it sends SIGTERM, and the
+    proxies learn of it a few seconds later: a pod that stopped listening at once would refuse
+    the requests still routed to it. Each HTTP service sleeps in preStop first, and its grace
+    period covers that sleep plus its own graceful stop (ingest drains its batches)."""
+    _, docs = rendered
+    own_stop = {"query": 0, "notifier": 0, "ingest": GRACEFUL_SHUTDOWN_S}
+    for name, stop_s in own_stop.items():
+        pod = one(docs, "Deployment", f"fleetwatch-{name}")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep", name
+        assert int(command[1]) >= 5, name
+        assert pod["terminationGracePeriodSeconds"] >= int(command[1]) + stop_s + 5, name
