@@ -74,6 +74,7 @@ def decode_token(
     jwks_url: str | None = None,
     audience: str | None = None,
     issuer: str | None = None,
+    leeway_s: float = 0.0,
 ) -> Claims:
     """Verify signature, algorithm and expiry, and the audience and issuer where configured
     (an identity provider shared with other applications signs their tokens with the same
@@ -92,6 +93,7 @@ def decode_token(
                 options=options,  # type: ignore[arg-type]
                 audience=audience,
                 issuer=issuer,
+                leeway=leeway_s,
             )
         else:
             payload = jwt.decode(
@@ -101,6 +103,7 @@ def decode_token(
                 options=options,  # type: ignore[arg-type]
                 audience=audience,
                 issuer=issuer,
+                leeway=leeway_s,
             )
     except jwt.PyJWKClientConnectionError as exc:
         raise AuthUnavailable(f"signing keys unavailable: {exc}") from None
@@ -124,6 +127,8 @@ class TokenSettings(Protocol):
     def jwt_audience(self) -> str | None: ...
     @property
     def jwt_issuer(self) -> str | None: ...
+    @property
+    def jwt_leeway_s(self) -> float: ...
 
 
 async def verify_token(token: str, settings: TokenSettings) -> Claims:
@@ -135,6 +140,7 @@ async def verify_token(token: str, settings: TokenSettings) -> Claims:
         jwks_url=settings.jwks_url,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
+        leeway_s=settings.jwt_leeway_s,
     )
     if settings.jwks_url:
         return await asyncio.to_thread(decode, token)

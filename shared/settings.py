@@ -18,6 +18,9 @@ DEFAULT_JWT_SECRET = "fleetwatch-development-secret-change-me-0123"  # noqa: S10
 MAX_STREAM_AGE_DAYS = 100_000
 #: JetStream's largest replica count.
 MAX_STREAM_REPLICAS = 5
+#: Clock difference forgiven on a token's `exp`, `nbf` and `iat` (PyJWT's `leeway`).
+DEFAULT_JWT_LEEWAY_S = 30.0
+MAX_JWT_LEEWAY_S = 300.0
 
 
 class CommonSettings(BaseSettings):
@@ -40,6 +43,14 @@ class CommonSettings(BaseSettings):
     #: When set, tokens must carry this `aud` / `iss` (set both with a shared identity provider).
     jwt_audience: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_AUDIENCE")
     jwt_issuer: str | None = Field(default=None, validation_alias="FLEETWATCH_JWT_ISSUER")
+    #: Seconds of clock difference forgiven between the token's issuer and this machine: an
+    #: identity provider whose clock runs ahead issues tokens "from the future" (`iat`, `nbf`).
+    jwt_leeway_s: float = Field(
+        default=DEFAULT_JWT_LEEWAY_S,
+        ge=0,
+        le=MAX_JWT_LEEWAY_S,
+        validation_alias="FLEETWATCH_JWT_LEEWAY_S",
+    )
     log_level: str = Field(default="INFO", validation_alias="FLEETWATCH_LOG_LEVEL")
     stream_max_age_days: float = Field(
         default=7.0, gt=0, le=MAX_STREAM_AGE_DAYS, validation_alias="FLEETWATCH_RETENTION_DAYS"

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from pydantic import ValidationError
 
 from shared.auth import AuthError, decode_token
+from shared.settings import CommonSettings
 from tests.jwks import Jwks, serving
 
 CLAIMS = {"sub": "mallory", "org": "acme", "role": "admin"}
@@ -54,3 +56,44 @@ def test_a_symmetric_algorithm_is_never_accepted_with_jwks(provider: Jwks) -> No
     token = _signed("HS256", "x" * 40, provider.kid)
     with pytest.raises(AuthError):
         decode_token(token, secret="x" * 40, jwks_url=provider.url)
+
+
+SECRET = "s" * 40
+
+
+def _hs256(**times: int) -> str:
+    now = int(time.time())
+    claims = {**CLAIMS, "exp": now + 3600, **{k: now + v for k, v in times.items()}}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "skew",
+    [
+        {"iat": 20},  # an identity provider whose clock runs 20 s ahead
+        {"nbf": 20},
+        {"exp": -20},  # expired 20 s ago by this machine's clock
+    ],
+)
+def test_a_clock_difference_within_the_leeway_is_forgiven(skew: dict[str, int]) -> None:
+    token = _hs256(**skew)
+    assert decode_token(token, secret=SECRET, leeway_s=30).sub == "mallory"
+    with pytest.raises(AuthError):
+        decode_token(token, secret=SECRET, leeway_s=5)
+
+
+@pytest.mark.parametrize("skew", [{"iat": 90}, {"nbf": 90}, {"exp": -90}])
+def test_a_clock_difference_past_the_leeway_is_refused(skew: dict[str, int]) -> None:
+    with pytest.raises(AuthError):
+        decode_token(_hs256(**skew), secret=SECRET, leeway_s=30)
+
+
+def test_the_services_forgive_30_seconds_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETWATCH_JWT_LEEWAY_S", raising=False)
+    assert CommonSettings().jwt_leeway_s == 30
+    monkeypatch.setenv("FLEETWATCH_JWT_LEEWAY_S", "0")
+    assert CommonSettings().jwt_leeway_s == 0
+    for refused in ("-1", "3600"):
+        monkeypatch.setenv("FLEETWATCH_JWT_LEEWAY_S", refused)
+        with pytest.raises(ValidationError, match="FLEETWATCH_JWT_LEEWAY_S"):
+            CommonSettings()

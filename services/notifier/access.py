@@ -31,17 +31,19 @@ TICKS_PER_TTL = 4
 RELOAD_CONCURRENCY = 2
 
 
-def seconds_left(exp: int, now: float) -> float:
-    """Until a token with this `exp` expires (none left: 0)."""
-    return max(0.0, exp - now)
+def seconds_left(exp: int, now: float, leeway_s: float = 0.0) -> float:
+    """Until a token with this `exp` is refused, the clock leeway included (none left: 0)."""
+    return max(0.0, exp + leeway_s - now)
 
 
 class AccessGuard:
     """Expiry timers per connection, and the periodic scope refresh per caller."""
 
-    def __init__(self, hub: Hub, scopes: ScopeCache) -> None:
+    def __init__(self, hub: Hub, scopes: ScopeCache, leeway_s: float = 0.0) -> None:
         self.hub = hub
         self.scopes = scopes
+        #: As when tokens are verified: one the socket was opened with stays good as long.
+        self.leeway_s = leeway_s
         self.tick_s = scopes.ttl_s / TICKS_PER_TTL
         self.max_age_s = scopes.ttl_s - self.tick_s
         self._expiry: dict[Client, asyncio.TimerHandle] = {}
@@ -50,7 +52,7 @@ class AccessGuard:
 
     def watch(self, client: Client) -> None:
         """Close the client with 4401 when its token expires."""
-        delay = seconds_left(client.claims.exp, time.time())
+        delay = seconds_left(client.claims.exp, time.time(), self.leeway_s)
         loop = asyncio.get_running_loop()
         self._expiry[client] = loop.call_later(delay, self._expire, client)
 

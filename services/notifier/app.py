@@ -111,7 +111,7 @@ class Notifier:
             load_timeout_s=s.scope_load_timeout_s,
             on_failure=self.metrics.scope_load_failures.inc,
         )
-        guard = AccessGuard(self.hub, scopes)
+        guard = AccessGuard(self.hub, scopes, s.jwt_leeway_s)
         # Start right after the stream's current end; every later event reaches the hub. What
         # came before is read back first, so a reconnect storm resumes from memory.
         start = await bounds(self._js, s.subjects)

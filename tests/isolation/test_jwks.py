@@ -73,7 +73,7 @@ async def test_provider_tokens_are_accepted_and_forgeries_refused(query: str, jw
         "unknown_kid": jwks.token(claims, kid="k9"),
         "dev_secret": jwt.encode(claims, SECRET, algorithm="HS256"),
         "public_key_as_hmac_secret": _hmac_with(public_pem, claims),
-        "expired": jwks.token({**claims, "exp": int(time.time()) - 10}),
+        "expired": jwks.token({**claims, "exp": int(time.time()) - 3600}),
     }
     async with httpx.AsyncClient(base_url=query, timeout=20) as client:
         codes = {}

@@ -36,7 +36,7 @@ def _bad_tokens(org: str) -> dict[str, str]:
     exp = int(time.time()) + 3600
     return {
         "expired": jwt.encode(
-            {"sub": "u1", "org": org, "role": "admin", "exp": int(time.time()) - 10},
+            {"sub": "u1", "org": org, "role": "admin", "exp": int(time.time()) - 3600},
             SECRET,
             algorithm="HS256",
         ),

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import jwt
 import orjson
 import pytest_asyncio
 from nats.js import JetStreamContext
@@ -34,11 +35,15 @@ from tests.notifier.helpers import (
 )
 
 TTL_S = 0.5
+#: Clock leeway on tokens: an expired token's socket closes only this long after `exp`.
+LEEWAY_S = 2.0
 
 
 @pytest_asyncio.fixture
 async def notifier(nats_url: str, database_url: str, subjects: Subjects) -> AsyncIterator[Notifier]:
-    settings = settings_for(nats_url, database_url, subjects, scope_ttl_s=TTL_S)
+    settings = settings_for(
+        nats_url, database_url, subjects, scope_ttl_s=TTL_S, jwt_leeway_s=LEEWAY_S
+    )
     async with running(settings) as app:
         yield app
 
@@ -106,7 +111,9 @@ async def test_an_expired_token_closes_the_open_socket_with_4401(
 ) -> None:
     # Expires 3 to 4 s from now (`exp` is whole seconds): time for the setup below to see the
     # socket working first, even on a loaded machine.
-    ws, _ = await connect_live(notifier.port, token(org, "boss", "admin", ttl_s=4))
+    expiring = token(org, "boss", "admin", ttl_s=4)
+    exp = jwt.decode(expiring, options={"verify_signature": False})["exp"]
+    ws, _ = await connect_live(notifier.port, expiring)
     other, _ = await connect_live(notifier.port, token(org, "boss", "admin"))
     before = await publish(js, subjects, execution_event(org, "x"))
     assert _seqs(await collect(ws, until_seq=before)) == [before]
@@ -118,10 +125,13 @@ async def test_an_expired_token_closes_the_open_socket_with_4401(
 
     publisher = asyncio.create_task(keep_publishing())
     try:
-        code, _ = await _closed_with(ws, limit_s=10)
+        code, _ = await _closed_with(ws, limit_s=12)
+        closed_at = time.time()
     finally:
         publisher.cancel()
     assert code == 4401
+    # Not before the leeway verification grants past `exp` (as long as a new socket opens).
+    assert closed_at >= exp + LEEWAY_S - 0.05, (closed_at, exp)
     assert (
         notifier.metrics.registry.get_sample_value(
             "notifier_access_closes_total", {"reason": "token_expired"}

@@ -312,7 +312,7 @@ async def test_bad_token_closes_with_4401_before_any_event(
     query = {
         "missing": "",
         "garbage": "token=abc.def.ghi",
-        "expired": f"token={token(org, 'boss', 'admin', ttl_s=-10)}",
+        "expired": f"token={token(org, 'boss', 'admin', ttl_s=-3600)}",
         "wrong_secret": "token=" + mint_token(secret="x" * 40, org=org, user="u", role="admin"),
     }[how]
     ws = await websockets.connect(ws_url(notifier.port, query))
