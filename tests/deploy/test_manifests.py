@@ -295,10 +295,15 @@ def test_ingest_lock_room_per_replica_stays_that_of_one_default_process(
     in_flight = int(config.get("INGEST_MAX_IN_FLIGHT", defaults["max_in_flight"].default))
     per_replica = batch * in_flight
     assert per_replica <= defaults["batch_size"].default * defaults["max_in_flight"].default
-    replicas = one(docs, "Deployment", "fleetwatch-ingest")["spec"]["replicas"]
-    assert replicas * per_replica <= 64 * 100, (overlay, replicas, per_replica)
-    if replicas == 1:  # a lone process overlaps its own batches
+    deployment = one(docs, "Deployment", "fleetwatch-ingest")
+    replicas = deployment["spec"]["replicas"]
+    rolling = deployment["spec"]["strategy"]["rollingUpdate"]
+    # A rolling update runs the surge pods beside all the others.
+    pods = replicas + rolling["maxSurge"]
+    assert pods * per_replica <= 64 * 100, (overlay, pods, per_replica)
+    if replicas == 1:  # a lone process overlaps its own batches, and is never down
         assert in_flight >= 2, overlay
+        assert rolling["maxUnavailable"] == 0, overlay
 
 
 def test_http_services_keep_serving_until_their_service_has_dropped_them(

@@ -45,7 +45,7 @@ def pool_per_replica(config: dict[str, str]) -> dict[str, int]:
 
 
 def worst_case_connections(docs: list[Doc]) -> int:
-    """Every pool full, every HPA at its maximum, one surge pod per Deployment, both jobs."""
+    """Every pool full, every HPA at its maximum, each Deployment's surge pods, both jobs."""
     config = one(docs, "ConfigMap", "fleetwatch-config")["data"]
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in find(docs, "HorizontalPodAutoscaler")}
     total = JOB_CONNECTIONS
