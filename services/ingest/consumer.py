@@ -20,6 +20,7 @@ import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from services.ingest import nats_size
 from services.ingest.acks import ack_all
 from services.ingest.batch import Incoming, Outcome, apply_batch
 from services.ingest.db_errors import refused_content
@@ -47,7 +48,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _DETAIL_MAX = 900
-_DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _HEADER_MARGIN = 64
 _V1_TOKENS = 9
 _V2_TOKENS = 11
@@ -91,11 +91,6 @@ class _Forming:
     launched: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _max_payload(js: JetStreamContext) -> int:
-    client = getattr(js, "_nc", None)
-    return int(getattr(client, "max_payload", 0) or _DEFAULT_MAX_PAYLOAD)
-
-
 def fit_payload(data: bytes, headers: dict[str, str], max_payload: int) -> bytes:
     """`data` cut, when need be, so that it and `headers` fit one NATS message.
 
@@ -104,17 +99,12 @@ def fit_payload(data: bytes, headers: dict[str, str], max_payload: int) -> bytes
     A cut body is marked `Fleet-Dlq-Truncated: <original bytes>`; the whole original stays in
     the events stream for its retention, at the sequence the dead letter's id names.
     """
-    room = max_payload - _headers_size(headers) - _HEADER_MARGIN
+    room = max_payload - nats_size.headers_size(headers) - _HEADER_MARGIN
     if len(data) <= room:
         return data
     headers["Fleet-Dlq-Truncated"] = str(len(data))
-    room = max_payload - _headers_size(headers) - _HEADER_MARGIN
+    room = max_payload - nats_size.headers_size(headers) - _HEADER_MARGIN
     return data[: max(room, 0)]
-
-
-def _headers_size(headers: dict[str, str]) -> int:
-    # "NATS/1.0\r\n" + "Key: Value\r\n" per header + "\r\n", as nats-py writes them.
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 def _header_safe(text: str) -> str:
@@ -393,7 +383,7 @@ class BatchConsumer:
         if seq is not None:
             # A redelivered poison message is stored once.
             headers["Nats-Msg-Id"] = f"dlq:{self._subjects.events_stream}:{seq}"
-        data = fit_payload(msg.data, headers, _max_payload(self._js))
+        data = fit_payload(msg.data, headers, nats_size.max_payload(self._js))
         await self._js.publish(self._subjects.dlq(rejected.reason), data, headers=headers)
         self._metrics.dead_letters.labels(rejected.reason).inc()
         self._metrics.events.labels(

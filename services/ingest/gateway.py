@@ -5,6 +5,10 @@ each failing index and field) and nothing of it is published, so a client fixes 
 the same batch. A valid batch is published to JetStream with each `<org>:<event_id>` as
 `Nats-Msg-Id`, and answered 202 only after every event was acknowledged; if JetStream fails
 part-way the answer is 503 and resending the whole batch is safe (duplicates are dropped).
+An event NATS can never take is not answered 503 ("resend"): one bigger than the server's
+max_payload refuses the batch before anything is published (413), and one JetStream refuses
+as a bad request (e.g. over the stream's max_msg_size) is listed as `refused` (422, the
+others published), so that the client resends only what can succeed.
 A key that cannot be checked because the database is unreachable is 503 too, never 500 or 401.
 """
 
@@ -21,6 +25,7 @@ from fastapi.responses import JSONResponse
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
+from services.ingest import nats_size
 from services.ingest.apikeys import org_for_key
 from services.ingest.gateway_batch import (
     FieldError,
@@ -29,6 +34,7 @@ from services.ingest.gateway_batch import (
     check_batch,
     split_body,
 )
+from shared.publisher.checks import is_permanent
 from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.settings import CommonSettings
 
@@ -92,14 +98,21 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "An event names another org; nothing was published.",
         "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
     },
-    413: {"description": "Body over 8 MiB or more than 1000 events."},
+    413: {
+        "description": "Body over 8 MiB, more than 1000 events, or events bigger than the NATS "
+        "server's max_payload (listed like 422's errors); nothing was published."
+    },
     422: {
-        "description": "Invalid events (index and field each); the whole batch is refused.",
+        "description": "Invalid events (index and field each); the whole batch is refused. Or, "
+        "with `refused`, events JetStream refused for good (e.g. over the stream's "
+        "max_msg_size) while the others were published: `{refused, refused_count, accepted, "
+        "duplicates}`; resending those cannot succeed.",
         "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
     },
     503: {
-        "description": "JetStream did not acknowledge every event, or the key could not be "
-        "checked (database unavailable); resend the batch after `Retry-After`."
+        "description": "JetStream did not acknowledge every event (`not_acknowledged`; any "
+        "refused for good are in `refused`), or the key could not be checked (database "
+        "unavailable); resend the batch, less `refused`, after `Retry-After`."
     },
 }
 
@@ -113,6 +126,27 @@ def _refused(status: int, detail: str, errors: list[FieldError]) -> JSONResponse
     each would make an answer of megabytes that no one reads past its first lines."""
     listed = sorted(errors, key=lambda error: error.index)[:MAX_LISTED_ERRORS]
     return _error(status, detail, errors=[e.as_dict() for e in listed], error_count=len(errors))
+
+
+def _over_max_payload(events: list[Outgoing], max_payload: int) -> list[FieldError]:
+    """The events NATS would never take: bigger, with their `Nats-Msg-Id`, than a message."""
+    errors = []
+    for index, e in enumerate(events):
+        size = len(e.payload) + nats_size.headers_size({MSG_ID_HEADER: _msg_id(e)})
+        if size > max_payload:
+            errors.append(
+                FieldError(
+                    index,
+                    "event",
+                    f"{len(e.payload)} bytes: with its headers more than the NATS server "
+                    f"takes in one message ({max_payload} bytes)",
+                )
+            )
+    return errors
+
+
+def _msg_id(e: Outgoing) -> str:
+    return dedupe_id(e.event.org, e.event.event_id)
 
 
 async def _read_limited(request: Request) -> bytes | None:
@@ -152,7 +186,7 @@ def create_gateway_router(
                         e.subject,
                         e.payload,
                         timeout=ACK_TIMEOUT,
-                        headers={MSG_ID_HEADER: dedupe_id(e.event.org, e.event.event_id)},
+                        headers={MSG_ID_HEADER: _msg_id(e)},
                     )
                     for e in chunk
                 ),
@@ -193,23 +227,46 @@ def create_gateway_router(
         if errors:
             return _refused(422, "batch refused; nothing was published", errors)
         outgoing = checked.events
+        oversized = _over_max_payload(outgoing, nats_size.max_payload(get_js()))
+        if oversized:
+            return _refused(413, "events too large for NATS; nothing was published", oversized)
         results = await publish_all(outgoing)
-        failed = [
-            o.event.event_id
-            for o, r in zip(outgoing, results, strict=True)
-            if not isinstance(r, PubAck)
-        ]
+        acked = [r for r in results if isinstance(r, PubAck)]
+        duplicates = sum(1 for r in acked if r.duplicate)
+        failed: list[str] = []
+        refused: list[dict[str, Any]] = []
+        for index, (o, r) in enumerate(zip(outgoing, results, strict=True)):
+            if isinstance(r, PubAck):
+                continue
+            if is_permanent(r):
+                refused.append({"index": index, "event_id": o.event.event_id, "message": str(r)})
+            else:
+                failed.append(o.event.event_id)
+        if refused:
+            log.warning("JetStream refused %d events for good: %s", len(refused), refused[0])
         if failed:
             return JSONResponse(
                 {
                     "detail": "JetStream did not acknowledge every event; resend the batch "
                     "(events already stored are dropped as duplicates)",
                     "not_acknowledged": failed,
+                    **({"refused": refused} if refused else {}),
                 },
                 status_code=503,
                 headers={"Retry-After": "1"},
             )
-        duplicates = sum(1 for r in results if isinstance(r, PubAck) and r.duplicate)
+        if refused:
+            return JSONResponse(
+                {
+                    "detail": "JetStream refused these events for good (resending cannot "
+                    "help); the others were published",
+                    "refused": refused[:MAX_LISTED_ERRORS],
+                    "refused_count": len(refused),
+                    "accepted": len(acked),
+                    "duplicates": duplicates,
+                },
+                status_code=422,
+            )
         return JSONResponse({"accepted": len(outgoing), "duplicates": duplicates}, status_code=202)
 
     return router

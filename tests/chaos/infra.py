@@ -264,10 +264,19 @@ class OwnNats:
     storedir: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    #: Server configuration file text (e.g. `max_payload: 65536`), beside the flags.
+    config: str = ""
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    def _config_args(self) -> list[str]:
+        if not self.config:
+            return []
+        path = self.storedir / "nats.conf"
+        path.write_text(self.config)
+        return ["-c", str(path)]
 
     def _spawn(self) -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -282,6 +291,7 @@ class OwnNats:
                     "127.0.0.1",
                     "-p",
                     str(self.port),
+                    *self._config_args(),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -305,9 +315,9 @@ class OwnNats:
 
 
 @contextlib.asynccontextmanager
-async def own_nats() -> AsyncIterator[OwnNats]:
+async def own_nats(config: str = "") -> AsyncIterator[OwnNats]:
     root = Path(tempfile.mkdtemp(prefix="fw-chaos-nats-"))
-    server = OwnNats(storedir=root, port=free_port())
+    server = OwnNats(storedir=root, port=free_port(), config=config)
     await server.start()
     try:
         yield server
