@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -115,10 +116,18 @@ async def _poll_lag(state: IngestState, settings: IngestSettings, metrics: Inges
     while True:
         try:
             assert state.js is not None
-            info = await state.js.consumer_info(settings.subjects.events_stream, settings.durable)
+            info = await asyncio.wait_for(
+                state.js.consumer_info(settings.subjects.events_stream, settings.durable),
+                timeout=settings.lag_poll_interval,
+            )
             metrics.consumer_pending.set(info.num_pending or 0)
             metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
+            metrics.consumer_read_at.set_to_current_time()
         except Exception as exc:  # lag is best effort; never stop the service for it
+            # Unknown, not the last value read: a lag frozen at 0 while NATS is away would
+            # look healthy (the read timestamp says since when; an alert watches it).
+            metrics.consumer_pending.set(math.nan)
+            metrics.consumer_ack_pending.set(math.nan)
             log.debug("consumer info unavailable: %s", exc)
         await asyncio.sleep(settings.lag_poll_interval)
 

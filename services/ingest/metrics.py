@@ -18,6 +18,7 @@ class IngestMetrics:
     rows_written: Counter
     consumer_pending: Gauge
     consumer_ack_pending: Gauge
+    consumer_read_at: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> IngestMetrics:
@@ -69,6 +70,12 @@ class IngestMetrics:
             consumer_ack_pending=Gauge(
                 "fleetwatch_ingest_consumer_ack_pending",
                 "Messages delivered to ingest and not yet acknowledged.",
+                registry=reg,
+            ),
+            consumer_read_at=Gauge(
+                "fleetwatch_ingest_consumer_read_timestamp_seconds",
+                "When the two consumer gauges were last read from JetStream (Unix time); "
+                "while they cannot be, they are NaN and this stays put.",
                 registry=reg,
             ),
         )

@@ -57,7 +57,7 @@ def test_promtool_checks_the_config_with_its_rules(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     done = promtool("check", "config", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 13 rules found" in done.stdout + done.stderr
+    assert "SUCCESS: 14 rules found" in done.stdout + done.stderr
 
 
 def test_promtool_checks_the_rules() -> None:
