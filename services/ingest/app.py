@@ -254,4 +254,12 @@ def _include_gateway(app: FastAPI, settings: IngestSettings, state: IngestState)
         assert state.js is not None
         return state.js
 
-    app.include_router(module.create_gateway_router(settings, get_pool, get_js))
+    app.include_router(
+        module.create_gateway_router(
+            settings,
+            get_pool,
+            get_js,
+            concurrency=settings.gateway_concurrency,
+            wait_s=settings.gateway_wait_s,
+        )
+    )

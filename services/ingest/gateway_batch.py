@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import takewhile
 from typing import Any
@@ -304,10 +305,22 @@ def check_event(
 
 
 def check_batch(items: list[Any], org: str, subjects: Subjects) -> Checked:
+    *_, checked = check_batch_in_steps(items, org, subjects, step=max(len(items), 1))
+    return checked
+
+
+def check_batch_in_steps(
+    items: list[Any], org: str, subjects: Subjects, step: int
+) -> Iterator[Checked]:
+    """`check_batch`, yielding what is checked so far after every `step` items (and once at
+    the end: the result), so that a caller on an event loop can let other work run between
+    steps instead of holding the loop for the whole batch."""
     checked = Checked()
     # event_id -> (index, payload) of its first event; the org is the key's for all of them.
     first: dict[str, tuple[int, bytes]] = {}
     for index, raw in enumerate(items):
+        if index and index % step == 0:
+            yield checked
         if raw is _UNPARSED:
             continue  # reported by `split_body` ("not JSON")
         claimed = raw.get("org") if isinstance(raw, dict) else None
@@ -334,4 +347,4 @@ def check_batch(items: list[Any], org: str, subjects: Subjects) -> Checked:
             continue
         # A byte-identical repeat is a retry: published, and answered as a duplicate.
         checked.events.append(outgoing)
-    return checked
+    yield checked

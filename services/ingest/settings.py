@@ -7,6 +7,10 @@ from pydantic_settings import SettingsConfigDict
 
 from shared.settings import CommonSettings
 
+#: HTTP gateway: batches checked and published at once, and how long one waits for its turn.
+GATEWAY_CONCURRENCY = 2
+GATEWAY_WAIT_S = 10.0
+
 
 class IngestSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", populate_by_name=True)
@@ -33,5 +37,9 @@ class IngestSettings(CommonSettings):
     #: Postgres's lock table.
     max_in_flight: int = Field(default=2, ge=1, le=16)
     lag_poll_interval: float = Field(default=5.0, gt=0)
+    #: HTTP gateway: batches checked and published at once (the checking runs in worker
+    #: threads, beside the consumer), and seconds a batch waits for its turn before a 503.
+    gateway_concurrency: int = Field(default=GATEWAY_CONCURRENCY, ge=1, le=64)
+    gateway_wait_s: float = Field(default=GATEWAY_WAIT_S, gt=0, le=300)
     #: How often the running/stuck gauges are read from Postgres (seconds).
     running_poll_interval: float = Field(default=30.0, gt=0)
