@@ -74,6 +74,20 @@ async def test_engine_failures_raise_a_clear_error(
         await engine.get_run(run_id)
 
 
+async def test_a_listing_that_is_not_there_is_an_error_not_an_empty_list() -> None:
+    # A wrong LIST_PATH would otherwise read as "no runs" forever: no orphan ever found, and
+    # nothing reported.
+    state = EngineState()
+    async with http_engine(state, list_path="/no/such/listing") as engine:
+        with pytest.raises(EngineError, match="HTTP 404, no listing there"):
+            await engine.list_runs(datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC))
+        state.runs["listing"] = {"runs": []}
+    async with http_engine(state, list_path="/runs/listing") as engine:
+        assert (
+            await engine.list_runs(datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)) == []
+        )
+
+
 async def test_flaky_engine_recovers_on_retry(
     engine_state: tuple[EngineState, HttpEngine],
 ) -> None:

@@ -199,7 +199,12 @@ class HttpEngine:
         try:
             payload = await self._with_retries(self._config.list_path, params)
         except _NotFound:
-            return []
+            # Not "no runs": a listing that is not there (a wrong path) would otherwise hide
+            # every orphan run for good, with nothing reported.
+            raise EngineError(
+                f"{self._config.name}: GET {self._config.list_path}: HTTP 404, no listing "
+                "there (set RECONCILER_HTTP_LIST_PATH to the engine's, or empty to list nothing)"
+            ) from None
         items = payload.get("runs") if isinstance(payload, dict) else payload
         if not isinstance(items, list):
             raise EngineError(f"{self._config.name}: bad payload: run list is not a list")
