@@ -47,6 +47,7 @@ async def build_engines(settings: ReconcilerSettings) -> dict[str, Engine]:
                 name=settings.http_engine_name,
                 run_path=settings.http_run_path,
                 list_path=settings.http_list_path,
+                list_max_pages=settings.http_list_max_pages,
                 status_field=settings.http_status_field,
                 status_map=settings.http_status_map,
                 timeout_seconds=settings.http_timeout_seconds,

@@ -79,8 +79,10 @@ class ReconcilerSettings(CommonSettings):
     http_base_url: str | None = None
     http_engine_name: str = "http"
     http_run_path: str = "/runs/{external_id}"
-    #: Listing path (query parameters `since`, `until`); None when the engine cannot list.
+    #: Listing path (query parameters `since`, `until`, and `cursor` for the pages after the
+    #: first, from the last page's `next`); None when the engine cannot list.
     http_list_path: str | None = "/runs"
+    http_list_max_pages: int = Field(default=100, ge=1, le=100_000)
     http_status_field: str = "status"
     #: Merged over DEFAULT_STATUS_MAP; keys are matched case-insensitively.
     http_status_map: dict[str, Status] = Field(default_factory=lambda: dict(DEFAULT_STATUS_MAP))

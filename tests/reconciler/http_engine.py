@@ -1,5 +1,6 @@
 """A local HTTP engine for tests and the benchmark: runs by id, with misbehaviour by id prefix.
 
+The listing (`/runs?since=&until=`) pages by `page_size` with a `next` cursor when set.
 Prefixes: `slow-` answers after `slow_s`; `e500-` always 500; `flaky-` one 500 then the run;
 `late-` 404 twice then the run; `bad-` an unknown status; `notjson-` a non-JSON body;
 `synth-<n>` (when `synthetic`) a run made up on the fly: success when n % 3 == 0, else running.
@@ -31,6 +32,10 @@ class EngineState:
     slow_s: float = 2.0
     delay_s: float = 0.0
     synthetic: bool = False
+    #: Runs per listing page, with `next` = the offset of the following page (None: one page).
+    page_size: int | None = None
+    #: Every page's `next` points back to the first page (a broken engine's cursor).
+    cursor_loops: bool = False
 
     def add(self, run_id: str, status: str, **extra: Any) -> None:
         self.runs[run_id] = {"id": run_id, "status": status, **extra}
@@ -70,7 +75,15 @@ def create_app(state: EngineState) -> Starlette:
             for run in state.runs.values()
             if "started_at" in run and since <= datetime.fromisoformat(run["started_at"]) <= until
         ]
-        return JSONResponse({"runs": found})
+        state.calls["listing"] += 1
+        if state.page_size is None:
+            return JSONResponse({"runs": found})
+        start = int(request.query_params.get("cursor", "0"))
+        end = start + state.page_size
+        page: dict[str, Any] = {"runs": found[start:end]}
+        if end < len(found):
+            page["next"] = "0" if state.cursor_loops else str(end)
+        return JSONResponse(page)
 
     return Starlette(
         routes=[Route("/runs/{run_id}", get_run), Route("/runs", list_runs)],

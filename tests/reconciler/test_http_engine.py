@@ -88,6 +88,48 @@ async def test_a_listing_that_is_not_there_is_an_error_not_an_empty_list() -> No
         )
 
 
+def _started(state: EngineState, count: int) -> None:
+    for i in range(count):
+        state.add(
+            f"p{i}", "running", started_at=(datetime.now(UTC) - timedelta(minutes=i)).isoformat()
+        )
+
+
+async def _listed(engine: HttpEngine) -> list[str]:
+    now = datetime.now(UTC)
+    return sorted(r.external_id for r in await engine.list_runs(now - timedelta(hours=1), now))
+
+
+async def test_a_listing_in_pages_is_read_to_its_last_page() -> None:
+    state = EngineState(page_size=3)
+    _started(state, 7)
+    async with http_engine(state) as engine:
+        assert await _listed(engine) == [f"p{i}" for i in range(7)]
+        assert engine.listing_problems == []
+    assert state.calls["listing"] == 3
+
+
+async def test_a_listing_longer_than_its_page_limit_is_cut_and_reported() -> None:
+    state = EngineState(page_size=3)
+    _started(state, 7)
+    async with http_engine(state, list_max_pages=2) as engine:
+        assert len(await _listed(engine)) == 6
+        (problem,) = engine.listing_problems
+        assert "more than 2 pages" in problem
+    assert state.calls["listing"] == 2
+
+
+async def test_a_cursor_that_points_back_ends_the_listing_and_is_reported() -> None:
+    state = EngineState(page_size=3, cursor_loops=True)
+    _started(state, 7)
+    async with http_engine(state) as engine:
+        # The first page twice: each run once.
+        assert await _listed(engine) == ["p0", "p1", "p2"]
+        (problem,) = engine.listing_problems
+        assert "points back to cursor '0'" in problem
+    assert state.calls["listing"] == 2
+
+
 async def test_flaky_engine_recovers_on_retry(
     engine_state: tuple[EngineState, HttpEngine],
 ) -> None:

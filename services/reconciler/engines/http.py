@@ -36,6 +36,20 @@ class HttpEngineConfig:
     backoff_seconds: float = 0.5
     max_connections: int = 64
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Listing pages read per pass at most (a page answering `{"runs": [...], "next": c}`
+    #: is followed by `?...&cursor=c`); past it the listing is cut and that is reported.
+    list_max_pages: int = 100
+
+
+def _next_cursor(payload: Any) -> str | None:
+    """The cursor of the listing's next page: `next` of a `{"runs": ..., "next": c}` page
+    (a string, or a number standing for its text); None on the last page."""
+    if not isinstance(payload, dict):
+        return None
+    cursor = payload.get("next")
+    if isinstance(cursor, bool) or not isinstance(cursor, str | int):
+        return None
+    return str(cursor) or None
 
 
 class _RunPayload(BaseModel):
@@ -193,28 +207,50 @@ class HttpEngine:
         # The problems are this listing's: a listing that is gone (404) or fails has none of
         # the last one's, which would otherwise be flagged and counted again every pass.
         self.listing_problems = []
-        if not self._config.list_path:
+        cfg = self._config
+        list_path = cfg.list_path
+        if not list_path:
             return []
         params = {"since": since.isoformat(), "until": until.isoformat()}
-        try:
-            payload = await self._with_retries(self._config.list_path, params)
-        except _NotFound:
-            # Not "no runs": a listing that is not there (a wrong path) would otherwise hide
-            # every orphan run for good, with nothing reported.
-            raise EngineError(
-                f"{self._config.name}: GET {self._config.list_path}: HTTP 404, no listing "
-                "there (set RECONCILER_HTTP_LIST_PATH to the engine's, or empty to list nothing)"
-            ) from None
-        items = payload.get("runs") if isinstance(payload, dict) else payload
-        if not isinstance(items, list):
-            raise EngineError(f"{self._config.name}: bad payload: run list is not a list")
-        # One run the engine reports oddly must not hide the others (their orphans and
-        # finished-row corrections): it is left out and reported.
-        runs, problems = [], []
-        for index, item in enumerate(items):
+        runs: dict[str, EngineRun] = {}
+        problems: list[str] = []
+        seen_cursors: set[str] = set()
+        for page in range(cfg.list_max_pages):
             try:
-                runs.append(self.parse_run(item))
-            except EngineError as exc:
-                problems.append(f"run {index} of the listing: {exc}")
+                payload = await self._with_retries(list_path, params)
+            except _NotFound:
+                # Not "no runs": a listing that is not there (a wrong path) would otherwise
+                # hide every orphan run for good, with nothing reported.
+                raise EngineError(
+                    f"{cfg.name}: GET {list_path}: HTTP 404, no listing there (set "
+                    "RECONCILER_HTTP_LIST_PATH to the engine's, or empty to list nothing)"
+                ) from None
+            items = payload.get("runs") if isinstance(payload, dict) else payload
+            if not isinstance(items, list):
+                raise EngineError(f"{cfg.name}: bad payload: run list is not a list")
+            # One run the engine reports oddly must not hide the others (their orphans and
+            # finished-row corrections): it is left out and reported.
+            for index, item in enumerate(items):
+                try:
+                    run = self.parse_run(item)
+                except EngineError as exc:
+                    where = f"page {page + 1}, run {index}" if page else f"run {index}"
+                    problems.append(f"{where} of the listing: {exc}")
+                    continue
+                # Pages may overlap (runs started while paging shift them): each run once.
+                runs.setdefault(run.external_id, run)
+            cursor = _next_cursor(payload)
+            if cursor is None:
+                break
+            if cursor in seen_cursors:
+                problems.append(f"the listing's page {page + 1} points back to cursor {cursor!r}")
+                break
+            seen_cursors.add(cursor)
+            params = {**params, "cursor": cursor}
+        else:
+            problems.append(
+                f"the listing has more than {cfg.list_max_pages} pages: the rest was not read "
+                "(RECONCILER_HTTP_LIST_MAX_PAGES)"
+            )
         self.listing_problems = problems
-        return runs
+        return list(runs.values())
