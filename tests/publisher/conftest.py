@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,12 @@ import nats
 import orjson
 import pytest
 import pytest_asyncio
+from fastapi import FastAPI
 from nats.js import JetStreamContext
 
+from services.ingest.apikeys import create_key
+from services.ingest.gateway import create_gateway_router
+from shared.db import connect, create_pool
 from shared.events import EventType
 from shared.publisher import Fleet, OutgoingEvent, Spool, execution_event
 from shared.publisher.envelope import dedupe_id, encode
@@ -234,3 +239,36 @@ async def ask_terminate(
         timeout=timeout,
     )
     return reply.data
+
+
+@pytest_asyncio.fixture
+async def api_key(database_url: str, org: str) -> str:
+    """An active HTTP gateway key of the test's org."""
+    conn = await connect(database_url)
+    try:
+        return (await create_key(conn, org, "tests")).key
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def gateway_app(
+    nats_url: str, database_url: str, subjects: Subjects, **limits: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, JetStreamContext]]:
+    """The HTTP gateway in-process on real NATS and Postgres, with the streams of `subjects`;
+    `limits` go to `create_gateway_router` (concurrency, wait_s)."""
+    pool = await create_pool(database_url, max_size=2)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    settings = CommonSettings(subject_prefix=subjects.prefix)
+    await ensure_streams(js, settings)
+    app = FastAPI()
+    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js, **limits))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60
+        ) as http:
+            yield http, js
+    finally:
+        await nc.close()
+        await pool.close()

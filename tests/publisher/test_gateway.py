@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from nats.js import JetStreamContext
 
 from services.ingest import apikeys
-from services.ingest.apikeys import create_key, org_for_key, revoke_key
+from services.ingest.apikeys import org_for_key, revoke_key
 from services.ingest.gateway import create_gateway_router
 from shared.db import connect, create_pool
 from shared.events import EventType
@@ -42,15 +42,6 @@ async def client(
     finally:
         await nc.close()
         await pool.close()
-
-
-@pytest_asyncio.fixture
-async def api_key(database_url: str, org: str) -> str:
-    conn = await connect(database_url)
-    try:
-        return (await create_key(conn, org, "tests")).key
-    finally:
-        await conn.close()
 
 
 def started(org: str, agent: str, run_id: str, **fields: Any) -> dict[str, Any]:

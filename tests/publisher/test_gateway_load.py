@@ -8,25 +8,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
-import nats
 import orjson
 import pytest
-import pytest_asyncio
-from fastapi import FastAPI
 
-from services.ingest.apikeys import create_key
-from services.ingest.gateway import MAX_EVENTS, create_gateway_router
+from services.ingest.gateway import MAX_EVENTS
 from services.ingest.gateway_batch import check_batch, split_body
-from shared.db import connect, create_pool
 from shared.events import EventType
 from shared.gc_tuning import THRESHOLDS
 from shared.publisher.envelope import execution_event
-from shared.settings import CommonSettings
 from shared.subjects import Subjects
+from tests.publisher.conftest import gateway_app
 
 
 @pytest.fixture(autouse=True)
@@ -39,15 +33,6 @@ def service_gc() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
-
-
-@pytest_asyncio.fixture
-async def api_key(database_url: str, org: str) -> str:
-    conn = await connect(database_url)
-    try:
-        return (await create_key(conn, org, "tests")).key
-    finally:
-        await conn.close()
 
 
 def _heavy_batch(org: str, tag: str) -> bytes:
@@ -64,25 +49,6 @@ def _heavy_batch(org: str, tag: str) -> bytes:
             for i in range(1000)
         ]
     )
-
-
-async def _gateway(
-    nats_url: str, database_url: str, subjects: Subjects, **limits: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    pool = await create_pool(database_url, max_size=2)
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    app = FastAPI()
-    settings = CommonSettings(subject_prefix=subjects.prefix)
-    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js, **limits))
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60
-        ) as http:
-            yield http
-    finally:
-        await nc.close()
-        await pool.close()
 
 
 def _timed(work: Callable[..., object], *args: object) -> float:
@@ -112,7 +78,7 @@ async def test_checking_a_heavy_batch_does_not_stall_the_event_loop(
     parse_s = min(_timed(split_body, body, "application/json", MAX_EVENTS) for _ in range(3))
     items, _ = split_body(body, "application/json", MAX_EVENTS)
     check_s = min(_timed(check_batch, items, org, streams) for _ in range(3))
-    async for http in _gateway(nats_url, database_url, streams):
+    async with gateway_app(nats_url, database_url, streams) as (http, _):
         post = asyncio.ensure_future(
             http.post(
                 "/api/events",
@@ -130,7 +96,10 @@ async def test_checking_a_heavy_batch_does_not_stall_the_event_loop(
 async def test_batches_beyond_the_gateways_concurrency_wait_then_get_503(
     nats_url: str, database_url: str, streams: Subjects, api_key: str, org: str
 ) -> None:
-    async for http in _gateway(nats_url, database_url, streams, concurrency=1, wait_s=0.05):
+    async with gateway_app(nats_url, database_url, streams, concurrency=1, wait_s=0.05) as (
+        http,
+        _,
+    ):
         posts = [
             http.post(
                 "/api/events",

@@ -7,55 +7,14 @@ max_msg_size) is listed as `refused` in a 422 while the rest of the batch is pub
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import nats
-import pytest_asyncio
-from fastapi import FastAPI
-from nats.js import JetStreamContext
 
-from services.ingest.apikeys import create_key
-from services.ingest.gateway import create_gateway_router
-from shared.db import connect, create_pool
-from shared.settings import CommonSettings
-from shared.streams import ensure_streams
 from shared.subjects import Subjects
 from tests.chaos.infra import own_nats
-from tests.publisher.conftest import stream_messages
+from tests.publisher.conftest import gateway_app, stream_messages
 from tests.publisher.test_gateway import started
-
-
-@pytest_asyncio.fixture
-async def api_key(database_url: str, org: str) -> str:
-    conn = await connect(database_url)
-    try:
-        return (await create_key(conn, org, "tests")).key
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def gateway(
-    nats_url: str, database_url: str, subjects: Subjects
-) -> AsyncIterator[tuple[httpx.AsyncClient, JetStreamContext]]:
-    pool = await create_pool(database_url, max_size=1)
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    settings = CommonSettings(subject_prefix=subjects.prefix)
-    await ensure_streams(js, settings)
-    app = FastAPI()
-    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js))
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gw"
-        ) as http:
-            yield http, js
-    finally:
-        await nc.close()
-        await pool.close()
 
 
 def _big(org: str, run_id: str, size: int) -> dict[str, Any]:
@@ -68,7 +27,7 @@ async def test_an_event_over_the_servers_max_payload_refuses_the_batch_before_pu
     subjects = Subjects("limits")
     async with (
         own_nats("max_payload: 65536\n") as server,
-        gateway(server.url, database_url, subjects) as (http, js),
+        gateway_app(server.url, database_url, subjects) as (http, js),
     ):
         # Under the gateway's own per-event limit (900 KB), over this server's 64 KiB.
         batch = [started(org, "a", "r1"), _big(org, "r2", 70_000), started(org, "a", "r3")]
@@ -94,7 +53,7 @@ async def test_a_header_that_takes_an_event_over_max_payload_counts_too(
     subjects = Subjects("limits")
     async with (
         own_nats("max_payload: 65536\n") as server,
-        gateway(server.url, database_url, subjects) as (http, _),
+        gateway_app(server.url, database_url, subjects) as (http, _),
     ):
         probe = _big(org, "r1", 0)
         fixed = len(httpx.Request("POST", "/", json=probe).content)
@@ -106,7 +65,7 @@ async def test_a_header_that_takes_an_event_over_max_payload_counts_too(
 async def test_an_event_jetstream_refuses_for_good_is_listed_and_the_rest_published(
     nats_url: str, database_url: str, api_key: str, org: str, subjects: Subjects
 ) -> None:
-    async with gateway(nats_url, database_url, subjects) as (http, js):
+    async with gateway_app(nats_url, database_url, subjects) as (http, js):
         info = await js.stream_info(subjects.events_stream)
         info.config.max_msg_size = 4096
         await js.update_stream(info.config)

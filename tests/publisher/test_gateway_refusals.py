@@ -19,9 +19,8 @@ import pytest_asyncio
 from fastapi import FastAPI
 from nats.js import JetStreamContext
 
-from services.ingest.apikeys import create_key
 from services.ingest.gateway import create_gateway_router
-from shared.db import connect, create_pool
+from shared.db import create_pool
 from shared.events import MAX_EVENT_BYTES, Event, EventType
 from shared.publisher.envelope import execution_event
 from shared.settings import CommonSettings
@@ -41,15 +40,6 @@ async def gateway(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
         yield http
-
-
-@pytest_asyncio.fixture
-async def api_key(database_url: str, org: str) -> str:
-    conn = await connect(database_url)
-    try:
-        return (await create_key(conn, org, "tests")).key
-    finally:
-        await conn.close()
 
 
 @pytest_asyncio.fixture
