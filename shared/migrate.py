@@ -14,6 +14,11 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any fixed number: it only has to keep two migrators of one database apart.
 _LOCK_KEY = 7_465_321_104
+# How long one migration may wait for a table lock before it gives up (and rolls back). A
+# DDL lock waiting behind an open writer queues every later writer behind itself, so a
+# stuck wait stalls ingest; and the backend of a killed migrate Job waits on unnoticed,
+# holding the migration lock that its retry then waits for. Failing lets the retry try again.
+LOCK_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,11 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             if migration.version in done:
                 continue
             async with conn.transaction():
+                # Local to this transaction: the wait for the migration lock above is meant to
+                # be long, as another migrator is busy there.
+                await conn.execute(
+                    "SELECT set_config('lock_timeout', $1, true)", f"{int(LOCK_TIMEOUT_S * 1000)}ms"
+                )
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",

@@ -27,11 +27,16 @@ DEFAULT_BATCH = 5_000
 ORGS_SQL = "SELECT org, retention_days FROM organizations ORDER BY org"
 
 # An execution expires when its list time (`sort_at`: started_at, else first sight) is older
-# than the cutoff; its steps go with it in the same transaction.
-DELETE_EXECUTIONS_SQL = """
+# than the cutoff; its steps go with it in the same transaction. One still pending or running
+# that ingest wrote within the window is kept: its agent is still reporting, and deleting it
+# lost its start and earlier steps (the next event made a new row without them). One silent
+# for the whole window is abandoned and expires.
+EXPIRED = "sort_at < $2 AND NOT (status IN ('pending', 'running') AND updated_at >= $2)"
+
+DELETE_EXECUTIONS_SQL = f"""
 WITH doomed AS (
     SELECT id FROM executions
-    WHERE org = $1 AND sort_at < $2
+    WHERE org = $1 AND {EXPIRED}
     ORDER BY sort_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -73,12 +78,12 @@ DELETE FROM events e USING doomed d
 WHERE e.org = $1 AND e.event_id = d.event_id
 """
 
-COUNT_SQL = """
+COUNT_SQL = f"""
 SELECT
-    (SELECT count(*) FROM executions WHERE org = $1 AND sort_at < $2) AS executions,
+    (SELECT count(*) FROM executions WHERE org = $1 AND {EXPIRED}) AS executions,
     (SELECT count(*) FROM component_executions c
-        JOIN executions e ON e.org = c.org AND e.id = c.execution_id
-        WHERE e.org = $1 AND e.sort_at < $2)
+        WHERE c.org = $1
+          AND c.execution_id IN (SELECT id FROM executions WHERE org = $1 AND {EXPIRED}))
     + (SELECT count(*) FROM component_executions c
         WHERE c.org = $1 AND coalesce(c.started_at, c.first_seen_at) < $2
           AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
