@@ -256,6 +256,12 @@ async def fetch_components(
     }
 
 
+class RowsVanished(Exception):
+    """Rows read at the start of the batch were gone when it wrote them: retention deleted
+    them in between (it takes row locks, not the executions' advisory locks). The batch is
+    rolled back and retried; the retry finds them absent and writes them anew."""
+
+
 def _encode(value: Any, pg_type: str) -> Any:
     if value is None or pg_type != "jsonb":
         return value
@@ -309,7 +315,13 @@ async def write_rows(
         await conn.copy_records_to_table(table, records=inserts, columns=columns)
     if updates:
         sql = UPDATE_COMPONENTS if components else UPDATE_EXECUTIONS
-        await conn.execute(sql, *_columns(updates, width))
+        status = await conn.execute(sql, *_columns(updates, width))
+        updated = int(status.rsplit(" ", 1)[-1])
+        if updated != len(updates):
+            raise RowsVanished(
+                f"{len(updates) - updated} of {len(updates)} stored "
+                f"{'steps' if components else 'executions'} were deleted while being written"
+            )
     return len(inserts) + len(updates)
 
 
