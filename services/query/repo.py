@@ -52,6 +52,9 @@ FROM (SELECT message, response FROM executions WHERE {where}
 # pattern when fewer than the cap, else NULL.
 SEARCH_CANDIDATES = "SELECT search_candidates($1, $2, $3::text[])"
 
+# DETAIL and LOG read under the caller's agents ($3; NULL: all): a row out of scope is never
+# fetched, so its 404 costs what a missing id's does (a 64 MB log read, then refused, took
+# 60x as long: a user could time an unshared agent's run into existence, and its log's size).
 DETAIL = """
 SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.triggered_by,
     e.message, e.response, e.error, e.error_type, e.started_at, e.completed_at, e.duration_ms,
@@ -61,7 +64,7 @@ SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.tri
     e.execution_log IS NOT NULL AS has_log, octet_length(e.execution_log) AS log_bytes,
     a.display_name AS agent_display_name
 FROM executions AS e LEFT JOIN agents AS a ON a.org = e.org AND a.name = e.agent_name
-WHERE e.org = $1 AND e.id = $2
+WHERE e.org = $1 AND e.id = $2 AND ($3::text[] IS NULL OR e.agent_name = ANY($3))
 """
 COMPONENTS = """
 SELECT node_id, name, attempt, status, retry_policy, max_attempts, input, output, error,
@@ -74,7 +77,8 @@ SELECT {columns} FROM executions
 WHERE org = $1 AND parent_execution_id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))
 ORDER BY sort_at, id LIMIT {limit}
 """
-LOG = "SELECT agent_name, execution_log FROM executions WHERE org = $1 AND id = $2"
+LOG = """SELECT agent_name, execution_log FROM executions
+WHERE org = $1 AND id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))"""
 
 STATS = """
 SELECT agent_name, triggered_by, status, count(*) AS n,
@@ -215,8 +219,15 @@ async def search_candidates(
     return ids
 
 
-async def detail(conn: asyncpg.Connection, org: str, execution_id: str) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(DETAIL, org, execution_id)
+def _names(agents: frozenset[str] | None) -> list[str] | None:
+    return None if agents is None else sorted(agents)
+
+
+async def detail(
+    conn: asyncpg.Connection, org: str, execution_id: str, agents: frozenset[str] | None
+) -> asyncpg.Record | None:
+    """The execution if one of `agents` (None: any of the org's) ran it."""
+    row: asyncpg.Record | None = await conn.fetchrow(DETAIL, org, execution_id, _names(agents))
     return row
 
 
@@ -244,9 +255,9 @@ async def children(
 
 
 async def execution_log(
-    conn: asyncpg.Connection, org: str, execution_id: str
+    conn: asyncpg.Connection, org: str, execution_id: str, agents: frozenset[str] | None
 ) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await conn.fetchrow(LOG, org, execution_id)
+    row: asyncpg.Record | None = await conn.fetchrow(LOG, org, execution_id, _names(agents))
     return row
 
 

@@ -43,7 +43,7 @@ async def _visible(ctx: Ctx, execution_id: str) -> Any:
     """The row, or 404 alike for a missing id, another org's id or an agent out of scope."""
     if not _possible_id(execution_id):
         raise _not_found(execution_id)
-    row = await repo.detail(ctx.conn, ctx.scope.org, execution_id)
+    row = await repo.detail(ctx.conn, ctx.scope.org, execution_id, ctx.scope.agents)
     if row is None or not ctx.scope.allows(row["agent_name"]):
         raise _not_found(execution_id)
     return row
@@ -114,7 +114,7 @@ def engine_url(
 async def execution_log(execution_id: str, ctx: CallerDep) -> PlainTextResponse:
     if not _possible_id(execution_id):
         raise _not_found(execution_id)
-    row = await repo.execution_log(ctx.conn, ctx.scope.org, execution_id)
+    row = await repo.execution_log(ctx.conn, ctx.scope.org, execution_id, ctx.scope.agents)
     if row is None or not ctx.scope.allows(row["agent_name"]):
         raise _not_found(execution_id)
     if row["execution_log"] is None:
