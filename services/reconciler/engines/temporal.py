@@ -9,7 +9,13 @@ from typing import Any
 
 from temporalio.api.common.v1 import Payloads
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowHistory,
+    WorkflowHistoryEventFilterType,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from services.reconciler.engines import EngineError, EngineRun
@@ -123,6 +129,21 @@ class TemporalEngine:
             raise EngineError(f"{self._name}: list workflows: {exc.message}") from exc
         return runs
 
+    async def _history(self, external_id: str, run_id: str | None, whole: bool) -> WorkflowHistory:
+        """The history of the run described, not of whichever run the id names by now (a
+        reused id's next run is another execution's, with its own inputs and error). Without
+        `whole`, only the close event: a run's history may hold 50 MB, and a pass looks up
+        many runs at once."""
+        handle = self._client.get_workflow_handle(external_id, run_id=run_id)
+        return await handle.fetch_history(
+            event_filter_type=(
+                WorkflowHistoryEventFilterType.ALL_EVENT
+                if whole
+                else WorkflowHistoryEventFilterType.CLOSE_EVENT
+            ),
+            rpc_timeout=self._timeout,
+        )
+
     async def get_run(self, external_id: str, *, with_steps: bool = False) -> EngineRun | None:
         handle = self._client.get_workflow_handle(external_id)
         try:
@@ -131,10 +152,10 @@ class TemporalEngine:
             error = None
             history = None
             if with_steps or status in (Status.FAILED, Status.CANCELLED):
-                history = await handle.fetch_history(rpc_timeout=self._timeout)
+                history = await self._history(external_id, desc.run_id, with_steps)
             memo = await _our_memo(desc)
         except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
+            if _no_such_run(exc):
                 return None
             raise EngineError(f"{self._name}: describe {external_id}: {exc.message}") from exc
         steps: tuple[Any, ...] = ()
@@ -169,6 +190,15 @@ class TemporalEngine:
             execution_id=_text(memo.get(MEMO_EXECUTION_ID)),
             steps=steps,
         )
+
+
+def _no_such_run(exc: RPCError) -> bool:
+    """Whether NOT_FOUND means the run is not there. A missing namespace (a misconfigured
+    one) answers NOT_FOUND too: that is every lookup failing, not every row's run gone."""
+    if exc.status != RPCStatusCode.NOT_FOUND:
+        return False
+    details = exc.grpc_status.details
+    return not any(d.type_url.endswith(".NamespaceNotFoundFailure") for d in details)
 
 
 def _text(value: Any) -> str | None:
