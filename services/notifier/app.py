@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 
 import asyncpg
 import nats
@@ -13,12 +14,13 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.protocol import State
 
 from services.notifier.access import AccessGuard
 from services.notifier.feed import LiveFeed
 from services.notifier.handshake import choose_subprotocol
 from services.notifier.http import make_process_request
-from services.notifier.hub import CLOSE_SERVICE_RESTART, Hub
+from services.notifier.hub import CLOSE_SERVICE_RESTART, CLOSE_SLOW, Hub
 from services.notifier.metrics import Metrics
 from services.notifier.repo import fetch_scope
 from services.notifier.scopes import ScopeCache
@@ -44,10 +46,48 @@ class NotifierConnection(ServerConnection):
     pings and pongs that delays the event fanned out behind it. Later pings keep the interval.
     """
 
+    #: Bytes queued for the client past which it is cut off (0: no limit until `limit_queue`).
+    queue_bytes = 0
+    slow_close_grace_s = 0.0
+    on_cut_off: Callable[[], None] | None = None
+    cut = False
+
     async def keepalive(self) -> None:
         assert self.ping_interval is not None
         await asyncio.sleep(random.uniform(0, self.ping_interval))
         await super().keepalive()
+
+    def limit_queue(self, queue_bytes: int, grace_s: float, on_cut_off: Callable[[], None]) -> None:
+        self.queue_bytes = queue_bytes
+        self.slow_close_grace_s = grace_s
+        self.on_cut_off = on_cut_off
+
+    def data_received(self, data: bytes) -> None:
+        if self.cut:
+            return  # reading may be resumed by the message queue's flow control: ignore it
+        super().data_received(data)
+        # Every ping read is answered with a pong written into the client's queue, whether the
+        # client reads or not, and fan-out only checks the queue when an event is for it. A
+        # client flooding pings without reading grew it without bound (8 MB in a second), so
+        # past the fan-out's limit it is a slow consumer too.
+        # (A client already closing was cut off by fan-out or is leaving: not counted again.)
+        if (
+            self.queue_bytes
+            and self.protocol.state is State.OPEN
+            and self.transport.get_write_buffer_size() > self.queue_bytes
+        ):
+            self._cut_off()
+
+    def _cut_off(self) -> None:
+        """As `Hub.cut_off`: 4008 behind what is queued, abort after the grace. Nothing more is
+        read, so no further pong is queued meanwhile (pongs are sent even while closing)."""
+        self.cut = True
+        self.transport.pause_reading()
+        if self.on_cut_off is not None:
+            self.on_cut_off()
+        self.protocol.send_close(CLOSE_SLOW, "slow consumer: queue_full")
+        self.send_data()
+        self.loop.call_later(self.slow_close_grace_s, self.transport.abort)
 
 
 class Notifier:
@@ -141,7 +181,12 @@ class Notifier:
             triggers=self.triggers,
         )
 
+        def ping_flood() -> None:
+            self.metrics.slow_disconnects.labels("queue_full").inc()
+
         async def handler(conn: ServerConnection) -> None:
+            if isinstance(conn, NotifierConnection):
+                conn.limit_queue(s.client_queue_bytes, s.slow_close_grace_s, ping_flood)
             await handle(conn, deps)
 
         self._server = await serve(
