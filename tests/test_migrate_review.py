@@ -12,8 +12,6 @@ import shared.migrate as migrate_module
 from shared.db import connect
 from shared.migrate import migrate
 
-pytestmark = pytest.mark.asyncio
-
 
 async def test_a_migration_blocked_by_a_writer_gives_up_and_lets_writers_through(
     fresh_database_url: str, monkeypatch: pytest.MonkeyPatch

@@ -116,10 +116,8 @@ async def _poll_lag(state: IngestState, settings: IngestSettings, metrics: Inges
     while True:
         try:
             assert state.js is not None
-            info = await asyncio.wait_for(
-                state.js.consumer_info(settings.subjects.events_stream, settings.durable),
-                timeout=settings.lag_poll_interval,
-            )
+            # nats-py's own request timeout (5 s) bounds a read while NATS is away.
+            info = await state.js.consumer_info(settings.subjects.events_stream, settings.durable)
             metrics.consumer_pending.set(info.num_pending or 0)
             metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
             metrics.consumer_read_at.set_to_current_time()

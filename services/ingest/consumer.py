@@ -28,6 +28,7 @@ from services.ingest.inflight import KeysInFlight
 from services.ingest.merge import Finished
 from services.ingest.metrics import IngestMetrics
 from services.ingest.registry import RegistryCache
+from services.ingest.repo import RowsVanished
 from shared.events import Event
 from shared.subjects import Subjects
 from shared.validation import Rejected, validate
@@ -300,6 +301,11 @@ class BatchConsumer:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
+                continue
+            except RowsVanished as exc:
+                # Retention deleted rows this batch read (not the database failing): read
+                # and write again at once; the rows are new now.
+                log.info("%s; writing the batch again", exc)
                 continue
             except Exception as exc:
                 if isinstance(exc, asyncpg.ForeignKeyViolationError) and not registry_forgotten:

@@ -172,10 +172,9 @@ async def _check_body(body: bytes, content_type: str, org: str, subjects: Subjec
     """Parse and check a whole body, letting the event loop run between slices of events;
     the parse errors come first in `errors`. Raises TooManyEventsError."""
     items, errors = split_body(body, content_type, MAX_EVENTS)
-    steps = check_batch_in_steps(items, org, subjects, CHECK_STEP)
-    checked = next(steps)
-    for checked in steps:  # noqa: B007 (the last one is the result)
-        await asyncio.sleep(0)
+    checked = Checked()
+    for checked in check_batch_in_steps(items, org, subjects, CHECK_STEP):  # noqa: B007
+        await asyncio.sleep(0)  # the last `checked` is the result
     checked.errors = errors + checked.errors
     return checked
 
@@ -294,7 +293,11 @@ def create_gateway_router(
                     "detail": "JetStream did not acknowledge every event; resend the batch "
                     "(events already stored are dropped as duplicates)",
                     "not_acknowledged": failed,
-                    **({"refused": refused} if refused else {}),
+                    **(
+                        {"refused": refused[:MAX_LISTED_ERRORS], "refused_count": len(refused)}
+                        if refused
+                        else {}
+                    ),
                 },
                 status_code=503,
                 headers={"Retry-After": "1"},

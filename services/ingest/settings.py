@@ -37,8 +37,9 @@ class IngestSettings(CommonSettings):
     #: Postgres's lock table.
     max_in_flight: int = Field(default=2, ge=1, le=16)
     lag_poll_interval: float = Field(default=5.0, gt=0)
-    #: HTTP gateway: batches checked and published at once (the checking runs in worker
-    #: threads, beside the consumer), and seconds a batch waits for its turn before a 503.
+    #: HTTP gateway: batches checked and published at once (checked on the event loop in
+    #: slices, between the consumer's turns), and seconds a batch waits for its turn before
+    #: a 503.
     gateway_concurrency: int = Field(default=GATEWAY_CONCURRENCY, ge=1, le=64)
     gateway_wait_s: float = Field(default=GATEWAY_WAIT_S, gt=0, le=300)
     #: How often the running/stuck gauges are read from Postgres (seconds).

@@ -20,7 +20,7 @@ from services.notifier.access import AccessGuard
 from services.notifier.feed import LiveFeed
 from services.notifier.handshake import choose_subprotocol
 from services.notifier.http import make_process_request
-from services.notifier.hub import CLOSE_SERVICE_RESTART, CLOSE_SLOW, Hub
+from services.notifier.hub import CLOSE_SERVICE_RESTART, Hub, close_slow
 from services.notifier.metrics import Metrics
 from services.notifier.repo import fetch_scope
 from services.notifier.scopes import ScopeCache
@@ -85,9 +85,7 @@ class NotifierConnection(ServerConnection):
         self.transport.pause_reading()
         if self.on_cut_off is not None:
             self.on_cut_off()
-        self.protocol.send_close(CLOSE_SLOW, "slow consumer: queue_full")
-        self.send_data()
-        self.loop.call_later(self.slow_close_grace_s, self.transport.abort)
+        close_slow(self, "queue_full", self.slow_close_grace_s)
 
 
 class Notifier:

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from services.notifier.clients import Client, Group, GroupKey
@@ -54,6 +55,19 @@ def text_frame(payload: bytes) -> bytes:
     if size < 65536:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+def close_slow(conn: ServerConnection, reason: str, grace_s: float) -> None:
+    """4008 behind what the client has queued, then abort after `grace_s`: the close frame
+    waits behind the buffered data, so a reader that wakes up within the grace sees 4008, and
+    a dead one is aborted so that its buffer is freed."""
+    try:
+        if conn.protocol.state is State.OPEN:
+            conn.protocol.send_close(CLOSE_SLOW, f"slow consumer: {reason}")
+            conn.send_data()
+    except Exception as exc:
+        log.debug("close frame to slow client failed: %s", exc)
+    asyncio.get_running_loop().call_later(grace_s, conn.transport.abort)
 
 
 class Hub:
@@ -247,18 +261,8 @@ class Hub:
         self.metrics.drops.inc(len(client.pending))
         self.remove(client)
         self.metrics.slow_disconnects.labels(reason).inc()
-        conn = client.conn
         log.info("closing slow client %s/%s: %s", client.claims.org, client.claims.sub, reason)
-        try:
-            if conn.protocol.state is State.OPEN:
-                conn.protocol.send_close(CLOSE_SLOW, f"slow consumer: {reason}")
-                conn.send_data()
-        except Exception as exc:
-            log.debug("close frame to slow client failed: %s", exc)
-        # The close frame waits behind the buffered events; a reader that wakes up within the
-        # grace sees 4008, a dead one is aborted so its buffer is freed.
-        transport = conn.transport
-        asyncio.get_running_loop().call_later(self.slow_close_grace_s, transport.abort)
+        close_slow(client.conn, reason, self.slow_close_grace_s)
 
     def replay_from_ring(self, first: int) -> list[Outgoing] | None:
         """Events with seq >= first still in memory, or None if the ring does not reach back."""

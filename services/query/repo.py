@@ -208,19 +208,19 @@ async def search_count(
     return int(row["matched"]), int(row["scanned"]) < budget
 
 
+def _names(agents: frozenset[str] | None) -> list[str] | None:
+    return None if agents is None else sorted(agents)
+
+
 async def search_candidates(
     conn: asyncpg.Connection, pattern: str, *, cap: int, agents: frozenset[str] | None = None
 ) -> list[str] | None:
     """Every id of the transaction's org (`fleetwatch.org`) and of `agents` (None: every
     agent) whose message or response matches `pattern`, if fewer than `cap`; None for a term
     common among those rows (keep the ordered scan)."""
-    names = None if agents is None else sorted(agents)
+    names = _names(agents)
     ids: list[str] | None = await conn.fetchval(SEARCH_CANDIDATES, pattern, int(cap), names)
     return ids
-
-
-def _names(agents: frozenset[str] | None) -> list[str] | None:
-    return None if agents is None else sorted(agents)
 
 
 async def detail(
@@ -249,7 +249,7 @@ async def children(
 ) -> tuple[list[asyncpg.Record], bool]:
     """The first 500 children the caller may see (`agents` None: every agent of the org), and
     whether there are more."""
-    visible = None if agents is None else sorted(agents)
+    visible = _names(agents)
     sql = CHILDREN.format(columns=SUMMARY_COLUMNS, limit=LISTED_AT_MOST + 1)
     return cut(await conn.fetch(sql, org, execution_id, visible))
 

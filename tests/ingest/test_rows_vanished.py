@@ -13,9 +13,14 @@ import pytest
 
 from services.ingest import repo
 from services.ingest.batch import Incoming, apply_batch
+from services.ingest.consumer import BatchConsumer
 from services.ingest.merge import RowState
-from shared.db import connect
-from tests.ingest.events_factory import execution_events
+from services.ingest.metrics import IngestMetrics
+from shared.db import connect, create_pool
+from shared.events import Event
+from shared.subjects import Subjects
+from tests.ingest.conftest import Wired
+from tests.ingest.events_factory import execution_events, to_wire
 
 
 async def test_an_execution_deleted_mid_batch_is_written_again_on_retry(
@@ -53,3 +58,45 @@ async def test_an_execution_deleted_mid_batch_is_written_again_on_retry(
     row = await db.fetchrow("SELECT status FROM executions WHERE org = $1 AND id = 'late'", org)
     assert row is not None
     assert row["status"] == terminal.status.value
+
+
+async def test_the_consumer_writes_such_a_batch_again_at_once(
+    wired: Wired, database_url: str, subjects: Subjects, org: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, *rest = execution_events(org, "agent-1", "late", random.Random(8))
+    terminal = rest[-1]
+    pool = await create_pool(database_url, max_size=2)
+    consumer = BatchConsumer(
+        pool=pool, js=wired.js, subjects=subjects, metrics=IngestMetrics.create()
+    )
+    sub = await wired.js.pull_subscribe(subjects.org_events(org), durable="vanish")
+
+    async def deliver(event: Event) -> None:
+        await wired.js.publish(subjects.event(org, "agent-1", event.type), to_wire(event))
+        await consumer.handle(await sub.fetch(1, timeout=5))
+
+    fetch = repo.fetch_executions
+    deleted: list[str] = []
+
+    async def retention_strikes_once(
+        conn: asyncpg.Connection, keys: Sequence[Any]
+    ) -> dict[Any, RowState]:
+        found = await fetch(conn, keys)
+        if found and not deleted:
+            async with pool.acquire() as other:
+                deleted.append(await other.execute("DELETE FROM executions WHERE org = $1", org))
+        return found
+
+    try:
+        await deliver(started)
+        monkeypatch.setattr(repo, "fetch_executions", retention_strikes_once)
+        await deliver(terminal)
+        assert deleted == ["DELETE 1"]
+        async with pool.acquire() as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM executions WHERE org = $1 AND id = 'late'", org
+            )
+        assert status == terminal.status.value
+        assert consumer._metrics.db_errors.labels("transient")._value.get() == 0
+    finally:
+        await pool.close()

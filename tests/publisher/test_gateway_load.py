@@ -1,7 +1,7 @@
-"""The gateway under heavy batches, in-process on real NATS and Postgres: checking a big body
-runs beside the event loop ingest's consumer shares (not on it), and batches beyond the
-gateway's concurrency wait their turn for a bounded time, then get 503 (busy), never queue
-without end."""
+"""The gateway under heavy batches, in-process on real NATS and Postgres: a big body is checked
+in slices, so the event loop ingest's consumer shares gets turns between them, and batches
+beyond the gateway's concurrency wait their turn for a bounded time, then get 503 (busy),
+never queue without end."""
 
 from __future__ import annotations
 

@@ -36,6 +36,8 @@ class EngineState:
     page_size: int | None = None
     #: Every page's `next` points back to the first page (a broken engine's cursor).
     cursor_loops: bool = False
+    #: Pages after the first answer 404 (a cursor the engine has expired).
+    cursor_expires: bool = False
 
     def add(self, run_id: str, status: str, **extra: Any) -> None:
         self.runs[run_id] = {"id": run_id, "status": status, **extra}
@@ -78,6 +80,8 @@ def create_app(state: EngineState) -> Starlette:
         state.calls["listing"] += 1
         if state.page_size is None:
             return JSONResponse({"runs": found})
+        if state.cursor_expires and "cursor" in request.query_params:
+            return JSONResponse({"error": "cursor expired"}, status_code=404)
         start = int(request.query_params.get("cursor", "0"))
         end = start + state.page_size
         page: dict[str, Any] = {"runs": found[start:end]}

@@ -130,6 +130,15 @@ async def test_a_cursor_that_points_back_ends_the_listing_and_is_reported() -> N
     assert state.calls["listing"] == 2
 
 
+async def test_a_page_that_is_gone_keeps_the_pages_read_and_is_reported() -> None:
+    state = EngineState(page_size=3, cursor_expires=True)
+    _started(state, 7)
+    async with http_engine(state) as engine:
+        assert len(await _listed(engine)) == 3
+        (problem,) = engine.listing_problems
+        assert "page 2 of the listing is gone (HTTP 404)" in problem
+
+
 async def test_flaky_engine_recovers_on_retry(
     engine_state: tuple[EngineState, HttpEngine],
 ) -> None:

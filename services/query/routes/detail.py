@@ -44,6 +44,7 @@ async def _visible(ctx: Ctx, execution_id: str) -> Any:
     if not _possible_id(execution_id):
         raise _not_found(execution_id)
     row = await repo.detail(ctx.conn, ctx.scope.org, execution_id, ctx.scope.agents)
+    # The SQL reads under the scope already; this is the second lock, should a query change.
     if row is None or not ctx.scope.allows(row["agent_name"]):
         raise _not_found(execution_id)
     return row

@@ -219,6 +219,9 @@ class HttpEngine:
             try:
                 payload = await self._with_retries(list_path, params)
             except _NotFound:
+                if page:  # a cursor the engine no longer knows: keep the pages read
+                    problems.append(f"page {page + 1} of the listing is gone (HTTP 404)")
+                    break
                 # Not "no runs": a listing that is not there (a wrong path) would otherwise
                 # hide every orphan run for good, with nothing reported.
                 raise EngineError(
