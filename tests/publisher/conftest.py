@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import orjson
@@ -252,22 +253,32 @@ async def api_key(database_url: str, org: str) -> str:
 
 
 @asynccontextmanager
+async def gateway_for(
+    pool: asyncpg.Pool, js: JetStreamContext, subjects: Subjects, **options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the gateway in-process on `pool` and `js`; `options` go to
+    `create_gateway_router` (key_lookup_timeout, concurrency, wait_s)."""
+    app = FastAPI()
+    settings = CommonSettings(subject_prefix=subjects.prefix)
+    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js, **options))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60
+    ) as http:
+        yield http
+
+
+@asynccontextmanager
 async def gateway_app(
-    nats_url: str, database_url: str, subjects: Subjects, **limits: Any
+    nats_url: str, database_url: str, subjects: Subjects, **options: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, JetStreamContext]]:
-    """The HTTP gateway in-process on real NATS and Postgres, with the streams of `subjects`;
-    `limits` go to `create_gateway_router` (concurrency, wait_s)."""
+    """`gateway_for` on a pool and a NATS connection of its own, with the streams of
+    `subjects` made."""
     pool = await create_pool(database_url, max_size=2)
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
-    settings = CommonSettings(subject_prefix=subjects.prefix)
-    await ensure_streams(js, settings)
-    app = FastAPI()
-    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js, **limits))
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=60
-        ) as http:
+        await ensure_streams(js, CommonSettings(subject_prefix=subjects.prefix))
+        async with gateway_for(pool, js, subjects, **options) as http:
             yield http, js
     finally:
         await nc.close()

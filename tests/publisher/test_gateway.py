@@ -22,26 +22,15 @@ from shared.events import EventType
 from shared.publisher.envelope import component_event, execution_event
 from shared.settings import CommonSettings
 from shared.subjects import Subjects
-from tests.publisher.conftest import stream_messages
+from tests.publisher.conftest import gateway_app, stream_messages
 
 
 @pytest_asyncio.fixture
 async def client(
     nats_url: str, database_url: str, streams: Subjects
 ) -> AsyncIterator[httpx.AsyncClient]:
-    pool = await create_pool(database_url, max_size=2)
-    nc = await nats.connect(nats_url)
-    js = nc.jetstream()
-    settings = CommonSettings(subject_prefix=streams.prefix)
-    app = FastAPI()
-    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js))
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-            yield http
-    finally:
-        await nc.close()
-        await pool.close()
+    async with gateway_app(nats_url, database_url, streams) as (http, _):
+        yield http
 
 
 def started(org: str, agent: str, run_id: str, **fields: Any) -> dict[str, Any]:

@@ -7,39 +7,22 @@ gateway's pool and the real server (the shared server is never stopped).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import nats
 import orjson
 import pytest_asyncio
-from fastapi import FastAPI
 from nats.js import JetStreamContext
 
-from services.ingest.gateway import create_gateway_router
 from shared.db import create_pool
 from shared.events import MAX_EVENT_BYTES, Event, EventType
 from shared.publisher.envelope import execution_event
-from shared.settings import CommonSettings
 from shared.subjects import Subjects
 from shared.validation import validate
 from tests.chaos.infra import proxy_to
-from tests.publisher.conftest import stream_messages
-
-
-@asynccontextmanager
-async def gateway(
-    pool: asyncpg.Pool, js: JetStreamContext, subjects: Subjects, **options: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    settings = CommonSettings(subject_prefix=subjects.prefix)
-    app.include_router(create_gateway_router(settings, lambda: pool, lambda: js, **options))
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
-        yield http
+from tests.publisher.conftest import gateway_for, stream_messages
 
 
 @pytest_asyncio.fixture
@@ -49,7 +32,7 @@ async def client(
     pool = await create_pool(database_url, max_size=2)
     nc = await nats.connect(nats_url)
     try:
-        async with gateway(pool, nc.jetstream(), streams) as http:
+        async with gateway_for(pool, nc.jetstream(), streams) as http:
             http.headers["X-API-Key"] = api_key
             yield http
     finally:
@@ -146,7 +129,9 @@ async def test_database_outage_during_key_lookup_is_503_with_retry_after(
             try:
                 # Long enough for a fresh connection through the proxy after heal() on a loaded
                 # machine; the cut lookup still hangs past it.
-                async with gateway(pool, nc.jetstream(), streams, key_lookup_timeout=2.0) as http:
+                async with gateway_for(
+                    pool, nc.jetstream(), streams, key_lookup_timeout=2.0
+                ) as http:
                     http.headers["X-API-Key"] = api_key
 
                     async def post(run_id: str) -> httpx.Response:
