@@ -14,7 +14,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 
 from websockets.asyncio.server import ServerConnection
@@ -35,6 +35,7 @@ CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW = 4008
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_MANY = 4429
 #: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 5.5.1).
 CLOSE_REASON_MAX_BYTES = 123
 
@@ -85,6 +86,8 @@ class Hub:
         self.pending_max = pending_max
         self.slow_close_grace_s = slow_close_grace_s
         self.clients: set[Client] = set()
+        #: Open clients per caller (the key their scope is cached under).
+        self._per_caller: Counter[ScopeKey] = Counter()
         self.groups: dict[GroupKey, Group] = {}
         #: Last stream seq fan-out has passed; set by the live consumer before the first event.
         self.last_seq = 0
@@ -109,10 +112,16 @@ class Hub:
 
     def add(self, client: Client) -> None:
         self.clients.add(client)
+        self._per_caller[scope_key(client.claims)] += 1
         self._join(client)
         self.metrics.connections.set(len(self.clients))
 
     def remove(self, client: Client) -> None:
+        if client in self.clients:
+            key = scope_key(client.claims)
+            self._per_caller[key] -= 1
+            if self._per_caller[key] <= 0:
+                del self._per_caller[key]
         self.clients.discard(client)
         self._leave(client)
         client.pending.clear()
@@ -269,6 +278,10 @@ class Hub:
         if first <= self.ring_floor:
             return None
         return [out for out in self.ring if out.seq >= first]
+
+    def open_for(self, key: ScopeKey) -> int:
+        """How many clients the caller with this scope key holds open."""
+        return self._per_caller[key]
 
     def by_caller(self) -> dict[ScopeKey, list[Client]]:
         """Open clients by caller (the key their scope is cached under)."""

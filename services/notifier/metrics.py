@@ -43,6 +43,11 @@ class Metrics:
         self.auth_failures = Counter(
             "notifier_auth_failures_total", "Connections closed with 4401", registry=r
         )
+        self.caller_limit_closes = Counter(
+            "notifier_caller_limit_closes_total",
+            "Connections closed with 4429: the caller already held its maximum of sockets",
+            registry=r,
+        )
         self.frame_errors = Counter(
             "notifier_client_frame_errors_total",
             "Client frames answered with an error frame",

@@ -24,9 +24,15 @@ from services.notifier.filters import (
     parse_frame,
 )
 from services.notifier.handshake import initial_frame, offered_subprotocols, token_from
-from services.notifier.hub import CLOSE_TRY_AGAIN, CLOSE_UNAUTHORIZED, Hub, close_reason
+from services.notifier.hub import (
+    CLOSE_TOO_MANY,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+    Hub,
+    close_reason,
+)
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
-from services.notifier.scopes import ScopeCache
+from services.notifier.scopes import ScopeCache, scope_key
 from services.notifier.settings import NotifierSettings
 from services.notifier.stream import bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
@@ -60,6 +66,12 @@ async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
     except Exception:
         log.exception("scope lookup failed")
         await conn.close(CLOSE_TRY_AGAIN, "access lookup failed, retry")
+        return
+    # Counted and added with no await between: connections arriving together cannot all pass.
+    limit = deps.settings.max_sockets_per_caller
+    if deps.hub.open_for(scope_key(claims)) >= limit:
+        deps.hub.metrics.caller_limit_closes.inc()
+        await conn.close(CLOSE_TOO_MANY, f"more than {limit} connections for this caller")
         return
     _limit_send_buffer(conn, deps.settings.socket_sndbuf)
     client = Client(conn, claims, scope)

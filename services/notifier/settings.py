@@ -21,6 +21,10 @@ class NotifierSettings(CommonSettings):
     #: A client's outgoing queue (bytes written but not yet taken by the kernel). Past it the
     #: client is closed with 4008 and dropped from fan-out, so nobody else waits for it.
     client_queue_bytes: int = Field(default=512 * 1024, ge=1024)
+    #: Open sockets one caller (one user of an org) may hold; the next is closed with 4429.
+    #: A dashboard holds one per tab: this bounds what a client reconnecting in a loop, or
+    #: one token shared too widely, can take of the notifier's memory.
+    max_sockets_per_caller: int = Field(default=64, ge=1)
     #: Recent events kept in memory for resumes (read back from the stream at startup);
     #: a resume from further back reads the stream through its own consumer.
     ring_size: int = Field(default=10_000, ge=1)

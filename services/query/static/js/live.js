@@ -98,7 +98,8 @@ export class LiveFeed {
     socket.addEventListener("message", (event) => this.receive(event.data));
     socket.addEventListener("close", (event) => {
       // 4401: the notifier refused the token; the API will say so too, so retry only slowly.
-      if (event.code === 4401) this.backoff = MAX_BACKOFF_MS;
+      // 4429: this user holds too many sockets (other tabs); a quick retry would fail too.
+      if (event.code === 4401 || event.code === 4429) this.backoff = MAX_BACKOFF_MS;
       if (this.socket === socket) this.dropped();
     });
   }
