@@ -449,6 +449,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             **env,
             "NOTIFIER_PORT": str(notifier_port),
             "NOTIFIER_CLIENT_QUEUE_BYTES": str(args.queue_bytes),
+            # Every benchmark client uses the same token: one caller, far past the default.
+            "NOTIFIER_MAX_SOCKETS_PER_CALLER": "100000",
         },
     )
     nc = await nats.connect(nats_url)

@@ -22,9 +22,9 @@ class NotifierSettings(CommonSettings):
     #: client is closed with 4008 and dropped from fan-out, so nobody else waits for it.
     client_queue_bytes: int = Field(default=512 * 1024, ge=1024)
     #: Open sockets one caller (one user of an org) may hold; the next is closed with 4429.
-    #: A dashboard holds one per tab: this bounds what a client reconnecting in a loop, or
-    #: one token shared too widely, can take of the notifier's memory.
-    max_sockets_per_caller: int = Field(default=64, ge=1)
+    #: A dashboard holds one per tab, but a service token may feed a wall of screens: this
+    #: bounds what a client reconnecting in a loop can take (~30 kB a socket), no more.
+    max_sockets_per_caller: int = Field(default=256, ge=1)
     #: Recent events kept in memory for resumes (read back from the stream at startup);
     #: a resume from further back reads the stream through its own consumer.
     ring_size: int = Field(default=10_000, ge=1)
