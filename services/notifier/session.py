@@ -34,7 +34,7 @@ from services.notifier.hub import (
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
 from services.notifier.scopes import ScopeCache, scope_key
 from services.notifier.settings import NotifierSettings
-from services.notifier.stream import bounds, read_range
+from services.notifier.stream import Reached, bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
 from services.notifier.triggers import TriggerMemory
 from shared.auth import AuthError, AuthUnavailable, Claims, verify_token
@@ -267,7 +267,12 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
                 sent += 1
             client.last_seq = out.seq
     else:
-        async for msg in read_range(deps.js, subjects, plan.first, plan.last):
+        # Only the caller's org: a replay past the ring must not read every org's events.
+        reached = Reached()
+        org_events = subjects.org_events(client.scope.org)
+        async for msg in read_range(
+            deps.js, subjects, plan.first, plan.last, subject=org_events, reached=reached
+        ):
             seq = msg.metadata.sequence.stream
             event = decode(subjects, msg.subject, msg.data)
             if event is not None:
@@ -278,6 +283,7 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
                     await client.conn.send(out.payload, text=True)
                     sent += 1
             client.last_seq = seq
+        client.last_seq = max(client.last_seq, reached.seq)
         if client.last_seq < plan.last:
             # The range could not be read to its end (messages expired meanwhile, or NATS
             # stalled): say so rather than hand over with a silent gap.

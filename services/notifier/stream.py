@@ -9,6 +9,7 @@ from datetime import datetime
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from shared.subjects import Subjects
 
@@ -62,20 +63,51 @@ async def follow(
     )
 
 
+@dataclass(slots=True)
+class Reached:
+    """How far a `read_range` covered the stream: every message up to `seq` that its subject
+    filter matches was delivered."""
+
+    seq: int = 0
+
+
 async def read_range(
-    js: JetStreamContext, subjects: Subjects, first: int, last: int
+    js: JetStreamContext,
+    subjects: Subjects,
+    first: int,
+    last: int,
+    *,
+    subject: str | None = None,
+    reached: Reached | None = None,
 ) -> AsyncIterator[Msg]:
-    """Messages with stream seq `first..last`, in order, via a short-lived ordered consumer."""
+    """Messages with stream seq `first..last`, in order, via a short-lived ordered consumer;
+    with `subject`, only those it matches (one org's: a replay then reads nothing of the
+    others). `reached` says how far the range was covered: up to `last` once the filter has
+    nothing more in it; otherwise the last message delivered (a stall leaves a gap)."""
+    reached = reached if reached is not None else Reached()
+    reached.seq = first - 1
     if first > last:
+        reached.seq = last
         return
     sub = await js.subscribe(
-        subjects.all_events,
+        subject or subjects.all_events,
         stream=subjects.events_stream,
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
         config=_from(first),
     )
+
+    async def covered_to_last() -> None:
+        # The filter has nothing more up to `last`. Unfiltered, a range whose end is gone
+        # (deleted after fan-out passed it) stops short and is reported; filtered, the same
+        # holds only if the stream still has message `last`, whoever's it is.
+        if await _holds(js, subjects, last):
+            reached.seq = last
+
     try:
+        if subject is not None and (await sub.consumer_info()).num_pending == 0:
+            await covered_to_last()  # nothing of this filter from `first` on: no timeout wait
+            return
         while True:
             try:
                 msg = await sub.next_msg(timeout=REPLAY_MSG_TIMEOUT_S)
@@ -84,9 +116,25 @@ async def read_range(
             meta = msg.metadata
             seq = meta.sequence.stream
             if seq > last:
+                if subject is not None:
+                    await covered_to_last()  # the filter's next message is past the range
                 return
             yield msg
-            if seq >= last or meta.num_pending == 0:
+            reached.seq = seq
+            if seq >= last:
+                return
+            if meta.num_pending == 0:
+                if subject is not None:
+                    await covered_to_last()  # the filter has nothing more in the stream
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def _holds(js: JetStreamContext, subjects: Subjects, seq: int) -> bool:
+    """Whether the events stream still holds message `seq`."""
+    try:
+        await js.get_msg(subjects.events_stream, seq)
+    except NotFoundError:
+        return False
+    return True

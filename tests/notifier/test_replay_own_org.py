@@ -1,0 +1,71 @@
+"""A replay past the in-memory ring reads only the caller's org from the stream (real NATS and
+Postgres): another org's traffic costs it nothing, an org with nothing in the range resumes at
+once, and the client still ends up exactly at the live point with no gap reported."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+import websockets
+from nats.js import JetStreamContext
+
+from services.notifier.summary import decode
+from shared.streams import ensure_streams
+from shared.subjects import Subjects
+from tests.notifier.helpers import (
+    collect,
+    events_of,
+    execution_event,
+    publish,
+    running,
+    settings_for,
+    token,
+    ws_url,
+)
+
+
+async def test_a_replay_reads_only_the_callers_org(
+    nats_url: str,
+    database_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    org: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_for(nats_url, database_url, subjects, ring_size=5)
+    await ensure_streams(js, settings)
+    other = f"{org}-b"
+    start = await publish(js, subjects, execution_event(org, "x"))
+    own = [await publish(js, subjects, execution_event(org, "x")) for _ in range(5)]
+    for _ in range(200):  # another org's traffic after them, past the ring
+        await publish(js, subjects, execution_event(other, "x"))
+    decoded: list[str] = []
+
+    def counting_decode(subjects_: Subjects, subject: str, data: bytes) -> object:
+        decoded.append(subject)
+        return decode(subjects_, subject, data)
+
+    monkeypatch.setattr("services.notifier.session.decode", counting_decode)
+    async with running(settings) as app:
+        live = app.hub.last_seq
+        ws = await websockets.connect(ws_url(app.port, f"token={token(org, 'boss', 'admin')}"))
+        await ws.send(orjson.dumps({"resume_from": start}).decode())
+        frames = await collect(ws, idle_s=0.5)
+        await ws.close()
+        assert [f["seq"] for f in events_of(frames)] == own
+        assert [f for f in frames if f["type"] == "resync_required"] == []
+        assert frames[-1] == {"type": "ready", "seq": live}
+        # Only the caller's org was read: 5 messages, not 205.
+        assert decoded == [subjects.event(org, "x", "execution_started")] * 5
+
+        # An org with nothing in the range resumes at once (no wait for a read timeout).
+        began = time.monotonic()
+        ws = await websockets.connect(
+            ws_url(app.port, f"token={token(f'{org}-c', 'boss', 'admin')}&resume_from={start}")
+        )
+        frames = await collect(ws, idle_s=0.3)
+        await ws.close()
+        assert frames == [{"type": "ready", "seq": live}]
+        assert time.monotonic() - began < 2.0
