@@ -105,7 +105,7 @@ async def read_range(
             reached.seq = last
 
     try:
-        if subject is not None and (await sub.consumer_info()).num_pending == 0:
+        if subject is not None and await _nothing_for(sub):
             await covered_to_last()  # nothing of this filter from `first` on: no timeout wait
             return
         while True:
@@ -129,6 +129,14 @@ async def read_range(
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def _nothing_for(sub: JetStreamContext.PushSubscription) -> bool:
+    """Whether a new consumer's filter matches no message at all. The server pushes at once,
+    so "none pending" alone may mean "all delivered already": none delivered either."""
+    info = await sub.consumer_info()
+    delivered = info.delivered.consumer_seq if info.delivered is not None else None
+    return info.num_pending == 0 and delivered == 0
 
 
 async def _holds(js: JetStreamContext, subjects: Subjects, seq: int) -> bool:

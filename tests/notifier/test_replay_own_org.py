@@ -4,13 +4,16 @@ once, and the client still ends up exactly at the live point with no gap reporte
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
 import pytest
 import websockets
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
 
+from services.notifier.stream import Reached, read_range
 from services.notifier.summary import decode
 from shared.streams import ensure_streams
 from shared.subjects import Subjects
@@ -69,3 +72,33 @@ async def test_a_replay_reads_only_the_callers_org(
         await ws.close()
         assert frames == [{"type": "ready", "seq": live}]
         assert time.monotonic() - began < 2.0
+
+
+async def test_a_filtered_read_keeps_what_was_pushed_before_it_asked(
+    nats_url: str,
+    database_url: str,
+    js: JetStreamContext,
+    subjects: Subjects,
+    org: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server pushes a new consumer's messages at once: by the time its info answers, all
+    may be delivered and none pending. That is not "nothing for this filter"."""
+    await ensure_streams(js, settings_for(nats_url, database_url, subjects))
+    seqs = [await publish(js, subjects, execution_event(org, "x")) for _ in range(3)]
+    real_info = JetStreamContext.PushSubscription.consumer_info
+
+    async def late_info(self: JetStreamContext.PushSubscription) -> ConsumerInfo:
+        await asyncio.sleep(0.3)  # everything is delivered meanwhile
+        return await real_info(self)
+
+    monkeypatch.setattr(JetStreamContext.PushSubscription, "consumer_info", late_info)
+    reached = Reached()
+    read = [
+        m.metadata.sequence.stream
+        async for m in read_range(
+            js, subjects, seqs[0], seqs[-1], subject=subjects.org_events(org), reached=reached
+        )
+    ]
+    assert read == seqs
+    assert reached.seq == seqs[-1]
