@@ -14,7 +14,7 @@ import orjson
 from fastapi import FastAPI, Response
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.reconciler.engines import Engine
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
@@ -196,7 +196,11 @@ def create_app(settings: ReconcilerSettings) -> FastAPI:
                 await close_reconciler(state.reconciler)
 
     app = FastAPI(title="fleetwatch reconciler", lifespan=lifespan)
-    app.mount("/metrics", make_asgi_app(metrics.registry))
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        # A route, not a mounted app: a mount answers `/metrics` with a 307 to `/metrics/`.
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -16,7 +16,9 @@ LOOPS = re.compile(r'^reconciler_loops_total\{outcome="ok"\} (\S+)$', re.MULTILI
 
 async def _state(client: httpx.AsyncClient, url: str) -> tuple[bool, float]:
     ready = (await client.get(f"{url}/readyz")).json()
-    found = LOOPS.search((await client.get(f"{url}/metrics/")).text)
+    scrape = await client.get(f"{url}/metrics")  # as Prometheus asks: no redirect to follow
+    assert scrape.status_code == 200, scrape.status_code
+    found = LOOPS.search(scrape.text)
     return bool(ready["leader"]), float(found.group(1)) if found else 0.0
 
 
