@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ class Migration:
     name: str
     sql: str
 
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
 
 def load_migrations() -> list[Migration]:
     """The migrations shipped in `shared/migrations`, in order."""
@@ -42,6 +47,47 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+_HAS_CHECKSUM = """
+SELECT EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = 'schema_migrations'::regclass AND attname = 'checksum'
+                 AND NOT attisdropped)
+"""
+
+
+async def _check_recorded(
+    conn: asyncpg.Connection, recorded: dict[int, str | None], shipped: list[Migration]
+) -> None:
+    """Warn about applied migrations whose file has changed since, and about applied ones this
+    code does not ship (a newer fleetwatch migrated the database); record the checksums of
+    migrations applied before checksums were kept."""
+    known = {m.version: m for m in shipped}
+    unknown = sorted(set(recorded) - set(known))
+    if unknown:
+        log.warning(
+            "the database holds migrations this fleetwatch does not ship (%s): a newer "
+            "version migrated it, and this one may not understand its schema",
+            ", ".join(f"{v:04d}" for v in unknown),
+        )
+    for version, checksum in sorted(recorded.items()):
+        migration = known.get(version)
+        if migration is None:
+            continue
+        if checksum is None:
+            await conn.execute(
+                "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                version,
+                migration.checksum,
+            )
+        elif checksum != migration.checksum:
+            log.warning(
+                "migration %s differs from the one applied to this database (checksum %s, "
+                "now %s); it is not applied again: put a schema change in a new migration",
+                migration.name,
+                checksum[:12],
+                migration.checksum[:12],
+            )
+
+
 async def migrate(conn: asyncpg.Connection) -> list[str]:
     """Apply what is missing; return the names applied. Safe to run concurrently."""
     applied: list[str] = []
@@ -55,8 +101,16 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                    name text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in load_migrations():
+        if not await conn.fetchval(_HAS_CHECKSUM):
+            await conn.execute("ALTER TABLE schema_migrations ADD COLUMN checksum text")
+        recorded = {
+            r["version"]: r["checksum"]
+            for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
+        shipped = load_migrations()
+        await _check_recorded(conn, recorded, shipped)
+        done = set(recorded)
+        for migration in shipped:
             if migration.version in done:
                 continue
             async with conn.transaction():
@@ -67,9 +121,10 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 )
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     migration.version,
                     migration.name,
+                    migration.checksum,
                 )
             log.info("applied migration %s", migration.name)
             applied.append(migration.name)
