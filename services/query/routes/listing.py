@@ -63,9 +63,12 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
     if page.cursor is None and not has_more and (rows or page.offset == 0):
         total, exact = page.offset + len(rows), True  # the whole rest of the list is here
     else:
-        total, exact = await _count(ctx, filters, base, searched=candidates is not None)
+        proven = proven_matches(page.offset, len(rows), has_more=has_more)
+        total, exact = await _count(
+            ctx, filters, base, searched=candidates is not None, at_least=proven
+        )
         if not exact:
-            total = max(total, proven_matches(page.offset, len(rows), has_more=has_more))
+            total = max(total, proven)
     next_cursor = None
     if has_more and rows:
         last = rows[-1]
@@ -92,20 +95,27 @@ def proven_matches(offset: int, shown: int, *, has_more: bool) -> int:
 
 
 async def _count(
-    ctx: Ctx, filters: ListFilters, base: Where, *, searched: bool = False
+    ctx: Ctx,
+    filters: ListFilters,
+    base: Where,
+    *,
+    searched: bool = False,
+    at_least: int = 0,
 ) -> tuple[int, bool]:
     """The capped count of the whole list, cached briefly per (scope, filters).
 
     Paging through one list and a dashboard refreshing its first page then count once per
     `count_ttl_s`, not on every request (the count may lag new rows by that long). `searched`:
-    `base` holds a selective search's candidate ids, so its exact count is cheap.
+    `base` holds a selective search's candidate ids, so its exact count is cheap. `at_least`:
+    the rows the page proves match; an exact cached count below it (rows arrived since) is
+    never served as exact, it is counted again.
     """
     cap = ctx.state.settings.exact_count_limit
     cache = ctx.state.count_cache
     key = (ctx.scope.cache_key, filters, cap)
     if cache is not None:
         hit = cache.get(key)
-        if hit is not None:
+        if hit is not None and not (hit[1] and hit[0] < at_least):
             ctx.state.metrics.cache.labels("count", "hit").inc()
             return hit
         ctx.state.metrics.cache.labels("count", "miss").inc()

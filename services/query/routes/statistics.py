@@ -197,6 +197,10 @@ def _group_row(row: Any) -> dict[str, Any]:
 
 
 async def _group_detail(ctx: Ctx, key: str, name: str, hours: int | None) -> dict[str, Any]:
+    if "\x00" in name:
+        # No stored name holds NUL (PostgreSQL text cannot): none ran, as for a missing
+        # execution id; never a 422 about a `workflow` query parameter nobody sent.
+        raise HTTPException(404, detail=f"no executions of {key} {name!r}")
     start = _window(hours) if hours is not None else None
     filters = (
         ListFilters(workflow=(name,), start_time=start)
