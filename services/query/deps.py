@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -49,6 +49,9 @@ class QueryState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Exports streaming now (`settings.export_concurrency`), each holding one connection.
     export_slots: asyncio.Semaphore = field(init=False)
+    #: Each org's share of them (`settings.export_per_org`), held or waited for; an org's
+    #: entry goes once no export of it holds or waits.
+    org_export_slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.export_slots = asyncio.Semaphore(self.settings.export_concurrency)
@@ -198,18 +201,44 @@ async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Con
 
 
 @asynccontextmanager
-async def _export_slot(state: QueryState) -> AsyncIterator[None]:
-    """One of `export_concurrency` slots, waited for before any connection is taken."""
+async def _org_export_share(state: QueryState, org: str) -> AsyncIterator[None]:
+    """One of the org's `export_per_org` slots (waited for within the caller's timeout)."""
+    entry = state.org_export_slots.get(org)
+    if entry is None:
+        entry = (asyncio.Semaphore(state.settings.export_per_org), [0])
+        state.org_export_slots[org] = entry
+    share, users = entry
+    users[0] += 1
     try:
-        async with asyncio.timeout(state.settings.pool_acquire_timeout_s):
-            await state.export_slots.acquire()
-    except TimeoutError:
-        state.metrics.busy.labels("export").inc()
-        raise _busy("too many exports at once; try again") from None
-    try:
-        yield
+        await share.acquire()
+        try:
+            yield
+        finally:
+            share.release()
     finally:
-        state.export_slots.release()
+        users[0] -= 1
+        if users[0] == 0:
+            del state.org_export_slots[org]
+
+
+@asynccontextmanager
+async def export_slot(state: QueryState, org: str) -> AsyncIterator[None]:
+    """One of `export_concurrency` slots, and of the org's `export_per_org`, waited for
+    before any connection is taken."""
+    async with AsyncExitStack() as held:
+        waiting_for = f"this organization's {state.settings.export_per_org} exports at once"
+        try:
+            async with asyncio.timeout(state.settings.pool_acquire_timeout_s):
+                await held.enter_async_context(_org_export_share(state, org))
+                waiting_for = "exports at once"
+                await state.export_slots.acquire()
+        except TimeoutError:
+            state.metrics.busy.labels("export").inc()
+            raise _busy(f"too many {waiting_for}; try again") from None
+        try:
+            yield
+        finally:
+            state.export_slots.release()
 
 
 def _scope_key(claims: Claims) -> tuple[str, str, str]:
@@ -258,7 +287,7 @@ async def streaming_caller(request: Request) -> AsyncIterator[Ctx]:
     """As `caller`, for a body streamed from the request's own connection (an export): at
     most `export_concurrency` at once, so exports cannot take the whole pool."""
     state, claims = await _admitted(request)
-    async with _export_slot(state), _held(state, claims) as ctx:
+    async with export_slot(state, claims.org), _held(state, claims) as ctx:
         yield ctx
 
 

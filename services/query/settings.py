@@ -61,6 +61,9 @@ class QuerySettings(CommonSettings):
     #: Exports streamed at once: each holds one pool connection until its body is sent (at
     #: the client's pace), so keep this below `pool_max_size` to leave room for the rest.
     export_concurrency: int = Field(default=4, ge=1)
+    #: Of those, how many one org may hold at once, so that one tenant's exports cannot
+    #: keep every other tenant's waiting (and then refused with 503).
+    export_per_org: int = Field(default=2, ge=1)
     #: Links from an execution to its run in an outside engine, per engine name, with
     #: `{external_id}` (URL-quoted) in the template, e.g. (JSON in `QUERY_ENGINE_URLS`)
     #: `{"temporal": "http://temporal-ui:8233/namespaces/default/workflows/{external_id}"}`.

@@ -12,6 +12,7 @@ import httpx
 import orjson
 import pytest_asyncio
 
+from services.query.deps import export_slot
 from shared.db import connect
 from tests.query.helpers import add_org, client_for, insert, make_rows, settings_for, token
 
@@ -124,3 +125,38 @@ async def test_a_statement_past_the_timeout_is_cancelled_503_and_frees_its_conne
             assert 'fleetwatch_query_busy_total{wait="statement"} 1.0' in metrics
     finally:
         await blocker.close()
+
+
+async def test_one_org_cannot_hold_every_export_slot(
+    database_url: str, nats_url: str, rows: Any
+) -> None:
+    """With 4 export slots, one org's exports (a tenant exporting in a loop) took all of them,
+    and every other org's export waited, then got 503. An org now holds at most its share."""
+    other = "pool-other-org"
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, other)
+        await insert(conn, make_rows(other, ("b1",), 5, seed=4))
+    finally:
+        await conn.close()
+    settings = settings_for(
+        database_url,
+        nats_url,
+        export_concurrency=4,
+        export_per_org=2,
+        pool_acquire_timeout_s=0.2,
+    )
+    async with client_for(settings) as client:
+        state = client._transport.app.state.query  # type: ignore[attr-defined]
+        async with export_slot(state, ORG), export_slot(state, ORG):  # ORG streams two
+            mine = await asyncio.wait_for(client.get("/api/executions/export", headers=ADMIN), 10)
+            assert mine.status_code == 503, mine.text
+            assert "this organization's 2 exports" in mine.json()["detail"]
+            theirs = await asyncio.wait_for(
+                client.get("/api/executions/export", headers=token(other, "bo", "admin")), 10
+            )
+            assert theirs.status_code == 200, theirs.text
+            assert len(_exported_ids(theirs)) == 5
+        assert state.org_export_slots == {}  # nothing kept per org once its exports end
+        again = await client.get("/api/executions/export", headers=ADMIN)
+        assert again.status_code == 200
