@@ -62,12 +62,14 @@ class ListFilters:
             raise FilterError("search", NUL_MESSAGE)
 
     def fingerprint(self) -> str:
-        """Equal for filters that select the same rows, however spelled (value order and
-        repeats aside): a cursor carries it so that it continues only its own list."""
+        """Equal for filters that select the same rows, however spelled (value order, repeats
+        and the search's case aside): a cursor carries it so that it continues only its own list."""
         canonical = {
             name: sorted(set(values)) if isinstance(values, list) else values
             for name, values in self.applied().items()
         }
+        if self.search is not None:
+            canonical["search"] = self.search.lower()  # the search ignores case (ILIKE)
         digest = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS))
         return digest.hexdigest()[:16]
 

@@ -65,3 +65,38 @@ async def test_a_workflow_or_project_name_holding_nul_is_404_not_a_query_422(
             reply = await client.get(f"/api/{kind}/a%00b/stats", headers=ADMIN)
             assert reply.status_code == 404, (kind, reply.text)
             assert reply.json()["detail"].startswith("no executions of")
+
+
+async def test_a_cursor_continues_a_search_spelled_in_another_case(
+    database_url: str, nats_url: str
+) -> None:
+    """The search ignores case, but the cursor's filter fingerprint did not: the next page of
+    `search=Please` asked as `search=please` (a box that lower-cases) was a needless 422."""
+    org = "qr2-case-org"
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        await insert(conn, make_rows(org, ("a1",), 6, seed=23))  # every message: "please ..."
+    finally:
+        await conn.close()
+    admin = token(org, "ada", "admin")
+    async with client_for(settings_for(database_url, nats_url)) as client:
+        first = await client.get(
+            "/api/executions", params={"limit": 4, "search": "Please"}, headers=admin
+        )
+        body = first.json()
+        assert body["next_cursor"], body
+        rest = await client.get(
+            "/api/executions",
+            params={"limit": 4, "search": "please", "cursor": body["next_cursor"]},
+            headers=admin,
+        )
+        assert rest.status_code == 200, rest.text
+        ids = [r["id"] for r in body["executions"] + rest.json()["executions"]]
+        assert len(set(ids)) == len(ids) == 6
+        other = await client.get(
+            "/api/executions",
+            params={"limit": 4, "search": "plea", "cursor": body["next_cursor"]},
+            headers=admin,
+        )
+        assert other.status_code == 422, other.text  # another search is another list
