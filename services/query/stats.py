@@ -110,7 +110,8 @@ class TimelineRow:
 def fill_timeline(
     rows: Iterable[TimelineRow], *, start: datetime, end: datetime, bucket: Bucket
 ) -> list[dict[str, Any]]:
-    """One entry per bucket from `start` to `end` (both floored), zeros where nothing ran."""
+    """One entry per bucket from `start` to `end` (both floored), zeros where nothing ran;
+    rows dated after `end` count in the last bucket."""
     step = BUCKET_STEP[bucket]
     first, last = floor_to(start, bucket), floor_to(end, bucket)
     series: dict[datetime, dict[str, Any]] = {}
@@ -119,8 +120,13 @@ def fill_timeline(
         series[moment] = {"total": 0, **dict.fromkeys((s.value for s in Status), 0), "cost": 0.0}
         moment += step
     for row in rows:
-        entry = series.get(floor_to(row.bucket, bucket))
-        if entry is None:  # outside the window (a clock edge): never invent a bucket
+        moment = floor_to(row.bucket, bucket)
+        if moment > last:
+            # Dated after `end` (a publisher's clock ahead of ours): the stats count it in
+            # the window, so the current bucket does too, and the buckets add up to them.
+            moment = last
+        entry = series.get(moment)
+        if entry is None:  # before the window (a clock edge): never invent a bucket
             continue
         entry["total"] += row.count
         entry[row.status] = entry.get(row.status, 0) + row.count

@@ -213,6 +213,22 @@ def test_timeline_fills_gaps_with_zeros() -> None:
     assert len(days) == 3
 
 
+def test_timeline_counts_rows_dated_after_now_in_the_current_bucket() -> None:
+    """A publisher's clock a few minutes ahead dates a run in the next hour: the stats count it
+    in the window, and the timeline dropped it, so its buckets no longer added up to them."""
+    start = datetime(2026, 2, 5, 10, 30, tzinfo=UTC)
+    end = datetime(2026, 2, 5, 12, 58, tzinfo=UTC)
+    ahead = [
+        TimelineRow(datetime(2026, 2, 5, 13, tzinfo=UTC), "success", 3, 0.25),
+        TimelineRow(datetime(2026, 2, 5, 12, tzinfo=UTC), "success", 1, 0.5),
+    ]
+    series = fill_timeline(ahead, start=start, end=end, bucket="hour")
+    assert [b["bucket"][11:13] for b in series] == ["10", "11", "12"]
+    assert series[-1]["total"] == 4
+    assert series[-1]["success"] == 4
+    assert series[-1]["cost"] == 0.75
+
+
 def test_rate_limiter_refills_over_time() -> None:
     now = [0.0]
     limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: now[0])
