@@ -53,7 +53,14 @@ def initial_frame(path: str) -> ClientFrame | FrameError | None:
         return FrameError("invalid_query", f"{unknown[0]}: unknown parameter (allowed: {allowed})")
     wanted = {k: v for k, v in query.items() if k in _FILTER_PARAMS}
     # Lists may come as repeated parameters or comma-separated, as in the query API.
-    lists = {k: [x for item in v for x in item.split(",") if x] for k, v in wanted.items()}
+    lists = {k: [x for item in v for x in item.split(",")] for k, v in wanted.items()}
+    for name, values in sorted(lists.items()):
+        if "" in values:
+            # `?agent_name=` (a name that went missing) would otherwise mean "any agent": the
+            # query API answers it with 422, and a filter never widens silently.
+            return FrameError(
+                "invalid_query", f"{name}: empty value (leave the parameter out for any)"
+            )
     resume = query.get("resume_from")
     if not lists and not resume:
         return None
