@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from services.notifier.summary import EventMeta
 from shared.access import Scope
-from shared.events import Name, Status, trigger_group
+from shared.events import STATUS_RANK, Name, Status, trigger_group
 from shared.validation import describe
 
 Trigger = Annotated[str, Field(min_length=1, max_length=64)]
@@ -59,6 +59,13 @@ class Filter:
     statuses: frozenset[Status] | None = None
     triggers: frozenset[str] | None = None
 
+    @property
+    def leaving_rank(self) -> int:
+        """Events of a status ranked above this may take a row out of `statuses` (statuses
+        only move forward: pending -> running -> a terminal one)."""
+        assert self.statuses is not None
+        return min(STATUS_RANK[s] for s in self.statuses)
+
     @classmethod
     def from_subscribe(cls, sub: Subscribe) -> Filter:
         return cls(
@@ -93,13 +100,21 @@ def visible(scope: Scope, meta: EventMeta) -> bool:
 
 
 def wanted(flt: Filter, meta: EventMeta) -> bool:
-    """The client's own filters. A filter never widens: an event that cannot show it matches
+    """The client's own filters. Under a status filter, an event whose status ranks above one of
+    the filter's is delivered too (it may be a row leaving the filter; its status shows it). A
+    filter never widens otherwise: an event that cannot show it matches
     (an event whose trigger is unknown, even after `TriggerMemory`) is left out. `other` stands
     for every unknown trigger, as in the stats' grouping.
     """
     if flt.agents is not None and meta.agent not in flt.agents:
         return False
-    if flt.statuses is not None and meta.status not in flt.statuses:
+    if (
+        flt.statuses is not None
+        and meta.status not in flt.statuses
+        # Past a status the filter holds, an event may take a row out of it (running ->
+        # failed under `status=running`): it is delivered, so that the client sees it leave.
+        and STATUS_RANK[meta.status] <= flt.leaving_rank
+    ):
         return False
     if flt.triggers is not None:
         if meta.triggered_by is None:

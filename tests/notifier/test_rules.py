@@ -126,9 +126,29 @@ class TestDelivers:
     def test_filters_narrow(self) -> None:
         failed = meta_of(_event("execution_failed", triggered_by="schedule"))
         assert delivers(self.admin, Filter(statuses=frozenset({Status.FAILED})), failed)
-        assert not delivers(self.admin, Filter(statuses=frozenset({Status.RUNNING})), failed)
+        assert not delivers(self.admin, Filter(statuses=frozenset({Status.SUCCESS})), failed)
         assert delivers(self.admin, Filter(triggers=frozenset({"schedule"})), failed)
         assert not delivers(self.admin, Filter(agents=frozenset({"y"})), failed)
+
+    def test_a_status_filter_is_told_when_a_row_leaves_it(self) -> None:
+        """Under `status=running` the run's end was never delivered: a client kept it running
+        for good while the list dropped it. An event ranked above one of the filter's statuses
+        may take a row out, so it is delivered; one at or below never."""
+        running = Filter(statuses=frozenset({Status.RUNNING}))
+        for ending in ("execution_completed", "execution_failed", "execution_cancelled"):
+            assert delivers(self.admin, running, meta_of(_event(ending)))
+        assert not delivers(self.admin, running, meta_of(_event("execution_queued")))
+        failed = Filter(statuses=frozenset({Status.FAILED}))
+        for other in ("execution_queued", "execution_started", "execution_completed"):
+            assert not delivers(self.admin, failed, meta_of(_event(other)))
+        mixed = Filter(statuses=frozenset({Status.RUNNING, Status.FAILED}))
+        assert delivers(self.admin, mixed, meta_of(_event("execution_completed")))
+        assert not delivers(self.admin, mixed, meta_of(_event("execution_queued")))
+        queued = Filter(statuses=frozenset({Status.PENDING}))
+        assert delivers(self.admin, queued, meta_of(_event("execution_started")))
+        # The rest of the filter still narrows a leaving event.
+        theirs = Filter(statuses=frozenset({Status.RUNNING}), agents=frozenset({"y"}))
+        assert not delivers(self.admin, theirs, meta_of(_event("execution_failed")))
 
     def test_unknown_trigger_matches_other_and_missing_trigger_never_widens(self) -> None:
         odd = meta_of(_event(triggered_by="webhook"))
