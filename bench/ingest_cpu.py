@@ -50,13 +50,18 @@ BATCH_SIZE = 1000
 class _Delivered:
     """A fetched JetStream message as the handler reads it; `ack` only records the call."""
 
-    __slots__ = ("acked", "data", "reply", "subject")
+    __slots__ = ("_ackd", "acked", "data", "reply", "subject")
 
     def __init__(self, subject: str, data: bytes, seq: int) -> None:
         self.subject = subject
         self.data = data
         self.reply = f"$JS.ACK.EVENTS.ingest.1.{seq}.{seq}.1700000000000000000.0"
         self.acked = False
+        self._ackd = False  # nats-py's own flag (set by the handler on a message it holds back)
+
+    @property
+    def is_acked(self) -> bool:
+        return self.acked or self._ackd
 
     async def ack(self) -> None:
         self.acked = True

@@ -244,8 +244,8 @@ class BatchConsumer:
         dead: list[Msg] = []
         for msg, result in checked:
             if isinstance(result, Rejected):
-                await self._dead_letter(msg, result, type_label="invalid")
-                dead.append(msg)
+                if await self._dead_letter_or_hold(msg, result, type_label="invalid"):
+                    dead.append(msg)
             else:
                 valid.append((msg, result))
         # A stored dead letter is the end of its message: ack it now, not after the batch's
@@ -254,7 +254,8 @@ class BatchConsumer:
         await ack_all(dead)
         if valid:
             await self._commit_apart_from_in_flight(valid)
-            await ack_all([msg for msg, _ in valid])
+            # Not the ones held back (a dead letter that could not be stored: see below).
+            await ack_all([msg for msg, _ in valid if not msg.is_acked])
 
     async def _commit_apart_from_in_flight(self, valid: list[tuple[Msg, Incoming]]) -> None:
         """Commit the executions no other batch in flight is writing now, the others after."""
@@ -337,7 +338,7 @@ class BatchConsumer:
         if len(batch) == 1:
             msg, incoming = batch[0]
             log.error("database refused one event; dead-lettering it: %s", exc)
-            await self._dead_letter(
+            await self._dead_letter_or_hold(
                 msg,
                 Rejected("db_rejected", f"{type(exc).__name__}: {exc}"),
                 type_label=incoming.event.type,
@@ -358,7 +359,7 @@ class BatchConsumer:
         m.rows_written.labels("executions").inc(outcome.executions_written)
         m.rows_written.labels("component_executions").inc(outcome.components_written)
         for index, rejected in outcome.rejected:
-            await self._dead_letter(
+            await self._dead_letter_or_hold(
                 batch[index][0], rejected, type_label=batch[index][1].event.type
             )
         if self._fleet is not None and outcome.applied:
@@ -374,10 +375,37 @@ class BatchConsumer:
     async def _keep_alive(self, messages: Sequence[Msg]) -> None:
         # Ask JetStream not to redeliver while we wait for the database.
         for msg in messages:
+            if msg.is_acked:  # settled already (e.g. held back for redelivery)
+                continue
             try:
                 await msg.in_progress()
             except Exception:  # a lost connection: redelivery is then harmless (idempotent)
                 log.debug("in_progress failed", exc_info=True)
+
+    async def _dead_letter_or_hold(
+        self, msg: Msg, rejected: Rejected, type_label: Any = "invalid"
+    ) -> bool:
+        """Dead-letter `msg`; if its dead letter cannot be stored (NATS away, the DLQ stream
+        missing or refusing it), hold the message back for redelivery instead: it is neither
+        acked (which would lose it) nor left to fail its whole batch (which would hold back
+        every valid event with it, at every redelivery)."""
+        try:
+            await self._dead_letter(msg, rejected, type_label)
+        except Exception as exc:
+            self._metrics.dlq_errors.inc()
+            log.warning(
+                "dead letter (%s) not stored (%r); the message will be redelivered",
+                rejected.reason,
+                exc,
+            )
+            try:
+                await msg.nak(delay=self._retry_max)
+            except Exception:  # NATS away: it comes back after ack_wait all the same
+                log.debug("nak failed", exc_info=True)
+            # Settled here either way: never acked by this batch.
+            msg._ackd = True
+            return False
+        return True
 
     async def _dead_letter(self, msg: Msg, rejected: Rejected, type_label: Any = "invalid") -> None:
         headers = {
@@ -390,8 +418,11 @@ class BatchConsumer:
             # A redelivered poison message is stored once.
             headers["Nats-Msg-Id"] = f"dlq:{self._subjects.events_stream}:{seq}"
         data = fit_payload(msg.data, headers, nats_size.max_payload(self._js))
-        await self._js.publish(self._subjects.dlq(rejected.reason), data, headers=headers)
+        ack = await self._js.publish(self._subjects.dlq(rejected.reason), data, headers=headers)
+        label = str(getattr(type_label, "value", type_label))
+        if ack.duplicate:
+            # A redelivery of a message already dead-lettered: JetStream kept the first copy.
+            self._metrics.events.labels(label, "duplicate").inc()
+            return
         self._metrics.dead_letters.labels(rejected.reason).inc()
-        self._metrics.events.labels(
-            str(getattr(type_label, "value", type_label)), "dead_lettered"
-        ).inc()
+        self._metrics.events.labels(label, "dead_lettered").inc()

@@ -12,6 +12,7 @@ class IngestMetrics:
     registry: CollectorRegistry
     events: Counter
     dead_letters: Counter
+    dlq_errors: Counter
     batch_size: Histogram
     commit_seconds: Histogram
     db_errors: Counter
@@ -36,6 +37,12 @@ class IngestMetrics:
                 "fleetwatch_ingest_dlq_total",
                 "Messages sent to the dead-letter stream, by reason.",
                 ["reason"],
+                registry=reg,
+            ),
+            dlq_errors=Counter(
+                "fleetwatch_ingest_dlq_errors_total",
+                "Dead letters that could not be stored (NATS away, the DLQ stream missing "
+                "or refusing them); their messages are redelivered, not acked.",
                 registry=reg,
             ),
             batch_size=Histogram(
