@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -79,4 +81,13 @@ async def ensure_streams(
                 "choose a prefix of its own"
             )
         if update:
-            await js.update_stream(config=config)
+            # Only the limits the deployment sets here; what an operator added to the stream
+            # (a disk cap, a message size limit, more subjects) stays as it is.
+            wanted = dataclasses.replace(
+                found.config,
+                max_age=config.max_age,
+                num_replicas=config.num_replicas,
+                duplicate_window=config.duplicate_window,
+            )
+            if wanted != found.config:
+                await js.update_stream(config=wanted)
