@@ -142,8 +142,11 @@ def single(grouped: Mapping[str, Sequence[str]], name: str) -> str | None:
 
 def parse_time(name: str, text: str) -> datetime:
     """ISO 8601 date or date-time; a time without offset is taken as UTC."""
+    iso = text.strip()
+    if iso.endswith(("Z", "z")):  # RFC 3339 allows either case for UTC
+        iso = iso[:-1] + "+00:00"
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(iso)
     except ValueError:
         raise FilterError(name, f"{text!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:

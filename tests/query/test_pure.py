@@ -18,6 +18,7 @@ from services.query.filters import (
     escape_like,
     parse_agent_list_query,
     parse_list_query,
+    parse_time,
 )
 from services.query.ratelimit import RateLimiter
 from services.query.routes.listing import proven_matches
@@ -239,3 +240,13 @@ def test_rate_limiter_refills_over_time() -> None:
     assert limiter.check("y") is None
     now[0] = 1.0
     assert limiter.check("x") is None
+
+
+def test_times_in_either_case_of_rfc_3339_are_read() -> None:
+    """RFC 3339 allows `t` and `z` in lower case: `...T10:00:00z` was a 422."""
+    want = datetime(2026, 2, 5, 10, tzinfo=UTC)
+    for text in ("2026-02-05T10:00:00z", "2026-02-05t10:00:00Z", " 2026-02-05T10:00:00Z "):
+        assert parse_time("start_time", text) == want
+    with pytest.raises(FilterError) as refused:
+        parse_time("start_time", "yesterdayZ")
+    assert "'yesterdayZ'" in str(refused.value)
