@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from enum import StrEnum
 from functools import lru_cache
@@ -20,6 +21,7 @@ _JWKS_ALGORITHMS = ["RS256", "ES256", "PS256", "EdDSA"]
 #: TypeError (an HTTP 500) when asked to verify ES256 with an RSA key.
 _ALGORITHMS_BY_KEY_TYPE = {"RSA": ["RS256", "PS256"], "EC": ["ES256"], "OKP": ["EdDSA"]}
 JWKS_TIMEOUT_S = 10.0
+_KEY_SET_LOCK = threading.Lock()
 
 
 class Role(StrEnum):
@@ -64,7 +66,34 @@ class AuthUnavailable(Exception):
 @lru_cache(maxsize=4)
 def _jwks_client(url: str) -> jwt.PyJWKClient:
     # A key fetch runs in a worker thread of its caller; past this it answers "unavailable".
-    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=JWKS_TIMEOUT_S)
+    # Only the key set is cached, for `lifespan`: PyJWT's per-kid cache (`cache_keys`) never
+    # expires, so a key the provider withdrew (rotated out, compromised) was trusted until
+    # the process restarted.
+    return jwt.PyJWKClient(url, cache_keys=False, lifespan=300, timeout=JWKS_TIMEOUT_S)
+
+
+def _signing_key(url: str, token: str) -> jwt.PyJWK:
+    """The provider's key the token's `kid` names. A key set that cannot be fetched or read
+    (an outage, an HTML error page, no usable keys) is the provider's fault: AuthUnavailable,
+    never a verdict on the token (a 401 would log the user out; a bare ValueError was a 500)."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    if not isinstance(kid, str):  # PyJWT checks a kid given is a string
+        raise AuthError("invalid token: no key id (kid) in its header")
+    try:
+        client = _jwks_client(url)  # refuses a URL that is not http(s)
+        with _KEY_SET_LOCK:  # one fetch when the set expires, not one per waiting request
+            client.get_signing_keys()  # fetched once per lifespan, else from the cache
+    except (jwt.PyJWTError, ValueError) as exc:
+        raise AuthUnavailable(f"signing keys unavailable: {exc}") from None
+    try:
+        return client.get_signing_key(kid)
+    except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError) as exc:
+        raise AuthUnavailable(f"signing keys unavailable: {exc}") from None
+    except jwt.PyJWTError as exc:  # no key with that kid, even after a refresh
+        raise AuthError(f"invalid token: {exc}") from None
 
 
 def decode_token(
@@ -84,7 +113,7 @@ def decode_token(
     options = {"require": require}
     try:
         if jwks_url:
-            signing_key = _jwks_client(jwks_url).get_signing_key_from_jwt(token)
+            signing_key = _signing_key(jwks_url, token)
             suited = _ALGORITHMS_BY_KEY_TYPE.get(signing_key.key_type or "", [])
             payload = jwt.decode(
                 token,

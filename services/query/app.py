@@ -14,6 +14,7 @@ from cachetools import TTLCache
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.query.deps import QueryState
 from services.query.filters import FilterError
@@ -24,6 +25,43 @@ from services.query.settings import QuerySettings
 from shared.db import create_pool
 
 log = logging.getLogger(__name__)
+
+#: The dashboard keeps its token in localStorage: no script but its own may run, no other
+#: site may frame it (a click on "Stop" under a decoy), and no URL of it leaves in a Referer.
+#: Inline style attributes are allowed (bar widths); the live feed's socket may be on another
+#: port or host (`notifier_url`), hence ws:/wss:.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Adds SECURITY_HEADERS to every HTTP answer (API, page, static files, errors)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [h for h in SECURITY_HEADERS if h[0] not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 async def _connect_nats(state: QueryState) -> None:
@@ -129,4 +167,5 @@ def create_app(settings: QuerySettings) -> FastAPI:
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
