@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 # Each command lives with the code it drives; importing it lazily keeps `--help` fast and
 # lets a service start without importing the others.
@@ -51,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = _load(COMMANDS[name][0])(rest)
+    except KeyboardInterrupt:
+        # Ctrl-C: what was committed stays; a traceback would only hide that line.
+        print(f"\nfleetwatch {name}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = operator_error(exc)
         if message is None:
@@ -65,19 +74,61 @@ def operator_error(exc: BaseException) -> str | None:
     not migrated, a setting refused); None for anything else."""
     import asyncpg  # here, not at the top: `--help` and services that never fail stay light
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
         return f"{exc} (is the database migrated? `fleetwatch migrate`)"
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database: {type(exc).__name__}: {exc}"
     if isinstance(exc, ValidationError):
-        where = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-        )
+        where = "; ".join(f"{_setting_name(exc.title, e['loc'])}: {e['msg']}" for e in exc.errors())
         return f"invalid setting: {where}"
+    if isinstance(exc, SettingsError):
+        # pydantic-settings could not even parse a value (bad JSON for a dict or list field).
+        field = re.search(r'field "([^"]+)"', str(exc))
+        if field is not None:
+            name = _setting_name(None, (field.group(1),))
+            return f"invalid setting: {name}: not valid JSON"
+        return f"invalid setting: {exc}"
     if isinstance(exc, ConnectionError | TimeoutError | OSError):
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _settings_classes(title: str | None) -> list[type[BaseSettings]]:
+    """The loaded settings classes named `title` (any, for None)."""
+    from pydantic_settings import BaseSettings
+
+    found: list[type[BaseSettings]] = []
+    todo = list(BaseSettings.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if title is None or cls.__name__ == title:
+            found.append(cls)
+    return found
+
+
+def _setting_name(title: str | None, loc: tuple[int | str, ...]) -> str:
+    """The environment variable an operator sets for a field (`INGEST_BATCH_SIZE`, not
+    `batch_size`); the field's path when no loaded settings class knows it."""
+    path = ".".join(str(p) for p in loc) or "value"
+    if not loc or not isinstance(loc[0], str):
+        return path
+    names: list[str] = []
+    for cls in _settings_classes(title):
+        field = cls.model_fields.get(loc[0])
+        if field is None:
+            continue
+        alias = field.validation_alias
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        name = alias if isinstance(alias, str) else f"{prefix}{loc[0]}".upper()
+        if name not in names:
+            names.append(name)
+    if not names:
+        return path
+    rest = "".join(f".{p}" for p in loc[1:])
+    return " or ".join(sorted(names)) + rest
 
 
 if __name__ == "__main__":

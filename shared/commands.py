@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
+import asyncpg
 from pydantic import TypeAdapter, ValidationError
 
 from shared.auth import Role, Subject, mint_token
@@ -13,10 +14,33 @@ from shared.db import connect
 from shared.events import is_valid_name
 from shared.migrate import migrate
 from shared.settings import CommonSettings
+from shared.urls import redacted
+
+#: How long an operator command waits for PostgreSQL to answer (asyncpg alone waits 60 s).
+DB_CONNECT_TIMEOUT_S = 10.0
+
+
+async def connect_database(
+    database_url: str, *, setting: str = "DATABASE_URL or --database-url"
+) -> asyncpg.Connection:
+    """A connection for an operator command, or ConnectionError naming the database and the
+    setting to check when the server does not answer (refused, unknown host, silent)."""
+    try:
+        return await asyncio.wait_for(connect(database_url), DB_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        detail = (
+            f"no answer within {DB_CONNECT_TIMEOUT_S:g} s"
+            if isinstance(exc, TimeoutError)
+            else f"{type(exc).__name__}: {exc}"
+        )
+        raise ConnectionError(
+            f"database at {redacted(database_url)} unreachable ({detail}); is PostgreSQL "
+            f"running? check {setting}"
+        ) from None
 
 
 async def _migrate(database_url: str) -> list[str]:
-    conn = await connect(database_url)
+    conn = await connect_database(database_url)
     try:
         return await migrate(conn)
     finally:
@@ -52,7 +76,10 @@ def _user(value: str) -> str:
 
 
 def _seconds(value: str) -> int:
-    seconds = int(value)
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is no whole number of seconds") from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return seconds
@@ -60,11 +87,13 @@ def _seconds(value: str) -> int:
 
 def token_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="fleetwatch token", description="mint a development HS256 token"
+        prog="fleetwatch token",
+        description="mint a development HS256 token signed with $FLEETWATCH_JWT_SECRET; "
+        "prints only the token on stdout",
     )
-    parser.add_argument("--org", required=True, type=_name)
-    parser.add_argument("--user", required=True, type=_user)
-    parser.add_argument("--role", required=True, choices=[r.value for r in Role])
+    parser.add_argument("--org", required=True, type=_name, help="the org the token acts in")
+    parser.add_argument("--user", required=True, type=_user, help="the token's subject")
+    parser.add_argument("--role", required=True, choices=[r.value for r in Role], help="its role")
     parser.add_argument("--ttl", type=_seconds, default=86_400, help="seconds (default one day)")
     args = parser.parse_args(argv)
     secret = CommonSettings().jwt_secret.get_secret_value()

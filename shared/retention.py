@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from shared.db import connect
+from shared.commands import connect_database
 from shared.settings import CommonSettings
 
 DEFAULT_BATCH = 5_000
@@ -225,7 +225,7 @@ async def _delete_org(
 
 
 async def _run(args: argparse.Namespace, settings: CommonSettings) -> RetentionReport:
-    conn = await connect(args.database_url or settings.database_url)
+    conn = await connect_database(args.database_url or settings.database_url)
     try:
         report = await apply_retention(
             conn,

@@ -37,7 +37,11 @@ def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(args: list[
     done = fleetwatch(*args, DATABASE_URL=UNREACHABLE_DB)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert done.stderr.startswith(f"fleetwatch {args[0]}: ConnectionRefusedError"), done.stderr
+    assert done.stderr.startswith(f"fleetwatch {args[0]}: ConnectionError: database at"), (
+        done.stderr
+    )
+    assert "ConnectionRefusedError" in done.stderr
+    assert "DATABASE_URL" in done.stderr
 
 
 def test_an_unmigrated_database_is_named_with_the_way_out(tmp_path: Path) -> None:

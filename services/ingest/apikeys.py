@@ -12,13 +12,13 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
-from shared.db import connect
 from shared.events import is_valid_name
 from shared.settings import CommonSettings
 
@@ -109,25 +109,34 @@ async def revoke_key(conn: asyncpg.Connection, org: str, key_id: str) -> bool:
 # -- CLI ---------------------------------------------------------------------------------------
 
 
+def _org(value: str) -> str:
+    if not is_valid_name(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is no org name (letters, digits, _ and -)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetwatch apikey", description="manage per-org API keys of the HTTP gateway"
     )
     parser.add_argument("--database-url", help="default: $DATABASE_URL")
     commands = parser.add_subparsers(dest="command", required=True)
+    org_help = "the org the key belongs to"
     create = commands.add_parser("create", help="make a key and print it (shown only once)")
-    create.add_argument("--org", required=True)
-    create.add_argument("--label")
+    create.add_argument("--org", required=True, type=_org, help=f"{org_help} (made if new)")
+    create.add_argument("--label", help="a note to tell keys apart in `list`")
     listing = commands.add_parser("list", help="list an org's keys (never the keys themselves)")
-    listing.add_argument("--org", required=True)
+    listing.add_argument("--org", required=True, type=_org, help=org_help)
     revoke = commands.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("--org", required=True)
-    revoke.add_argument("key_id")
+    revoke.add_argument("--org", required=True, type=_org, help=org_help)
+    revoke.add_argument("key_id", help="the id `list` shows (the part after fwk_)")
     return parser
 
 
 async def _run(args: argparse.Namespace) -> int:
-    conn = await connect(args.database_url or CommonSettings().database_url)
+    from shared.commands import connect_database  # the CLI's, not the gateway's, import
+
+    conn = await connect_database(args.database_url or CommonSettings().database_url)
     try:
         if args.command == "create":
             new = await create_key(conn, args.org, args.label)
@@ -141,7 +150,7 @@ async def _run(args: argparse.Namespace) -> int:
         if await revoke_key(conn, args.org, args.key_id):
             print(f"revoked {args.key_id}")
             return 0
-        print(f"no active key {args.key_id} in org {args.org}")
+        print(f"fleetwatch apikey: no active key {args.key_id} in org {args.org}", file=sys.stderr)
         return 1
     finally:
         await conn.close()
@@ -149,7 +158,4 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
-    if not is_valid_name(args.org):
-        print(f"org {args.org!r} must match [A-Za-z0-9_-]{{1,64}}")
-        return 2
     return asyncio.run(_run(args))

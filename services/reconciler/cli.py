@@ -19,7 +19,7 @@ from services.reconciler.engines import EngineError
 from services.reconciler.loop import PassReport
 from services.reconciler.rules import Decision, Row
 from services.reconciler.settings import ReconcilerSettings
-from shared.db import connect
+from shared.commands import connect_database
 from shared.urls import redacted
 
 PROGRESS_EVERY = 500
@@ -40,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="report the drift, change nothing")
     mode.add_argument("--fix", action="store_true", help="publish corrective events")
-    parser.add_argument("--org")
-    parser.add_argument("--agent")
-    parser.add_argument("--engine")
+    parser.add_argument("--org", help="only this org's executions")
+    parser.add_argument("--agent", help="only this agent's executions")
+    parser.add_argument("--engine", help="only executions of this engine (its configured name)")
     parser.add_argument(
         "--older-than",
         type=float,
@@ -139,7 +139,7 @@ def _progress(err: TextIO) -> Any:
 
 async def _find_running(args: argparse.Namespace, out: TextIO) -> int:
     settings = _settings(args)
-    conn = await connect(settings.database_url)
+    conn = await connect_database(settings.database_url, setting="DATABASE_URL")
     try:
         rows = await repo.running_rows(conn, repo.Filters(args.org, args.agent, args.engine))
     finally:
@@ -179,17 +179,28 @@ async def _find_running(args: argparse.Namespace, out: TextIO) -> int:
 NATS_CONNECT_TIMEOUT_S = 10.0
 
 
+async def _quiet(_exc: Exception) -> None:
+    return None
+
+
 async def _connect_nats(url: str) -> NatsClient:
     """NATS for publishing corrections, or ConnectionError naming it: nats-py alone tries a
     first connect 60 times, 2 s apart, before it says anything."""
     connecting = nats.connect(
-        url, connect_timeout=2, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        url,
+        connect_timeout=2,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        # nats-py's default logs a whole traceback for every failed attempt; the one line
+        # below says what an operator needs.
+        error_cb=_quiet,
     )
     try:
         return await asyncio.wait_for(connecting, NATS_CONNECT_TIMEOUT_S)
     except TimeoutError:
         raise ConnectionError(
-            f"NATS at {redacted(url)} did not answer within {NATS_CONNECT_TIMEOUT_S:g} s"
+            f"NATS at {redacted(url)} did not answer within {NATS_CONNECT_TIMEOUT_S:g} s "
+            "(is it running? check NATS_URL)"
         ) from None
 
 

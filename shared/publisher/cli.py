@@ -27,6 +27,7 @@ from shared.publisher.client import Fleet, PublishError
 from shared.publisher.envelope import component_event, execution_event, new_id
 from shared.settings import CommonSettings
 from shared.subjects import Subjects
+from shared.urls import redacted
 
 
 class UsageError(ValueError):
@@ -72,7 +73,13 @@ def events_from_json(text: bytes, org: str | None) -> list[dict[str, Any]]:
         parsed = orjson.loads(text)
         items = parsed if isinstance(parsed, list) else [parsed]
     except orjson.JSONDecodeError:
-        items = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(orjson.loads(line))
+                except orjson.JSONDecodeError as exc:
+                    raise UsageError(f"line {number} is not JSON: {exc}") from None
     events: list[dict[str, Any]] = []
     for item in items:
         if not isinstance(item, dict):
@@ -100,7 +107,13 @@ def check(events: list[dict[str, Any]], subjects: Subjects | None = None) -> lis
 
 async def publish(events: list[dict[str, Any]], nats_url: str, subjects: Subjects) -> None:
     fleet = Fleet(nats_url, org=str(events[0]["org"]), subjects=subjects)
-    await fleet.start()
+    try:
+        await fleet.start()
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise PublishError(
+            f"NATS at {redacted(nats_url)} did not answer ({str(exc) or type(exc).__name__}); "
+            "is it running? check NATS_URL or --nats-url"
+        ) from None
     try:
         for event in events:
             await fleet.publish(event)
