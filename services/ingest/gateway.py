@@ -37,6 +37,7 @@ from services.ingest.gateway_batch import (
     split_body,
 )
 from services.ingest.settings import GATEWAY_CONCURRENCY, GATEWAY_WAIT_S
+from services.ingest.turns import FairTurns
 from shared.publisher.checks import is_permanent
 from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.settings import CommonSettings
@@ -194,12 +195,14 @@ def create_gateway_router(
     over half a second): it runs in slices of `CHECK_STEP` events, so that the consumer
     sharing this process's event loop keeps going between them (a worker thread would not do:
     it holds the GIL, and the loop would wait for it at every await). At most `concurrency`
-    batches are checked and published at once; a batch that has waited `wait_s` for its turn
-    is answered 503 (busy) rather than queueing without bound.
+    batches are checked and published at once, a freed turn going to the org holding fewest
+    (services/ingest/turns.py: one tenant posting in a loop cannot keep the others out); a
+    batch that has waited `wait_s` for its turn is answered 503 (busy) rather than queueing
+    without bound.
     """
     router = APIRouter(tags=["gateway"])
     subjects = settings.subjects
-    turns = asyncio.Semaphore(concurrency)
+    turns = FairTurns(concurrency)
 
     async def lookup_org(key: str) -> str | None:
         async with asyncio.timeout(key_lookup_timeout):
@@ -246,7 +249,7 @@ def create_gateway_router(
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             async with asyncio.timeout(wait_s):
-                await turns.acquire()
+                await turns.acquire(org)
         except TimeoutError:
             return JSONResponse(
                 {"detail": "the gateway is busy with other batches; nothing was published, retry"},
@@ -256,7 +259,7 @@ def create_gateway_router(
         try:
             return await publish_checked(org, body, request.headers.get("content-type", ""))
         finally:
-            turns.release()
+            turns.release(org)
 
     async def publish_checked(org: str, body: bytes, content_type: str) -> JSONResponse:
         try:
