@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from urllib.parse import urlsplit
 
 from shared.settings import DEFAULT_JWT_SECRET, CommonSettings
 
@@ -43,8 +44,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def plain_http_keys(jwks_url: str | None) -> bool:
+    """Whether signing keys come over plain HTTP from another machine: anyone on the path
+    could hand the service keys of their own, and sign any token with them."""
+    if not jwks_url or urlsplit(jwks_url).scheme.lower() != "http":
+        return False
+    return not is_loopback(urlsplit(jwks_url).hostname or "")
+
+
 def check_token_secret(settings: CommonSettings, host: str, service: str) -> None:
-    """Warn about a weak secret on loopback; refuse (SystemExit) on any other address."""
+    """Warn about a weak secret on loopback; refuse (SystemExit) on any other address. Warn
+    about signing keys fetched over plain HTTP."""
+    if plain_http_keys(settings.jwks_url):
+        log.warning(
+            "FLEETWATCH_JWKS_URL is plain http from another host: whoever can alter that "
+            "traffic can sign tokens this %s accepts; use https",
+            service,
+        )
     reason = weak_secret(settings)
     if reason is None:
         return

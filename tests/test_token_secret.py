@@ -69,3 +69,20 @@ def test_the_service_will_not_listen_publicly_on_the_default_secret(service: str
     )
     assert done.returncode != 0
     assert "FLEETWATCH_JWT_SECRET is a placeholder" in done.stderr, done.stderr
+
+
+def test_signing_keys_over_plain_http_from_another_host_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for url, warned in [
+        ("http://idp.internal/.well-known/jwks.json", True),
+        ("HTTP://10.0.0.5:8080/jwks", True),
+        ("https://idp.example.com/.well-known/jwks.json", False),
+        ("http://127.0.0.1:9000/jwks", False),
+        ("http://localhost/jwks", False),
+    ]:
+        caplog.clear()
+        settings = CommonSettings(jwks_url=url)
+        check_token_secret(settings, "0.0.0.0", "query API")
+        found = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+        assert bool(found) is warned, (url, found)
