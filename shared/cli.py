@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 import sys
@@ -67,6 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleetwatch {name}: {message}", file=sys.stderr)
         return 1
     return int(result or 0)
+
+
+def tcp_port(text: str) -> int:
+    """An argparse type: a TCP port number (1-65535)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 1-65535")
+    return port
 
 
 def operator_error(exc: BaseException) -> str | None:

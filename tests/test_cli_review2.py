@@ -158,3 +158,18 @@ def test_an_unknown_database_host_names_the_database(args: list[str]) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "database at postgresql://postgres@no-such-host.invalid/fw unreachable" in (done.stderr)
+
+
+@pytest.mark.parametrize("service", ["query", "notifier"])
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_a_port_out_of_range_is_a_usage_error(service: str, port: str) -> None:
+    """`fleetwatch query --port 99999` started, and uvicorn bound 99999 mod 65536."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", service, "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--port" in done.stderr

@@ -10,13 +10,14 @@ from collections.abc import Sequence
 
 from services.notifier.app import create_app
 from services.notifier.settings import NotifierSettings
+from shared.cli import tcp_port
 from shared.token_secret import check_token_secret
 
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fleetwatch notifier", description=__doc__)
     parser.add_argument("--host", help="listen address (NOTIFIER_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="listen port (NOTIFIER_PORT, default 8001)")
+    parser.add_argument("--port", type=tcp_port, help="listen port (NOTIFIER_PORT, default 8001)")
     return parser.parse_args(list(argv))
 
 

@@ -10,6 +10,7 @@ import uvicorn
 
 from services.query.app import create_app
 from services.query.settings import QuerySettings
+from shared.cli import tcp_port
 from shared.token_secret import check_token_secret
 
 
@@ -18,7 +19,7 @@ def main(argv: Sequence[str] = ()) -> int:
         prog="fleetwatch query", description="run the query API and dashboard"
     )
     parser.add_argument("--host", help="default: $QUERY_HOST or 127.0.0.1")
-    parser.add_argument("--port", type=int, help="default: $QUERY_PORT or 8000")
+    parser.add_argument("--port", type=tcp_port, help="default: $QUERY_PORT or 8000")
     args = parser.parse_args(list(argv))
     settings = QuerySettings()
     host = args.host or settings.host
