@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import threading
 import time
 from enum import StrEnum
 from functools import lru_cache
@@ -14,6 +13,7 @@ import jwt
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from shared.events import NAME_PATTERN
+from shared.jwks import KeySet, KeysUnavailable, UnknownKey
 
 _JWKS_ALGORITHMS = ["RS256", "ES256", "PS256", "EdDSA"]
 #: The algorithms each kind of key (a JWK's `kty`) may verify. A token is verified with the
@@ -21,7 +21,6 @@ _JWKS_ALGORITHMS = ["RS256", "ES256", "PS256", "EdDSA"]
 #: TypeError (an HTTP 500) when asked to verify ES256 with an RSA key.
 _ALGORITHMS_BY_KEY_TYPE = {"RSA": ["RS256", "PS256"], "EC": ["ES256"], "OKP": ["EdDSA"]}
 JWKS_TIMEOUT_S = 10.0
-_KEY_SET_LOCK = threading.Lock()
 
 
 class Role(StrEnum):
@@ -64,18 +63,15 @@ class AuthUnavailable(Exception):
 
 
 @lru_cache(maxsize=4)
-def _jwks_client(url: str) -> jwt.PyJWKClient:
-    # A key fetch runs in a worker thread of its caller; past this it answers "unavailable".
-    # Only the key set is cached, for `lifespan`: PyJWT's per-kid cache (`cache_keys`) never
-    # expires, so a key the provider withdrew (rotated out, compromised) was trusted until
-    # the process restarted.
-    return jwt.PyJWKClient(url, cache_keys=False, lifespan=300, timeout=JWKS_TIMEOUT_S)
+def _key_set(url: str) -> KeySet:
+    # A key fetch runs in a worker thread of its caller; past its timeout it is a failure.
+    return KeySet(url, timeout_s=JWKS_TIMEOUT_S)
 
 
 def _signing_key(url: str, token: str) -> jwt.PyJWK:
     """The provider's key the token's `kid` names. A key set that cannot be fetched or read
-    (an outage, an HTML error page, no usable keys) is the provider's fault: AuthUnavailable,
-    never a verdict on the token (a 401 would log the user out; a bare ValueError was a 500)."""
+    (an outage past the kept keys, an HTML error page, no usable keys) is the provider's
+    fault: AuthUnavailable, never a verdict on the token (a 401 would log the user out)."""
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except jwt.PyJWTError as exc:
@@ -83,16 +79,12 @@ def _signing_key(url: str, token: str) -> jwt.PyJWK:
     if not isinstance(kid, str):  # PyJWT checks a kid given is a string
         raise AuthError("invalid token: no key id (kid) in its header")
     try:
-        client = _jwks_client(url)  # refuses a URL that is not http(s)
-        with _KEY_SET_LOCK:  # one fetch when the set expires, not one per waiting request
-            client.get_signing_keys()  # fetched once per lifespan, else from the cache
-    except (jwt.PyJWTError, ValueError) as exc:
+        return _key_set(url).key(kid)
+    except jwt.PyJWTError as exc:  # the URL itself refused (not http or https)
         raise AuthUnavailable(f"signing keys unavailable: {exc}") from None
-    try:
-        return client.get_signing_key(kid)
-    except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError) as exc:
+    except KeysUnavailable as exc:
         raise AuthUnavailable(f"signing keys unavailable: {exc}") from None
-    except jwt.PyJWTError as exc:  # no key with that kid, even after a refresh
+    except UnknownKey as exc:
         raise AuthError(f"invalid token: {exc}") from None
 
 

@@ -22,17 +22,17 @@ CLAIMS = {"sub": "mallory", "org": "acme", "role": "admin"}
 
 @pytest.fixture
 def provider() -> Iterator[Jwks]:
-    auth._jwks_client.cache_clear()
+    auth._key_set.cache_clear()
     with serving() as jwks:
         yield jwks
-    auth._jwks_client.cache_clear()
+    auth._key_set.cache_clear()
 
 
 def _expire_key_set(url: str) -> None:
     """As if the key set's lifespan (300 s) had passed."""
-    cache = auth._jwks_client(url).jwk_set_cache
-    assert cache is not None
-    cache.lifespan = 1e-9
+    keys = auth._key_set(url)
+    assert keys._fetched_at is not None
+    keys._fetched_at -= 301
 
 
 def test_a_key_the_provider_withdrew_stops_verifying_tokens(provider: Jwks) -> None:
@@ -79,7 +79,7 @@ def test_a_token_without_a_known_key_is_refused_without_refetching(
 
 @pytest.mark.parametrize("url", ["htps://idp.example/jwks.json", "file:///etc/passwd"])
 def test_a_key_url_that_is_not_http_is_unavailable_not_an_invalid_token(url: str) -> None:
-    auth._jwks_client.cache_clear()
+    auth._key_set.cache_clear()
     token = Jwks().token(CLAIMS)
     with pytest.raises(AuthUnavailable, match="scheme"):
         decode_token(token, secret="unused", jwks_url=url)
