@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import asyncpg
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from services.ingest import nats_size
 from services.ingest.acks import ack_all
@@ -49,6 +50,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _DETAIL_MAX = 900
+#: JetStream's "message size exceeds maximum allowed" (a stream's `max_msg_size`).
+_JS_MESSAGE_TOO_LARGE = 10054
 _HEADER_MARGIN = 64
 _V1_TOKENS = 9
 _V2_TOKENS = 11
@@ -151,6 +154,8 @@ class BatchConsumer:
         self._forming: _Forming | None = None
         # Executions the batches in flight are writing (see services/ingest/inflight.py).
         self._keys = KeysInFlight()
+        #: The DLQ stream's own `max_msg_size`, once a dead letter was refused for its size.
+        self._dlq_max_msg: int | None = None
 
     async def submit(self, messages: Sequence[Msg]) -> None:
         """Take a fetched chunk of messages; return once it is part of a batch (acks come later).
@@ -417,8 +422,26 @@ class BatchConsumer:
         if seq is not None:
             # A redelivered poison message is stored once.
             headers["Nats-Msg-Id"] = f"dlq:{self._subjects.events_stream}:{seq}"
-        data = fit_payload(msg.data, headers, nats_size.max_payload(self._js))
-        ack = await self._js.publish(self._subjects.dlq(rejected.reason), data, headers=headers)
+        limit = nats_size.max_payload(self._js)
+        if self._dlq_max_msg is not None:
+            limit = min(limit, self._dlq_max_msg)
+        subject = self._subjects.dlq(rejected.reason)
+        try:
+            ack = await self._js.publish(
+                subject, fit_payload(msg.data, headers, limit), headers=headers
+            )
+        except APIError as exc:
+            if exc.err_code != _JS_MESSAGE_TOO_LARGE:
+                raise
+            # The DLQ stream has a message size limit of its own (an operator's): cut the
+            # body to it, as to the server's, rather than retry the same refusal for good.
+            info = await self._js.stream_info(self._subjects.dlq_stream)
+            if not info.config.max_msg_size or info.config.max_msg_size <= 0:
+                raise
+            self._dlq_max_msg = info.config.max_msg_size
+            headers.pop("Fleet-Dlq-Truncated", None)
+            data = fit_payload(msg.data, headers, min(limit, self._dlq_max_msg))
+            ack = await self._js.publish(subject, data, headers=headers)
         label = str(getattr(type_label, "value", type_label))
         if ack.duplicate:
             # A redelivery of a message already dead-lettered: JetStream kept the first copy.

@@ -187,3 +187,37 @@ async def test_an_ingest_start_keeps_the_limits_an_operator_added(
         assert events.max_age == 9 * 86_400.0
     finally:
         await nc.close()
+
+
+async def test_a_dead_letter_over_the_dlq_streams_own_size_limit_is_cut_to_it(
+    wired: Wired, database_url: str, subjects: Subjects, org: str
+) -> None:
+    """An operator's `max_msg_size` on FLEET_DLQ (kept by ingest's start) refused a big poison
+    message's dead letter, and the message came back every few seconds for good."""
+    js = wired.js
+    info = await js.stream_info(subjects.dlq_stream)
+    info.config.max_msg_size = 4096
+    await js.update_stream(config=info.config)
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        metrics = IngestMetrics.create()
+        consumer = BatchConsumer(pool=pool, js=js, subjects=subjects, metrics=metrics)
+        poison = b'{"type": "execution_started", "bogus": "' + b"x" * 20_000 + b'"}'
+        await js.publish(subjects.event(org, "ruby", "execution_started"), poison)
+        sub = await js.pull_subscribe(
+            subjects.all_events, durable="dlq-small", stream=subjects.events_stream
+        )
+        messages = await sub.fetch(1, timeout=5)
+        async with asyncio.timeout(20):
+            await consumer.handle(messages)
+        assert await _settle(js, subjects, "dlq-small", 0) == 0  # settled, not held
+        dlq = await js.pull_subscribe(subjects.all_dlq, stream=subjects.dlq_stream)
+        (dead,) = await dlq.fetch(1, timeout=5)
+        assert dead.headers is not None
+        assert dead.headers["Fleet-Dlq-Reason"] == "schema"
+        assert dead.headers["Fleet-Dlq-Truncated"] == str(len(poison))
+        assert poison.startswith(dead.data)
+        assert 0 < len(dead.data) < 4096
+        assert metrics.dlq_errors._value.get() == 0
+    finally:
+        await pool.close()
