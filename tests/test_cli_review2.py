@@ -14,17 +14,7 @@ import time
 
 import pytest
 
-
-def fleetwatch(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-        check=False,
-    )
+from tests.test_cli import fleetwatch
 
 
 def test_ctrl_c_is_one_line_and_exit_130_not_a_traceback() -> None:

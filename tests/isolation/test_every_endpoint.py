@@ -29,13 +29,12 @@ import orjson
 import pytest
 import pytest_asyncio
 import websockets
-from nats.js.errors import NotFoundError
 
 from services.query import repo
 from shared.db import connect
 from shared.subjects import Subjects
 from tests.conftest import DATABASE_URL, _create_db, _drop_db, with_database
-from tests.isolation.world import Caller, World, query_env, seed_world
+from tests.isolation.world import Caller, World, delete_streams, query_env, seed_world
 from tests.procs import Service, running
 
 pytestmark = pytest.mark.e2e
@@ -107,24 +106,13 @@ async def stack(
         if request.param == "sql-alone":
             await _without_row_security(url, world.org_a)
         subjects = Subjects(f"iso{uuid.uuid4().hex[:8]}")
-        cleanup.push_async_callback(_delete_streams, nats_url, subjects)
+        cleanup.push_async_callback(delete_streams, nats_url, subjects)
         env = query_env(nats_url, url, prefix=subjects.prefix)
         # A small ring: a resume from further back than RING_SIZE events replays from the
         # stream, a recent one from memory, so the replay probe below passes through both doors.
         env["NOTIFIER_RING_SIZE"] = str(RING_SIZE)
         async with running("query", env) as query, running("notifier", env) as notifier:
             yield Stack(query, notifier, world, subjects)
-
-
-async def _delete_streams(nats_url: str, subjects: Subjects) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        for stream in (subjects.events_stream, subjects.dlq_stream):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(stream)
-    finally:
-        await nc.close()
 
 
 def _no_canaries(world: World, caller: Caller, text: str, where: str) -> None:

@@ -4,6 +4,7 @@ force, exactly what a given caller may see."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -13,9 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import nats
+from nats.js.errors import NotFoundError
 
 from shared.auth import mint_token
 from shared.db import connect
+from shared.subjects import Subjects
 from tests.procs import Service, running
 from tests.query.helpers import add_agent, add_org, insert, make_rows
 
@@ -178,3 +182,15 @@ async def seeded_query(
         await conn.close()
     async with running("query", query_env(nats_url, database_url), extra_env=dict(extra_env)) as q:
         yield q, world
+
+
+async def delete_streams(nats_url: str, subjects: Subjects) -> None:
+    """Remove the event and dead-letter streams a test made for its subject prefix."""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for stream in (subjects.events_stream, subjects.dlq_stream):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(stream)
+    finally:
+        await nc.close()

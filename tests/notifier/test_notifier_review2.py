@@ -10,7 +10,6 @@ events, for callers of every role in two orgs whose agents share names.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,35 +21,19 @@ import orjson
 import pytest
 import pytest_asyncio
 import websockets
-from nats.js.errors import NotFoundError
 from websockets.asyncio.client import ClientConnection
 
 from services.notifier.filters import FrameError
 from services.notifier.handshake import initial_frame
-from shared.auth import mint_token
 from shared.db import connect
 from shared.events import EVENT_STATUS, STATUS_RANK, EventType, Status
 from shared.subjects import Subjects
-from tests.isolation.world import SECRET, query_env
+from tests.isolation.world import Caller, delete_streams, query_env
 from tests.notifier.helpers import collect, events_of, publish
 from tests.procs import Service, running
 from tests.query.helpers import add_agent, add_org
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass(frozen=True)
-class Who:
-    label: str
-    org: str
-    user: str
-    role: str
-    #: The agents of `org` this caller may see (None: all).
-    agents: frozenset[str] | None
-
-    @property
-    def token(self) -> str:
-        return mint_token(secret=SECRET, org=self.org, user=self.user, role=self.role)
 
 
 @dataclass
@@ -60,18 +43,7 @@ class Stack:
     subjects: Subjects
     org_a: str
     org_b: str
-    callers: list[Who]
-
-
-async def _delete_streams(nats_url: str, subjects: Subjects) -> None:
-    nc = await nats.connect(nats_url)
-    try:
-        js = nc.jetstream()
-        for stream in (subjects.events_stream, subjects.dlq_stream):
-            with contextlib.suppress(NotFoundError):
-                await js.delete_stream(stream)
-    finally:
-        await nc.close()
+    callers: list[Caller]
 
 
 PEOPLE: tuple[tuple[str, str], ...] = (
@@ -105,12 +77,12 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
     # A replay from before the corpus goes through the stream, not the ring.
     env["NOTIFIER_RING_SIZE"] = "4"
     callers = [
-        Who("a-admin", org_a, "boss", "admin", None),
-        Who("a-owner", org_a, "owner", "user", frozenset({"alpha"})),
-        Who("a-sharer", org_a, "sharer", "user", frozenset({"beta"})),
-        Who("a-client", org_a, "cust", "client", frozenset({"beta"})),
-        Who("a-nobody", org_a, "nobody", "user", frozenset()),
-        Who("b-admin", org_b, "boss", "admin", None),
+        Caller("a-admin", org_a, "boss", "admin", None),
+        Caller("a-owner", org_a, "owner", "user", frozenset({"alpha"})),
+        Caller("a-sharer", org_a, "sharer", "user", frozenset({"beta"})),
+        Caller("a-client", org_a, "cust", "client", frozenset({"beta"})),
+        Caller("a-nobody", org_a, "nobody", "user", frozenset()),
+        Caller("b-admin", org_b, "boss", "admin", None),
     ]
     try:
         async with (
@@ -120,7 +92,7 @@ async def stack(nats_url: str, database_url: str) -> AsyncIterator[Stack]:
         ):
             yield Stack(query, notifier, subjects, org_a, org_b, callers)
     finally:
-        await _delete_streams(nats_url, subjects)
+        await delete_streams(nats_url, subjects)
 
 
 # Filters as the query API takes them (lists) and the notifier's `subscribe` takes them.
@@ -186,7 +158,7 @@ def _ws_url(stack: Stack) -> str:
 
 
 async def _subscribe(
-    stack: Stack, who: Who, flt: dict[str, list[str]], resume_from: int | None = None
+    stack: Stack, who: Caller, flt: dict[str, list[str]], resume_from: int | None = None
 ) -> ClientConnection:
     """A socket with `flt`, live; with `resume_from`, its replay is read up to `ready` and
     returned with the socket."""
@@ -203,7 +175,7 @@ async def _subscribe(
 
 
 async def _listed(
-    client: httpx.AsyncClient, who: Who, flt: dict[str, list[str]]
+    client: httpx.AsyncClient, who: Caller, flt: dict[str, list[str]]
 ) -> set[str] | None:
     """What the list shows this caller under `flt` (clients: their agents' lists); None when
     it refuses the filter (an agent the caller may not see: 403)."""
@@ -356,7 +328,7 @@ async def test_the_live_feed_delivers_what_the_list_holds(stack: Stack, nats_url
         zip(sockets, await asyncio.gather(*(_drain(ws) for ws in sockets.values())), strict=True)
     )
 
-    async def replay(who: Who, flt: dict[str, list[str]]) -> list[dict[str, Any]]:
+    async def replay(who: Caller, flt: dict[str, list[str]]) -> list[dict[str, Any]]:
         return await _drain(await _subscribe(stack, who, flt, resume_from=seqs[0] - 1))
 
     keys = [(who, i) for who in stack.callers for i in range(len(FILTERS))]
