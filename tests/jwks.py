@@ -6,6 +6,7 @@ It signs RS256 tokens with its private key; `delay_s` holds each key request tha
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+
+from shared.jwks import KeySet
 
 
 def new_key() -> rsa.RSAPrivateKey:
@@ -89,3 +92,10 @@ def serving(kid: str = "k1") -> Iterator[Jwks]:
         yield jwks
     finally:
         jwks.stop()
+
+
+def age_key_set(keys: KeySet, seconds: float) -> None:
+    """As if `keys` had been fetched `seconds` earlier (and no fetch had failed since)."""
+    held = keys._held
+    assert held.fetched_at is not None
+    keys._held = dataclasses.replace(held, fetched_at=held.fetched_at - seconds, failed_at=None)

@@ -3,12 +3,15 @@ an outage for a while, no fetch per request after a failure, unknown kids bounde
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from shared import auth
 from shared.auth import AuthError, AuthUnavailable, decode_token
 from shared.jwks import KeySet, KeysUnavailable, UnknownKey
-from tests.jwks import serving
+from tests.jwks import age_key_set, serving
 
 CLAIMS = {"sub": "ada", "org": "acme", "role": "admin"}
 
@@ -84,12 +87,68 @@ def test_through_decode_token_an_outage_keeps_tokens_valid_and_forgeries_refused
             with pytest.raises(AuthError):
                 decode_token(forged, secret="unused", jwks_url=url)
         keys = auth._key_set(url)
-        assert keys._fetched_at is not None
-        keys._fetched_at -= 301  # expired while the provider is away
+        age_key_set(keys, 301)  # expired while the provider is away
         assert decode_token(token, secret="unused", jwks_url=url).sub == "ada"
-        keys._fetched_at -= 3600
-        keys._failed_at = None
+        age_key_set(keys, 3600)
         with pytest.raises(AuthUnavailable, match="signing keys unavailable"):
             decode_token(token, secret="unused", jwks_url=url)
     finally:
         auth._key_set.cache_clear()
+
+
+def test_a_provider_that_never_answers_makes_no_request_wait_while_keys_are_kept() -> None:
+    """Packets dropped (no refusal): each request waited for a fetch of its own in turn,
+    since the 5 s pause was counted from the start of a fetch that took its whole timeout."""
+    clock = Clock()
+    with serving() as provider:
+        keys = KeySet(provider.url, timeout_s=0.5, clock=clock)
+        keys.key("k1")
+        provider.delay_s = 2.0  # answers long after the fetch's timeout
+        clock.now += 301
+        waits: list[float] = []
+
+        def check() -> None:
+            began = time.perf_counter()
+            assert keys.key("k1").key_id == "k1"
+            waits.append(time.perf_counter() - began)
+
+        threads = [threading.Thread(target=check) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert len(waits) == 4
+        assert keys.fetches == 2  # one refresh for all four
+        assert sorted(waits)[2] < 0.2  # three answered from the kept keys at once
+        clock.now += 4.9  # 5 s after the refresh failed: not yet (its end counts)
+        began = time.perf_counter()
+        keys.key("k1")
+        assert time.perf_counter() - began < 0.2
+        assert keys.fetches == 2
+        provider.delay_s = 0.0
+
+
+def test_a_key_set_served_without_usable_keys_withdraws_the_kept_ones() -> None:
+    """Every key withdrawn at once (an emergency): a served, well-formed set is the provider's
+    word, not an outage, so the old keys stop verifying (unavailable, not a 401)."""
+    clock = Clock()
+    with serving() as provider:
+        keys = KeySet(provider.url, timeout_s=2, clock=clock)
+        keys.key("k1")
+        provider._body = lambda: b'{"keys": []}'  # type: ignore[method-assign]
+        clock.now += 301
+        with pytest.raises(KeysUnavailable, match="no signing key"):
+            keys.key("k1")
+
+
+def test_a_failed_refresh_for_a_new_kid_is_unavailable_not_unknown() -> None:
+    """A token signed with a key the provider just rotated in, while its key endpoint is
+    away: 503 (retry), not a 401 that logs the user out."""
+    clock = Clock()
+    with serving() as provider:
+        keys = KeySet(provider.url, timeout_s=2, clock=clock)
+        keys.key("k1")
+    clock.now += 31
+    with pytest.raises(KeysUnavailable):
+        keys.key("k2")
+    assert keys.key("k1").key_id == "k1"  # the kept, fresh keys still answer

@@ -15,7 +15,7 @@ import pytest
 
 from shared import auth
 from shared.auth import AuthError, AuthUnavailable, decode_token
-from tests.jwks import Jwks, new_key, serving
+from tests.jwks import Jwks, age_key_set, new_key, serving
 
 CLAIMS = {"sub": "mallory", "org": "acme", "role": "admin"}
 
@@ -30,9 +30,7 @@ def provider() -> Iterator[Jwks]:
 
 def _expire_key_set(url: str) -> None:
     """As if the key set's lifespan (300 s) had passed."""
-    keys = auth._key_set(url)
-    assert keys._fetched_at is not None
-    keys._fetched_at -= 301
+    age_key_set(auth._key_set(url), 301)
 
 
 def test_a_key_the_provider_withdrew_stops_verifying_tokens(provider: Jwks) -> None:
