@@ -43,8 +43,15 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+#: The API's own documentation pages (FastAPI's Swagger UI and ReDoc) load their script and
+#: styles from a CDN and start with an inline script: the dashboard's policy would blank them.
+#: They hold no token and no data; the other headers still apply.
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
 class SecurityHeadersMiddleware:
-    """Adds SECURITY_HEADERS to every HTTP answer (API, page, static files, errors)."""
+    """Adds SECURITY_HEADERS to every HTTP answer (API, page, static files, errors); the CSP
+    to all but the API documentation pages."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -53,11 +60,14 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        wanted = SECURITY_HEADERS
+        if scope.get("path") in DOCS_PATHS:
+            wanted = [h for h in SECURITY_HEADERS if h[0] != b"content-security-policy"]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [h for h in SECURITY_HEADERS if h[0] not in present]
+                extra = [h for h in wanted if h[0] not in present]
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
