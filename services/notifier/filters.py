@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import orjson
@@ -58,13 +58,13 @@ class Filter:
     agents: frozenset[str] | None = None
     statuses: frozenset[Status] | None = None
     triggers: frozenset[str] | None = None
+    #: Execution events of a status ranked above this may take a row out of `statuses`
+    #: (statuses only move forward: pending -> running -> a terminal one). Derived.
+    leaving_rank: int = field(init=False, default=2)
 
-    @property
-    def leaving_rank(self) -> int:
-        """Events of a status ranked above this may take a row out of `statuses` (statuses
-        only move forward: pending -> running -> a terminal one)."""
-        assert self.statuses is not None
-        return min(STATUS_RANK[s] for s in self.statuses)
+    def __post_init__(self) -> None:
+        if self.statuses:
+            object.__setattr__(self, "leaving_rank", min(STATUS_RANK[s] for s in self.statuses))
 
     @classmethod
     def from_subscribe(cls, sub: Subscribe) -> Filter:
@@ -100,8 +100,9 @@ def visible(scope: Scope, meta: EventMeta) -> bool:
 
 
 def wanted(flt: Filter, meta: EventMeta) -> bool:
-    """The client's own filters. Under a status filter, an event whose status ranks above one of
-    the filter's is delivered too (it may be a row leaving the filter; its status shows it). A
+    """The client's own filters. Under a status filter, an execution event whose status ranks
+    above one of the filter's is delivered too (it may be a row leaving the filter; its status
+    shows it). A
     filter never widens otherwise: an event that cannot show it matches
     (an event whose trigger is unknown, even after `TriggerMemory`) is left out. `other` stands
     for every unknown trigger, as in the stats' grouping.
@@ -111,9 +112,10 @@ def wanted(flt: Filter, meta: EventMeta) -> bool:
     if (
         flt.statuses is not None
         and meta.status not in flt.statuses
-        # Past a status the filter holds, an event may take a row out of it (running ->
-        # failed under `status=running`): it is delivered, so that the client sees it leave.
-        and STATUS_RANK[meta.status] <= flt.leaving_rank
+        # Past a status the filter holds, an execution event may take a row out of it
+        # (running -> failed under `status=running`): it is delivered, so that the client
+        # sees it leave. A step's end takes no execution out of anything.
+        and (meta.is_component or STATUS_RANK[meta.status] <= flt.leaving_rank)
     ):
         return False
     if flt.triggers is not None:

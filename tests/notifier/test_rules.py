@@ -146,6 +146,19 @@ class TestDelivers:
         assert not delivers(self.admin, mixed, meta_of(_event("execution_queued")))
         queued = Filter(statuses=frozenset({Status.PENDING}))
         assert delivers(self.admin, queued, meta_of(_event("execution_started")))
+        # A step's end takes no execution out of a filter: steps match their own status.
+        for step_end in ("component_completed", "component_failed"):
+            step = Event.model_validate(
+                {
+                    "type": step_end,
+                    "event_id": "ev2",
+                    "occurred_at": datetime(2026, 2, 5, tzinfo=UTC),
+                    "org": "acme",
+                    "agent_name": "x",
+                    "component": {"execution_id": "e1", "node_id": "fetch"},
+                }
+            )
+            assert not delivers(self.admin, running, meta_of(step))
         # The rest of the filter still narrows a leaving event.
         theirs = Filter(statuses=frozenset({Status.RUNNING}), agents=frozenset({"y"}))
         assert not delivers(self.admin, theirs, meta_of(_event("execution_failed")))
