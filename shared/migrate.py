@@ -39,7 +39,9 @@ def load_migrations() -> list[Migration]:
     for entry in resources.files("shared.migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), entry.name, entry.read_text()))
+            found.append(
+                Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8"))
+            )
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
