@@ -163,3 +163,11 @@ def test_a_port_out_of_range_is_a_usage_error(service: str, port: str) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert "--port" in done.stderr
+
+
+@pytest.mark.parametrize("service", ["ingest", "reconciler"])
+def test_a_port_setting_out_of_range_is_named(service: str) -> None:
+    """INGEST_PORT / RECONCILER_PORT had no bounds: 99999 reached uvicorn."""
+    done = fleetwatch(service, **{f"{service.upper()}_PORT": "99999"})
+    assert done.returncode == 1, done.stderr
+    assert f"{service.upper()}_PORT" in done.stderr

@@ -16,7 +16,7 @@ class IngestSettings(CommonSettings):
     model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
-    port: int = 8002
+    port: int = Field(default=8002, ge=0, le=65535)
     durable: str = "ingest"
     #: Messages taken per batch, and how long to wait to fill one (seconds). Each batch holds
     #: one advisory lock per execution until it commits (see the README on the lock table).

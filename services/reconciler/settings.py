@@ -37,7 +37,7 @@ class ReconcilerSettings(CommonSettings):
     )
 
     host: str = "127.0.0.1"
-    port: int = 8003
+    port: int = Field(default=8003, ge=0, le=65535)
     interval_seconds: float = Field(default=30.0, gt=0)
     #: Publish corrections (True) or only report what would be done (False).
     fix: bool = True
