@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -83,6 +83,21 @@ def _moment(value: datetime | None) -> datetime | None:
     return value if value is not None and EARLIEST <= value <= LATEST else None
 
 
+#: How much later than the status it corrects a correction says it happened, at least.
+_AFTER = timedelta(milliseconds=1)
+
+
+def _after(now: datetime, status_at: datetime | None) -> datetime:
+    """`now`, or just after the event that set our status when that one claims a later time.
+
+    Among terminal statuses the later `occurred_at` wins, and an agent's clock may run ahead
+    of ours: a correction stamped with our `now` would lose to the wrong status it corrects,
+    and be published again on every pass, never taking effect."""
+    if status_at is None or status_at < now:
+        return now
+    return min(status_at + _AFTER, LATEST)
+
+
 def _label(value: str | None) -> str | None:
     return replace_nul(value)[:MAX_LABEL] or None if value else None
 
@@ -131,7 +146,7 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
     return Event(
         type=EXECUTION_EVENT[status],
         event_id=correction_event_id(decision.org, decision.execution_id, *what),
-        occurred_at=now,
+        occurred_at=_after(now, decision.our_status_at),
         org=decision.org,
         source=SOURCE,
         execution=ExecutionFields(**{k: v for k, v in fields.items() if v is not None}),

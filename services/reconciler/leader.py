@@ -10,8 +10,11 @@ carries `idle_session_timeout = lease`, which makes the server end a session tha
 nothing for that long, and a heartbeat pings it every third of the lease. While the leader
 reaches Postgres the session never idles that long. Once it cannot, the server drops the
 session, and with it the lock, within one lease. The leader's own heartbeat notices within a
-third of a lease plus its timeout, and it stops claiming leadership. A pass already running
-finishes; corrections are idempotent events, so two leaders for a moment do no harm.
+third of a lease plus its timeout, and it stops claiming leadership.
+
+A pass can outlive the lease (an engine's time limit, a paused process): before it publishes,
+the pass `confirm`s the lock with a round trip on the lock's own session, so a leader that
+lost it meanwhile (e.g. woken from SIGSTOP after another replica took over) publishes nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class LeaderLock:
         self._lease_s = lease_s
         self._conn: asyncpg.Connection | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        #: One statement at a time on the lock's session (heartbeat and `confirm`).
+        self._io = asyncio.Lock()
 
     @property
     def held(self) -> bool:
@@ -91,18 +96,35 @@ class LeaderLock:
         while True:
             await asyncio.sleep(interval)
             try:
-                await conn.execute("SELECT 1", timeout=interval)
-            except _CONNECTION_ERRORS as exc:
-                log.warning("leader connection lost (%s); leadership released", exc)
+                async with self._io:
+                    await conn.execute("SELECT 1", timeout=interval)
+            except Exception as exc:  # whatever it was, the session is not to be trusted
+                log.warning("leader connection lost (%r); leadership released", exc)
                 conn.terminate()
                 return
+
+    async def confirm(self) -> bool:
+        """Whether we hold the lock now, asked of Postgres: the lock lives as long as its
+        session, so a round trip on that session proves it. `held` only says what this
+        process last saw, which a paused process has not seen for a while."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            async with self._io:
+                await conn.execute("SELECT 1", timeout=self._lease_s / 3)
+        except Exception as exc:  # e.g. asyncpg's InternalClientError on a broken session
+            log.warning("leader lock lost (%r); leadership released", exc)
+            await self._drop()
+            return False
+        return True
 
     async def _stop_heartbeat(self) -> None:
         task, self._heartbeat = self._heartbeat, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await task  # it catches its own errors: a failed heartbeat is no leader's
 
     async def _drop(self) -> None:
         await self._stop_heartbeat()

@@ -76,6 +76,10 @@ def _listing_problem(engine: str, reason: str) -> Decision:
     )
 
 
+class LostLeadership(Exception):
+    """The leader lock was lost during a pass: what it found is the new leader's to act on."""
+
+
 @dataclass
 class PassReport:
     decisions: list[Decision] = field(default_factory=list)
@@ -84,6 +88,8 @@ class PassReport:
     fixed: int = 0
     duration_s: float = 0.0
     engine_errors: list[str] = field(default_factory=list)
+    #: Engines whose listing this pass failed or was read only in part.
+    unlisted: set[str] = field(default_factory=set)
 
     @property
     def mismatches(self) -> list[Decision]:
@@ -145,6 +151,9 @@ class Reconciler:
         self._on_demand: TTLCache[tuple[str, str], SyncResult] = TTLCache(
             maxsize=10_000, ttl=max(on_demand_ttl.total_seconds(), 0.001)
         )
+        # When each open row was last asked of its engine (monotonic): rows an engine had no
+        # time for within its limit go first next pass, so none is left unchecked for good.
+        self._checked_at: dict[tuple[str, str], float] = {}
         # When each listed run was first seen: the age of a run its engine gives no start.
         self._first_listed: TTLCache[RunKey, datetime] = TTLCache(
             maxsize=100_000, ttl=max(2 * lookback.total_seconds(), 1.0)
@@ -181,7 +190,9 @@ class Reconciler:
         engine that does not answer delays the others' corrections by at most the limit."""
         todo = [r for r in rows if needs_lookup(r, now, self.policy)]
         by_engine: defaultdict[str, list[Row]] = defaultdict(list)
-        for row in todo:
+        # Least lately asked first (never asked: first of all); ties keep their order.
+        never = float("-inf")
+        for row in sorted(todo, key=lambda r: self._checked_at.get((r.org, r.id), never)):
             by_engine[row.engine or ""].append(row)
         found: dict[tuple[str, str], Lookup] = {}
         done = 0
@@ -193,6 +204,7 @@ class Reconciler:
                 lookup = Lookup(run=None, error=breaker.reason(row.engine or ""))
             else:  # asked: an answer, not-found or the engine's error
                 self.metrics.runs_checked.labels(row.engine or "").inc()
+                self._checked_at[(row.org, row.id)] = time.monotonic()
             found[(row.org, row.id)] = lookup
             done += 1
             if progress is not None:
@@ -231,6 +243,7 @@ class Reconciler:
             elif not isinstance(exc, EngineError):
                 log.exception("engine %s failed to list runs", name)
             self.metrics.engine_errors.labels(name).inc()
+            report.unlisted.add(name)
             report.engine_errors.append(error)
             report.decisions.append(_listing_problem(name, f"listing runs failed: {error}"))
             return []
@@ -241,6 +254,7 @@ class Reconciler:
             more = f"and {len(problems) - LISTING_PROBLEMS_SHOWN} more unreadable runs"
             report.decisions.append(_listing_problem(name, f"listing runs: {more}"))
         if problems:
+            report.unlisted.add(name)
             self.metrics.engine_errors.labels(name).inc(len(problems))
         return listed
 
@@ -255,6 +269,9 @@ class Reconciler:
         engines = [n for n in self.engines if filters.engine in (None, n)]
         async with self.pool.acquire() as conn:
             rows = await repo.open_rows(conn, engines, filters)
+        if filters == repo.Filters():  # forget rows that are no longer open
+            open_now = {(r.org, r.id) for r in rows}
+            self._checked_at = {k: t for k, t in self._checked_at.items() if k in open_now}
         # Listings run beside the lookups: each engine costs the pass at most its time limit.
         listing = asyncio.create_task(self._listed(engines, now, report))
         try:
@@ -317,6 +334,7 @@ class Reconciler:
                 existing,
                 self._first_listed,
                 sparing=everything,
+                unlisted=report.unlisted,
             )
             + extra
         )
@@ -353,6 +371,7 @@ class Reconciler:
             if event is not None:
                 events.append(event)
                 kinds.append(decision.kind.value)
+        await self._still_leading("publishing corrections")
         fresh = await self.publisher.publish_each(events)
         # A correction JetStream already holds (an earlier pass sent it) is not fixed again.
         for kind, new in zip(kinds, fresh, strict=True):
@@ -360,6 +379,13 @@ class Reconciler:
                 self.metrics.mismatches_fixed.labels(kind).inc()
         report.published = sum(fresh)
         report.fixed = len(events)
+
+    async def _still_leading(self, what: str) -> None:
+        """Raise `LostLeadership` unless the lock `run` leads by is still ours (asked of
+        Postgres now): a pass may outlive its lease (a slow engine, a paused process), and
+        another replica may be acting on the same rows by the time it would publish."""
+        if self._lock is not None and not await self._lock.confirm():
+            raise LostLeadership(f"leader lock lost before {what}")
 
     async def sync_components(self, org: str, execution_id: str, trigger: str) -> SyncResult:
         """Publish one execution's steps from its engine's history (cache-aside fill).
@@ -431,6 +457,7 @@ class Reconciler:
         total = 0
         after: tuple[datetime, str, str] | None = None
         while not breaker.open:
+            await self._still_leading("syncing steps")
             async with self.pool.acquire() as conn:
                 page = await repo.finished_with_stale_steps(conn, name, since, after=after)
             for row, version in page:
@@ -489,6 +516,9 @@ class Reconciler:
                         on_pass(report)
             except asyncio.CancelledError:
                 raise
+            except LostLeadership as exc:
+                self.metrics.loops.labels("lost_leadership").inc()
+                log.warning("pass abandoned: %s; another replica leads now", exc)
             except Exception:
                 self.metrics.loops.labels("error").inc()
                 log.exception("reconciliation pass failed")

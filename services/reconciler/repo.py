@@ -19,8 +19,12 @@ class Filters:
     engine: str | None = None
 
 
+# The status register's version is "<rank><16-digit µs since the epoch of occurred_at><hash>"
+# (services.ingest.merge.event_version): the time is when the status's event happened.
 _ROW_COLUMNS = (
-    "org, id, agent_name, status, engine, external_id, started_at, first_seen_at, completed_at"
+    "org, id, agent_name, status, engine, external_id, started_at, first_seen_at, completed_at,"
+    " CASE WHEN versions->>'status' ~ '^[0-9]{17}'"
+    " THEN to_timestamp(substr(versions->>'status', 2, 16)::numeric / 1000000) END AS status_at"
 )
 _FILTER = """
     ($1::text IS NULL OR org = $1)
@@ -88,6 +92,7 @@ def _row(record: asyncpg.Record) -> Row:
         started_at=record["started_at"],
         first_seen_at=record["first_seen_at"],
         completed_at=record["completed_at"],
+        status_at=record["status_at"],
     )
 
 

@@ -52,6 +52,9 @@ class Row:
     started_at: datetime | None
     first_seen_at: datetime
     completed_at: datetime | None = None
+    #: When the event that set our status says it happened (its `occurred_at`, by the
+    #: publisher's clock): a correction must be later to win over it (None: unknown).
+    status_at: datetime | None = None
 
     @property
     def since(self) -> datetime:
@@ -92,6 +95,8 @@ class Decision:
     our_status: Status | None = None
     #: When our row says it finished (None: not finished, or not a row's decision).
     our_completed_at: datetime | None = None
+    #: When the event that set our status happened (see `Row.status_at`).
+    our_status_at: datetime | None = None
     engine_status: Status | None = None
     #: The status a PUBLISH decision asserts.
     publish_status: Status | None = None
@@ -114,6 +119,7 @@ def _decision(row: Row, kind: Kind, action: Action, reason: str, **extra: object
         external_id=row.external_id,
         our_status=row.status,
         our_completed_at=row.completed_at,
+        our_status_at=row.status_at,
         **extra,  # type: ignore[arg-type]
     )
 
@@ -509,19 +515,23 @@ def reconcile(
     existing: Collection[tuple[str, str]] = (),
     first_seen: Mapping[RunKey, datetime] = _NONE_SEEN,
     sparing: Sequence[EngineRun] | None = None,
+    unlisted: Collection[str] = (),
 ) -> list[Decision]:
     """Every decision of one pass: one per row, then one per engine run we have no row for.
 
     `stored` are our rows (of every org) using the run ids of `rows` and `listed`. `sparing`
     is the whole listing when `listed` was narrowed to one org or agent: a run that names
-    neither may still be a row's (default: `listed`).
+    neither may still be a row's (default: `listed`). `unlisted` are the engines whose
+    listing failed or was read only in part this pass.
     """
     rows = list(rows)
     holders = Holders.of([*rows, *stored])
     spare_from = listed if sparing is None else sparing
     decisions = [
         _spare_listed(
-            decide_row(row, lookups.get((row.org, row.id)), now, policy, holders), spare_from
+            decide_row(row, lookups.get((row.org, row.id)), now, policy, holders),
+            spare_from,
+            unlisted,
         )
         for row in rows
     ]
@@ -529,15 +539,27 @@ def reconcile(
     return decisions
 
 
-def _spare_listed(decision: Decision, listed: Sequence[EngineRun]) -> Decision:
+def _spare_listed(
+    decision: Decision, listed: Sequence[EngineRun], unlisted: Collection[str] = ()
+) -> Decision:
     """A row about to be failed for lacking its run id, while the engine lists a run that
     names it (the event carrying the id was lost): flagged with that run, never failed.
+    Nor is it failed while its engine's listing could not be read whole (`unlisted`): the run
+    naming it may be in the part that was not read.
 
     A run that names the execution but no org may be this row's (most engines know no org):
     it spares the row too, whoever `ORPHAN_ORG` names. Flagging is safe; failing a run the
     engine may still be running is not."""
     if decision.kind is not Kind.MISSING_EXTERNAL_ID or decision.action is not Action.PUBLISH:
         return decision
+    if decision.engine in unlisted:
+        return replace(
+            decision,
+            action=Action.FLAG,
+            publish_status=None,
+            reason=f"{decision.reason}; not failed: {decision.engine}'s listing could not be "
+            "read whole this pass, and a run naming this execution may be in it",
+        )
     for run in listed:
         if run.execution_id == decision.execution_id and run.org in (None, decision.org):
             return replace(
