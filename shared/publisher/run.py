@@ -92,7 +92,17 @@ def _checked(name: str, value: Any) -> Any:
 
 
 def _exception_text(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    """The exception's message, or its type's name. An exception whose `__str__` raises (an
+    attribute it reads was never set) must not stop the run's last event from going out:
+    raised here, it replaced the body's exception and left the row `running`."""
+    try:
+        text = str(exc)
+    except Exception:
+        try:
+            text = repr(exc)
+        except Exception:
+            text = ""
+    return text or type(exc).__name__
 
 
 async def _send(fleet: Fleet, event: dict[str, Any]) -> None:
@@ -217,10 +227,22 @@ class Run:
             self._task = asyncio.current_task()
         except RuntimeError:
             self._task = None
-        await self.fleet._register(self)
         self._token = current_run.set(self)
+        publishing = False
         try:
+            await self.fleet._register(self)
+            publishing = True
             await self._publish(EventType.EXECUTION_STARTED, self._fields("running"))
+        except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+            # Cancelled while `execution_started` waited for its ack: the event may well be
+            # out, and with nothing after it the row would stay `running` for good. End the
+            # run as cancelled (its own cancellation is not ours to stop: it goes on up).
+            self._we_cancelled = False
+            if publishing:
+                with contextlib.suppress(Exception):
+                    await self.__aexit__(type(exc), exc, exc.__traceback__)
+            self._leave()
+            raise
         except BaseException:
             # `async with` never calls __aexit__ when __aenter__ raises: undo here, or a
             # terminate for this id would cancel the task's later work and the task's next
@@ -385,17 +407,38 @@ class Step:
         self.retry_policy = retry_policy
         self.max_attempts = max_attempts
         self.attempt = attempt or 0
+        #: The attempt the code named; without one, each entering counts the next.
+        self._given_attempt = attempt
         self.started_at: datetime | None = None
+        #: Why the step's events go out without `input` (not JSON, or past the size limit).
+        self._input_refused: InvalidEventError | None = None
 
     async def __aenter__(self) -> Step:
-        if self.attempt:
+        # A step object entered again (a retry loop around one `run.component(...)`) is the
+        # next attempt: counted once only, the retry's events named attempt 1 again, whose
+        # row had already ended `failed`, so the retry's success was never shown.
+        if self._given_attempt:
+            self.attempt = self._given_attempt
             self.run._attempts[self.node_id] = max(
                 self.run._attempts.get(self.node_id, 0), self.attempt
             )
         else:
             self.attempt = self.run._next_attempt(self.node_id)
+        self._input_refused = None
         self.started_at = now()
-        await self._publish(EventType.COMPONENT_STARTED, self._fields())
+        try:
+            await self._publish(EventType.COMPONENT_STARTED, self._fields())
+        except InvalidEventError as refused:
+            # Raised here, it skipped the step's body (and failed the run) for what was only
+            # to be shown: the step goes on, its events without the input, as for `output`.
+            if self.input is None:
+                raise
+            self._input_refused = refused
+            await self._publish(EventType.COMPONENT_STARTED, self._fields())
+            log.error(
+                "step %s of execution %s: published without its input, which was refused: %s",
+                self.node_id, self.run.id, refused,
+            )  # fmt: skip
         return self
 
     async def __aexit__(
@@ -409,6 +452,14 @@ class Step:
         if exc is None:
             fields["output"] = self.output
             await self._publish_completed(fields)
+            refused = self._input_refused
+            if refused is not None:
+                raise InvalidEventError(
+                    refused.event_id,
+                    "component.input",
+                    refused.reason,
+                    f"{refused.detail} (the step's events went out without its input)",
+                ) from refused
         else:
             fields["error"] = fit_text(_exception_text(exc), MAX_TEXT)
             fields["error_type"] = type(exc).__name__[:200]
@@ -444,7 +495,7 @@ class Step:
             "attempt": self.attempt,
             "retry_policy": self.retry_policy.value if self.retry_policy else None,
             "max_attempts": self.max_attempts,
-            "input": self.input,
+            "input": self.input if self._input_refused is None else None,
             "started_at": self.started_at,
         }
 

@@ -108,7 +108,8 @@ class Spool:
         ends = self._scan(log_path)
         self._size = ends[-1] if ends else 0
         stored = self._read_offset()
-        self._offset = min(stored, self._size)
+        # Negative (a damaged file) it made every read fail (seek), holding the spool for good.
+        self._offset = max(0, min(stored, self._size))
         if stored != self._offset:
             # Past the end (a crash between emptying the file and storing offset 0): left
             # there, it would skip the records appended from now on at the next open.
