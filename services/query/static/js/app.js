@@ -62,6 +62,12 @@ function signIn(message) {
 }
 
 let routeSeq = 0;
+/**
+ * Bumped by every render of a detail or compare view: on a slow network a refresh sent earlier
+ * may answer after a later one, and its older execution (still "running", with a Stop button)
+ * must not paint over the newer.
+ */
+let renderSeq = 0;
 
 /** The view shown is done with: what it still loads or schedules is for nobody. */
 function leaveView() {
@@ -80,7 +86,8 @@ async function route({ remembered = true } = {}) {
   const params = new URLSearchParams(location.search);
   leaveView();
   const seq = routeSeq;
-  const current = () => seq === routeSeq;
+  const render = ++renderSeq;
+  const current = () => seq === routeSeq && render === renderSeq;
   if (params.get("execution")) {
     detailId = params.get("execution");
     document.title = `${detailId} · fleetwatch`;
@@ -118,7 +125,8 @@ function refreshShownSoon() {
   detailRefresh = setTimeout(() => {
     detailRefresh = null;
     if (seq !== routeSeq) return;
-    const current = () => seq === routeSeq;
+    const render = ++renderSeq;
+    const current = () => seq === routeSeq && render === renderSeq;
     if (detailId) renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() });
     else if (compareIds) renderCompare(root, compareIds, { current, refresh: true });
   }, DETAIL_REFRESH_MS);

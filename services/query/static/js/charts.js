@@ -71,7 +71,9 @@ export function timelineChart(buckets, { bucket = "hour", width = 720 } = {}) {
     role: "img",
     "aria-label": `Executions per ${bucket} by status, and cost`,
   });
-  if (!buckets.length) {
+  // The API fills the window with empty buckets: a fleet with nothing in it is no chart either.
+  const total = buckets.reduce((sum, b) => sum + STATUS_ORDER.reduce((n, k) => n + b.counts[k], 0), 0);
+  if (!total) {
     svg.append(s("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "chart-empty" }, "No executions in this window"));
     return svg;
   }

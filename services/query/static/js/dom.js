@@ -56,10 +56,19 @@ export function toast(text, kind = "info", ms = 6000) {
   return item;
 }
 
+/** `fn` once calls pause for `ms`; `.cancel()` drops a call still waiting. */
 export function debounce(fn, ms) {
   let timer = null;
-  return (...args) => {
+  const debounced = (...args) => {
     clearTimeout(timer);
-    timer = setTimeout(() => fn(...args), ms);
+    timer = setTimeout(() => {
+      timer = null;
+      fn(...args);
+    }, ms);
   };
+  debounced.cancel = () => {
+    clearTimeout(timer);
+    timer = null;
+  };
+  return debounced;
 }

@@ -36,8 +36,13 @@ export class ExecutionsPage {
     this.recheck = null;
     this.polls = 0; // polls sent
     this.polled = 0; // the newest poll applied
+    /** Stats and chart requests sent: only the newest one's answer is shown (a slow network). */
+    this.statsSent = 0;
+    this.chartSent = 0;
     this.closed = false;
     this.replacing = false;
+    /** The list's first page failed to load: what is shown is an error, not a list to merge into. */
+    this.failed = false;
     this.pending = [];
     this.selected = new Set();
     this.cursor = null;
@@ -111,7 +116,14 @@ export class ExecutionsPage {
     writeFilters(this.filters, { push: true });
     if (!keepForm) {
       const old = this.form;
-      old.replaceWith(this.filterBar());
+      // A search typed into the old form and still waiting must not land on the new one.
+      old.cancelSearch?.();
+      // Focus stays on the control used (a keyboard user's arrow key in a select changes the
+      // filter at once): the new form's same control, else its "Clear filters".
+      const focused = old.contains(document.activeElement) ? document.activeElement : null;
+      const fresh = this.filterBar();
+      old.replaceWith(fresh);
+      if (focused) (fresh.querySelector(`[name="${CSS.escape(focused.name ?? "")}"]`) ?? fresh.querySelector(".btn-clear"))?.focus();
     }
     this.onFiltersChanged?.(this.filters);
     this.reload();
@@ -129,9 +141,13 @@ export class ExecutionsPage {
 
   async loadStats() {
     const hours = statsHours(this.filters);
+    const seq = ++this.statsSent;
+    // An answer for filters since left (or a newer request's) must not paint over the newest.
+    const stale = () => this.closed || seq !== this.statsSent;
     if (!this.cards.childElementCount) this.cards.append(...statCardsLoading());
     try {
       const stats = await api("/api/executions/stats", { params: { hours, agent_name: this.filters.agent_name } });
+      if (stale()) return;
       clear(this.cards).append(...statCards(stats, hours));
       // The stats endpoint narrows by agent and window only; say so rather than mislead.
       const narrower = ["status", "triggered_by", "search", "project", "workflow"].filter((k) => this.filters[k]);
@@ -143,6 +159,7 @@ export class ExecutionsPage {
         this.cards.append(h("p", { class: "cards-note muted small" }, `${scope}${chartToo}${list}.`));
       }
     } catch (err) {
+      if (stale()) return;
       clear(this.cards).append(h("div", { class: "card card-error" }, `Statistics unavailable: ${err.message}`));
     }
   }
@@ -153,11 +170,15 @@ export class ExecutionsPage {
     // The chart covers its own window (the time range); a link's start/end narrow the list.
     const { agent_name, status, triggered_by, search, project, workflow } = this.filters;
     const params = { hours, bucket, agent_name, status, triggered_by, search, project, workflow };
+    const seq = ++this.chartSent;
+    const stale = () => this.closed || seq !== this.chartSent;
     try {
       const data = await api("/api/executions/timeline", { params });
+      if (stale()) return;
       const width = Math.max(320, Math.min(this.chart.clientWidth || 720, 1400));
       clear(this.chart).append(timelineChart(timelineBuckets(data), { bucket, width }));
     } catch (err) {
+      if (stale()) return;
       clear(this.chart).append(h("p", { class: "muted" }, `Chart unavailable: ${err.message}`));
     }
   }
@@ -186,6 +207,7 @@ export class ExecutionsPage {
         this.unconfirmed.clear();
         this.gone.clear();
         clear(this.tbody);
+        this.failed = false;
       }
       for (const exec of page.executions ?? []) {
         this.unconfirmed.delete(exec.id);
@@ -205,6 +227,7 @@ export class ExecutionsPage {
         this.rows.clear();
         this.unconfirmed.clear();
         clear(this.tbody);
+        this.failed = true;
         this.showState("error", err);
       } else {
         // The rows shown stay, and so does the cursor: the button tries the same page again.
@@ -305,6 +328,9 @@ export class ExecutionsPage {
       this.pending.push([exec, { highlight, live }]);
       return;
     }
+    // Under the error of a list that failed to load, a live row would pass for the whole list
+    // ("Showing 1 of 1", no "Load more"): the poll that follows loads the list itself.
+    if (this.failed) return;
     if (!live) this.unconfirmed.delete(exec.id);
     const old = this.rows.get(exec.id);
     if (old) {
@@ -423,6 +449,12 @@ export class ExecutionsPage {
   /** The first page again, merged into what is shown (polling, and after live events). */
   async poll({ toasts = true } = {}) {
     if (this.closed) return;
+    // Nothing to merge into: load the list afresh (its cursor and "Load more" with it), which
+    // also brings the page back by itself once the API answers again.
+    if (this.failed) {
+      if (!this.replacing) await this.reload();
+      return;
+    }
     const generation = this.generation;
     const seq = ++this.polls;
     let page;

@@ -59,15 +59,23 @@ export function filterBar({ filters, agents, anyAgent, onChange, onClear }) {
         "Also filtered by the link: ",
         linked.map(([k, v]) => h("code", {}, `${k}=${v}`)).flatMap((el, i) => (i ? [", ", el] : [el])),
         " ",
-        h("button", { class: "btn", type: "button", onclick: () => onChange(Object.fromEntries(linked.map(([k]) => [k, ""]))) }, "Remove"),
+        h("button", { class: "btn", type: "button", onclick: () => withSearch(Object.fromEntries(linked.map(([k]) => [k, ""]))) }, "Remove"),
       ),
     );
-  }
-  for (const el of form.querySelectorAll("select")) {
-    el.addEventListener("change", () => onChange({ [el.name]: el.value }));
   }
   // Typing keeps the same form (and focus); the list follows once the user pauses.
   const searchChanged = debounce(() => onChange({ search: search.value.trim() }, { keepForm: true }), SEARCH_DEBOUNCE_MS);
   search.addEventListener("input", searchChanged);
+  // Any other change replaces the form: a search still waiting for its pause goes with it (as
+  // typed), or it would land later under a new form whose box does not show it.
+  const withSearch = (patch) => {
+    searchChanged.cancel();
+    onChange({ ...patch, search: search.value.trim() });
+  };
+  for (const el of form.querySelectorAll("select")) {
+    el.addEventListener("change", () => withSearch({ [el.name]: el.value }));
+  }
+  /** The page replaces this form (Clear filters, say): a search still waiting is dropped. */
+  form.cancelSearch = () => searchChanged.cancel();
   return form;
 }

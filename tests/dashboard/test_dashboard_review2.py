@@ -1,0 +1,313 @@
+"""Second review of the dashboard, driven as an on-call engineer would in headless Chromium:
+filters changed faster than the search debounce, a slow network answering stats out of order,
+status badges read by people with low vision, and right-to-left text."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, expect
+
+from tests.dashboard.conftest import Stack
+from tests.dashboard.seed import DETAILED_ID, RUNNING_ID
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+ROWS = "tbody tr.row"
+
+
+@contextlib.asynccontextmanager
+async def own_page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh tab; it fails the test on an uncaught error or a CSP violation."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 950})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    try:
+        yield page
+    finally:
+        await context.close()
+    assert not errors, errors
+
+
+def url_params(page: Page) -> dict[str, list[str]]:
+    return parse_qs(urlparse(page.url).query)
+
+
+async def test_a_filter_picked_while_a_search_is_pending_keeps_the_search(
+    browser: Browser, stack: Stack
+) -> None:
+    """Typing a search and picking a status within the debounce used to blank the search box
+    while the list was still filtered by the search (box and list disagreed)."""
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await page.locator("input[name=search]").fill("invoice")
+        await page.locator("select[name=status]").select_option("success")
+        await page.wait_for_timeout(800)  # past the search debounce
+        await expect(page.locator("input[name=search]")).to_have_value("invoice")
+        params = url_params(page)
+        assert params.get("search") == ["invoice"], page.url
+        assert params.get("status") == ["success"], page.url
+        wanted = [r for r in stack.rows if r.status == "success" and "invoice" in r.message.lower()]
+        await expect(page.locator(ROWS)).to_have_count(len(wanted))
+
+
+async def test_clear_filters_right_after_typing_clears_the_search(
+    browser: Browser, stack: Stack
+) -> None:
+    """Clicking "Clear filters" within the debounce used to be undone by the pending search: the
+    box was empty, the list filtered."""
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await page.locator("input[name=search]").fill("invoice")
+        await page.locator("form.filters .btn-clear").click()
+        await page.wait_for_timeout(800)
+        await expect(page.locator("input[name=search]")).to_have_value("")
+        assert "search" not in url_params(page), page.url
+        await expect(page.locator(ROWS)).to_have_count(50)
+
+
+async def test_a_slow_stats_answer_for_old_filters_does_not_overwrite_the_new_ones(
+    browser: Browser, stack: Stack
+) -> None:
+    """On a slow network the stats for the filters left behind arrived last and were shown
+    under the new filters (all agents' count with one agent picked)."""
+    hold = {"on": False}
+    answered = asyncio.Event()
+
+    async def slow_unfiltered(route: Route) -> None:
+        if not hold["on"] or "agent_name=" in route.request.url:
+            await route.continue_()
+            return
+        hold["on"] = False
+        await asyncio.sleep(1.5)
+        with contextlib.suppress(Exception):
+            await route.continue_()
+        answered.set()
+
+    alpha = sum(r.agent_name == "alpha" for r in stack.rows)
+    async with own_page(browser) as page:
+        await page.route("**/api/executions/stats?*", slow_unfiltered)
+        await page.route("**/api/executions/timeline?*", slow_unfiltered)
+        await page.goto(stack.page_url())
+        total = page.locator("[data-stat=total] .card-value")
+        await expect(total).to_have_text(str(len(stack.rows)))
+        hold["on"] = True
+        await page.locator("select[name=hours]").select_option("168")
+        await page.locator("select[name=agent_name]").select_option("alpha")
+        await expect(total).to_have_text(str(alpha))
+        await asyncio.wait_for(answered.wait(), 15)
+        await page.wait_for_timeout(300)
+        await expect(total).to_have_text(str(alpha))
+
+
+async def test_status_badges_have_readable_contrast(browser: Browser, stack: Stack) -> None:
+    """WCAG AA asks 4.5:1 for small text; the badges' tinted text had 2.3 to 4.2."""
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+        ratios: dict[str, float] = await page.evaluate(
+            """() => {
+              const lum = (css) => {
+                const [r, g, b] = css.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+                  const c = v / 255;
+                  return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+                });
+                return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+              };
+              const out = {};
+              for (const status of ["pending", "running", "success", "failed", "cancelled"]) {
+                const el = document.createElement("span");
+                el.className = `status status-${status}`;
+                el.textContent = status;
+                document.querySelector("#app").append(el);
+                const style = getComputedStyle(el);
+                const [a, b] = [lum(style.color), lum(style.backgroundColor)];
+                out[status] = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+                el.remove();
+              }
+              return out;
+            }"""
+        )
+        low = {k: round(v, 2) for k, v in ratios.items() if v < 4.5}
+        assert not low, f"status badges below 4.5:1: {low}"
+
+
+async def _detail_with(page: Page, stack: Stack, **fields: str) -> None:
+    """Open the seeded detail with some of its fields replaced in the API's answer."""
+
+    async def patch(route: Route) -> None:
+        response = await route.fetch()
+        body = await response.json()
+        body.update(fields)
+        await route.fulfill(response=response, body=json.dumps(body))
+
+    await page.route(re.compile(rf"/api/executions/{DETAILED_ID}$"), patch)
+    await page.goto(stack.page_url(query=f"execution={DETAILED_ID}"))
+    await expect(page.locator(".page-detail h1")).to_be_visible()
+
+
+async def _first_char_left_of_last(page: Page, selector: str) -> bool:
+    """Is the first character of the element's text drawn left of its last one?"""
+    result: bool = await page.locator(selector).first.evaluate(
+        """(el) => {
+          const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+          const node = walker.nextNode();
+          const text = node.data;
+          const rect = (i) => {
+            const range = document.createRange();
+            range.setStart(node, i);
+            range.setEnd(node, i + 1);
+            return range.getBoundingClientRect();
+          };
+          const first = text.search(/\\S/);
+          const last = text.length - 1 - [...text].reverse().join("").search(/\\S/);
+          return rect(first).left < rect(last).left;
+        }"""
+    )
+    return result
+
+
+async def test_right_to_left_text_reads_right_to_left(browser: Browser, stack: Stack) -> None:
+    """A Hebrew message ending in "!" was laid out left-to-right: the "!" sat at its right end,
+    i.e. at the start of the sentence for its reader."""
+    hebrew = "\u05e9\u05dc\u05d5\u05dd \u05e2\u05d5\u05dc\u05dd!"
+    async with own_page(browser) as page:
+        await _detail_with(page, stack, message=hebrew)
+        pre = page.locator(".page-detail section pre").first
+        await expect(pre).to_have_text(hebrew)
+        # In a right-to-left paragraph the "!" (the last character) is drawn leftmost.
+        assert not await _first_char_left_of_last(page, ".page-detail section pre")
+
+
+async def test_a_keyboard_user_keeps_focus_on_the_filter_they_change(
+    browser: Browser, stack: Stack
+) -> None:
+    """An arrow key in a focused select changes the filter at once; the form was rebuilt and
+    focus fell to the page's top, so the next arrow key or Tab started over."""
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await page.locator("select[name=status]").focus()
+        await page.keyboard.press("ArrowDown")
+        await expect(page).to_have_url(re.compile(r"status=pending"))
+        await expect(page.locator("select[name=status]")).to_be_focused()
+        await page.keyboard.press("ArrowDown")
+        await expect(page).to_have_url(re.compile(r"status=running"))
+        await expect(page.locator("select[name=status]")).to_be_focused()
+        await page.locator("form.filters .btn-clear").focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("form.filters .btn-clear")).to_be_focused()
+        await expect(page.locator(ROWS)).to_have_count(50)
+
+
+async def test_an_empty_window_says_so_in_the_chart(browser: Browser, stack: Stack) -> None:
+    """The API fills the window with empty buckets, so the chart's "No executions in this
+    window" never showed: an empty fleet (or filter) drew a bare axis labelled 0, 1, 1."""
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url(query="search=nothing-matches-this-r2"))
+        await expect(page.locator(".list-state")).to_have_attribute("data-state", "empty")
+        await expect(page.locator(".chart .chart-empty")).to_have_text(
+            "No executions in this window"
+        )
+
+
+async def test_a_slow_detail_refresh_does_not_bring_back_an_older_state(
+    browser: Browser, stack: Stack
+) -> None:
+    """Two live refreshes of a running execution's page crossed on a slow network: the older
+    answer (still running) painted last, over the newer (finished), Stop button and all."""
+    hold = {"on": False}
+    fetched, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_once(route: Route) -> None:
+        if not hold["on"]:
+            await route.continue_()
+            return
+        hold["on"] = False
+        response = await route.fetch()  # the state as it is now, answered late
+        fetched.set()
+        await release.wait()
+        await route.fulfill(response=response)
+
+    headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
+    async with own_page(browser) as page:
+        await page.route(re.compile(rf"/api/executions/{RUNNING_ID}$"), slow_once)
+        await page.goto(stack.page_url(query=f"execution={RUNNING_ID}"))
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        heading = page.locator(".page-detail h1 .status")
+        await expect(heading).to_have_attribute("title", "running")
+        hold["on"] = True
+        await stack.publish("execution_started", {"id": RUNNING_ID, "agent_name": "alpha"})
+        await asyncio.wait_for(fetched.wait(), 15)
+        await stack.publish(
+            "execution_completed",
+            {
+                "id": RUNNING_ID,
+                "agent_name": "alpha",
+                "completed_at": datetime.now(UTC).isoformat(),
+            },
+        )
+        async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
+            for _ in range(100):
+                answer = (await client.get(f"/api/executions/{RUNNING_ID}")).json()
+                if answer["status"] == "success":
+                    break
+                await asyncio.sleep(0.1)
+        # One more event: a refresh that surely reads the completion.
+        await stack.publish("execution_completed", {"id": RUNNING_ID, "agent_name": "alpha"})
+        await expect(heading).to_have_attribute("title", "success")
+        release.set()
+        await page.wait_for_timeout(700)
+        await expect(heading).to_have_attribute("title", "success")
+        await expect(page.locator(".page-detail [data-action=stop]")).to_have_count(0)
+
+
+async def test_a_list_that_failed_to_load_comes_back_whole(browser: Browser, stack: Stack) -> None:
+    """The query service answered 503 when the page opened. A live event then replaced the
+    error with its one row ("Showing 1 of 1"), and the poll after it merged the first page
+    into that without its cursor: "Showing 50 of 62" with no "Load more"."""
+    down = {"on": True}
+
+    async def unavailable(route: Route) -> None:
+        if not down["on"]:
+            await route.continue_()
+            return
+        await route.fulfill(
+            status=503,
+            headers={"Retry-After": "5"},
+            content_type="application/json",
+            body=json.dumps({"detail": "database not ready"}),
+        )
+
+    async with own_page(browser) as page:
+        await page.route("**/api/executions?*", unavailable)
+        await page.goto(stack.page_url())
+        await expect(page.locator(".list-state .error-box")).to_contain_text("database not ready")
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        down["on"] = False
+        started = datetime.now(UTC).isoformat()
+        execution = {"id": "r2-live-001", "agent_name": "alpha", "started_at": started}
+        await stack.publish("execution_started", {**execution, "triggered_by": "api"})
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await expect(page.locator(".btn-more")).to_be_visible()
+        total = len(stack.rows) + 1
+        await expect(page.locator(".summary")).to_have_text(f"Showing 50 of {total} executions")
+        await page.locator(".btn-more").click()
+        await expect(page.locator(ROWS)).to_have_count(total)
