@@ -26,6 +26,14 @@ from shared.subjects import Subjects
 from tests.procs import free_port
 from tests.reconciler.http_engine import EngineState, serving
 
+#: A policy that fails a row lacking its run id once the grace is over (the rule the drift
+#: tests exercise; the default only flags).
+FAILING = Policy(
+    first_check_grace=timedelta(seconds=0),
+    missing_external_id_timeout=timedelta(seconds=60),
+    fail_missing_external_id=True,
+)
+
 INSERT = """
 INSERT INTO executions (org, id, agent_name, status, engine, external_id, started_at,
                         first_seen_at, completed_at)

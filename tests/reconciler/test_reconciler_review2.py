@@ -22,6 +22,7 @@ from services.reconciler.rules import Action, Kind, Policy
 from shared.events import Event, EventType, ExecutionFields
 from shared.subjects import Subjects
 from tests.reconciler.helpers import (
+    FAILING,
     ago,
     http_engine,
     insert_row,
@@ -31,11 +32,6 @@ from tests.reconciler.helpers import (
 from tests.reconciler.http_engine import EngineState
 
 LEASE_S = 1.0
-FAILING = Policy(
-    first_check_grace=timedelta(seconds=0),
-    missing_external_id_timeout=timedelta(seconds=60),
-    fail_missing_external_id=True,
-)
 
 
 class PausingEngine:

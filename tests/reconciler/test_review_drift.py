@@ -19,11 +19,12 @@ from services.reconciler import repo
 from services.reconciler.engines.http import HttpEngine
 from services.reconciler.leader import LeaderLock
 from services.reconciler.loop import Reconciler
-from services.reconciler.rules import Action, Kind, Policy
+from services.reconciler.rules import Action, Kind
 from shared import cli
 from shared.subjects import Subjects
 from tests.chaos.infra import port_of, proxy_to, url_through
 from tests.reconciler.helpers import (
+    FAILING,
     INSERT,
     ago,
     http_engine,
@@ -34,11 +35,6 @@ from tests.reconciler.helpers import (
 from tests.reconciler.http_engine import EngineState
 
 LEASE_S = 1.5
-FAILING = Policy(
-    first_check_grace=timedelta(seconds=0),
-    missing_external_id_timeout=timedelta(seconds=60),
-    fail_missing_external_id=True,
-)
 
 
 @pytest.mark.parametrize("org_filter", [False, True])
