@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -44,8 +45,20 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 #: Counts and durations fit Postgres bigint.
 Count = Annotated[int, Field(ge=0, le=2**62)]
+#: The published schema's form of a time: RFC 3339 (with the separators and offsets the
+#: parser also takes) in the years ingest accepts, and never without a zone. `format:
+#: date-time` alone is only an annotation in JSON Schema 2020-12, so validators let naive
+#: times through, which ingest dead-letters.
+MOMENT_PATTERN = (
+    r"^2[01][0-9]{2}-[0-9]{2}-[0-9]{2}[Tt _][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+    r"([Zz]|[+-][0-9]{2}:?[0-9]{2})$"
+)
 #: A time Postgres and Python can both hold (checked in pydantic-core, not per call).
-Moment = Annotated[AwareDatetime, Field(ge=EARLIEST, le=LATEST)]
+Moment = Annotated[
+    AwareDatetime,
+    Field(ge=EARLIEST, le=LATEST),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": MOMENT_PATTERN}),
+]
 
 #: Integers a JSON field may hold: what the JSON encoder on the way to jsonb can write.
 _JSON_INT_MIN, _JSON_INT_MAX = -(2**63), 2**64 - 1
@@ -148,6 +161,40 @@ EVENT_STATUS: dict[EventType, Status] = {
 }
 
 
+def _envelope_rules(schema: dict[str, Any]) -> None:
+    """Write `Event._body_matches_type` into the JSON Schema, so that a publisher validating
+    against it refuses what ingest would dead-letter: the body `type` needs (the other one
+    absent or null), and no `execution.status` contradicting the type."""
+    component_types = sorted(t.value for t in COMPONENT_TYPES)
+    rules: list[dict[str, Any]] = [
+        {
+            "if": {"required": ["type"], "properties": {"type": {"enum": component_types}}},
+            "then": {
+                "required": ["component"],
+                "properties": {"component": {"type": "object"}, "execution": {"type": "null"}},
+            },
+            "else": {
+                "required": ["execution"],
+                "properties": {"execution": {"type": "object"}, "component": {"type": "null"}},
+            },
+        }
+    ]
+    for type_, status in EVENT_STATUS.items():
+        if type_ in COMPONENT_TYPES:
+            continue
+        rules.append(
+            {
+                "if": {"required": ["type"], "properties": {"type": {"const": type_.value}}},
+                "then": {
+                    "properties": {
+                        "execution": {"properties": {"status": {"enum": [status.value, None]}}}
+                    }
+                },
+            }
+        )
+    schema["allOf"] = rules
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=MAX_LOG)
 
@@ -202,9 +249,11 @@ class ComponentFields(_Record):
 class Event(_Record):
     """The envelope every publisher sends; `execution` or `component` matches `type`."""
 
+    model_config = ConfigDict(json_schema_extra=_envelope_rules)
+
     type: EventType
     event_id: Ident
-    occurred_at: AwareDatetime
+    occurred_at: Moment
     org: Name
     source: Annotated[str, Field(max_length=200)] | None = None
     execution: ExecutionFields | None = None
@@ -215,8 +264,7 @@ class Event(_Record):
     @model_validator(mode="after")
     def _body_matches_type(self) -> Event:
         # Runs in Python for every event ingest takes: plain look-ups, no enum properties.
-        if not EARLIEST <= self.occurred_at <= LATEST:
-            raise ValueError("occurred_at must lie between 2000 and 2199")
+        # (`_envelope_rules` writes these rules into the published JSON Schema.)
         type_, execution = self.type, self.execution
         if type_ in COMPONENT_TYPES:
             if self.component is None:
@@ -279,6 +327,15 @@ def utc_iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+#: Why a message went to the DLQ (`<prefix>.dlq.<reason>`): the first six are
+#: `shared.validation.validate`'s, the last two ingest's own once it meets the database.
 DlqReason = Literal[
-    "not_json", "schema", "bad_subject", "tenant_mismatch", "too_large", "unknown_type"
+    "not_json",
+    "schema",
+    "bad_subject",
+    "tenant_mismatch",
+    "too_large",
+    "unknown_type",
+    "agent_mismatch",
+    "db_rejected",
 ]
