@@ -210,7 +210,7 @@ async def _ensure_database(url: str, name: str) -> str:
                 await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, *_UNREACHABLE) as exc:
         raise RuntimeError(
             f"could not create database {name} on {redacted(url)}: {type(exc).__name__}: {exc}"
         ) from None
@@ -252,6 +252,7 @@ def database_url_or_embedded(
     if pgdata.exists():
         with pgserver.PostgresServer._lock:
             _live_holders(pgdata)  # an earlier `up` killed outright must not keep it running
+            _drop_stale_postmaster_pid(pgdata)
     try:
         with _signals_deferred():
             server = pgserver.get_server(pgdata, cleanup_mode="stop")
@@ -327,6 +328,17 @@ def _live_holders(pgdata: Path, *, leaving: int | None = None) -> list[int]:
         with contextlib.suppress(OSError):
             path.write_text(json.dumps(live))
     return live
+
+
+def _drop_stale_postmaster_pid(pgdata: Path) -> None:
+    """Remove a postmaster.pid that no running server of `pgdata` wrote (the server was
+    killed, the machine or container restarted). pgserver takes any live process with that
+    pid for the server and hands out the URI of a socket that is not there; PostgreSQL itself
+    would have replaced the file. Call with pgserver's lock held."""
+    pid_file = pgdata / "postmaster.pid"
+    if pid_file.exists() and not any(_postmasters(pgdata)):
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
 
 
 def _release_postgres(pgdata: Path, server: object | None) -> None:

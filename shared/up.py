@@ -39,6 +39,17 @@ def _port(name: str) -> int:
     return int(os.environ.get(f"{name.upper()}_PORT", SERVICES[name]))
 
 
+def _address(name: str) -> str:
+    """`host:port` to reach service `name` from this machine: where it listens (its
+    `<NAME>_HOST`), loopback for a wildcard address."""
+    host = os.environ.get(f"{name.upper()}_HOST", "127.0.0.1").strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{_port(name)}" if ":" in host else f"{host}:{_port(name)}"
+
+
 def _demo_orgs() -> list[str]:
     try:
         demo = importlib.import_module("shared.publisher.demo")
@@ -66,14 +77,14 @@ async def _seed(database_url: str, orgs: list[str]) -> None:
         await conn.close()
 
 
-def _wait_ready(name: str, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(name: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         _check_stop()
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}; see {log}")
         try:
-            healthy = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            healthy = httpx.get(f"http://{_address(name)}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
             healthy = False
         # The port was free before the child started, so a 200 is its own, unless the child
@@ -81,7 +92,7 @@ def _wait_ready(name: str, port: int, process: subprocess.Popen[bytes], log: Pat
         if healthy and process.poll() is None:
             return
         time.sleep(0.2)
-    raise RuntimeError(f"{name} did not answer on port {port} within 60 s; see {log}")
+    raise RuntimeError(f"{name} did not answer on {_address(name)} within 60 s; see {log}")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -247,14 +258,14 @@ def _run(
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
         # The page asks the query service where the live feed is.
-        "QUERY_NOTIFIER_URL": f"ws://127.0.0.1:{_port('notifier')}/ws",
+        "QUERY_NOTIFIER_URL": f"ws://{_address('notifier')}/ws",
     }
     for name in SERVICES:
         children[name] = _spawn(
             [sys.executable, "-m", "shared.cli", name], env, logs / f"{name}.log"
         )
     for name, process in children.items():
-        _wait_ready(name, _port(name), process, logs / f"{name}.log")
+        _wait_ready(name, process, logs / f"{name}.log")
     if not args.no_demo:
         children["demo"] = _spawn(
             [
@@ -272,12 +283,12 @@ def _run(
         role="admin",
         ttl_s=7 * 86_400,
     )
-    query = f"http://127.0.0.1:{_port('query')}"
+    query = f"http://{_address('query')}"
     print()
     print(f"Dashboard:  {query}/#token={token}")
     print(f"API:        curl -H 'Authorization: Bearer {token}' {query}/api/executions")
-    print(f"Live feed:  ws://127.0.0.1:{_port('notifier')}/ws?token=<token>")
-    print("Metrics:    " + ", ".join(f"127.0.0.1:{_port(n)}/metrics" for n in SERVICES))
+    print(f"Live feed:  ws://{_address('notifier')}/ws?token=<token>")
+    print("Metrics:    " + ", ".join(f"{_address(n)}/metrics" for n in SERVICES))
     print(f"Logs:       {logs}/")
     print("Operator commands (fleetwatch apikey, admin, token, ...) for this stack, in a shell:")
     print(_export("NATS_URL", nats_url, redacted(nats_url)))
