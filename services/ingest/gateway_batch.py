@@ -263,6 +263,22 @@ def _is_too_deep(error: ValidationError) -> bool:
     )
 
 
+def _whole_event_field(raw: dict[str, Any]) -> str:
+    """The field a rule of the whole event (pydantic's empty `loc`) is about, by that rule of
+    `Event`: the body its `type` needs, the body it must not carry, or an `execution.status`
+    contradicting it; "event" for any other."""
+    component = str(raw.get("type", "")).startswith("component_")
+    body, other = ("component", "execution") if component else ("execution", "component")
+    if raw.get(body) is None:
+        return body
+    if raw.get(other) is not None:
+        return other
+    execution = raw.get("execution")
+    if not component and isinstance(execution, dict) and execution.get("status") is not None:
+        return "execution.status"
+    return "event"
+
+
 def check_event(
     index: int, raw: Any, org: str, subjects: Subjects
 ) -> tuple[Outgoing | None, list[FieldError]]:
@@ -295,7 +311,10 @@ def check_event(
     except ValidationError as exc:
         if _is_too_deep(exc):
             return None, [*errors, _too_deep(index, raw)]
-        errors += [FieldError(index, _loc(e["loc"]), e["msg"]) for e in exc.errors()]
+        errors += [
+            FieldError(index, _loc(e["loc"]) if e["loc"] else _whole_event_field(raw), e["msg"])
+            for e in exc.errors()
+        ]
         return None, errors
     if errors:
         return None, errors
