@@ -51,8 +51,9 @@ def _window(hours: int) -> datetime:
 
 
 def _with_start(filters: ListFilters, start: datetime) -> ListFilters:
-    """The window's start, unless the caller's own start_time narrows it further."""
-    if filters.start_time is not None and filters.start_time > start:
+    """The window's start, unless the caller sent a start_time (checked to lie within the
+    window or its slack): then the rows are those the list gives for the same filters."""
+    if filters.start_time is not None:
         return filters
     return replace(filters, start_time=start)
 
@@ -174,6 +175,11 @@ async def timeline(
     where = filtered(ctx.scope.org, ctx.scope.agents, _with_start(filters, start))
     rows = await repo.timeline(ctx.conn, where, "day" if bucket_value == "day" else "hour")
     kind: Bucket = "day" if bucket_value == "day" else "hour"
+    if filters.start_time is not None and filters.start_time < start:
+        # A start_time within the slack counts its rows as the list does (cutting the moment
+        # before `start` off made the buckets add up to less than the list's total_count),
+        # so the buckets begin where they may fall.
+        start = filters.start_time
     return {
         "bucket": kind,
         "hours": hours_value,
