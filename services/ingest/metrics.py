@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.metrics_registry import new_registry
+
 
 @dataclass(frozen=True)
 class IngestMetrics:
@@ -23,7 +25,7 @@ class IngestMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> IngestMetrics:
-        reg = registry or CollectorRegistry()
+        reg = registry or new_registry()
         return cls(
             registry=reg,
             events=Counter(

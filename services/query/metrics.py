@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.metrics_registry import new_registry
+
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 @dataclass
 class QueryMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    registry: CollectorRegistry = field(default_factory=new_registry)
 
     def __post_init__(self) -> None:
         # Labelled by route template, never the concrete path: ids would explode cardinality.
