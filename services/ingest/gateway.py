@@ -36,8 +36,13 @@ from services.ingest.gateway_batch import (
     check_batch_in_steps,
     split_body,
 )
-from services.ingest.settings import GATEWAY_CONCURRENCY, GATEWAY_WAIT_S
-from services.ingest.turns import FairTurns
+from services.ingest.settings import (
+    GATEWAY_ADMIT_PER_ORG,
+    GATEWAY_ADMIT_TOTAL,
+    GATEWAY_CONCURRENCY,
+    GATEWAY_WAIT_S,
+)
+from services.ingest.turns import Admission, FairTurns
 from shared.publisher.checks import is_permanent
 from shared.publisher.envelope import MSG_ID_HEADER, dedupe_id
 from shared.settings import CommonSettings
@@ -55,6 +60,8 @@ ACK_TIMEOUT = 5.0
 KEY_LOOKUP_TIMEOUT = 5.0
 KEY_LOOKUP_RETRY_AFTER = "5"
 BUSY_RETRY_AFTER = "2"
+#: A body not received whole by then is answered 408: a slow upload holds an admission slot.
+BODY_TIMEOUT = 120.0
 #: Events checked between two turns of the event loop (~10 ms of the heaviest events).
 CHECK_STEP = 16
 #: What a key lookup raises when the database, not the key, is the problem.
@@ -102,6 +109,7 @@ _ERRORS_SCHEMA: dict[str, Any] = {
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"description": "All events acknowledged by JetStream: `{accepted, duplicates}`."},
     401: {"description": "Missing, malformed, unknown or revoked X-API-Key."},
+    408: {"description": "The body did not arrive whole within 120 s; nothing was published."},
     403: {
         "description": "An event names another org; nothing was published.",
         "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
@@ -120,7 +128,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "description": "JetStream did not acknowledge every event (`not_acknowledged`; any "
         "refused for good are in `refused`), the key could not be checked (database "
-        "unavailable), or the gateway is busy with other batches (nothing published); resend "
+        "unavailable), or the gateway is busy with other batches, or has as many of the org's "
+        "requests (or of all orgs') inside as it lets in at once (nothing published); resend "
         "the batch, less `refused`, after `Retry-After`."
     },
 }
@@ -128,6 +137,14 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _busy() -> JSONResponse:
+    return JSONResponse(
+        {"detail": "the gateway is busy with other batches; nothing was published, retry"},
+        status_code=503,
+        headers={"Retry-After": BUSY_RETRY_AFTER},
+    )
 
 
 def _refused(status: int, detail: str, errors: list[FieldError]) -> JSONResponse:
@@ -188,6 +205,9 @@ def create_gateway_router(
     key_lookup_timeout: float = KEY_LOOKUP_TIMEOUT,
     concurrency: int = GATEWAY_CONCURRENCY,
     wait_s: float = GATEWAY_WAIT_S,
+    admit_per_org: int = GATEWAY_ADMIT_PER_ORG,
+    admit_total: int = GATEWAY_ADMIT_TOTAL,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> APIRouter:
     """The `/api/events` route; the ingest app provides the pool and the JetStream context.
 
@@ -198,11 +218,15 @@ def create_gateway_router(
     batches are checked and published at once, a freed turn going to the org holding fewest
     (services/ingest/turns.py: one tenant posting in a loop cannot keep the others out); a
     batch that has waited `wait_s` for its turn is answered 503 (busy) rather than queueing
-    without bound.
+    without bound. Bodies are read before a turn, so at most `admit_per_org` requests of one
+    org and `admit_total` in all are let in at once; one more is 503 (busy) at once, its body
+    unread: one tenant sending large batches in parallel cannot fill the process's memory,
+    and a body still arriving after `body_timeout` is answered 408.
     """
     router = APIRouter(tags=["gateway"])
     subjects = settings.subjects
     turns = FairTurns(concurrency)
+    admission = Admission(admit_total, admit_per_org)
 
     async def lookup_org(key: str) -> str | None:
         async with asyncio.timeout(key_lookup_timeout):
@@ -244,18 +268,26 @@ def create_gateway_router(
             )
         if org is None:
             return _error(401, "a valid X-API-Key is required")
-        body = await _read_limited(request)
+        if not admission.enter(org):
+            return _busy()
+        try:
+            return await read_and_publish(request, org)
+        finally:
+            admission.leave(org)
+
+    async def read_and_publish(request: Request, org: str) -> JSONResponse:
+        try:
+            async with asyncio.timeout(body_timeout):
+                body = await _read_limited(request)
+        except TimeoutError:
+            return _error(408, f"the body did not arrive within {body_timeout:g} s")
         if body is None:
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             async with asyncio.timeout(wait_s):
                 await turns.acquire(org)
         except TimeoutError:
-            return JSONResponse(
-                {"detail": "the gateway is busy with other batches; nothing was published, retry"},
-                status_code=503,
-                headers={"Retry-After": BUSY_RETRY_AFTER},
-            )
+            return _busy()
         try:
             return await publish_checked(org, body, request.headers.get("content-type", ""))
         finally:

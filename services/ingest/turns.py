@@ -62,3 +62,37 @@ class FairTurns:
                 continue
             self._take(org)
             future.set_result(None)
+
+
+class Admission:
+    """How many requests an org, and all orgs together, may have inside at once (reading a
+    body, waiting for a turn or holding one): a bound on the memory request bodies take.
+
+    Turns bound the CPU; without this, one tenant sending many large batches in parallel had
+    every body read into memory while it waited, up to what the process could hold.
+    """
+
+    def __init__(self, total: int, per_org: int) -> None:
+        if total < 1 or per_org < 1:
+            raise ValueError("admission limits must be at least 1")
+        self._total = total
+        self._per_org = per_org
+        self._inside: dict[str, int] = {}
+        self._count = 0
+
+    def enter(self, org: str) -> bool:
+        """Admit one request of `org`, or return False when it or the process is full."""
+        inside = self._inside.get(org, 0)
+        if self._count >= self._total or inside >= self._per_org:
+            return False
+        self._inside[org] = inside + 1
+        self._count += 1
+        return True
+
+    def leave(self, org: str) -> None:
+        inside = self._inside[org] - 1
+        if inside:
+            self._inside[org] = inside
+        else:
+            del self._inside[org]
+        self._count -= 1
