@@ -72,6 +72,16 @@ def key_id_of(key: str) -> str | None:
     return key_id
 
 
+def named_key_id(text: str) -> str:
+    """The key id an operator named: the id `list` shows, or a whole key (`fwk_<id>_<secret>`,
+    e.g. the one that leaked) or its `fwk_<id>` start, pasted as it is."""
+    text = text.strip()
+    prefix, sep, rest = text.partition("_")
+    if prefix == PREFIX and sep:
+        return rest.partition("_")[0]
+    return text
+
+
 def matches(key: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_key(key), stored_hash)
 
@@ -127,9 +137,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--label", help="a note to tell keys apart in `list`")
     listing = commands.add_parser("list", help="list an org's keys (never the keys themselves)")
     listing.add_argument("--org", required=True, type=_org, help=org_help)
-    revoke = commands.add_parser("revoke", help="revoke a key by its id")
+    revoke = commands.add_parser("revoke", help="revoke a key by its id (or the key itself)")
     revoke.add_argument("--org", required=True, type=_org, help=org_help)
-    revoke.add_argument("key_id", help="the id `list` shows (the part after fwk_)")
+    revoke.add_argument(
+        "key_id", type=named_key_id, help="the id `list` shows, or the whole key (fwk_...)"
+    )
     return parser
 
 
