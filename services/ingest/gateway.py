@@ -59,6 +59,9 @@ ACK_TIMEOUT = 5.0
 #: A key lookup that has not answered by then (database down or unreachable) is answered 503.
 KEY_LOOKUP_TIMEOUT = 5.0
 KEY_LOOKUP_RETRY_AFTER = "5"
+#: Key lookups run at once: they share the pool of ingest's consumer (INGEST_DB_POOL_SIZE, 4),
+#: whose batch writes a flood of made-up keys must not keep waiting for a connection.
+KEY_LOOKUPS = 2
 BUSY_RETRY_AFTER = "2"
 #: A body not received whole by then is answered 408: a slow upload holds an admission slot.
 BODY_TIMEOUT = 120.0
@@ -208,6 +211,7 @@ def create_gateway_router(
     admit_per_org: int = GATEWAY_ADMIT_PER_ORG,
     admit_total: int = GATEWAY_ADMIT_TOTAL,
     body_timeout: float = BODY_TIMEOUT,
+    key_lookups: int = KEY_LOOKUPS,
 ) -> APIRouter:
     """The `/api/events` route; the ingest app provides the pool and the JetStream context.
 
@@ -221,15 +225,19 @@ def create_gateway_router(
     without bound. Bodies are read before a turn, so at most `admit_per_org` requests of one
     org and `admit_total` in all are let in at once; one more is 503 (busy) at once, its body
     unread: one tenant sending large batches in parallel cannot fill the process's memory,
-    and a body still arriving after `body_timeout` is answered 408.
+    and a body still arriving after `body_timeout` is answered 408. At most `key_lookups`
+    keys are looked up at once (a wait counts against `key_lookup_timeout`), so requests with
+    made-up keys take no more of the consumer's database pool than that.
     """
     router = APIRouter(tags=["gateway"])
     subjects = settings.subjects
     turns = FairTurns(concurrency)
     admission = Admission(admit_total, admit_per_org)
 
+    lookups = asyncio.Semaphore(key_lookups)
+
     async def lookup_org(key: str) -> str | None:
-        async with asyncio.timeout(key_lookup_timeout):
+        async with asyncio.timeout(key_lookup_timeout), lookups:
             return await org_for_key(get_pool(), key)
 
     async def publish_all(events: list[Outgoing]) -> list[PubAck | BaseException]:

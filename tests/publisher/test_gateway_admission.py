@@ -119,7 +119,8 @@ async def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_slot(
 
 def test_admission_counts_per_org_and_in_all() -> None:
     gate = Admission(total=3, per_org=2)
-    assert gate.enter("a") and gate.enter("a")
+    assert gate.enter("a")
+    assert gate.enter("a")
     assert not gate.enter("a")
     assert gate.enter("b")
     assert not gate.enter("c")  # the process is full
@@ -130,3 +131,50 @@ def test_admission_counts_per_org_and_in_all() -> None:
     assert gate.enter("a")
     with pytest.raises(ValueError, match="at least 1"):
         Admission(total=0, per_org=1)
+
+
+class _CountingPool:
+    """The real pool, counting the key lookups running on it at once."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self.running = 0
+        self.most = 0
+
+    async def fetchrow(self, *args: Any) -> Any:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.05)  # a busy database: lookups overlap
+            return await self._pool.fetchrow(*args)
+        finally:
+            self.running -= 1
+
+
+async def test_made_up_keys_take_at_most_two_connections_of_the_consumers_pool(
+    database_url: str, streams: Subjects, api_key: str, org: str
+) -> None:
+    from fastapi import FastAPI
+
+    from services.ingest.gateway import create_gateway_router
+    from shared.db import create_pool
+    from shared.settings import CommonSettings
+
+    pool = await create_pool(database_url, max_size=4)
+    counting = _CountingPool(pool)
+    app = FastAPI()
+    settings = CommonSettings(subject_prefix=streams.prefix)
+    app.include_router(create_gateway_router(settings, lambda: counting, lambda: None))  # type: ignore[arg-type,return-value]
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=30
+        ) as http:
+            fakes = [f"fwk_{n:016x}_made-up" for n in range(12)]
+            answers = await asyncio.gather(*(_post(http, key, b"[]") for key in fakes))
+            assert {a.status_code for a in answers} == {401}
+            assert counting.most == 2
+            # A real key still gets through (its body is refused: nothing to publish).
+            real = await _post(http, api_key, b"[]")
+            assert real.status_code == 422, real.text
+    finally:
+        await pool.close()
