@@ -42,6 +42,12 @@ def load_migrations() -> list[Migration]:
             found.append(
                 Migration(int(match.group(1)), entry.name, entry.read_text(encoding="utf-8"))
             )
+        elif entry.name.endswith(".sql"):
+            # Skipped in silence, it was never applied anywhere, and nothing said so.
+            raise RuntimeError(
+                f"migration file {entry.name!r} is not named NNNN_lowercase_words.sql "
+                "(four digits, then a-z, 0-9 and _): rename it, or it is never applied"
+            )
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -115,19 +121,35 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
         for migration in shipped:
             if migration.version in done:
                 continue
-            async with conn.transaction():
-                # Local to this transaction: the wait for the migration lock above is meant to
-                # be long, as another migrator is busy there.
-                await conn.execute(
-                    "SELECT set_config('lock_timeout', $1, true)", f"{int(LOCK_TIMEOUT_S * 1000)}ms"
-                )
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
+            try:
+                async with conn.transaction():
+                    # Local to this transaction: the wait for the migration lock above is meant
+                    # to be long, as another migrator is busy there.
+                    await conn.execute(
+                        "SELECT set_config('lock_timeout', $1, true)",
+                        f"{int(LOCK_TIMEOUT_S * 1000)}ms",
+                    )
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+            except Exception as exc:
+                # The error alone ("canceling statement due to lock timeout") named neither
+                # the migration nor what state it left.
+                log.error(
+                    "migration %s failed (%s) and was rolled back; %s; running "
+                    "`fleetwatch migrate` again retries it",
                     migration.name,
-                    migration.checksum,
+                    type(exc).__name__,
+                    f"this run applied before it: {', '.join(applied)}"
+                    if applied
+                    else "this run applied nothing before it",
                 )
+                raise
             log.info("applied migration %s", migration.name)
             applied.append(migration.name)
     finally:

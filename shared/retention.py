@@ -28,10 +28,16 @@ ORGS_SQL = "SELECT org, retention_days FROM organizations ORDER BY org"
 
 # An execution expires when its list time (`sort_at`: started_at, else first sight) is older
 # than the cutoff; its steps go with it in the same transaction. One still pending or running
-# that ingest wrote within the window is kept: its agent is still reporting, and deleting it
-# lost its start and earlier steps (the next event made a new row without them). One silent
-# for the whole window is abandoned and expires.
-EXPIRED = "sort_at < $2 AND NOT (status IN ('pending', 'running') AND updated_at >= $2)"
+# is kept while its agent reports within the window: ingest wrote its row then, or one of its
+# steps started or ended then (step events write only the step's row, so a long run reporting
+# nothing but steps kept its own `updated_at` at its start, and was deleted with every step;
+# its next step became an orphan, its completion a row with no start). One silent for the
+# whole window is abandoned and expires. Only pending or running rows past the cutoff look
+# at their steps, by the steps' primary key.
+EXPIRED = """sort_at < $2 AND NOT (status IN ('pending', 'running') AND (updated_at >= $2
+    OR EXISTS (SELECT 1 FROM component_executions s
+               WHERE s.org = executions.org AND s.execution_id = executions.id
+                 AND greatest(s.first_seen_at, s.started_at, s.completed_at) >= $2)))"""
 
 DELETE_EXECUTIONS_SQL = f"""
 WITH doomed AS (
@@ -224,6 +230,13 @@ async def _delete_org(
             break
 
 
+def _print_now(line: str) -> None:
+    # Flushed per line: piped to a file or a log collector (cron, systemd, `| tee`), stdout is
+    # block-buffered, and a long run showed nothing until it ended (nothing at all when a
+    # timeout killed it).
+    print(line, flush=True)
+
+
 async def _run(args: argparse.Namespace, settings: CommonSettings) -> RetentionReport:
     conn = await connect_database(args.database_url or settings.database_url)
     try:
@@ -232,7 +245,7 @@ async def _run(args: argparse.Namespace, settings: CommonSettings) -> RetentionR
             batch_size=args.batch_size,
             dry_run=args.dry_run,
             orgs=args.org or None,
-            progress=print,
+            progress=_print_now,
         )
     finally:
         await conn.close()
