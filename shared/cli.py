@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfleetwatch {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = operator_error(exc)
+        message = operator_error(exc, migrating=name == "migrate")
         if message is None:
             raise  # a bug: the traceback is what helps
         print(f"fleetwatch {name}: {message}", file=sys.stderr)
@@ -81,14 +81,17 @@ def tcp_port(text: str) -> int:
     return port
 
 
-def operator_error(exc: BaseException) -> str | None:
+def operator_error(exc: BaseException, *, migrating: bool = False) -> str | None:
     """One line for what an operator can act on (a server that does not answer, a database
-    not migrated, a setting refused); None for anything else."""
+    not migrated, a setting refused); None for anything else. While `migrating`, a missing
+    table is a migration's own error, not a hint to run the command that failed."""
     import asyncpg  # here, not at the top: `--help` and services that never fail stay light
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
-    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+    if not migrating and isinstance(
+        exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError
+    ):
         return f"{exc} (is the database migrated? `fleetwatch migrate`)"
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database: {type(exc).__name__}: {exc}"

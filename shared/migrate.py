@@ -149,9 +149,19 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                     if applied
                     else "this run applied nothing before it",
                 )
+                if conn.is_closed():
+                    # asyncpg's error is then about the transaction's end on a closed
+                    # connection ("cannot call Transaction.__aexit__()"), not the loss.
+                    raise ConnectionError(
+                        f"the database connection was lost while applying {migration.name} "
+                        "(it was rolled back)"
+                    ) from exc
                 raise
             log.info("applied migration %s", migration.name)
             applied.append(migration.name)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        if not conn.is_closed():
+            # A connection lost mid-run took the session lock with it; unlocking on it would
+            # raise and hide the error that matters.
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied
