@@ -66,11 +66,15 @@ SELECT e.id, e.agent_name, e.project, e.workflow, e.schedule_id, e.status, e.tri
 FROM executions AS e LEFT JOIN agents AS a ON a.org = e.org AND a.name = e.agent_name
 WHERE e.org = $1 AND e.id = $2 AND ($3::text[] IS NULL OR e.agent_name = ANY($3))
 """
+# A step's attempts together and in attempt order (an attempt whose start is unknown, say
+# only its failure was reported, is still listed before the retries that followed it), the
+# steps by their first known start. Only the execution's own agent's rows: ingest refuses
+# another agent's steps, and the read does not depend on that alone.
 COMPONENTS = """
 SELECT node_id, name, attempt, status, retry_policy, max_attempts, input, output, error,
     error_type, started_at, completed_at
-FROM component_executions WHERE org = $1 AND execution_id = $2
-ORDER BY started_at NULLS LAST, node_id, attempt
+FROM component_executions WHERE org = $1 AND execution_id = $2 AND agent_name = $3
+ORDER BY min(started_at) OVER (PARTITION BY node_id) NULLS LAST, node_id, attempt
 """
 CHILDREN = """
 SELECT {columns} FROM executions
@@ -231,8 +235,11 @@ async def detail(
     return row
 
 
-async def components(conn: asyncpg.Connection, org: str, execution_id: str) -> list[asyncpg.Record]:
-    return list(await conn.fetch(COMPONENTS, org, execution_id))
+async def components(
+    conn: asyncpg.Connection, org: str, execution_id: str, agent_name: str
+) -> list[asyncpg.Record]:
+    """The steps `agent_name` (the execution's agent) reported for the execution."""
+    return list(await conn.fetch(COMPONENTS, org, execution_id, agent_name))
 
 
 #: How many children of an execution, and workflows or projects, a response lists at most.

@@ -77,14 +77,16 @@ async def execution_detail(execution_id: str, caller: LightCallerDep) -> dict[st
     org = caller.scope.org
     async with caller.connect() as ctx:
         row = await _visible(ctx, execution_id)
-        parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
+        steps = await repo.components(ctx.conn, org, execution_id, row["agent_name"])
+        parts = [component(r) for r in steps]
         kids, more_kids = await repo.children(ctx.conn, org, execution_id, ctx.scope.agents)
         children = [summary(r) for r in kids]
     engine_run = bool(row["engine"] and row["external_id"])
     if not parts and engine_run and await _ask_reconciler(caller, execution_id):
         # A fresh transaction sees what the reconciler's events made ingest commit meanwhile.
         async with caller.connect() as ctx:
-            parts = [component(r) for r in await repo.components(ctx.conn, org, execution_id)]
+            steps = await repo.components(ctx.conn, org, execution_id, row["agent_name"])
+            parts = [component(r) for r in steps]
     detail = dict(row)
     detail.update(
         components=parts,
