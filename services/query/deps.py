@@ -167,8 +167,12 @@ def _dead(conn: asyncpg.Connection) -> bool:
 
 
 @asynccontextmanager
-async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection in a transaction under the app role with the org set (RLS).
+async def _transaction(
+    state: QueryState, org: str, *, snapshot: bool = False
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection in a transaction under the app role with the org set (RLS);
+    with `snapshot`, a read-only one that sees the database as of its first query (an export
+    paging through its rows must not miss one that moves behind its position meanwhile).
 
     A busy pool answers 503 after `pool_acquire_timeout_s` rather than queueing forever; a
     database out of reach, or a connection that dies under the request (Postgres restarted
@@ -186,7 +190,8 @@ async def _transaction(state: QueryState, org: str) -> AsyncIterator[asyncpg.Con
         log.warning("database unavailable: %r", exc)
         raise _busy(DATABASE_LOST) from None
     try:
-        async with conn.transaction():
+        isolation = "repeatable_read" if snapshot else None
+        async with conn.transaction(isolation=isolation, readonly=snapshot):
             await repo.enter_org(conn, org)
             yield conn
     except Exception as exc:
@@ -267,8 +272,8 @@ async def resolve_scope(state: QueryState, conn: asyncpg.Connection, claims: Cla
 
 
 @asynccontextmanager
-async def _held(state: QueryState, claims: Claims) -> AsyncIterator[Ctx]:
-    async with _transaction(state, claims.org) as conn:
+async def _held(state: QueryState, claims: Claims, *, snapshot: bool = False) -> AsyncIterator[Ctx]:
+    async with _transaction(state, claims.org, snapshot=snapshot) as conn:
         scope = await resolve_scope(state, conn, claims)
         ctx = Ctx(conn=conn, scope=scope, state=state)
         yield ctx
@@ -285,9 +290,11 @@ async def caller(request: Request) -> AsyncIterator[Ctx]:
 
 async def streaming_caller(request: Request) -> AsyncIterator[Ctx]:
     """As `caller`, for a body streamed from the request's own connection (an export): at
-    most `export_concurrency` at once, so exports cannot take the whole pool."""
+    most `export_concurrency` at once, so exports cannot take the whole pool. Its batches
+    read one snapshot: a row that started while the export ran moved ahead of the page the
+    export had reached (its list time became its start), and was missing from the file."""
     state, claims = await _admitted(request)
-    async with export_slot(state, claims.org), _held(state, claims) as ctx:
+    async with export_slot(state, claims.org), _held(state, claims, snapshot=True) as ctx:
         yield ctx
 
 
