@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from shared.events import MAX_EVENT_BYTES, MAX_ID, Event, EventType, is_valid_name
 from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode
-from shared.subjects import Subjects
+from shared.subjects import SubjectError, Subjects
 from shared.validation import NUL_REFUSED, Rejected, has_nul, nul_field, validate
 
 
@@ -52,7 +52,8 @@ def subject_of(subjects: Subjects, event: dict[str, Any]) -> str:
     try:
         agent: Any = agent_of(event)
     except ValueError as exc:
-        raise InvalidEventError(event_id, "agent_name", "schema", str(exc)) from None
+        where = "agent_name" if isinstance(event.get("execution"), dict | None) else "execution"
+        raise InvalidEventError(event_id, where, "schema", str(exc)) from None
     for name, value in (("org", event.get("org")), ("agent_name", agent)):
         if not isinstance(value, str) or not is_valid_name(value):
             detail = f"{value!r} must match [A-Za-z0-9_-]{{1,64}}"
@@ -92,10 +93,17 @@ def checked(
 
 def check_light(subjects: Subjects, subject: str, event_id: str, payload: bytes) -> None:
     """The refusals no well-typed caller can rule out, at a fraction of the whole check's
-    cost: over ingest's size limit, or NUL in a string (text from a model or a tool). The
-    subject is the client's own, built from the event's org and agent. When one trips, the
-    whole validator names the field. Wrong types or ranges pass here and are dead-lettered
-    by ingest (`Fleet(strict=True)` refuses them at publish time)."""
+    cost: over ingest's size limit, NUL in a string (text from a model or a tool), or a
+    subject that is not an event subject (a ready-made event's, given to `send`). When one
+    trips, the whole validator names the field. Wrong types or ranges pass here and are
+    dead-lettered by ingest (`Fleet(strict=True)` refuses them at publish time)."""
+    try:
+        subjects.parse_event(subject)  # cached: a subject the client built costs a look-up
+    except SubjectError as exc:
+        # Spooled, it would hold the spool's head for good: NATS never takes a subject with
+        # a space (nor ingest one of another shape), and all events behind it would wait.
+        reason = "unknown_type" if "unknown event type" in str(exc) else "bad_subject"
+        raise InvalidEventError(event_id, "subject", reason, str(exc)) from None
     if len(payload) > MAX_EVENT_BYTES or has_nul(payload):
         check_payload(subjects, subject, event_id, payload)
 
@@ -125,9 +133,13 @@ def _field(verdict: Rejected, payload: bytes) -> str:
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """NATS will never take this message: over the server's max_payload, or refused by
-    JetStream as a bad request (e.g. over the stream's max_msg_size). Re-sending cannot help."""
-    return isinstance(exc, nats.errors.MaxPayloadError | nats.js.errors.BadRequestError)
+    """NATS will never take this message: over the server's max_payload, a subject it cannot
+    carry (a space, empty), or refused by JetStream as a bad request (e.g. over the stream's
+    max_msg_size). Re-sending cannot help."""
+    return isinstance(
+        exc,
+        nats.errors.MaxPayloadError | nats.errors.BadSubjectError | nats.js.errors.BadRequestError,
+    )
 
 
 @dataclass(slots=True)

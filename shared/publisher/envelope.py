@@ -164,6 +164,10 @@ def component_event(
 def agent_of(event: dict[str, Any]) -> str:
     """The agent an envelope is about (its subject's agent token)."""
     execution = event.get("execution")
+    if execution is not None and not isinstance(execution, dict):
+        # `.get` on it raised AttributeError: a traceback from `fleetwatch emit`, and from
+        # `publish` an error that is not the InvalidEventError it promises.
+        raise ValueError(f"execution must be a JSON object, not {type(execution).__name__}")
     agent = execution.get("agent_name") if execution else event.get("agent_name")
     if not isinstance(agent, str):
         raise ValueError("event names no agent: set execution.agent_name or agent_name")

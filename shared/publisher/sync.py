@@ -30,9 +30,27 @@ class SyncFleet:
         self._nats_url = nats_url
         self._options = options
         self._fleet: Fleet | None = None
+        #: Per thread, the runs entered and not yet left, innermost last: a run entered
+        #: inside another one's `with` in the same thread is its child.
+        self._local = threading.local()
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            # From the loop's own thread (an `on_terminate` or `on_overflow` callback) the
+            # wait below would block the loop that has to run `coro`: a hang for good.
+            coro.close()
+            raise RuntimeError(
+                "SyncFleet's blocking methods cannot be called from its event-loop thread "
+                "(an on_terminate or on_overflow callback): make the callback async and await "
+                "the async API (`fleet.fleet`, `run.run`), or hand the work to another thread"
+            )
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _open_runs(self) -> list[Run]:
+        runs: list[Run] | None = getattr(self._local, "runs", None)
+        if runs is None:
+            runs = self._local.runs = []
+        return runs
 
     @property
     def fleet(self) -> Fleet:
@@ -76,7 +94,12 @@ class SyncFleet:
         self.close()
 
     def execution(self, agent: str, **options: Any) -> SyncRun:
+        """As `Fleet.execution`; inside another run's `with` in this thread it links to it as
+        parent (the async client does so within a task, which blocking code has not)."""
         options.setdefault("cancel_task", False)
+        open_runs = self._open_runs()
+        if options.get("parent") is None and open_runs:
+            options["parent"] = open_runs[-1]
         return SyncRun(self, self.fleet.execution(agent, **options))
 
     def publish(self, event: dict[str, Any]) -> bool:
@@ -104,6 +127,7 @@ class SyncRun:
 
     def __enter__(self) -> SyncRun:
         self._owner._call(self.run.__aenter__())
+        self._owner._open_runs().append(self.run)
         return self
 
     def __exit__(
@@ -112,10 +136,19 @@ class SyncRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        open_runs = self._owner._open_runs()
+        if self.run in open_runs:
+            open_runs.remove(self.run)
         return self._owner._call(self.run.__aexit__(exc_type, exc, tb))
 
     def progress(self, **fields: Any) -> None:
         self._owner._call(self.run.progress(**fields))
+
+    def child(self, agent: str, **options: Any) -> SyncRun:
+        """An execution of another agent that this run triggers (`parent_execution_id`); the
+        `Run.child` it stood for gave an async run, which a `with` refuses (TypeError)."""
+        options.setdefault("triggered_by", "agent")
+        return self._owner.execution(agent, parent=self.run, **options)
 
     def component(self, name: str, **options: Any) -> SyncStep:
         return SyncStep(self._owner, self.run.component(name, **options))
