@@ -75,7 +75,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) ->
 
 
 def _age(row: Row, now: datetime) -> str:
-    seconds = int((now - row.since).total_seconds())
+    # A start a little ahead of our clock (the agent's runs fast) is "just started", not
+    # a negative age that divmod would print as "-1h59m".
+    seconds = max(0, int((now - row.since).total_seconds()))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
@@ -145,7 +147,9 @@ async def _find_running(args: argparse.Namespace, out: TextIO) -> int:
     finally:
         await conn.close()
     now = datetime.now(UTC)
-    rows = [r for r in rows if (now - r.since).total_seconds() >= args.older_than]
+    # Ages are counted from 0: a run whose start is a little ahead of our clock (its agent's
+    # runs fast) is still listed without --older-than, not left out as "running -5 s".
+    rows = [r for r in rows if max(0.0, (now - r.since).total_seconds()) >= args.older_than]
     if args.json:
         for r in rows:
             out.write(
@@ -157,7 +161,7 @@ async def _find_running(args: argparse.Namespace, out: TextIO) -> int:
                         "engine": r.engine,
                         "external_id": r.external_id,
                         "started_at": r.since.isoformat(),
-                        "running_seconds": round((now - r.since).total_seconds(), 1),
+                        "running_seconds": round(max(0.0, (now - r.since).total_seconds()), 1),
                     }
                 ).decode()
                 + "\n"

@@ -39,7 +39,7 @@ from services.reconciler.rules import (
     steps_refusal,
 )
 from services.reconciler.settings import ReconcilerSettings
-from shared.events import Event
+from shared.events import Event, Status
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,45 @@ class Reconciler:
         if problems:
             report.unlisted.add(name)
             self.metrics.engine_errors.labels(name).inc(len(problems))
+            # A listing read only in part (cut at its page limit, a cursor gone or looping,
+            # runs that cannot be read) may hide orphans: not a clean pass (the CLI exits 1).
+            report.engine_errors += [f"{name}: listing runs: {p}" for p in problems]
         return listed
+
+    async def _with_error(self, decision: Decision) -> Decision:
+        """A finished row corrected from the listing to failed or cancelled, with the error the
+        engine gives for that run. A listing may carry none (Temporal's has statuses and times
+        only), and a correction over a finished row is sent once: without this the row would
+        say failed with no reason for good. The run is looked up on its own (as a row's is,
+        within the engine's time limit); the answer is used only when it is the listed run
+        (same start and status: an id reused meanwhile names another run). Failing that, the
+        correction goes as listed."""
+        run = decision.run
+        if (
+            decision.action is not Action.PUBLISH
+            or decision.publish_status not in (Status.FAILED, Status.CANCELLED)
+            or run is None
+            or run.error is not None
+            or run.engine not in self.engines
+        ):
+            return decision
+        try:
+            async with asyncio.timeout(self.engine_pass_timeout_s), self._limits[run.engine]:
+                found = await self.engines[run.engine].get_run(run.external_id)
+        except Exception as exc:  # the correction goes without the error text
+            self.metrics.engine_errors.labels(run.engine).inc()
+            log.warning("no error text for %s run %r: %r", run.engine, run.external_id, exc)
+            return decision
+        if (
+            found is None
+            or found.error is None
+            or (found.status, found.started_at) != (run.status, run.started_at)
+            or found.execution_id not in (None, run.execution_id)
+            or found.org not in (None, run.org)
+        ):
+            return decision
+        detailed = replace(run, error=found.error, error_type=found.error_type or run.error_type)
+        return replace(decision, run=detailed)
 
     async def run_pass(
         self, filters: repo.Filters | None = None, *, fix: bool, progress: Progress | None = None
@@ -311,7 +349,9 @@ class Reconciler:
         holders = Holders.of([*rows, *stored])
         extra: list[Decision] = []
         for row in stored:
-            # Finished rows are checked against the listing only (no extra engine call).
+            # Finished rows are checked against the listing (no engine call per row; only a
+            # failed or cancelled correction whose listed run has no error looks it up once,
+            # see `_with_error`).
             if (row.org, row.id) in open_keys or not row.status.is_terminal:
                 continue
             if filters.org not in (None, row.org) or filters.agent not in (None, row.agent_name):
@@ -323,6 +363,7 @@ class Reconciler:
             decision = decide_row(row, Lookup(run=found), now, self.policy)
             if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
                 extra.append(decision)
+        extra = list(await asyncio.gather(*(self._with_error(d) for d in extra)))
         report.decisions += (
             reconcile(
                 rows,

@@ -212,7 +212,9 @@ class HttpEngine:
         if not list_path:
             return []
         params = {"since": since.isoformat(), "until": until.isoformat()}
-        runs: dict[str, EngineRun] = {}
+        # Keyed by what tells runs apart, not by id alone: run ids are unique per org only,
+        # and an engine may list several runs under one id (a reused job id).
+        runs: dict[tuple[str, str | None, str | None, datetime | None], EngineRun] = {}
         problems: list[str] = []
         seen_cursors: set[str] = set()
         for page in range(cfg.list_max_pages):
@@ -241,7 +243,8 @@ class HttpEngine:
                     problems.append(f"{where} of the listing: {exc}")
                     continue
                 # Pages may overlap (runs started while paging shift them): each run once.
-                runs.setdefault(run.external_id, run)
+                key = (run.external_id, run.org, run.execution_id, run.started_at)
+                runs.setdefault(key, run)
             cursor = _next_cursor(payload)
             if cursor is None:
                 break
