@@ -177,6 +177,7 @@ class Notifier:
             js=self._js,
             guard=guard,
             triggers=self.triggers,
+            stream_replays=asyncio.Semaphore(s.replay_concurrency),
         )
 
         def ping_flood() -> None:

@@ -202,6 +202,10 @@ class Hub:
         (pongs, close frames) synchronously after producing it, so nothing is queued there
         for this frame to overtake, and the server never sends fragmented messages.
         """
+        if seq <= client.last_seq:
+            # Already seen: a client that resumed from another replica ahead of this one is
+            # up to date past what fan-out here has passed (`ready` told it so).
+            return 0
         conn = client.conn
         if conn.protocol.state is not State.OPEN:
             self.remove(client)

@@ -54,6 +54,8 @@ class SessionDeps:
     js: JetStreamContext
     guard: AccessGuard
     triggers: TriggerMemory
+    #: Replays reading the stream at once (each through its own consumer), for all clients.
+    stream_replays: asyncio.Semaphore
 
 
 async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
@@ -270,19 +272,28 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
         # Only the caller's org: a replay past the ring must not read every org's events.
         reached = Reached()
         org_events = subjects.org_events(client.scope.org)
-        async for msg in read_range(
-            deps.js, subjects, plan.first, plan.last, subject=org_events, reached=reached
+        # Hundreds of replay consumers at once (dashboards waking up past the ring) stall the
+        # NATS server for every publisher (1,000: publishes time out), so they take turns.
+        async with (
+            deps.stream_replays,
+            contextlib.aclosing(
+                read_range(
+                    deps.js, subjects, plan.first, plan.last, subject=org_events, reached=reached
+                )
+            ) as messages,
         ):
-            seq = msg.metadata.sequence.stream
-            event = decode(subjects, msg.subject, msg.data)
-            if event is not None:
-                # As live: a completion that omits its trigger still meets a trigger filter.
-                out = deps.triggers.enrich(build_outgoing(seq, event))
-                if delivers(client.scope, client.filter, out.meta):
-                    client.sent_event = True
-                    await client.conn.send(out.payload, text=True)
-                    sent += 1
-            client.last_seq = seq
+            async for msg in messages:
+                seq = msg.metadata.sequence.stream
+                event = decode(subjects, msg.subject, msg.data)
+                if event is not None:
+                    # As live: a completion that omits its trigger still meets a trigger filter.
+                    out = deps.triggers.enrich(build_outgoing(seq, event))
+                    if delivers(client.scope, client.filter, out.meta):
+                        client.sent_event = True
+                        if not await _send_replayed(client, out.payload, deps):
+                            return
+                        sent += 1
+                client.last_seq = seq
         client.last_seq = max(client.last_seq, reached.seq)
         if client.last_seq < plan.last:
             # The range could not be read to its end (messages expired meanwhile, or NATS
@@ -300,3 +311,16 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
             hub.metrics.resumes.labels("stream").inc()
     if sent:
         hub.metrics.messages_sent.labels("replay").inc(sent)
+
+
+async def _send_replayed(client: Client, payload: bytes, deps: SessionDeps) -> bool:
+    """Send one replayed event; a client that takes nothing for `slow_close_grace_s` is cut
+    off as slow (4008), so that it does not keep a turn of the stream replays from the others
+    until keepalive finds it dead. False when cut off."""
+    try:
+        async with asyncio.timeout(deps.settings.slow_close_grace_s):
+            await client.conn.send(payload, text=True)
+    except TimeoutError:
+        deps.hub.cut_off(client, "queue_full")
+        return False
+    return True

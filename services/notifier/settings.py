@@ -28,6 +28,10 @@ class NotifierSettings(CommonSettings):
     #: Recent events kept in memory for resumes (read back from the stream at startup);
     #: a resume from further back reads the stream through its own consumer.
     ring_size: int = Field(default=10_000, ge=1)
+    #: Replays from the stream (past the ring) running at once; the others wait their turn
+    #: (held, as during any replay). Each reads through its own consumer, and a thousand of
+    #: them at once stalled the NATS server for every publisher.
+    replay_concurrency: int = Field(default=16, ge=1)
     #: Live events held for a client while its replay runs (events, not bytes).
     replay_pending_max: int = Field(default=10_000, ge=1)
     #: SO_SNDBUF of each client socket; 0 keeps the kernel's autotuning. A fixed small buffer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -79,7 +79,7 @@ async def read_range(
     *,
     subject: str | None = None,
     reached: Reached | None = None,
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     """Messages with stream seq `first..last`, in order, via a short-lived ordered consumer;
     with `subject`, only those it matches (one org's: a replay then reads nothing of the
     others). `reached` says how far the range was covered: up to `last` once the filter has
