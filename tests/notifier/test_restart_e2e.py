@@ -60,6 +60,19 @@ async def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+async def _until_closed(ws: websockets.ClientConnection) -> ConnectionClosed:
+    """The close, past frames still unread before the shutdown: a client registered after
+    the first events got them by replay and then its `ready`, which `collect` stops short of
+    (reading that `ready` as the close failed this test about one run in six). Never a new
+    event."""
+    while True:
+        try:
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        except ConnectionClosed as closed:
+            return closed
+        assert events_of([frame]) == [], frame
+
+
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -93,10 +106,9 @@ async def test_restart_then_resume_loses_nothing(
         # Graceful shutdown: every socket is told "going away".
         procs[0].send_signal(signal.SIGTERM)
         for ws in clients:
-            with pytest.raises(ConnectionClosed) as caught:
-                await asyncio.wait_for(ws.recv(), 10)
-            assert caught.value.rcvd is not None
-            assert caught.value.rcvd.code == 1001
+            closed = await _until_closed(ws)
+            assert closed.rcvd is not None
+            assert closed.rcvd.code == 1001
         assert procs[0].wait(10) == 0
         while_down = [await publish(js, subjects, execution_event(org, "x")) for _ in range(15)]
         procs.append(await _start(service_env, port))
