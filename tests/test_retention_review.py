@@ -27,14 +27,16 @@ async def _execution(
         started,
         NOW - timedelta(days=idle_days),
     )
+    # Its step last written with it (ingest's `updated_at`, not the insert's wall clock).
     await conn.execute(
         "INSERT INTO component_executions"
-        " (org, execution_id, node_id, attempt, agent_name, status, first_seen_at)"
-        " VALUES ($1, $2, 'n', 1, 'ruby', $3, $4)",
+        " (org, execution_id, node_id, attempt, agent_name, status, first_seen_at, updated_at)"
+        " VALUES ($1, $2, 'n', 1, 'ruby', $3, $4, $5)",
         org,
         exec_id,
         status,
         started,
+        NOW - timedelta(days=idle_days),
     )
 
 
