@@ -192,6 +192,14 @@ async def _transaction(
     try:
         isolation = "repeatable_read" if snapshot else None
         async with conn.transaction(isolation=isolation, readonly=snapshot):
+            if snapshot:
+                # The snapshot holds back vacuum for the whole database while it is open: a
+                # client that stops reading must not hold it for good.
+                idle_ms = int(state.settings.export_idle_timeout_s * 1000)
+                await conn.execute(
+                    "SELECT set_config('idle_in_transaction_session_timeout', $1, true)",
+                    f"{idle_ms}ms",
+                )
             await repo.enter_org(conn, org)
             yield conn
     except Exception as exc:

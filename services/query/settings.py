@@ -64,6 +64,9 @@ class QuerySettings(CommonSettings):
     #: Of those, how many one org may hold at once, so that one tenant's exports cannot
     #: keep every other tenant's waiting (and then refused with 503).
     export_per_org: int = Field(default=2, ge=1)
+    #: An export reads one snapshot, which holds back vacuum while it is open: a client that
+    #: takes nothing for this long (seconds) has its export ended by Postgres.
+    export_idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
     #: Links from an execution to its run in an outside engine, per engine name, with
     #: `{external_id}` (URL-quoted) in the template, e.g. (JSON in `QUERY_ENGINE_URLS`)
     #: `{"temporal": "http://temporal-ui:8233/namespaces/default/workflows/{external_id}"}`.
