@@ -258,8 +258,7 @@ def _include_gateway(app: FastAPI, settings: IngestSettings, state: IngestState)
             get_pool,
             get_js,
             concurrency=settings.gateway_concurrency,
-            admit_per_org=settings.gateway_admit_per_org,
-            admit_total=settings.gateway_admit_total,
+            body_budget=settings.gateway_body_budget_mb * 1024 * 1024,
             wait_s=settings.gateway_wait_s,
         )
     )

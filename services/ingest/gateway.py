@@ -37,8 +37,7 @@ from services.ingest.gateway_batch import (
     split_body,
 )
 from services.ingest.settings import (
-    GATEWAY_ADMIT_PER_ORG,
-    GATEWAY_ADMIT_TOTAL,
+    GATEWAY_BODY_BUDGET_MB,
     GATEWAY_CONCURRENCY,
     GATEWAY_WAIT_S,
 )
@@ -63,7 +62,7 @@ KEY_LOOKUP_RETRY_AFTER = "5"
 #: whose batch writes a flood of made-up keys must not keep waiting for a connection.
 KEY_LOOKUPS = 2
 BUSY_RETRY_AFTER = "2"
-#: A body not received whole by then is answered 408: a slow upload holds an admission slot.
+#: A body not received whole by then is answered 408: a slow upload holds its admitted bytes.
 BODY_TIMEOUT = 120.0
 #: Events checked between two turns of the event loop (~10 ms of the heaviest events).
 CHECK_STEP = 16
@@ -132,7 +131,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "JetStream did not acknowledge every event (`not_acknowledged`; any "
         "refused for good are in `refused`), the key could not be checked (database "
         "unavailable), or the gateway is busy with other batches, or has as many of the org's "
-        "requests (or of all orgs') inside as it lets in at once (nothing published); resend "
+        "bodies (or all orgs') inside as it lets in at once (nothing published); resend "
         "the batch, less `refused`, after `Retry-After`."
     },
 }
@@ -178,6 +177,16 @@ def _msg_id(e: Outgoing) -> str:
     return dedupe_id(e.event.org, e.event.event_id)
 
 
+def _declared_size(request: Request) -> int | None:
+    """The bytes a request's body may take: its Content-Length, the most a body may be when
+    it declares none (or nonsense); None when it declares more than that."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        return MAX_BODY_BYTES
+    size = int(declared)
+    return None if size > MAX_BODY_BYTES else max(size, 1)
+
+
 async def _read_limited(request: Request) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
@@ -208,8 +217,7 @@ def create_gateway_router(
     key_lookup_timeout: float = KEY_LOOKUP_TIMEOUT,
     concurrency: int = GATEWAY_CONCURRENCY,
     wait_s: float = GATEWAY_WAIT_S,
-    admit_per_org: int = GATEWAY_ADMIT_PER_ORG,
-    admit_total: int = GATEWAY_ADMIT_TOTAL,
+    body_budget: int = GATEWAY_BODY_BUDGET_MB * 1024 * 1024,
     body_timeout: float = BODY_TIMEOUT,
     key_lookups: int = KEY_LOOKUPS,
 ) -> APIRouter:
@@ -222,8 +230,9 @@ def create_gateway_router(
     batches are checked and published at once, a freed turn going to the org holding fewest
     (services/ingest/turns.py: one tenant posting in a loop cannot keep the others out); a
     batch that has waited `wait_s` for its turn is answered 503 (busy) rather than queueing
-    without bound. Bodies are read before a turn, so at most `admit_per_org` requests of one
-    org and `admit_total` in all are let in at once; one more is 503 (busy) at once, its body
+    without bound. Bodies are read before a turn, so the bytes they may hold are budgeted:
+    `body_budget` in all, half of it per org, a quarter more for an org with nothing inside
+    once it is spent (see `Admission`); a request past it is 503 (busy) at once, its body
     unread: one tenant sending large batches in parallel cannot fill the process's memory,
     and a body still arriving after `body_timeout` is answered 408. At most `key_lookups`
     keys are looked up at once (a wait counts against `key_lookup_timeout`), so requests with
@@ -232,7 +241,7 @@ def create_gateway_router(
     router = APIRouter(tags=["gateway"])
     subjects = settings.subjects
     turns = FairTurns(concurrency)
-    admission = Admission(admit_total, admit_per_org)
+    admission = Admission(body_budget, body_budget // 2, body_budget // 4)
 
     lookups = asyncio.Semaphore(key_lookups)
 
@@ -276,12 +285,15 @@ def create_gateway_router(
             )
         if org is None:
             return _error(401, "a valid X-API-Key is required")
-        if not admission.enter(org):
+        size = _declared_size(request)
+        if size is None:
+            return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        if not admission.enter(org, size):
             return _busy()
         try:
             return await read_and_publish(request, org)
         finally:
-            admission.leave(org)
+            admission.leave(org, size)
 
     async def read_and_publish(request: Request, org: str) -> JSONResponse:
         try:

@@ -10,10 +10,10 @@ from shared.settings import CommonSettings
 #: HTTP gateway: batches checked and published at once, and how long one waits for its turn.
 GATEWAY_CONCURRENCY = 2
 GATEWAY_WAIT_S = 10.0
-#: Requests inside the gateway at once (reading, waiting or running), per org and in all:
-#: bodies of up to 8 MiB are read before a turn, so this bounds their memory (32 x 8 MiB in all).
-GATEWAY_ADMIT_PER_ORG = 8
-GATEWAY_ADMIT_TOTAL = 32
+#: Bytes of request bodies inside the gateway at once (being read, waiting or running): they
+#: are read before a turn, so this bounds their memory. An org may hold half of it; when it
+#: is spent, an org with nothing inside may still use a quarter more.
+GATEWAY_BODY_BUDGET_MB = 128
 
 
 class IngestSettings(CommonSettings):
@@ -46,9 +46,8 @@ class IngestSettings(CommonSettings):
     #: a 503.
     gateway_concurrency: int = Field(default=GATEWAY_CONCURRENCY, ge=1, le=64)
     gateway_wait_s: float = Field(default=GATEWAY_WAIT_S, gt=0, le=300)
-    #: HTTP gateway: requests one org, and all orgs together, may have inside at once (their
-    #: bodies are held in memory); one more is answered 503 busy at once, its body unread.
-    gateway_admit_per_org: int = Field(default=GATEWAY_ADMIT_PER_ORG, ge=1, le=1024)
-    gateway_admit_total: int = Field(default=GATEWAY_ADMIT_TOTAL, ge=1, le=4096)
+    #: HTTP gateway: MiB of request bodies inside at once (an org: half; an org with none
+    #: inside: a quarter more); a request past it is answered 503 busy at once, body unread.
+    gateway_body_budget_mb: int = Field(default=GATEWAY_BODY_BUDGET_MB, ge=16, le=16_384)
     #: How often the running/stuck gauges are read from Postgres (seconds).
     running_poll_interval: float = Field(default=30.0, gt=0)

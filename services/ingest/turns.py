@@ -65,34 +65,40 @@ class FairTurns:
 
 
 class Admission:
-    """How many requests an org, and all orgs together, may have inside at once (reading a
-    body, waiting for a turn or holding one): a bound on the memory request bodies take.
+    """Bytes of request bodies an org, and all orgs together, may have inside at once (being
+    read, waiting for a turn or holding one): a bound on the memory the bodies take.
 
     Turns bound the CPU; without this, one tenant sending many large batches in parallel had
-    every body read into memory while it waited, up to what the process could hold.
+    every body read into memory while it waited, up to what the process could hold. A
+    request counts its declared length (the most a body may be, when it declares none). When
+    the budget is spent, an org with nothing inside may still use `reserve` more, so that a
+    few tenants filling it do not lock every other tenant out until they stop.
     """
 
-    def __init__(self, total: int, per_org: int) -> None:
-        if total < 1 or per_org < 1:
-            raise ValueError("admission limits must be at least 1")
+    def __init__(self, total: int, per_org: int, reserve: int = 0) -> None:
+        if total < 1 or per_org < 1 or reserve < 0:
+            raise ValueError("admission budgets must be positive")
         self._total = total
         self._per_org = per_org
+        self._reserve = reserve
         self._inside: dict[str, int] = {}
-        self._count = 0
+        self._used = 0
 
-    def enter(self, org: str) -> bool:
-        """Admit one request of `org`, or return False when it or the process is full."""
-        inside = self._inside.get(org, 0)
-        if self._count >= self._total or inside >= self._per_org:
+    def enter(self, org: str, size: int) -> bool:
+        """Admit a body of `size` bytes of `org`, or return False when the org's share or the
+        process's budget (with the reserve, for an org with nothing inside) has no room."""
+        held = self._inside.get(org, 0)
+        limit = self._total if held else self._total + self._reserve
+        if held + size > self._per_org or self._used + size > limit:
             return False
-        self._inside[org] = inside + 1
-        self._count += 1
+        self._inside[org] = held + size
+        self._used += size
         return True
 
-    def leave(self, org: str) -> None:
-        inside = self._inside[org] - 1
-        if inside:
-            self._inside[org] = inside
+    def leave(self, org: str, size: int) -> None:
+        held = self._inside[org] - size
+        if held:
+            self._inside[org] = held
         else:
             del self._inside[org]
-        self._count -= 1
+        self._used -= size

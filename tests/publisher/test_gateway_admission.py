@@ -1,4 +1,4 @@
-"""The gateway reads a body before its batch gets a turn, so it bounds how many requests are
+"""The gateway reads a body before its batch gets a turn, so it budgets the bytes of the bodies
 inside at once, per org and in all: one tenant sending large batches in parallel held every
 body in memory while they waited (~1 GiB at 128 bodies of 8 MiB), enough to have ingest,
 the only writer, killed for every tenant. Real NATS and Postgres, the gateway in-process."""
@@ -62,50 +62,64 @@ async def _stored(js: Any, streams: Subjects) -> int:
     return int(info.state.messages)
 
 
-async def test_requests_past_the_orgs_and_the_processs_admission_are_busy_at_once(
+MIB = 1024 * 1024
+
+
+async def test_bodies_past_the_orgs_share_or_the_budget_are_busy_at_once(
     nats_url: str, database_url: str, streams: Subjects, api_key: str, org: str
 ) -> None:
-    other = f"{org}-b"
-    other_key = await _key(database_url, other)
-    options = {"admit_per_org": 2, "admit_total": 3, "concurrency": 1, "wait_s": 5}
+    """A body of undeclared length (chunked) counts as the largest a body may be, 8 MiB. With
+    a budget of 32 MiB: an org holds 16, and an org with nothing inside may use 8 more."""
+    keys = {"a": api_key}
+    orgs = {"a": org}
+    for name in ("b", "c", "d"):
+        orgs[name] = f"{org}-{name}"
+        keys[name] = await _key(database_url, orgs[name])
+    options = {"body_budget": 32 * MIB, "concurrency": 1, "wait_s": 5}
     async with gateway_app(nats_url, database_url, streams, **options) as (http, js):
-        held = [_HeldBody(_body(org, f"held{n}")) for n in range(2)]
-        uploads = [asyncio.create_task(_post(http, api_key, h)) for h in held]
-        await asyncio.wait_for(asyncio.gather(*(h.started.wait() for h in held)), 10)
+        held: list[_HeldBody] = []
+        uploads = []
 
-        # The org has two requests inside: a third is 503 at once, its body unread.
-        third = await asyncio.wait_for(_post(http, api_key, _body(org, "third")), 5)
-        assert third.status_code == 503, third.text
-        assert third.headers["Retry-After"] == "2"
-        assert "busy" in third.json()["detail"]
+        async def hold(name: str) -> None:
+            body = _HeldBody(_body(orgs[name], f"held-{name}{len(held)}"))
+            held.append(body)
+            uploads.append(asyncio.create_task(_post(http, keys[name], body)))
+            await asyncio.wait_for(body.started.wait(), 10)
 
-        # Another org still gets in (the process holds 2 of 3) and is not kept waiting.
-        b_held = _HeldBody(_body(other, "b-held"))
-        b_upload = asyncio.create_task(_post(http, other_key, b_held))
-        await asyncio.wait_for(b_held.started.wait(), 10)
-        # Now the process is full (3): the other org's next request is busy too.
-        b_more = await asyncio.wait_for(_post(http, other_key, _body(other, "b-more")), 5)
-        assert b_more.status_code == 503, b_more.text
-        assert await _stored(js, streams) == 0
+        async def small(name: str, run_id: str) -> int:
+            reply = await asyncio.wait_for(_post(http, keys[name], _body(orgs[name], run_id)), 10)
+            if reply.status_code == 503:
+                assert reply.headers["Retry-After"] == "2"
+                assert "busy" in reply.json()["detail"]
+            return int(reply.status_code)
 
-        for h in (*held, b_held):
-            h.go.set()
-        answers = await asyncio.wait_for(asyncio.gather(*uploads, b_upload), 30)
-        assert [a.status_code for a in answers] == [202, 202, 202], [a.text for a in answers]
-        assert await _stored(js, streams) == 3
+        await hold("a")
+        await hold("a")
+        assert await small("a", "a-more") == 503  # A's share (16 MiB) is full
+        await hold("b")
+        await hold("b")  # the budget (32 MiB) is spent
+        assert await small("b", "b-more") == 503
+        # An org with nothing inside still gets in, from the reserve (8 MiB) ...
+        assert await small("c", "c-first") == 202
+        await hold("c")
+        # ... until that is spent too.
+        assert await small("d", "d-first") == 503
+        assert await _stored(js, streams) == 1
 
-        # Every slot came back: the refused batches go through when resent.
-        again = await _post(http, api_key, _body(org, "third"))
-        assert again.status_code == 202, again.text
-        again_b = await _post(http, other_key, _body(other, "b-more"))
-        assert again_b.status_code == 202, again_b.text
-        assert await _stored(js, streams) == 5
+        for body in held:
+            body.go.set()
+        answers = await asyncio.wait_for(asyncio.gather(*uploads), 30)
+        assert [a.status_code for a in answers] == [202] * 5, [a.text for a in answers]
+        # Every byte came back: the refused batches go through when resent.
+        for name, run_id in (("a", "a-more"), ("b", "b-more"), ("d", "d-first")):
+            assert await small(name, run_id) == 202
+        assert await _stored(js, streams) == 9
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_slot(
     nats_url: str, database_url: str, streams: Subjects, api_key: str, org: str
 ) -> None:
-    options = {"admit_per_org": 1, "admit_total": 1, "body_timeout": 0.3}
+    options = {"body_budget": 16 * MIB, "body_timeout": 0.3}
     async with gateway_app(nats_url, database_url, streams, **options) as (http, js):
         stalled = _HeldBody(_body(org, "slow"))
         answer = await asyncio.wait_for(_post(http, api_key, stalled), 10)
@@ -117,19 +131,23 @@ async def test_a_body_that_does_not_arrive_in_time_is_408_and_frees_its_slot(
         assert await _stored(js, streams) == 1
 
 
-def test_admission_counts_per_org_and_in_all() -> None:
-    gate = Admission(total=3, per_org=2)
-    assert gate.enter("a")
-    assert gate.enter("a")
-    assert not gate.enter("a")
-    assert gate.enter("b")
-    assert not gate.enter("c")  # the process is full
-    gate.leave("a")
-    assert gate.enter("c")
-    assert not gate.enter("a")
-    gate.leave("b")
-    assert gate.enter("a")
-    with pytest.raises(ValueError, match="at least 1"):
+def test_admission_counts_bytes_per_org_and_in_all_with_a_reserve_for_newcomers() -> None:
+    gate = Admission(total=10, per_org=6, reserve=3)
+    assert gate.enter("a", 4)
+    assert not gate.enter("a", 3)  # past a's share
+    assert gate.enter("a", 2)
+    assert gate.enter("b", 4)  # the budget is spent
+    assert not gate.enter("b", 1)
+    assert gate.enter("c", 3)  # nothing inside: the reserve
+    assert not gate.enter("d", 1)
+    gate.leave("a", 4)
+    assert gate.enter("d", 1)
+    gate.leave("c", 3)
+    gate.leave("d", 1)
+    gate.leave("a", 2)
+    gate.leave("b", 4)
+    assert gate.enter("e", 6)
+    with pytest.raises(ValueError, match="positive"):
         Admission(total=0, per_org=1)
 
 
