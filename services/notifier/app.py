@@ -102,6 +102,8 @@ class Notifier:
             ring_size=settings.ring_size,
         )
         self.triggers = TriggerMemory()
+        #: Turns of the replays that read the stream (past the ring), for all clients.
+        self.stream_replays = asyncio.Semaphore(settings.replay_concurrency)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._pool: asyncpg.Pool | None = None
@@ -177,7 +179,7 @@ class Notifier:
             js=self._js,
             guard=guard,
             triggers=self.triggers,
-            stream_replays=asyncio.Semaphore(s.replay_concurrency),
+            stream_replays=self.stream_replays,
         )
 
         def ping_flood() -> None:

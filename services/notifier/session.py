@@ -314,11 +314,11 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
 
 
 async def _send_replayed(client: Client, payload: bytes, deps: SessionDeps) -> bool:
-    """Send one replayed event; a client that takes nothing for `slow_close_grace_s` is cut
-    off as slow (4008), so that it does not keep a turn of the stream replays from the others
-    until keepalive finds it dead. False when cut off."""
+    """Send one replayed event; a client that takes nothing for `replay_send_timeout_s` is
+    cut off as slow (4008), so that it does not keep a turn of the stream replays from the
+    others until keepalive finds it dead. False when cut off."""
     try:
-        async with asyncio.timeout(deps.settings.slow_close_grace_s):
+        async with asyncio.timeout(deps.settings.replay_send_timeout_s):
             await client.conn.send(payload, text=True)
     except TimeoutError:
         deps.hub.cut_off(client, "queue_full")

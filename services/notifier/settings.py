@@ -39,6 +39,10 @@ class NotifierSettings(CommonSettings):
     socket_sndbuf: int = Field(default=64 * 1024, ge=0)
     #: How long a slow client gets to read the buffered events and the 4008 close frame.
     slow_close_grace_s: float = Field(default=5.0, ge=0)
+    #: During a replay from the stream, a client that takes no event for this long is cut off
+    #: (4008), so that it does not keep a replay turn; longer than `slow_close_grace_s`, for
+    #: slow links sending a large event.
+    replay_send_timeout_s: float = Field(default=15.0, gt=0)
     #: How long a new connection waits for its first frame (filters, resume_from) before live.
     hello_timeout_s: float = Field(default=0.25, ge=0)
     #: How long a caller's scope (org, role, visible agents) is cached.

@@ -100,15 +100,16 @@ async def test_a_client_that_stops_reading_during_a_replay_does_not_keep_its_tur
     nats_url: str, database_url: str, js: JetStreamContext, subjects: Subjects, org: str
 ) -> None:
     """Replays from the stream take turns; one whose client reads nothing for
-    `slow_close_grace_s` is cut off as slow (4008) rather than holding its turn until keepalive
-    finds it dead: clients that stop reading must not keep everybody else from resuming."""
+    `replay_send_timeout_s` is cut off as slow (4008) rather than holding its turn until
+    keepalive finds it dead: clients that stop reading must not keep everybody else from
+    resuming."""
     settings = settings_for(
         nats_url,
         database_url,
         subjects,
         ring_size=1,
         replay_concurrency=1,
-        slow_close_grace_s=0.5,
+        replay_send_timeout_s=0.5,
         ping_interval_s=60,
     )
     tok = token(org, "boss", "admin")
@@ -119,7 +120,11 @@ async def test_a_client_that_stops_reading_during_a_replay_does_not_keep_its_tur
         ]
         stuck = await _never_reading(app.port, f"token={tok}&resume_from={seqs[0]}")
         try:
-            await asyncio.sleep(0.3)  # its replay has the only turn, and is stuck sending
+            for _ in range(200):  # its replay takes the only turn, and gets stuck sending
+                if app.stream_replays.locked():
+                    break
+                await asyncio.sleep(0.01)
+            assert app.stream_replays.locked()
             url = ws_url(app.port, f"token={tok}&resume_from={seqs[-3]}")
             ws = await websockets.connect(url)
             frames = await collect(ws, until_seq=seqs[-1], limit_s=5)
@@ -127,9 +132,14 @@ async def test_a_client_that_stops_reading_during_a_replay_does_not_keep_its_tur
             await ws.close()
         finally:
             stuck.close()
-        cut = app.metrics.registry.get_sample_value(
-            "notifier_slow_client_disconnects_total", {"reason": "queue_full"}
-        )
+        cut = None
+        for _ in range(300):
+            cut = app.metrics.registry.get_sample_value(
+                "notifier_slow_client_disconnects_total", {"reason": "queue_full"}
+            )
+            if cut:
+                break
+            await asyncio.sleep(0.01)
         assert cut == 1
 
 
