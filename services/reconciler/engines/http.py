@@ -214,7 +214,7 @@ class HttpEngine:
         params = {"since": since.isoformat(), "until": until.isoformat()}
         # Keyed by what tells runs apart, not by id alone: run ids are unique per org only,
         # and an engine may list several runs under one id (a reused job id).
-        runs: dict[tuple[str, str | None, str | None, datetime | None], EngineRun] = {}
+        runs: dict[tuple[str, str | None, str | None], list[EngineRun]] = {}
         problems: list[str] = []
         seen_cursors: set[str] = set()
         for page in range(cfg.list_max_pages):
@@ -242,9 +242,7 @@ class HttpEngine:
                     where = f"page {page + 1}, run {index}" if page else f"run {index}"
                     problems.append(f"{where} of the listing: {exc}")
                     continue
-                # Pages may overlap (runs started while paging shift them): each run once.
-                key = (run.external_id, run.org, run.execution_id, run.started_at)
-                runs.setdefault(key, run)
+                add_listed(runs, run)
             cursor = _next_cursor(payload)
             if cursor is None:
                 break
@@ -259,4 +257,32 @@ class HttpEngine:
                 "(RECONCILER_HTTP_LIST_MAX_PAGES)"
             )
         self.listing_problems = problems
-        return list(runs.values())
+        return [run for same_key in runs.values() for run in same_key]
+
+
+def _same_run(a: EngineRun, b: EngineRun) -> bool:
+    # Two starts that differ are two runs (an engine reusing a job id); a run listed before
+    # it started (no start yet) and after is one.
+    return a.started_at is None or b.started_at is None or a.started_at == b.started_at
+
+
+def _later(a: EngineRun, b: EngineRun) -> EngineRun:
+    """Of two sightings of one run, the one further along (status, then a known start)."""
+    if b.status.rank != a.status.rank:
+        return b if b.status.rank > a.status.rank else a
+    return b if a.started_at is None and b.started_at is not None else a
+
+
+def add_listed(
+    runs: dict[tuple[str, str | None, str | None], list[EngineRun]], run: EngineRun
+) -> None:
+    """Add one listed run, each run once. Pages may overlap (runs started while paging shift
+    them), so a run may be listed twice, even queued on one page and started on the next.
+    Runs are told apart by id, org and execution (two teams' job 42 are two runs) and by
+    their start (an engine reusing a job id)."""
+    same_key = runs.setdefault((run.external_id, run.org, run.execution_id), [])
+    for index, seen in enumerate(same_key):
+        if _same_run(seen, run):
+            same_key[index] = _later(seen, run)
+            return
+    same_key.append(run)
