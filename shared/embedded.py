@@ -336,9 +336,21 @@ def _drop_stale_postmaster_pid(pgdata: Path) -> None:
     pid for the server and hands out the URI of a socket that is not there; PostgreSQL itself
     would have replaced the file. Call with pgserver's lock held."""
     pid_file = pgdata / "postmaster.pid"
-    if pid_file.exists() and not any(_postmasters(pgdata)):
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
+    try:
+        first_line = pid_file.read_text().split("\n", 1)[0].strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return
+    if any(_postmasters(pgdata)):
+        return
+    # Nor may the pid it names be this directory's server started on another spelling of it
+    # (a symlink, a relative path), which its command line does not show: a postmaster works
+    # in its data directory. (Another postgres reusing the pid, the system's, is not ours.)
+    with contextlib.suppress(ValueError, psutil.Error):
+        proc = psutil.Process(int(first_line))
+        if proc.name() == "postgres" and Path(proc.cwd()).resolve() == pgdata.resolve():
+            return
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
 
 
 def _release_postgres(pgdata: Path, server: object | None) -> None:
