@@ -91,6 +91,11 @@ def _checked(name: str, value: Any) -> Any:
         raise ValueError(f"Run.{name} = {value!r} refused: {reason}") from None
 
 
+def _clean_exit(exc: BaseException | None) -> bool:
+    """No exception, or `sys.exit()` / `sys.exit(0)`: the program ending as it means to."""
+    return exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+
+
 def _exception_text(exc: BaseException) -> str:
     """The exception's message, or its type's name. An exception whose `__str__` raises (an
     attribute it reads was never set) must not stop the run's last event from going out:
@@ -273,7 +278,10 @@ class Run:
         fields["completed_at"] = self.completed_at
         fields["duration_ms"] = int((time.monotonic() - self._started_mono) * 1000)
         suppress = False
-        if self.terminate_requested or isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        # An async generator closed before its end (GeneratorExit) was stopped, like a
+        # cancelled task: the run did not fail.
+        stopped = asyncio.CancelledError | KeyboardInterrupt | GeneratorExit
+        if self.terminate_requested or isinstance(exc, stopped):
             fields["status"] = "cancelled"
             fields["error"] = fit_text(self.terminate_reason or "cancelled", MAX_TEXT)
             fields["error_type"] = "Terminated" if self.terminate_requested else "Cancelled"
@@ -281,12 +289,12 @@ class Run:
             # A cancellation we caused ends here; anyone else's keeps going up.
             if isinstance(exc, asyncio.CancelledError) and self._we_cancelled and self._task:
                 suppress = self._task.uncancel() == 0
-        elif exc is not None:
+        elif exc is not None and not _clean_exit(exc):
             fields["status"] = "failed"
             fields["error"] = fit_text(_exception_text(exc), MAX_TEXT)
             fields["error_type"] = type(exc).__name__[:200]
             type_ = EventType.EXECUTION_FAILED
-        else:
+        else:  # no exception, or a clean `sys.exit()`: it finished
             fields["status"] = "success"
             type_ = EventType.EXECUTION_COMPLETED
         await self._publish_last(type_, fields, body_raised=exc is not None)
@@ -449,11 +457,11 @@ class Step:
     ) -> bool:
         fields = self._fields()
         fields["completed_at"] = now()
-        if exc is None:
+        if _clean_exit(exc):
             fields["output"] = self.output
             await self._publish_completed(fields)
             refused = self._input_refused
-            if refused is not None:
+            if refused is not None and exc is None:  # not over a `sys.exit()` on its way
                 raise InvalidEventError(
                     refused.event_id,
                     "component.input",
@@ -461,6 +469,7 @@ class Step:
                     f"{refused.detail} (the step's events went out without its input)",
                 ) from refused
         else:
+            assert exc is not None
             fields["error"] = fit_text(_exception_text(exc), MAX_TEXT)
             fields["error_type"] = type(exc).__name__[:200]
             await self._publish(EventType.COMPONENT_FAILED, fields)
