@@ -1,13 +1,10 @@
 """A connection lost in the middle of `migrate` is said to be lost, naming the migration:
 asyncpg then raised "cannot call Transaction.__aexit__(): the underlying connection is
-closed", and the unlock in `migrate`'s cleanup would raise on the closed connection as well.
-The CLI does not call a failing migration's missing table a sign that the database is not
-migrated either."""
+closed", and the unlock in `migrate`'s cleanup would raise on the closed connection as well."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 
@@ -44,25 +41,3 @@ async def test_a_connection_lost_mid_migration_raises_its_own_error(
     finally:
         await holder.close()
         await conn.close()
-
-
-async def test_migrate_does_not_tell_to_run_migrate(fresh_database_url: str) -> None:
-    conn = await connect(fresh_database_url)
-    try:
-        await conn.execute("DELETE FROM schema_migrations WHERE version = 13")
-        await conn.execute("DROP TABLE events")
-    finally:
-        await conn.close()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shared.cli",
-        "migrate",
-        "--database-url",
-        fresh_database_url,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1
-    assert "UndefinedTableError" in err.decode()
-    assert "is the database migrated" not in err.decode()
