@@ -242,14 +242,19 @@ async def ask_terminate(
     return reply.data
 
 
-@pytest_asyncio.fixture
-async def api_key(database_url: str, org: str) -> str:
-    """An active HTTP gateway key of the test's org."""
+async def make_api_key(database_url: str, org: str) -> str:
+    """A new active HTTP gateway key of `org`."""
     conn = await connect(database_url)
     try:
         return (await create_key(conn, org, "tests")).key
     finally:
         await conn.close()
+
+
+@pytest_asyncio.fixture
+async def api_key(database_url: str, org: str) -> str:
+    """An active HTTP gateway key of the test's org."""
+    return await make_api_key(database_url, org)
 
 
 @asynccontextmanager

@@ -13,19 +13,9 @@ import httpx
 import orjson
 import pytest
 
-from services.ingest.apikeys import create_key
 from services.ingest.turns import Admission
-from shared.db import connect
 from shared.subjects import Subjects
-from tests.publisher.conftest import completed, gateway_app
-
-
-async def _key(database_url: str, org: str) -> str:
-    conn = await connect(database_url)
-    try:
-        return (await create_key(conn, org, "tests")).key
-    finally:
-        await conn.close()
+from tests.publisher.conftest import completed, gateway_app, make_api_key
 
 
 class _HeldBody:
@@ -74,7 +64,7 @@ async def test_bodies_past_the_orgs_share_or_the_budget_are_busy_at_once(
     orgs = {"a": org}
     for name in ("b", "c", "d"):
         orgs[name] = f"{org}-{name}"
-        keys[name] = await _key(database_url, orgs[name])
+        keys[name] = await make_api_key(database_url, orgs[name])
     options = {"body_budget": 32 * MIB, "concurrency": 1, "wait_s": 5}
     async with gateway_app(nats_url, database_url, streams, **options) as (http, js):
         held: list[_HeldBody] = []
