@@ -7,6 +7,7 @@ parameter name (a typo like `stauts`) is a `FilterError` naming the field, answe
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -140,6 +141,10 @@ def single(grouped: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0]
 
 
+#: A time whose offset's `+` arrived as a space (`T10:00:00 01:00`).
+_PLUS_AS_SPACE = re.compile(r"\d \d{2}(:?\d{2})?$")
+
+
 def parse_time(name: str, text: str) -> datetime:
     """ISO 8601 date or date-time; a time without offset is taken as UTC."""
     iso = text.strip()
@@ -148,7 +153,11 @@ def parse_time(name: str, text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(iso)
     except ValueError:
-        raise FilterError(name, f"{text!r} is not an ISO 8601 date-time") from None
+        message = f"{text!r} is not an ISO 8601 date-time"
+        if _PLUS_AS_SPACE.search(iso):
+            # `?start_time=...T10:00:00+01:00` sent unencoded: the URL's `+` reads as a space.
+            message += " (a '+' offset must be sent as %2B in a URL)"
+        raise FilterError(name, message) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     if not 1970 <= moment.year <= 2199:

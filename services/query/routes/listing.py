@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query, Request, Response
 
 from services.query import repo
@@ -45,15 +47,19 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
         walk = search_pattern(filters.search)
     else:
         where = base
-    fingerprint = filters.fingerprint()
+    fingerprint = list_fingerprint(ctx.scope.cache_key, filters)
     if page.cursor is not None:
         try:
             key = decode_cursor(page.cursor)
         except CursorError as exc:
             raise FilterError("cursor", str(exc)) from None
         if key.filters is not None and key.filters != fingerprint:
-            # Under other filters it would start mid-list, silently skipping newer rows.
-            raise FilterError("cursor", "continues a list with other filters; leave it out")
+            # Under other filters, or in another caller's view of the rows (another org, other
+            # agents), it would start mid-list, silently skipping newer rows.
+            raise FilterError(
+                "cursor",
+                "continues a list with other filters or of another caller; leave it out",
+            )
         where = after(where, key)
     rows = await repo.list_page(
         ctx.conn, where, limit=page.limit + 1, offset=page.offset, search=walk
@@ -86,6 +92,13 @@ async def run_list(ctx: Ctx, query: ListQuery) -> Response:
             "limit": page.limit,
         }
     )
+
+
+def list_fingerprint(scope_key: tuple[str, ...], filters: ListFilters) -> str:
+    """What a cursor carries to continue only its own list: the filters' fingerprint and the
+    rows the caller may see (`Scope.cache_key`: equal for callers who see the same rows)."""
+    raw = orjson.dumps([list(scope_key), filters.fingerprint()])
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def proven_matches(offset: int, shown: int, *, has_more: bool) -> int:
