@@ -174,6 +174,15 @@ window.addEventListener("fleetwatch:unauthorized", () => {
   signIn("Your session has expired or the token is invalid. Please sign in again.");
 });
 window.addEventListener("popstate", () => getToken() && route({ remembered: false }));
+// A `#token=` link opened in this tab changes only the fragment (no reload): take the token,
+// drop it from the address bar, and start again as whoever it names.
+window.addEventListener("hashchange", () => {
+  if (!location.hash.startsWith("#token=")) return;
+  adoptTokenFromHash();
+  live?.stop();
+  live = null;
+  start();
+});
 document.addEventListener("click", (event) => {
   const link = event.target.closest("a[data-nav]");
   if (!link || event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;

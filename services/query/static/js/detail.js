@@ -52,7 +52,9 @@ export function waterfall(exec, components) {
   const endCandidates = [...times.map((t) => t.getTime()), fmt.parseTime(exec.completed_at)?.getTime() ?? 0, Date.now() * (exec.status === "running" ? 1 : 0)];
   const end = Math.max(...endCandidates);
   const span = Math.max(end - start, 1);
-  const sorted = [...components].sort((a, b) => (a.started_at ?? "").localeCompare(b.started_at ?? "") || (a.attempt ?? 1) - (b.attempt ?? 1));
+  // In the API's order (by their node's first start, then attempt): not re-sorted on the times'
+  // text, which reads "…:05.5+00:00" before "…:05+00:00" and a start-less attempt before all.
+  const sorted = components;
   return h(
     "ol",
     { class: "waterfall" },

@@ -61,7 +61,8 @@ export function cost(value) {
 export function count(value) {
   if (value === null || value === undefined) return "—";
   const n = Number(value);
-  if (n >= 1_000_000) return `${(n / 1_000_000).toFixed(1)}M`;
+  // Rounded as it will read: 999,960 is "1.0M", never "1000.0k".
+  if (n >= 999_950) return `${(n / 1_000_000).toFixed(1)}M`;
   if (n >= 10_000) return `${(n / 1000).toFixed(1)}k`;
   return n.toLocaleString();
 }
