@@ -3,8 +3,6 @@ gives them, a sign-in link opened in a tab that is already signed in, and long n
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,24 +10,11 @@ from playwright.async_api import Browser, Page, Route, expect
 
 from tests.dashboard.conftest import Stack
 from tests.dashboard.seed import DETAILED_ID
+from tests.dashboard.test_dashboard_review2 import own_page
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 ROWS = "tbody tr.row"
-
-
-@contextlib.asynccontextmanager
-async def own_page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh tab; it fails the test on an uncaught error."""
-    context = await browser.new_context(viewport={"width": 1400, "height": 950})
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        yield page
-    finally:
-        await context.close()
-    assert not errors, errors
 
 
 async def waterfall_nodes(page: Page, components: list[dict[str, Any]]) -> list[str]:

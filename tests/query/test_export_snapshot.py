@@ -20,6 +20,15 @@ from tests.query.helpers import add_org, insert, make_rows, settings_for, token
 ORG = "qsnap-org"
 
 
+async def _seed(database_url: str, org: str, rows: list[dict[str, Any]]) -> None:
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        await insert(conn, rows)
+    finally:
+        await conn.close()
+
+
 async def test_a_row_that_starts_during_an_export_is_exported_once(
     database_url: str, nats_url: str
 ) -> None:
@@ -30,12 +39,7 @@ async def test_a_row_that_starts_during_an_export_is_exported_once(
     late = rows[0]
     # The oldest row of all, not started yet: the export reaches it last.
     late.update(status="pending", started_at=None, first_seen_at=now - timedelta(days=10))
-    conn = await connect(database_url)
-    try:
-        await add_org(conn, ORG)
-        await insert(conn, rows)
-    finally:
-        await conn.close()
+    await _seed(database_url, ORG, rows)
 
     app = create_app(settings_for(database_url, nats_url, export_batch_size=10))
     moved = False
@@ -83,12 +87,7 @@ async def test_an_export_whose_client_stops_reading_does_not_hold_its_snapshot(
     stopped reading held it for as long as its socket stayed open."""
     org = "qsnap-idle"
     rows = make_rows(org, ("a1",), 30, seed=6)
-    conn = await connect(database_url)
-    try:
-        await add_org(conn, org)
-        await insert(conn, rows)
-    finally:
-        await conn.close()
+    await _seed(database_url, org, rows)
     app = create_app(
         settings_for(database_url, nats_url, export_batch_size=10, export_idle_timeout_s=0.3)
     )
