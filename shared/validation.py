@@ -59,7 +59,11 @@ def describe(error: ValidationError, whole: str = "event") -> str:
     parts = []
     for item in error.errors()[:5]:
         where = ".".join(str(p) for p in item["loc"]) or whole
-        parts.append(f"{where}: {item['msg']}")
+        message = item["msg"]
+        if item["type"] == "value_error":
+            # pydantic's "Value error, " before the contract's own words says nothing.
+            message = message.removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 
