@@ -10,8 +10,10 @@ contract model, the size limit and `shared.validation.has_nul`), so nothing answ
 dead-lettered for its content. orjson reads an integer past 64 bits as a float; so that such
 a number is refused (as ingest refuses it) rather than published rounded, a body holding a
 long run of digits is read again with the standard library, which keeps integers exact.
-Two events of a batch with one `event_id` must be the same bytes: JetStream keeps only the
-first of them (`Nats-Msg-Id`), so a different second one would be lost.
+Two events of a batch with one `event_id` must be the same event: JetStream keeps only the
+first of them (`Nats-Msg-Id`), so a different second one would be lost. They are compared by
+what they mean (their checked values), not their bytes: the same event with its keys in
+another order is a retry, not a conflict.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from services.ingest.json_depth import deepest
 from shared.events import MAX_EVENT_BYTES, Event, is_valid_name
@@ -243,6 +246,28 @@ def _loc(parts: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts) or "event"
 
 
+#: What pydantic puts before the message of a `ValueError` raised by a validator.
+_VALUE_ERROR = "Value error, "
+
+
+def _message(error: ErrorDetails) -> str:
+    """pydantic's message for one error, without its "Value error, " prefix: the client
+    reads the contract's own words ("execution.status 'success' contradicts ...")."""
+    if error["type"] == "value_error":
+        return error["msg"].removeprefix(_VALUE_ERROR)
+    return error["msg"]
+
+
+def _meaning(event: Event) -> bytes:
+    """The fields an event sets, checked, in one canonical form: equal for the same event
+    however its keys were ordered or its strings escaped. Conservative where ingest could
+    tell a difference (a conflict is refused, never lost): a field sent as `null` is not one
+    left out (ingest's merge reads the fields set), a time in another zone is not the same
+    time, and unlike Python's `==` it tells `1` from `1.0` or `true` in free-form JSON."""
+    dumped = event.model_dump(mode="json", exclude_unset=True)
+    return orjson.dumps(dumped, option=orjson.OPT_SORT_KEYS)
+
+
 #: The envelope's fields that hold the contract's own fields (`execution.tool_calls`).
 _BODIES = frozenset({"execution", "component"})
 
@@ -312,7 +337,7 @@ def check_event(
         if _is_too_deep(exc):
             return None, [*errors, _too_deep(index, raw)]
         errors += [
-            FieldError(index, _loc(e["loc"]) if e["loc"] else _whole_event_field(raw), e["msg"])
+            FieldError(index, _loc(e["loc"]) if e["loc"] else _whole_event_field(raw), _message(e))
             for e in exc.errors()
         ]
         return None, errors
@@ -335,8 +360,8 @@ def check_batch_in_steps(
     the end: the result), so that a caller on an event loop can let other work run between
     steps instead of holding the loop for the whole batch."""
     checked = Checked()
-    # event_id -> (index, payload) of its first event; the org is the key's for all of them.
-    first: dict[str, tuple[int, bytes]] = {}
+    # event_id -> (index, event) of its first event; the org is the key's for all of them.
+    first: dict[str, tuple[int, Outgoing]] = {}
     for index, raw in enumerate(items):
         if index and index % step == 0:
             yield checked
@@ -353,17 +378,17 @@ def check_batch_in_steps(
         checked.errors += errors
         if outgoing is None:
             continue
-        earlier, payload = first.setdefault(outgoing.event.event_id, (index, outgoing.payload))
-        if payload != outgoing.payload:
+        earlier, kept = first.setdefault(outgoing.event.event_id, (index, outgoing))
+        if kept.payload != outgoing.payload and _meaning(kept.event) != _meaning(outgoing.event):
             checked.errors.append(
                 FieldError(
                     index,
                     "event_id",
                     f"event {earlier} has this event_id with other content; only one would "
-                    "be kept (give each event its own event_id, or send the same bytes)",
+                    "be kept (give each event its own event_id, or send the same event)",
                 )
             )
             continue
-        # A byte-identical repeat is a retry: published, and answered as a duplicate.
+        # A repeat of the same event is a retry: published, and answered as a duplicate.
         checked.events.append(outgoing)
     yield checked
