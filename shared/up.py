@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import importlib
+import math
 import os
 import shlex
 import signal
@@ -48,6 +49,50 @@ def _address(name: str) -> str:
     elif host == "::":
         host = "::1"
     return f"[{host}]:{_port(name)}" if ":" in host else f"{host}:{_port(name)}"
+
+
+def _nats_url(url: str) -> str:
+    """`url` with the scheme nats-py (and the nats CLI) assume when there is none: they take
+    `host[:port]` as `nats://host[:port]`, and so must the reachability check and the printed
+    URLs, which read it with urlsplit (`localhost:4222` has scheme `localhost` and no host)."""
+    return url if "://" in url else f"nats://{url}"
+
+
+def _notifier_url() -> str:
+    """Where the page finds the live feed: the user's QUERY_NOTIFIER_URL (a public wss://
+    URL behind a proxy, say), else the notifier `up` starts. Empty is unset, as templates
+    write it."""
+    return os.environ.get("QUERY_NOTIFIER_URL", "").strip() or f"ws://{_address('notifier')}/ws"
+
+
+#: Most demo runs per second `up` starts: more only spins the demo publisher.
+MAX_DEMO_RATE = 1000.0
+
+
+def _demo_rate(text: str) -> float:
+    """An argparse type: the demo waits an exponential time of mean 1/rate between runs, so
+    a rate must be a finite number from 0 (history only: no live runs) to MAX_DEMO_RATE
+    (`float` alone takes inf, nan and -1, and 1e300 would spin the publisher)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= MAX_DEMO_RATE):
+        raise argparse.ArgumentTypeError(
+            f"must be a number from 0 (history only) to {MAX_DEMO_RATE:g}, not {text!r}"
+        )
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
 
 
 def _demo_orgs() -> list[str]:
@@ -225,9 +270,11 @@ def _run(
         prog="fleetwatch up", description="run ingest, query, notifier, reconciler and a demo fleet"
     )
     parser.add_argument("--run-dir", default=".run", help="data and logs (default .run)")
-    parser.add_argument("--rate", type=float, default=1.0, help="new demo runs per second")
     parser.add_argument(
-        "--backfill", type=int, default=300, help="demo runs published at once as history"
+        "--rate", type=_demo_rate, default=1.0, help="new demo runs per second (0: history only)"
+    )
+    parser.add_argument(
+        "--backfill", type=_count, default=300, help="demo runs published at once as history"
     )
     parser.add_argument("--no-demo", action="store_true", help="start no demo publisher")
     args = parser.parse_args(argv)
@@ -238,7 +285,7 @@ def _run(
     logs.mkdir(parents=True, exist_ok=True)
     settings = CommonSettings()
     nats_url, nats_source = nats_url_or_embedded(
-        settings.nats_url, run_dir, embedded, explicit="NATS_URL" in os.environ
+        _nats_url(settings.nats_url), run_dir, embedded, explicit="NATS_URL" in os.environ
     )
     print(f"NATS:       {redacted(nats_url)}  ({nats_source})")
     sys.stdout.flush()
@@ -258,7 +305,7 @@ def _run(
         "NATS_URL": nats_url,
         "DATABASE_URL": database_url,
         # The page asks the query service where the live feed is.
-        "QUERY_NOTIFIER_URL": f"ws://{_address('notifier')}/ws",
+        "QUERY_NOTIFIER_URL": _notifier_url(),
     }
     for name in SERVICES:
         children[name] = _spawn(
