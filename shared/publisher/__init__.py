@@ -10,10 +10,11 @@ from shared.publisher.client import Fleet, PublishError, PublisherStats
 from shared.publisher.envelope import OutgoingEvent, component_event, execution_event, new_id
 from shared.publisher.run import Run, Step, current_run
 from shared.publisher.spool import Spool, SpoolFullError, SpoolLockedError
-from shared.publisher.sync import SyncFleet, SyncRun, SyncStep
+from shared.publisher.sync import FleetClosedError, SyncFleet, SyncRun, SyncStep
 
 __all__ = [
     "Fleet",
+    "FleetClosedError",
     "InvalidEventError",
     "OutgoingEvent",
     "PublishError",

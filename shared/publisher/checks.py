@@ -14,30 +14,9 @@ from pydantic import ValidationError
 
 from shared.events import MAX_EVENT_BYTES, MAX_ID, Event, EventType, is_valid_name
 from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode
+from shared.publisher.errors import InvalidEventError as InvalidEventError  # callers' import
 from shared.subjects import SubjectError, Subjects
 from shared.validation import NUL_REFUSED, Rejected, has_nul, nul_field, validate
-
-
-class InvalidEventError(ValueError):
-    """The event is never published nor spooled: ingest would dead-letter it, or NATS
-    refuses it for good. `field` names the offending field (`event` for the whole)."""
-
-    def __init__(self, event_id: str, field: str, reason: str, detail: str) -> None:
-        where = "" if detail.startswith(f"{field}: ") else f"{field}: "
-        super().__init__(f"event {event_id} refused ({reason}): {where}{detail}")
-        self.event_id = event_id
-        self.field = field
-        self.reason = reason
-        self.detail = detail
-
-    @property
-    def holds_nul(self) -> bool:
-        return self.detail == NUL_REFUSED
-
-    @property
-    def holds_surrogate(self) -> bool:
-        """Refused for a lone surrogate in a string, which no UTF-8 encoder writes."""
-        return self.reason == "not_json" and "surrogates not allowed" in self.detail
 
 
 def subject_of(subjects: Subjects, event: dict[str, Any]) -> str:

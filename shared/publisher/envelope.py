@@ -7,6 +7,7 @@ check that everything built here validates against `shared.events.Event`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -17,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from shared.events import EventType
+from shared.events import EARLIEST, LATEST, EventType
+from shared.publisher.errors import InvalidEventError
 
 #: The NATS header JetStream dedupes on; it carries `dedupe_id(org, event_id)`.
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -103,15 +105,46 @@ def iso(moment: datetime) -> str:
 
 
 _TIME_FIELDS = ("started_at", "completed_at")
+_RANGE = f"{iso(EARLIEST)} to {iso(LATEST)}"
 
 
-def _clean(fields: dict[str, Any]) -> dict[str, Any]:
+def _moment(event_id: str, field: str, moment: datetime | None) -> str:
+    """A time of the event as the contract writes it (`now()` when None); InvalidEventError
+    naming `field` when ingest would dead-letter it for its range. That happens on a machine
+    whose clock is badly wrong (1999, 2300): every event of it was dead-lettered in silence,
+    while the agent saw each one acknowledged."""
+    stamped = moment is None
+    if moment is None:
+        moment = now()
+    elif moment.tzinfo is not UTC:
+        # A naive time is local time, as `iso` takes it; year 1 or 9999 moved past the
+        # calendar's end stays as it is (and is refused below).
+        with contextlib.suppress(OverflowError, ValueError):
+            moment = moment.astimezone(UTC)
+    try:
+        accepted = EARLIEST <= moment <= LATEST
+    except (TypeError, OverflowError):  # still naive, or past the calendar's end in UTC
+        accepted = False
+    if accepted:
+        return iso(moment)
+    whose = "this machine's clock reads" if stamped else "the time given is"
+    hint = " (is the clock set right?)" if stamped else ""
+    raise InvalidEventError(
+        event_id,
+        field,
+        "schema",
+        f"{whose} {moment.isoformat()}, outside the times ingest accepts ({_RANGE}): "
+        f"the event would be dead-lettered{hint}",
+    )
+
+
+def _clean(event_id: str, body: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Drop unknown (None) fields and write the time fields as the contract does."""
     out = {key: value for key, value in fields.items() if value is not None}
     for key in _TIME_FIELDS:
         value = out.get(key)
         if isinstance(value, datetime):
-            out[key] = iso(value)
+            out[key] = _moment(event_id, f"{body}.{key}", value)
     return out
 
 
@@ -125,12 +158,13 @@ def execution_event(
     occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
     """An `execution_*` envelope; `execution` must hold at least `id` and `agent_name`."""
+    event_id = event_id or new_event_id()
     event: dict[str, Any] = {
         "type": type_.value,
-        "event_id": event_id or new_event_id(),
-        "occurred_at": iso(occurred_at or now()),
+        "event_id": event_id,
+        "occurred_at": _moment(event_id, "occurred_at", occurred_at),
         "org": org,
-        "execution": _clean(execution),
+        "execution": _clean(event_id, "execution", execution),
     }
     if source is not None:
         event["source"] = source
@@ -148,13 +182,14 @@ def component_event(
     occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
     """A `component_*` envelope; `component` needs `execution_id` and `node_id`."""
+    event_id = event_id or new_event_id()
     event: dict[str, Any] = {
         "type": type_.value,
-        "event_id": event_id or new_event_id(),
-        "occurred_at": iso(occurred_at or now()),
+        "event_id": event_id,
+        "occurred_at": _moment(event_id, "occurred_at", occurred_at),
         "org": org,
         "agent_name": agent,
-        "component": _clean(component),
+        "component": _clean(event_id, "component", component),
     }
     if source is not None:
         event["source"] = source

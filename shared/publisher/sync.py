@@ -8,6 +8,8 @@ terminate command cannot cancel it: it sets `run.terminate_requested` (and calls
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from types import TracebackType
@@ -17,6 +19,10 @@ from shared.publisher.client import Fleet
 from shared.publisher.run import Run, Step
 
 T = TypeVar("T")
+
+
+class FleetClosedError(RuntimeError):
+    """A blocking call made after `SyncFleet.close()`, or still waiting when it ended."""
 
 
 class SyncFleet:
@@ -33,18 +39,45 @@ class SyncFleet:
         #: Per thread, the runs entered and not yet left, innermost last: a run entered
         #: inside another one's `with` in the same thread is its child.
         self._local = threading.local()
+        #: The calls other threads wait on; `close()` lets them end, then ends those left:
+        #: once the loop stops, nothing would ever complete them and their threads hung.
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _refuse_loop_thread(self, coro: Coroutine[Any, Any, Any] | None = None) -> None:
         if threading.current_thread() is self._thread:
             # From the loop's own thread (an `on_terminate` or `on_overflow` callback) the
             # wait below would block the loop that has to run `coro`: a hang for good.
-            coro.close()
+            if coro is not None:
+                coro.close()
             raise RuntimeError(
                 "SyncFleet's blocking methods cannot be called from its event-loop thread "
                 "(an on_terminate or on_overflow callback): make the callback async and await "
                 "the async API (`fleet.fleet`, `run.run`), or hand the work to another thread"
             )
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _call(self, coro: Coroutine[Any, Any, T], *, closing: bool = False) -> T:
+        self._refuse_loop_thread(coro)
+        name = getattr(coro, "__qualname__", "call")
+        with self._lock:
+            if self._closed and not closing:
+                coro.close()
+                raise FleetClosedError(f"SyncFleet is closed: {name} was not run")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._calls.add(future)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if not self._closed:
+                raise
+            raise FleetClosedError(
+                f"SyncFleet.close() ended {name} while it waited (after the drain timeout): "
+                "it did not complete"
+            ) from None
+        finally:
+            with self._lock:
+                self._calls.discard(future)
 
     def _open_runs(self) -> list[Run]:
         runs: list[Run] | None = getattr(self._local, "runs", None)
@@ -72,11 +105,38 @@ class SyncFleet:
         return self
 
     def close(self, drain_timeout: float = 5.0) -> None:
+        """Let the calls other threads wait on end (up to `drain_timeout`, shared with the
+        spool's drain), close the fleet, and end every call still waiting with
+        FleetClosedError; calls made from now on raise it at once."""
+        self._refuse_loop_thread()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            waiting = list(self._calls)
         try:
             if self._fleet is not None:
-                self._call(self._fleet.close(drain_timeout))
+                self._call(self._shutdown(self._fleet, waiting, drain_timeout), closing=True)
         finally:
             self._stop_loop()
+            with self._lock:
+                waiting = list(self._calls)
+            for future in waiting:  # the loop is stopped: they would wait for good
+                future.cancel()
+
+    async def _shutdown(
+        self, fleet: Fleet, waiting: list[concurrent.futures.Future[Any]], drain_timeout: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        if waiting:
+            # First, so a publish in flight ends acked or spooled rather than cut off by
+            # the disconnect (it takes at most `ack_timeout`); a `flush()` waits with close.
+            # Past the timeout, `wait_for` cancels the rest, and their threads are told so.
+            calls = asyncio.gather(*map(asyncio.wrap_future, waiting), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(calls, drain_timeout)
+        await fleet.close(max(0.0, deadline - loop.time()))
 
     def _stop_loop(self) -> None:
         if self._loop.is_closed():
