@@ -26,6 +26,23 @@ DEFAULT_BATCH = 5_000
 
 ORGS_SQL = "SELECT org, retention_days FROM organizations ORDER BY org"
 
+# Row-level security (migration 0003) hides every row from a role it applies to that is not
+# the app role in an org's transaction: run as such a role (a separate user granted DELETE),
+# retention found no org, or no expired row, and reported "deleted 0" every night while the
+# data grew. Only the tables' owner, a superuser or a BYPASSRLS role sees them all.
+RETENTION_TABLES = ("organizations", "executions", "component_executions", "events")
+ROW_SECURITY_SQL = """
+SELECT current_user AS role,
+       coalesce(array_agg(t ORDER BY t) FILTER (WHERE row_security_active(t::regclass)), '{}')
+           AS hidden
+FROM unnest($1::text[]) AS t
+"""
+
+
+class RowSecurityError(RuntimeError):
+    """Retention's role would see (and so delete) only some rows, or none."""
+
+
 # An execution expires when its list time (`sort_at`: started_at, else first sight) is older
 # than the cutoff; its steps go with it in the same transaction. One still pending or running
 # is kept while its agent reports within the window: ingest wrote its row then, or one of its
@@ -62,12 +79,26 @@ SELECT (SELECT count(*) FROM gone) AS executions, (SELECT count(*) FROM steps) A
 """
 
 # Steps whose execution has no row (its events never came: ingest stores steps that arrive
-# first) expire by their own time; they would otherwise stay past every retention.
-DELETE_ORPHAN_STEPS_SQL = """
+# first) expire by their own time; they would otherwise stay past every retention. That time
+# is the agent's start, capped by ingest's last write (an agent clock in 2199 kept a step for
+# good). As for an execution, one still in progress is kept, with every step of its run, while
+# its agent reports: a pending or running step in the run, and a step of it written within the
+# window (by the agent's start alone, a week-long run's steps went mid-run). Probed per run
+# with `OFFSET 0`, as in EXPIRED.
+ORPHAN_EXPIRED = """c.org = $1
+      AND least(coalesce(c.started_at, c.first_seen_at), c.updated_at) < $2
+      AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
+      AND NOT (EXISTS (SELECT 1 FROM component_executions s
+                       WHERE s.org = $1 AND s.execution_id = c.execution_id
+                         AND s.status IN ('pending', 'running') OFFSET 0)
+               AND EXISTS (SELECT 1 FROM component_executions s
+                           WHERE s.org = $1 AND s.execution_id = c.execution_id
+                             AND s.updated_at >= $2 OFFSET 0))"""
+
+DELETE_ORPHAN_STEPS_SQL = f"""
 WITH doomed AS (
     SELECT c.execution_id, c.node_id, c.attempt FROM component_executions c
-    WHERE c.org = $1 AND coalesce(c.started_at, c.first_seen_at) < $2
-      AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
+    WHERE {ORPHAN_EXPIRED}
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
@@ -76,15 +107,15 @@ WHERE c.org = $1 AND c.execution_id = d.execution_id AND c.node_id = d.node_id
   AND c.attempt = d.attempt
 """
 
-# Expired events in any order (a BRIN index on received_at finds them; see migration 0013).
+# Expired events in any order (a BRIN index on received_at finds them; see migration 0013),
+# deleted by their row address. Joined back by `event_id`, the planner hashed the batch and
+# seq-scanned every event of the org to find its rows, each batch (1M events: ~10k pages and
+# ~0.5 s a batch, quadratic over the pass); a TID scan reads only the batch's own pages.
 DELETE_EVENTS_SQL = """
-WITH doomed AS (
-    SELECT event_id FROM events
-    WHERE org = $1 AND received_at < $2
-    LIMIT $3
-)
-DELETE FROM events e USING doomed d
-WHERE e.org = $1 AND e.event_id = d.event_id
+DELETE FROM events
+WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM events WHERE org = $1 AND received_at < $2 LIMIT $3))
+  AND org = $1 AND received_at < $2
 """
 
 COUNT_SQL = f"""
@@ -94,9 +125,7 @@ SELECT
         WHERE c.org = $1
           AND c.execution_id IN (SELECT id FROM executions WHERE org = $1 AND {EXPIRED}))
     + (SELECT count(*) FROM component_executions c
-        WHERE c.org = $1 AND coalesce(c.started_at, c.first_seen_at) < $2
-          AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
-      ) AS components,
+        WHERE {ORPHAN_EXPIRED}) AS components,
     (SELECT count(*) FROM events WHERE org = $1 AND received_at < $2) AS events
 """
 
@@ -172,6 +201,7 @@ async def apply_retention(
         raise ValueError("batch_size must be at least 1")
     moment = now or datetime.now(UTC)
     say = progress or (lambda _line: None)
+    await check_row_security(conn)
     report = RetentionReport(dry_run=dry_run)
     for row in await conn.fetch(ORGS_SQL):
         if orgs is not None and row["org"] not in orgs:
@@ -196,6 +226,18 @@ async def apply_retention(
             f"executions, {result.components} components, {result.events} events"
         )
     return report
+
+
+async def check_row_security(conn: asyncpg.Connection) -> None:
+    """Refuse to run where row-level security filters retention's tables (see ROW_SECURITY_SQL):
+    a count or delete there is silently zero, not an error."""
+    row = await conn.fetchrow(ROW_SECURITY_SQL, list(RETENTION_TABLES))
+    if row["hidden"]:
+        raise RowSecurityError(
+            f"row-level security applies to role {row['role']} on {', '.join(row['hidden'])}: "
+            "retention would see none of their rows and delete nothing; run it as the owner "
+            "of the tables (the user that runs `fleetwatch migrate`) or a role with BYPASSRLS"
+        )
 
 
 async def _delete_org(
@@ -273,7 +315,11 @@ def main(argv: Sequence[str]) -> int:
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     settings = CommonSettings()
-    report = asyncio.run(_run(args, settings))
+    try:
+        report = asyncio.run(_run(args, settings))
+    except RowSecurityError as exc:
+        print(f"fleetwatch retention: {exc}", file=sys.stderr)
+        return 1
     verb = "would delete" if report.dry_run else "deleted"
     print(
         f"retention: {verb} {report.executions} executions, {report.components} components, "
