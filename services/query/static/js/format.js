@@ -50,12 +50,18 @@ export function duration(ms) {
   return `${Math.floor(min / 60)} h ${min % 60} m`;
 }
 
+/** "$12,345.67": grouped in the reader's locale, as count() groups its numbers. */
 export function cost(value) {
   if (value === null || value === undefined) return "—";
   const n = Number(value);
   if (n === 0) return "$0";
-  if (n < 0.01) return `$${n.toFixed(4)}`;
-  return `$${n.toFixed(2)}`;
+  // Below a cent, 4 decimals; a negative amount (a refund) reads "-$5.00", not "$-5.0000".
+  const digits = Math.abs(n) < 0.01 ? 4 : 2;
+  const text = Math.abs(n).toLocaleString(undefined, {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+  return n < 0 ? `-$${text}` : `$${text}`;
 }
 
 export function count(value) {

@@ -7,7 +7,23 @@
 import { api, getToken } from "./api.js";
 
 export const POLL_MS = 10_000;
+const MIN_BACKOFF_MS = 1000;
 const MAX_BACKOFF_MS = 10_000;
+// A connection resets the backoff only once it has stayed open this long, not when it opens: a
+// notifier that accepts and then closes at once (overloaded, or refusing after the handshake)
+// would otherwise be retried at the minimum delay forever. Not on a first message either: the
+// notifier's pings are WebSocket control frames the page never sees, a quiet org may get no
+// event for minutes, and a refusal can itself arrive as a frame before the close.
+export const HEALTHY_MS = 5000;
+
+/**
+ * The wait before the next attempt: "equal jitter", half the backoff plus a random share of the
+ * other half. Dashboards dropped together (a notifier restart) spread out instead of coming back
+ * in lockstep, yet none retries at once (full jitter could wait ~0 ms).
+ */
+export function reconnectDelay(backoff, random = Math.random) {
+  return backoff / 2 + random() * (backoff / 2);
+}
 
 /**
  * Where the notifier listens: /api/config, the meta tag, else :8001 on the page's host.
@@ -40,7 +56,7 @@ export class LiveFeed {
     this.socket = null;
     this.lastSeq = null;
     this.filters = {};
-    this.backoff = 1000;
+    this.backoff = MIN_BACKOFF_MS;
     this.pollTimer = null;
     this.retryTimer = null;
     this.stopped = false;
@@ -88,8 +104,9 @@ export class LiveFeed {
     }
     this.socket = socket;
     if (this.state !== "polling") this.setState("connecting");
+    let openedAt = null;
     socket.addEventListener("open", () => {
-      this.backoff = 1000;
+      openedAt = performance.now();
       this.send();
       clearInterval(this.pollTimer);
       this.pollTimer = null;
@@ -97,6 +114,10 @@ export class LiveFeed {
     });
     socket.addEventListener("message", (event) => this.receive(event.data));
     socket.addEventListener("close", (event) => {
+      // Only a connection that proved healthy earns quick retries again (see HEALTHY_MS).
+      if (openedAt !== null && performance.now() - openedAt >= HEALTHY_MS) {
+        this.backoff = MIN_BACKOFF_MS;
+      }
       // 4401: the notifier refused the token; the API will say so too, so retry only slowly.
       // 4429: this user holds too many sockets (other tabs); a quick retry would fail too.
       if (event.code === 4401 || event.code === 4429) this.backoff = MAX_BACKOFF_MS;
@@ -145,7 +166,7 @@ export class LiveFeed {
     }
     if (!this.pollTimer) this.pollTimer = setInterval(() => this.onPoll?.(), POLL_MS);
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.connect(), this.backoff);
+    this.retryTimer = setTimeout(() => this.connect(), reconnectDelay(this.backoff));
     this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
   }
 }
