@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import errno
 import importlib
-import math
 import os
 import shlex
 import signal
@@ -30,69 +29,18 @@ from shared.embedded import (
     port_open,
 )
 from shared.settings import CommonSettings
+from shared.up_options import (
+    SERVICES,
+    _address,
+    _count,
+    _demo_rate,
+    _nats_url,
+    _notifier_url,
+    _port,
+)
 from shared.urls import redacted
 
-SERVICES: dict[str, int] = {"ingest": 8002, "query": 8000, "notifier": 8001, "reconciler": 8003}
 DEMO_ADMIN = "demo-admin"
-
-
-def _port(name: str) -> int:
-    return int(os.environ.get(f"{name.upper()}_PORT", SERVICES[name]))
-
-
-def _address(name: str) -> str:
-    """`host:port` to reach service `name` from this machine: where it listens (its
-    `<NAME>_HOST`), loopback for a wildcard address."""
-    host = os.environ.get(f"{name.upper()}_HOST", "127.0.0.1").strip("[]")
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"[{host}]:{_port(name)}" if ":" in host else f"{host}:{_port(name)}"
-
-
-def _nats_url(url: str) -> str:
-    """`url` with the scheme nats-py (and the nats CLI) assume when there is none: they take
-    `host[:port]` as `nats://host[:port]`, and so must the reachability check and the printed
-    URLs, which read it with urlsplit (`localhost:4222` has scheme `localhost` and no host)."""
-    return url if "://" in url else f"nats://{url}"
-
-
-def _notifier_url() -> str:
-    """Where the page finds the live feed: the user's QUERY_NOTIFIER_URL (a public wss://
-    URL behind a proxy, say), else the notifier `up` starts. Empty is unset, as templates
-    write it."""
-    return os.environ.get("QUERY_NOTIFIER_URL", "").strip() or f"ws://{_address('notifier')}/ws"
-
-
-#: Most demo runs per second `up` starts: more only spins the demo publisher.
-MAX_DEMO_RATE = 1000.0
-
-
-def _demo_rate(text: str) -> float:
-    """An argparse type: the demo waits an exponential time of mean 1/rate between runs, so
-    a rate must be a finite number from 0 (history only: no live runs) to MAX_DEMO_RATE
-    (`float` alone takes inf, nan and -1, and 1e300 would spin the publisher)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= MAX_DEMO_RATE):
-        raise argparse.ArgumentTypeError(
-            f"must be a number from 0 (history only) to {MAX_DEMO_RATE:g}, not {text!r}"
-        )
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
-    return value
 
 
 def _demo_orgs() -> list[str]:

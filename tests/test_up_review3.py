@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from shared import up as up_module
+from shared import up_options
 from shared.embedded import Embedded
 from tests.procs import free_port
 
@@ -47,7 +48,7 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, dict[str, str
     monkeypatch.setattr(up_module, "_spawn", spawn)
     monkeypatch.setattr(up_module, "_wait_ready", lambda *_: None)
     monkeypatch.setattr(up_module, "_supervise", supervise)
-    for name in up_module.SERVICES:
+    for name in up_options.SERVICES:
         monkeypatch.setenv(f"{name.upper()}_PORT", str(free_port()))
         monkeypatch.delenv(f"{name.upper()}_HOST", raising=False)
     monkeypatch.delenv("QUERY_NOTIFIER_URL", raising=False)
@@ -111,7 +112,7 @@ def test_without_a_notifier_url_up_names_its_notifier(
 
     _up(tmp_path)
 
-    port = up_module._port("notifier")
+    port = up_options._port("notifier")
     assert spawned["query"]["QUERY_NOTIFIER_URL"] == f"ws://127.0.0.1:{port}/ws"
 
 
@@ -183,7 +184,7 @@ def test_takes_usable_numbers(monkeypatch: pytest.MonkeyPatch, argv: list[str]) 
     ],
 )
 def test_a_nats_url_without_a_scheme_is_read_as_nats_py_reads_it(given: str, expected: str) -> None:
-    assert up_module._nats_url(given) == expected
+    assert up_options._nats_url(given) == expected
 
 
 def test_a_nats_url_without_a_scheme_naming_no_server_falls_back_to_an_embedded_one(

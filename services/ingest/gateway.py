@@ -28,14 +28,8 @@ from nats.js.api import PubAck
 
 from services.ingest import nats_size
 from services.ingest.apikeys import org_for_key
-from services.ingest.gateway_batch import (
-    Checked,
-    FieldError,
-    Outgoing,
-    TooManyEventsError,
-    check_batch_in_steps,
-    split_body,
-)
+from services.ingest.gateway_batch import Checked, Outgoing, check_batch_in_steps
+from services.ingest.gateway_body import FieldError, TooManyEventsError, split_body
 from services.ingest.settings import (
     GATEWAY_BODY_BUDGET_MB,
     GATEWAY_CONCURRENCY,

@@ -1,15 +1,10 @@
-"""Pure logic of the HTTP gateway: split a body into events and check each against the
-contract, naming the failing index and field. No I/O.
-
-A body is split only as far as the request's event limit: past it the request is refused
-(`TooManyEventsError`) without parsing the rest, so that 8 MiB of one-byte lines or of `{}`
-costs a thousand events' work, not millions.
+"""Pure logic of the HTTP gateway: check each event of a body (split by `gateway_body`)
+against the contract, naming the failing index and field. No I/O.
 
 An event passes only if the bytes the gateway will publish pass ingest's own rules (the
 contract model, the size limit and `shared.validation.has_nul`), so nothing answered 202 is
-dead-lettered for its content. orjson reads an integer past 64 bits as a float; so that such
-a number is refused (as ingest refuses it) rather than published rounded, a body holding a
-long run of digits is read again with the standard library, which keeps integers exact.
+dead-lettered for its content; an integer past 64 bits (kept exact by `gateway_body`) is
+refused, as ingest refuses it, rather than published rounded.
 Two events of a batch with one `event_id` must be the same event: JetStream keeps only the
 first of them (`Nats-Msg-Id`), so a different second one would be lost. They are compared by
 what they mean (their checked values), not their bytes: the same event with its keys in
@@ -18,8 +13,6 @@ another order is a retry, not a conflict.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -29,36 +22,14 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from services.ingest.gateway_body import _UNPARSED, FieldError
 from services.ingest.json_depth import deepest
 from shared.events import MAX_EVENT_BYTES, Event, is_valid_name
 from shared.subjects import Subjects
 from shared.validation import NUL_REFUSED, has_nul, nul_field
 
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-
-#: A non-blank NDJSON line, from its first non-blank character (found without splitting the
-#: whole body into lines).
-_LINE = re.compile(rb"\S[^\r\n]*")
-#: Where a JSON array's items begin.
-_ARRAY_START = re.compile(rb"[ \t\r\n]*\[")
-_STRING = rb'"(?:[^"\\]++|\\.)*+"'
-
-
-#: Digits enough for an integer past 64 bits (-2**63 and 2**64 - 1 have 19 and 20 digits).
-_LONG_DIGITS = re.compile(rb"\d{19}")
+#: The integers ingest takes: 64 bits, signed or not.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-def _exact(data: bytes, parsed: Any) -> Any:
-    """`parsed` (orjson's reading of `data`), with integers past 64 bits kept as integers
-    rather than floats, so that the check refuses them. Only bytes orjson read come here, so
-    the standard library reads them too, but for nesting past Python's recursion limit."""
-    if _LONG_DIGITS.search(data) is None:
-        return parsed
-    try:
-        return json.loads(data)
-    except RecursionError:  # too deep to publish anyway: refused for its depth
-        return parsed
 
 
 def _big_integer(value: Any) -> tuple[str | int, ...] | None:
@@ -83,56 +54,6 @@ def _big_integer(value: Any) -> tuple[str | int, ...] | None:
     return None
 
 
-def _nesting(levels: int) -> bytes:
-    """A pattern for an object or list nested at most `levels` deep, skipped in one match."""
-    pattern = rb"(?!)"
-    for _ in range(levels):
-        pattern = rb"[\[{](?:[^\"\[\]{}]++|" + _STRING + rb"|" + pattern + rb")*+[\]}]"
-    return pattern
-
-
-#: What a match skips whole: an event's envelope, its body, tool calls, their arguments.
-_SHALLOW = _nesting(5)
-#: The next `[`, `]`, `{`, `}` or `,` at an array's top level (strings, scalars and shallow
-#: items skipped).
-_NEXT_AT_TOP = re.compile(
-    rb"(?:[^\"\[\]{},]++|" + _STRING + rb"|" + _SHALLOW + rb")*+([\[\]{},])", re.DOTALL
-)
-#: The next bracket inside an item deeper than that (commas, strings, scalars and shallow
-#: values skipped).
-_NEXT_INSIDE = re.compile(
-    rb"(?:[^\"\[\]{}]++|" + _STRING + rb"|" + _SHALLOW + rb")*+([\[\]{}])", re.DOTALL
-)
-#: Steps (a top-level comma, or a bracket deeper than `_SHALLOW` reaches) `_more_items_than`
-#: takes before it gives up; a thousand events take one each, unless nested past five levels.
-_SCAN_STEPS = 20_000
-
-
-class TooManyEventsError(ValueError):
-    """The body holds more events than the request may; the rest of it was not parsed."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"more than {limit} events in one request")
-        self.limit = limit
-
-
-class _Unparsed:
-    """Stands for an NDJSON line that is not JSON (already reported as such)."""
-
-
-_UNPARSED = _Unparsed()
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    index: int
-    field: str
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "field": self.field, "message": self.message}
-
-
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One checked event as it will be published: subject and exact payload."""
@@ -150,96 +71,6 @@ class Checked:
     errors: list[FieldError] = field(default_factory=list)
     #: Indexes of events naming an org other than the key's (403, not 422).
     foreign: list[FieldError] = field(default_factory=list)
-
-
-def _ndjson(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]]:
-    items: list[Any] = []
-    errors: list[FieldError] = []
-    for line in _LINE.finditer(body):
-        if limit is not None and len(items) == limit:
-            raise TooManyEventsError(limit)
-        try:
-            items.append(_exact(line.group(), orjson.loads(line.group())))
-        except orjson.JSONDecodeError as exc:
-            errors.append(FieldError(len(items), "event", f"not JSON: {exc}"))
-            items.append(_UNPARSED)
-    return items, errors
-
-
-def _more_items_than(body: bytes, limit: int) -> bool:
-    """Whether the JSON array `body` holds more than `limit` items, told from its top-level
-    commas without building a single item (8 MiB of `{},` is 2.8 million objects). False
-    when it cannot tell within `_SCAN_STEPS` (not an array, malformed, or thick with nested
-    brackets): the caller then parses the body whole, a cost its size bounds."""
-    if body.count(b",") < limit:
-        return False
-    start = _ARRAY_START.match(body)
-    if start is None:
-        return False
-    position, depth, commas = start.end(), 1, 0
-    for _ in range(_SCAN_STEPS):
-        found = (_NEXT_AT_TOP if depth == 1 else _NEXT_INSIDE).match(body, position)
-        if found is None:
-            return False
-        position = found.end()
-        char = body[position - 1 : position]
-        if char == b",":
-            commas += 1
-            if commas >= limit:
-                return True
-        elif char in b"[{":
-            depth += 1
-        else:
-            depth -= 1
-            if depth == 0:
-                return False
-    return False
-
-
-def _ndjson_sent_as_json(body: bytes) -> bool:
-    """Whether a body that is not one JSON document is NDJSON: two lines or more, the first
-    of them JSON of its own (the first line of a pretty-printed document, `{` or `[`, is
-    not)."""
-    lines = _LINE.finditer(body)
-    first = next(lines, None)
-    if first is None or next(lines, None) is None:
-        return False
-    try:
-        orjson.loads(first.group())
-    except orjson.JSONDecodeError:
-        return False
-    return True
-
-
-def _json(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]]:
-    if limit is not None and _more_items_than(body, limit):
-        raise TooManyEventsError(limit)
-    try:
-        parsed = _exact(body, orjson.loads(body))
-    except orjson.JSONDecodeError as exc:
-        if _ndjson_sent_as_json(body):
-            return _ndjson(body, limit)
-        # One JSON document (pretty-printed, say) with a mistake in it: one error, placed
-        # in the whole body, not one per line (nor 413 for a long one).
-        return [], [FieldError(0, "body", f"not JSON: {exc}")]
-    items = parsed if isinstance(parsed, list) else [parsed]
-    if limit is not None and len(items) > limit:
-        raise TooManyEventsError(limit)
-    return items, []
-
-
-def split_body(
-    body: bytes, content_type: str, limit: int | None = None
-) -> tuple[list[Any], list[FieldError]]:
-    """One event, a JSON array, or NDJSON (by content type, or when JSON fails line-wise).
-    Raises TooManyEventsError, having parsed no more than it had to, past `limit` events."""
-    if content_type.split(";")[0].strip().lower() in NDJSON_TYPES:
-        items, errors = _ndjson(body, limit)
-    else:
-        items, errors = _json(body, limit)
-    if not items and not errors:
-        errors.append(FieldError(0, "body", "no events in the request"))
-    return items, errors
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:

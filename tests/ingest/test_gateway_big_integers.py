@@ -7,7 +7,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from services.ingest.gateway_batch import check_batch, split_body
+from services.ingest.gateway_batch import check_batch
+from services.ingest.gateway_body import split_body
 from shared.subjects import Subjects
 from shared.validation import Rejected, validate
 

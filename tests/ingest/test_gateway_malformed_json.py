@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from services.ingest.gateway_batch import FieldError, split_body
+from services.ingest.gateway_body import FieldError, split_body
 
 EVENT = {
     "type": "execution_started",

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from services.ingest.apikeys import create_key
 from services.ingest.gateway import MAX_EVENTS, MAX_LISTED_ERRORS, create_gateway_router
-from services.ingest.gateway_batch import TooManyEventsError, split_body
+from services.ingest.gateway_body import TooManyEventsError, split_body
 from shared.db import connect, create_pool
 from shared.events import EventType
 from shared.publisher.envelope import component_event, execution_event

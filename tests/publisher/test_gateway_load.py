@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from services.ingest.gateway import MAX_EVENTS
-from services.ingest.gateway_batch import check_batch, split_body
+from services.ingest.gateway_batch import check_batch
+from services.ingest.gateway_body import split_body
 from shared.events import EventType
 from shared.gc_tuning import THRESHOLDS
 from shared.publisher.envelope import execution_event
