@@ -114,9 +114,13 @@ class Notifier:
 
     @property
     def ready(self) -> bool:
+        return self._ready and self.delivering
+
+    @property
+    def delivering(self) -> bool:
+        """Whether events reach the hub: NATS connected and the live consumer in place."""
         return (
-            self._ready
-            and self._feed is not None
+            self._feed is not None
             and self._feed.following
             and self._nc is not None
             and self._nc.is_connected
@@ -134,6 +138,7 @@ class Notifier:
             s.nats_url,
             name="fleetwatch-notifier",
             max_reconnect_attempts=-1,
+            disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
         self._js = self._nc.jetstream()
@@ -170,6 +175,7 @@ class Notifier:
             on_reset=self._on_stream_reset,
             ensure_stream=ensure_stream,
             check_s=s.stream_check_s,
+            on_following=lambda _following: self._feed_changed(),
         )
         await self._feed.start(start)
         deps = SessionDeps(
@@ -206,11 +212,23 @@ class Notifier:
         )
         self._guard_task = asyncio.create_task(guard.run(), name="notifier-access-guard")
         self._ready = True
+        self._feed_changed()  # NATS may have been lost while starting
         log.info("notifier listening on %s:%s", s.host, self.port)
+
+    async def _on_disconnected(self) -> None:
+        self._feed_changed()
 
     async def _on_reconnected(self) -> None:
         if self._feed is not None:
             self._feed.reconnected()
+        self._feed_changed()
+
+    def _feed_changed(self) -> None:
+        """Tell the clients whether the feed delivers (`feed_status`): while NATS is lost they
+        would otherwise get nothing, as on a quiet day. Said as /readyz says it; back to live
+        once the consumer is in place again (events missed meanwhile follow from it)."""
+        if self._ready:  # not while starting (nobody connected) or stopping (closing anyway)
+            self.hub.set_feed_live(self.delivering)
 
     def _on_stream_reset(self, found: StreamBounds) -> None:
         """The stream was made anew: every client holds sequences it no longer has. Closed with

@@ -29,6 +29,7 @@ class Client:
         "resumed",
         "scope",
         "sent_event",
+        "told_live",
     )
 
     def __init__(self, conn: ServerConnection, claims: Claims, scope: Scope) -> None:
@@ -48,6 +49,8 @@ class Client:
         self.sent_event = False
         #: Whether a `resume_from` was taken: one per connection, each costs a replay.
         self.resumed = False
+        #: The feed's state as last told in `feed_status` (a client assumes live until told).
+        self.told_live = True
 
 
 class Group:

@@ -50,6 +50,7 @@ class LiveFeed:
         on_reset: Callable[[StreamBounds], None],
         ensure_stream: Callable[[], Awaitable[None]],
         check_s: float,
+        on_following: Callable[[bool], None] = lambda _following: None,
     ) -> None:
         self._js = js
         self._subjects = subjects
@@ -59,24 +60,39 @@ class LiveFeed:
         self._on_reset = on_reset
         self._ensure_stream = ensure_stream
         self._check_s = check_s
+        #: Told each change of `following` (clients are told the feed is interrupted/back).
+        self._on_following = on_following
         self._sub: JetStreamContext.PushSubscription | None = None
         #: The stream as found when the feed last followed it.
         self._followed = StreamBounds(first_seq=0, last_seq=0)
         self._lock = asyncio.Lock()
         self._refollow_wanted = False
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Whether the consumer is in place (false while it is made again).
-        self.following = False
+        self._following = False
+
+    @property
+    def following(self) -> bool:
+        """Whether the consumer is in place (false from a reconnect until it is made again)."""
+        return self._following
+
+    def _set_following(self, following: bool) -> None:
+        if following != self._following:
+            self._following = following
+            self._on_following(following)
 
     async def start(self, found: StreamBounds) -> None:
         """Follow from right after `position()`; `found` is the stream as the caller saw it."""
         self._followed = found
         self._sub = await follow(self._js, self._subjects, self._position() + 1, self._handler)
-        self.following = True
+        self._set_following(True)
         self._spawn(self._watch(), "notifier-stream-watch")
 
     def reconnected(self) -> None:
-        """NATS reconnected: follow anew (several reconnects in a row cost one refollow)."""
+        """NATS reconnected: follow anew (several reconnects in a row cost one refollow).
+
+        Not following from now on: the old consumer may be gone with the server's memory, so
+        until the new one is in place neither /readyz nor the clients are told "live"."""
+        self._set_following(False)
         if not self._refollow_wanted:
             self._refollow_wanted = True
             self._spawn(self._refollow(), "notifier-refollow")
@@ -96,7 +112,7 @@ class LiveFeed:
     async def _refollow(self) -> None:
         async with self._lock:
             self._refollow_wanted = False
-            self.following = False
+            self._set_following(False)
             await self._drop()
             delay = RETRY_FIRST_S
             while True:
@@ -110,7 +126,7 @@ class LiveFeed:
                     log.warning("following the events stream again failed, retrying: %r", exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
-            self.following = True
+            self._set_following(True)
             log.info("following the events stream again from seq %d", self._position() + 1)
 
     async def looks_reset(self) -> bool:

@@ -94,6 +94,9 @@ class Hub:
         #: Recent events for cheap resumes; it holds every valid event with seq > ring_floor.
         self.ring: deque[Outgoing] = deque(maxlen=ring_size)
         self.ring_floor = 0
+        #: Whether the live consumer delivers (NATS connected, consumer in place); clients are
+        #: told each change with `feed_status` (`set_feed_live`).
+        self.feed_live = True
         #: Closing handshakes under way (`close`), referenced so they are not collected.
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -251,6 +254,37 @@ class Hub:
         client.live = True
         if sent:
             self.metrics.messages_sent.labels("held").inc(sent)
+        # Connected (or held for a late resume) while the feed changed: told now, after `ready`.
+        self._tell_feed(client)
+
+    def set_feed_live(self, live: bool) -> None:
+        """The live consumer stopped (NATS lost) or resumed delivering: tell every live client.
+
+        Without it a client saw nothing during an outage, as on a quiet day, and a dashboard
+        kept saying "live" over stale data. Held clients are told at `go_live`, after `ready`.
+        """
+        if live == self.feed_live:
+            return
+        self.feed_live = live
+        for client in tuple(self.clients):
+            if client.live:
+                self._tell_feed(client)
+
+    def _tell_feed(self, client: Client) -> None:
+        """Send `feed_status` if the client was last told otherwise (synchronous, as `ready`)."""
+        if client.told_live == self.feed_live:
+            return
+        fields: dict[str, object] = {"live": self.feed_live}
+        if not self.feed_live:
+            fields["reason"] = "event stream unavailable"
+        try:
+            client.conn.protocol.send_text(control_frame("feed_status", **fields))
+            client.conn.send_data()
+        except Exception as exc:
+            log.debug("feed_status to client failed: %s", exc)
+            self.remove(client)
+            return
+        client.told_live = self.feed_live
 
     def hold(self, client: Client) -> bool:
         """Take a live client that has had no event out of live delivery, for a late resume.

@@ -2,7 +2,9 @@
 //
 // Protocol (DESIGN.md "Live updates"): the client sends {"subscribe": filters, "resume_from": seq};
 // the server sends {"type": "execution_*", "seq": N, "execution": summary}, pings, and
-// {"type": "resync_required"} when the missed events are past retention.
+// {"type": "resync_required"} when the missed events are past retention, and
+// {"type": "feed_status", "live": false|true} when the notifier lost / got back its event stream
+// (the socket stays open but carries nothing meanwhile, so the page polls as if it had dropped).
 
 import { api, getToken } from "./api.js";
 
@@ -108,9 +110,7 @@ export class LiveFeed {
     socket.addEventListener("open", () => {
       openedAt = performance.now();
       this.send();
-      clearInterval(this.pollTimer);
-      this.pollTimer = null;
-      this.setState("live");
+      this.goLive();
     });
     socket.addEventListener("message", (event) => this.receive(event.data));
     socket.addEventListener("close", (event) => {
@@ -149,6 +149,10 @@ export class LiveFeed {
     if (message.type === "resync_required") {
       this.lastSeq = typeof message.seq === "number" ? message.seq : null;
       this.onResync?.();
+    } else if (message.type === "feed_status") {
+      // Events missed meanwhile come from the notifier itself, around the restored status.
+      if (message.live === false) this.startPolling();
+      else if (message.live === true && this.state === "polling") this.goLive();
     } else if (message.type === "error") {
       console.warn("notifier refused a frame:", message.error, message.detail);
     } else if (message.execution) {
@@ -156,15 +160,27 @@ export class LiveFeed {
     }
   }
 
-  /** The socket is gone: poll now and every POLL_MS, and try the socket again with backoff. */
-  dropped() {
-    this.socket = null;
+  goLive() {
+    clearInterval(this.pollTimer);
+    this.pollTimer = null;
+    this.setState("live");
+  }
+
+  /** Poll now (unless already polling) and every POLL_MS: the socket is gone or carries nothing. */
+  startPolling() {
     if (this.stopped) return;
     if (this.state !== "polling") {
       this.setState("polling");
       this.onPoll?.();
     }
     if (!this.pollTimer) this.pollTimer = setInterval(() => this.onPoll?.(), POLL_MS);
+  }
+
+  /** The socket is gone: poll, and try the socket again with backoff. */
+  dropped() {
+    this.socket = null;
+    if (this.stopped) return;
+    this.startPolling();
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.connect(), reconnectDelay(this.backoff));
     this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
