@@ -131,6 +131,11 @@ def create_app(settings: QuerySettings) -> FastAPI:
         limiter=RateLimiter(
             per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst
         ),
+        auth_failures=RateLimiter(
+            per_minute=settings.auth_failure_per_minute,
+            burst=settings.auth_failure_burst,
+            max_callers=settings.auth_failure_addresses,
+        ),
         stats_cache=TTLCache(maxsize=4096, ttl=settings.stats_ttl_s or 1e-9),
         scope_cache=TTLCache(maxsize=50_000, ttl=settings.scope_ttl_s)
         if settings.scope_ttl_s

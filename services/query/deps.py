@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from services.query import repo
 from services.query.metrics import QueryMetrics
-from services.query.ratelimit import RateLimiter
+from services.query.ratelimit import RateLimiter, address_key
 from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
 from shared.auth import AuthError, AuthUnavailable, Claims, Role, verify_token
@@ -32,6 +32,8 @@ class QueryState:
     settings: QuerySettings
     metrics: QueryMetrics
     limiter: RateLimiter
+    #: Failed authentications per client address (`settings.auth_failure_*`).
+    auth_failures: RateLimiter
     stats_cache: TTLCache[Any, Any]
     #: Users' and clients' scopes by (org, sub, role), for `settings.scope_ttl_s`.
     scope_cache: TTLCache[tuple[str, str, str], Scope] | None = None
@@ -116,14 +118,34 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _too_many(detail: str, wait: float) -> HTTPException:
+    return HTTPException(429, detail=detail, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _failed(state: QueryState, address: str) -> None:
+    """Count a failed authentication from `address`; 429 once its budget is used up."""
+    wait = state.auth_failures.check(address)
+    if wait is not None:
+        state.metrics.auth_limited.inc()
+        raise _too_many("too many failed authentications from this address", wait)
+
+
 async def authenticate(request: Request, state: QueryState) -> Claims:
+    """The caller's claims, or 401; 429 instead of 401 once the client's address used up its
+    budget of failures (`settings.auth_failure_*`): a client cycling bad tokens (guessing, or a
+    broken script) gets its refusals slowed down, and a metric shows it. A good token is still
+    checked and let through from such an address: clients behind one NAT share it, and one
+    broken script there must not lock the others out; nor does a good token take from it."""
+    address = address_key(request.client.host if request.client else None)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        _failed(state, address)
         raise _unauthorized("missing bearer token")
     try:
         return await verify_token(token.strip(), state.settings)
     except AuthError as exc:
+        _failed(state, address)
         raise _unauthorized(str(exc)) from None
     except AuthUnavailable as exc:
         # The token was not judged: a retry can succeed, and the client must not log out.
@@ -137,11 +159,7 @@ async def _admitted(request: Request) -> tuple[QueryState, Claims]:
     wait = state.limiter.check(f"{claims.org}/{claims.sub}")
     if wait is not None:
         state.metrics.rate_limited.inc()
-        raise HTTPException(
-            429,
-            detail="rate limit exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        raise _too_many("rate limit exceeded", wait)
     return state, claims
 
 

@@ -37,6 +37,12 @@ class QueryMetrics:
             "Requests refused with 429",
             registry=self.registry,
         )
+        self.auth_limited = Counter(
+            "fleetwatch_query_auth_limited_total",
+            "Requests refused with 429 before their token was checked: their address had "
+            "used up its budget of failed authentications (QUERY_AUTH_FAILURE_*)",
+            registry=self.registry,
+        )
         self.terminate = Counter(
             "fleetwatch_query_terminate_total",
             "Terminate commands by outcome",

@@ -37,6 +37,16 @@ class QuerySettings(CommonSettings):
     #: Sustained requests per caller per minute, and the burst allowed above it.
     rate_limit_per_minute: float = Field(default=1200, gt=0)
     rate_limit_burst: int = Field(default=200, ge=1)
+    #: Requests whose token is missing or refused, per client address (an IPv6 one by its
+    #: /64) per minute, and the burst allowed above it. Past them the address is answered 429
+    #: before its token is even checked, whatever the token, until its bucket refills; other
+    #: addresses, and authenticated callers' own limits, are untouched. The address is the
+    #: connection's peer (uvicorn takes it from `X-Forwarded-For` only when that peer is in its
+    #: `FORWARDED_ALLOW_IPS`, loopback by default: a proxy on the same host).
+    auth_failure_per_minute: float = Field(default=30, gt=0)
+    auth_failure_burst: int = Field(default=60, ge=1)
+    #: How many addresses' failure buckets are kept (least recently failed forgotten first).
+    auth_failure_addresses: int = Field(default=50_000, ge=1)
     terminate_timeout_s: float = Field(default=3.0, gt=0)
     #: Waiting for the reconciler to fetch an execution's steps from its engine on detail open.
     sync_timeout_s: float = Field(default=0.8, gt=0, le=1.0)
