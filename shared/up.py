@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.arg_types import count, demo_rate
 from shared.auth import mint_token
 from shared.commands import _migrate
 from shared.db import connect
@@ -32,8 +33,6 @@ from shared.settings import CommonSettings
 from shared.up_options import (
     SERVICES,
     _address,
-    _count,
-    _demo_rate,
     _nats_url,
     _notifier_url,
     _port,
@@ -219,10 +218,10 @@ def _run(
     )
     parser.add_argument("--run-dir", default=".run", help="data and logs (default .run)")
     parser.add_argument(
-        "--rate", type=_demo_rate, default=1.0, help="new demo runs per second (0: history only)"
+        "--rate", type=demo_rate, default=1.0, help="new demo runs per second (0: history only)"
     )
     parser.add_argument(
-        "--backfill", type=_count, default=300, help="demo runs published at once as history"
+        "--backfill", type=count, default=300, help="demo runs published at once as history"
     )
     parser.add_argument("--no-demo", action="store_true", help="start no demo publisher")
     args = parser.parse_args(argv)

@@ -4,8 +4,6 @@ nothing here opens a socket or a file, so `up` itself keeps only the I/O and sup
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 
 SERVICES: dict[str, int] = {"ingest": 8002, "query": 8000, "notifier": 8001, "reconciler": 8003}
@@ -38,33 +36,3 @@ def _notifier_url() -> str:
     URL behind a proxy, say), else the notifier `up` starts. Empty is unset, as templates
     write it."""
     return os.environ.get("QUERY_NOTIFIER_URL", "").strip() or f"ws://{_address('notifier')}/ws"
-
-
-#: Most demo runs per second `up` starts: more only spins the demo publisher.
-MAX_DEMO_RATE = 1000.0
-
-
-def _demo_rate(text: str) -> float:
-    """An argparse type: the demo waits an exponential time of mean 1/rate between runs, so
-    a rate must be a finite number from 0 (history only: no live runs) to MAX_DEMO_RATE
-    (`float` alone takes inf, nan and -1, and 1e300 would spin the publisher)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= MAX_DEMO_RATE):
-        raise argparse.ArgumentTypeError(
-            f"must be a number from 0 (history only) to {MAX_DEMO_RATE:g}, not {text!r}"
-        )
-    return value
-
-
-def _count(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
-    return value

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.arg_types import count, demo_rate, names, positive
 from shared.publisher.client import Fleet
 from shared.publisher.demo_fleet import (
     DEMO_ORGS,
@@ -224,35 +225,30 @@ async def run_demo(
     return demo.stats
 
 
-def _positive(text: str) -> float:
-    """An argparse type: run durations are divided by `--speed`."""
-    value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
 def main(argv: Sequence[str]) -> int:
     from shared.settings import CommonSettings
 
     parser = argparse.ArgumentParser(
         prog="fleetwatch demo", description="simulate a fleet of agents publishing events"
     )
-    parser.add_argument("--rate", type=float, default=2.0, help="new runs per second")
-    parser.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
-    parser.add_argument("--orgs", default=",".join(DEMO_ORGS), help="comma-separated orgs")
+    parser.add_argument(
+        "--rate", type=demo_rate, default=2.0, help="new runs per second (0: history only)"
+    )
+    parser.add_argument("--duration", type=positive, help="seconds (default: until Ctrl-C)")
+    parser.add_argument("--orgs", type=names, default=list(DEMO_ORGS), help="comma-separated orgs")
     parser.add_argument("--seed", type=int)
     parser.add_argument(
-        "--speed", type=_positive, default=1.0, help="divide run durations by this (> 0)"
+        "--speed", type=positive, default=1.0, help="divide run durations by this (> 0)"
     )
-    parser.add_argument("--backfill-runs", type=int, default=0, help="past runs to publish first")
-    parser.add_argument("--backfill-hours", type=float, default=24.0)
+    parser.add_argument("--backfill-runs", type=count, default=0, help="past runs to publish first")
+    parser.add_argument(
+        "--backfill-hours", type=positive, default=24.0, help="spread the past runs over this"
+    )
     parser.add_argument("--nats-url", help="default: $NATS_URL")
     parser.add_argument("--prefix", help="subject prefix (default: $FLEETWATCH_SUBJECT_PREFIX)")
     args = parser.parse_args(argv)
     settings = CommonSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    orgs = [o.strip() for o in args.orgs.split(",") if o.strip()]
     try:
         stats = asyncio.run(
             run_demo(
@@ -261,7 +257,7 @@ def main(argv: Sequence[str]) -> int:
                 args.rate,
                 args.duration,
                 None,
-                orgs=orgs,
+                orgs=args.orgs,
                 seed=args.seed,
                 speed=args.speed,
                 backfill_runs=args.backfill_runs,

@@ -91,9 +91,42 @@ def test_speed_must_be_positive(nats_url: str, capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exited:
         main(["--speed", "0", "--backfill-runs", "1", "--nats-url", nats_url, "--prefix", prefix])
     assert exited.value.code == 2
-    assert "--speed: must be a positive number, not 0" in capsys.readouterr().err
+    assert "--speed: must be a positive number, not '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="speed must be a positive number"):
         asyncio.run(run_demo(nats_url, Subjects(prefix), rate=50, duration=1, stop=None, speed=0))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--rate", "-1", "must be a number from 0 (history only) to 1000"),
+        ("--rate", "nan", "must be a number from 0 (history only) to 1000"),
+        ("--rate", "inf", "must be a number from 0 (history only) to 1000"),
+        ("--duration", "-5", "must be a positive number"),
+        ("--duration", "nan", "must be a positive number"),
+        ("--speed", "inf", "must be a positive number"),
+        ("--backfill-runs", "-3", "must be 0 or more"),
+        ("--backfill-runs", "lots", "not a whole number"),
+        ("--backfill-hours", "0", "must be a positive number"),
+        ("--backfill-hours", "-24", "must be a positive number"),
+        ("--orgs", "acme,bad org", "'bad org' is not a valid name"),
+        ("--orgs", "acme,a.b", "'a.b' is not a valid name"),
+        ("--orgs", " , ", "give at least one name"),
+    ],
+)
+def test_refuses_what_it_cannot_run(
+    nats_url: str, capsys: pytest.CaptureFixture[str], flag: str, value: str, says: str
+) -> None:
+    """A negative rate raised from `expovariate` once NATS answered, a negative duration or
+    backfill ran nothing and said nothing, and an org the contract refuses had every event
+    dead-lettered: each is now a usage error naming the flag, before anything connects."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"  # no streams: nothing is stored
+    # Were the value taken, the demo would run for a second and return.
+    bounded = [] if flag == "--duration" else ["--duration", "1"]
+    with pytest.raises(SystemExit) as exited:
+        main([*bounded, flag, value, "--nats-url", nats_url, "--prefix", prefix])
+    assert exited.value.code == 2
+    assert f"{flag}: {says}" in capsys.readouterr().err
 
 
 async def test_fleets_started_before_one_that_fails_are_closed(
