@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
+import select
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -46,7 +48,35 @@ def _load(target: str) -> Callable[[Sequence[str]], int | None]:
     return func
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe nobody reads any more (`fleetwatch ... | head`): a
+    broken pipe there ends the command quietly, while one to a server is an error to show."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status. Output cut short by its reader (`| head`) ends it
+    quietly with 141, as a shell reports a command ended by SIGPIPE."""
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # here, so a broken pipe is caught here, not at exit
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        # Python flushes stdout once more at exit: point it somewhere that takes the rest.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in {"-h", "--help", "help"}:
         print(_usage())
@@ -62,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfleetwatch {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            raise
         message = operator_error(exc, migrating=name == "migrate")
         if message is None:
             raise  # a bug: the traceback is what helps

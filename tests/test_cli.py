@@ -108,3 +108,34 @@ async def test_the_client_logs_no_password_of_its_nats_url(
         await fleet.close()
     assert "unreachable" in caplog.text
     assert "TopSecretPw" not in caplog.text
+
+
+def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+    """`fleetwatch reconcile find-running | head` printed `BrokenPipeError: [Errno 32]` as
+    if a server had failed. The reader here is gone before the command writes a byte."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "shared.cli",
+                "token",
+                "--org",
+                "acme",
+                "--user",
+                "al",
+                "--role",
+                "admin",
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141
