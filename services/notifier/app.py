@@ -21,6 +21,7 @@ from services.notifier.feed import LiveFeed
 from services.notifier.handshake import choose_subprotocol
 from services.notifier.http import make_process_request
 from services.notifier.hub import CLOSE_SERVICE_RESTART, Hub, close_slow
+from services.notifier.limits import SocketSlots
 from services.notifier.metrics import Metrics
 from services.notifier.repo import fetch_scope
 from services.notifier.scopes import ScopeCache
@@ -33,6 +34,7 @@ from services.notifier.warmup import read_recent
 from shared.access import Scope
 from shared.auth import Claims
 from shared.db import create_pool
+from shared.ratelimit import RateLimiter
 from shared.streams import ensure_streams
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,12 @@ class Notifier:
             ring_size=settings.ring_size,
         )
         self.triggers = TriggerMemory()
+        self.sockets = SocketSlots(settings.max_sockets)
+        self.auth_failures = RateLimiter(
+            per_minute=settings.auth_failure_per_minute,
+            burst=settings.auth_failure_burst,
+            max_callers=settings.auth_failure_addresses,
+        )
         #: Turns of the replays that read the stream (past the ring), for all clients.
         self.stream_replays = asyncio.Semaphore(settings.replay_concurrency)
         self._nc: NatsClient | None = None
@@ -186,6 +194,8 @@ class Notifier:
             guard=guard,
             triggers=self.triggers,
             stream_replays=self.stream_replays,
+            sockets=self.sockets,
+            auth_failures=self.auth_failures,
         )
 
         def ping_flood() -> None:

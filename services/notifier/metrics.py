@@ -50,6 +50,18 @@ class Metrics:
             "Connections closed with 4429: the caller already held its maximum of sockets",
             registry=r,
         )
+        self.auth_limited = Counter(
+            "notifier_auth_limited_total",
+            "Connections closed with 4429 instead of 4401: their address had used up its budget "
+            "of failed authentications (NOTIFIER_AUTH_FAILURE_*)",
+            registry=r,
+        )
+        self.socket_limit_closes = Counter(
+            "notifier_socket_limit_closes_total",
+            "Connections closed with 1013 right after the handshake: the process already held "
+            "NOTIFIER_MAX_SOCKETS open sockets",
+            registry=r,
+        )
         self.frame_errors = Counter(
             "notifier_client_frame_errors_total",
             "Client frames answered with an error frame",

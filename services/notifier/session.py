@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from services.notifier.hub import (
     Hub,
     close_reason,
 )
+from services.notifier.limits import SocketSlots
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
 from services.notifier.scopes import ScopeCache, scope_key
 from services.notifier.settings import NotifierSettings
@@ -38,6 +40,7 @@ from services.notifier.stream import Reached, bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
 from services.notifier.triggers import TriggerMemory
 from shared.auth import AuthError, AuthUnavailable, Claims, verify_token
+from shared.ratelimit import RateLimiter, address_key
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +59,26 @@ class SessionDeps:
     triggers: TriggerMemory
     #: Replays reading the stream at once (each through its own consumer), for all clients.
     stream_replays: asyncio.Semaphore
+    #: Open sockets of the process (`settings.max_sockets`).
+    sockets: SocketSlots
+    #: Failed authentications per client address (`settings.auth_failure_*`).
+    auth_failures: RateLimiter
 
 
 async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
     """The whole life of one `/ws` connection."""
+    # Before the token is read: a process at its limit spends nothing on the newcomer.
+    if not deps.sockets.take():
+        deps.hub.metrics.socket_limit_closes.inc()
+        await conn.close(CLOSE_TRY_AGAIN, "notifier at its connection limit")
+        return
+    try:
+        await _session(conn, deps)
+    finally:
+        deps.sockets.release()
+
+
+async def _session(conn: ServerConnection, deps: SessionDeps) -> None:
     claims = await _authenticate(conn, deps)
     if claims is None:
         return
@@ -99,20 +118,39 @@ async def _authenticate(conn: ServerConnection, deps: SessionDeps) -> Claims | N
     offered = offered_subprotocols(request.headers.get_all("Sec-WebSocket-Protocol"))
     token = token_from(request.path, offered)
     if not token:
-        deps.hub.metrics.auth_failures.inc()
-        await conn.close(CLOSE_UNAUTHORIZED, "missing token")
+        await _refuse(conn, deps, "missing token")
         return None
     try:
         return await verify_token(token, deps.settings)
     except AuthError as exc:
-        deps.hub.metrics.auth_failures.inc()
         # The message may quote the token (an unknown `kid`), in any script.
-        await conn.close(CLOSE_UNAUTHORIZED, close_reason(str(exc)))
+        await _refuse(conn, deps, close_reason(str(exc)))
         return None
     except AuthUnavailable as exc:
         # The token was not judged: the client should retry, not ask its user to log in again.
         await conn.close(CLOSE_TRY_AGAIN, close_reason(str(exc)))
         return None
+
+
+async def _refuse(conn: ServerConnection, deps: SessionDeps, reason: str) -> None:
+    """Close a failed authentication with 4401, or with 4429 once the client's address has used
+    up its budget of failures: a client cycling bad tokens gets its refusals slowed down, and a
+    metric shows it. Only failures spend it; a good token from the same address is still
+    admitted (clients behind one NAT share it, and one broken script there must not lock the
+    others out)."""
+    remote = conn.remote_address
+    host = remote[0] if isinstance(remote, tuple) else remote or None
+    wait = deps.auth_failures.check(address_key(host))
+    if wait is not None:
+        deps.hub.metrics.auth_limited.inc()
+        retry = max(1, math.ceil(wait))
+        await conn.close(
+            CLOSE_TOO_MANY,
+            f"too many failed authentications from this address, retry after {retry} s",
+        )
+        return
+    deps.hub.metrics.auth_failures.inc()
+    await conn.close(CLOSE_UNAUTHORIZED, reason)
 
 
 def _limit_send_buffer(conn: ServerConnection, size: int) -> None:

@@ -25,6 +25,17 @@ class NotifierSettings(CommonSettings):
     #: A dashboard holds one per tab, but a service token may feed a wall of screens: this
     #: bounds what a client reconnecting in a loop can take (~30 kB a socket), no more.
     max_sockets_per_caller: int = Field(default=256, ge=1)
+    #: Open sockets of this process in all (authenticated or not yet); the next is closed with
+    #: 1013 right after its handshake, before its token is read. Bounds file descriptors and
+    #: memory whoever connects.
+    max_sockets: int = Field(default=20_000, ge=1)
+    #: Failed authentications (missing or bad token) per client address, an IPv6 one by its
+    #: /64: a bucket of `auth_failure_burst` refilled at `auth_failure_per_minute`. Past it a
+    #: failure closes with 4429 instead of 4401; a good token is still admitted. At most
+    #: `auth_failure_addresses` addresses are tracked (the least recently seen are forgotten).
+    auth_failure_per_minute: float = Field(default=30.0, gt=0)
+    auth_failure_burst: int = Field(default=60, ge=1)
+    auth_failure_addresses: int = Field(default=50_000, ge=1)
     #: Recent events kept in memory for resumes (read back from the stream at startup);
     #: a resume from further back reads the stream through its own consumer.
     ring_size: int = Field(default=10_000, ge=1)
