@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.client_address import Network, parse_trusted_proxies
 from shared.events import NAME_PATTERN
 from shared.subjects import Subjects
 
@@ -58,6 +60,12 @@ class CommonSettings(BaseSettings):
     stream_replicas: int = Field(
         default=1, ge=1, le=MAX_STREAM_REPLICAS, validation_alias="FLEETWATCH_STREAM_REPLICAS"
     )
+    #: Proxies (IP addresses or CIDR networks, comma-separated) whose `X-Forwarded-For` is
+    #: believed when query and notifier key failed authentications by client address.
+    #: Empty (the default): nothing is trusted, the connection's peer is the client.
+    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = Field(
+        default=(), validation_alias="FLEETWATCH_TRUSTED_PROXIES"
+    )
 
     @field_validator("jwks_url", "jwt_audience", "jwt_issuer", mode="before")
     @classmethod
@@ -66,6 +74,14 @@ class CommonSettings(BaseSettings):
         # empty audience or issuer would refuse every token.
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: object) -> object:
+        # The environment gives `10.0.0.0/8,127.0.0.1`, not JSON.
+        if isinstance(value, str):
+            return parse_trusted_proxies(value)
         return value
 
     @field_validator("log_level", mode="after")

@@ -40,6 +40,7 @@ from services.notifier.stream import Reached, bounds, read_range
 from services.notifier.summary import build_outgoing, control_frame, decode
 from services.notifier.triggers import TriggerMemory
 from shared.auth import AuthError, AuthUnavailable, Claims, verify_token
+from shared.client_address import client_address
 from shared.ratelimit import RateLimiter, address_key
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,12 @@ async def _refuse(conn: ServerConnection, deps: SessionDeps, reason: str) -> Non
     up its budget of failures: a client cycling bad tokens gets its refusals slowed down, and a
     metric shows it. Only failures spend it; a good token from the same address is still
     admitted (clients behind one NAT share it, and one broken script there must not lock the
-    others out)."""
+    others out). The address is the peer's, or the client a trusted proxy names
+    (`trusted_proxies`: behind an ingress every peer is the ingress)."""
     remote = conn.remote_address
-    host = remote[0] if isinstance(remote, tuple) else remote or None
+    peer = remote[0] if isinstance(remote, tuple) else remote or None
+    forwarded = conn.request.headers.get_all("X-Forwarded-For") if conn.request else []
+    host = client_address(peer, forwarded, deps.settings.trusted_proxies)
     wait = deps.auth_failures.check(address_key(host))
     if wait is not None:
         deps.hub.metrics.auth_limited.inc()

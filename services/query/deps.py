@@ -21,6 +21,7 @@ from services.query.ratelimit import RateLimiter, address_key
 from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
 from shared.auth import AuthError, AuthUnavailable, Claims, Role, verify_token
+from shared.client_address import client_address
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,15 @@ async def authenticate(request: Request, state: QueryState) -> Claims:
     budget of failures (`settings.auth_failure_*`): a client cycling bad tokens (guessing, or a
     broken script) gets its refusals slowed down, and a metric shows it. A good token is still
     checked and let through from such an address: clients behind one NAT share it, and one
-    broken script there must not lock the others out; nor does a good token take from it."""
-    address = address_key(request.client.host if request.client else None)
+    broken script there must not lock the others out; nor does a good token take from it.
+    The address is the peer's, or the client a trusted proxy names (`trusted_proxies`)."""
+    address = address_key(
+        client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            state.settings.trusted_proxies,
+        )
+    )
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

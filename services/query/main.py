@@ -32,6 +32,11 @@ def main(argv: Sequence[str] = ()) -> int:
         port=port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        # Off, whatever FORWARDED_ALLOW_IPS says: uvicorn would otherwise believe any
+        # X-Forwarded-For from 127.0.0.1 (so a local process could pick its address) and
+        # rewrite the peer before the app sees it. The app itself takes the client from
+        # X-Forwarded-For only behind FLEETWATCH_TRUSTED_PROXIES (shared/client_address.py).
+        proxy_headers=False,
         lifespan="on",
         # uvicorn[standard]: the C event loop and HTTP parser (what "auto" would pick, but
         # a missing one should fail loudly rather than silently halve throughput).

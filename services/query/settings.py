@@ -41,8 +41,8 @@ class QuerySettings(CommonSettings):
     #: /64) per minute, and the burst allowed above it. Past them the address is answered 429
     #: before its token is even checked, whatever the token, until its bucket refills; other
     #: addresses, and authenticated callers' own limits, are untouched. The address is the
-    #: connection's peer (uvicorn takes it from `X-Forwarded-For` only when that peer is in its
-    #: `FORWARDED_ALLOW_IPS`, loopback by default: a proxy on the same host).
+    #: connection's peer, or the one a proxy listed in `FLEETWATCH_TRUSTED_PROXIES` put in
+    #: `X-Forwarded-For` (shared/client_address.py).
     auth_failure_per_minute: float = Field(default=30, gt=0)
     auth_failure_burst: int = Field(default=60, ge=1)
     #: How many addresses' failure buckets are kept (least recently failed forgotten first).
