@@ -80,6 +80,7 @@ def _export(stdout: str, name: str) -> str:
 def test_a_notifier_url_the_user_set_is_passed_on(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
     spawned: dict[str, dict[str, str]],
     nats_url: str,
     database_url: str,
@@ -93,6 +94,9 @@ def test_a_notifier_url_the_user_set_is_passed_on(
     _up(tmp_path)
 
     assert spawned["query"]["QUERY_NOTIFIER_URL"] == "wss://fleet.example.com/live/ws"
+    # ... and that is the live feed it tells the user about (it named the local notifier).
+    printed = capsys.readouterr().out
+    assert "Live feed:  wss://fleet.example.com/live/ws?token=<token>" in printed
 
 
 @pytest.mark.parametrize("given", [None, "", "  "])
