@@ -99,6 +99,7 @@ class Notifier:
         self.hub = Hub(
             self.metrics,
             queue_bytes=settings.client_queue_bytes,
+            buffer_budget=settings.buffer_budget_bytes,
             pending_max=settings.replay_pending_max,
             slow_close_grace_s=settings.slow_close_grace_s,
             ring_size=settings.ring_size,

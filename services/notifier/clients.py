@@ -26,6 +26,7 @@ class Client:
         "last_seq",
         "live",
         "pending",
+        "queued",
         "resumed",
         "scope",
         "sent_event",
@@ -42,6 +43,9 @@ class Client:
         #: Until live, events are held in `pending` (hello window, then replay).
         self.live = False
         self.pending: deque[Outgoing] = deque()
+        #: Bytes in its transport's write buffer when fan-out last wrote to it (or looked again,
+        #: over budget); `Hub.queued_bytes` is the sum over all clients.
+        self.queued = 0
         #: Highest stream seq sent to this client: the dedupe mark at the replay→live hand-over.
         self.last_seq = 0
         #: Whether any event frame (live, held or replayed) was written to this client; until

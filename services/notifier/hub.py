@@ -2,7 +2,9 @@
 
 A client's queue is its transport's write buffer. Writing is synchronous (as
 `websockets.broadcast` does), so one stuck socket never delays the others; when a buffer passes
-`client_queue_bytes` that client is closed with 4008 and dropped from fan-out.
+`client_queue_bytes` that client is closed with 4008 and dropped from fan-out. All clients'
+queues together are held to `buffer_budget`: past it the clients holding the most are cut the
+same way, so a burst while many clients read slowly cannot take the process's memory.
 
 Clients are grouped by what decides delivery, (scope's rows, filters), so each event is checked
 once per group, and framed once: every member's transport gets the same WebSocket frame bytes.
@@ -38,6 +40,11 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_MANY = 4429
 #: A close frame's reason is at most 123 bytes of UTF-8 (RFC 6455 5.5.1).
 CLOSE_REASON_MAX_BYTES = 123
+#: Over budget, clients are cut until the queues hold at most this share of it: each cut then
+#: makes room for a while, and a burst does not cut (and sort the queues) at every write.
+BUDGET_LOW_WATER = 7 / 8
+#: Budget cuts less than this far apart are one episode, logged once.
+BUDGET_EPISODE_GAP_S = 60.0
 
 
 def close_reason(text: str) -> str:
@@ -80,9 +87,21 @@ class Hub:
         pending_max: int,
         slow_close_grace_s: float,
         ring_size: int = 10_000,
+        buffer_budget: int | None = None,
     ) -> None:
         self.metrics = metrics
         self.queue_bytes = queue_bytes
+        #: Bytes all clients' queues may hold together (None: no limit but each client's own).
+        self.buffer_budget = buffer_budget
+        self._budget = float("inf") if buffer_budget is None else buffer_budget
+        #: Sum of every client's `queued`, kept as each changes: checking it costs one compare.
+        self.queued_bytes = 0
+        #: Clients whose `queued` is not 0; fast readers' buffers stay empty, so this is small
+        #: and is all that needs looking at again when the sum passes the budget.
+        self._queuing: set[Client] = set()
+        #: When the last budget cut was (monotonic), to log once per episode.
+        self._last_budget_cut = -float("inf")
+        metrics.queued_bytes.set_function(lambda: self.queued_bytes)
         self.pending_max = pending_max
         self.slow_close_grace_s = slow_close_grace_s
         self.clients: set[Client] = set()
@@ -128,6 +147,8 @@ class Hub:
         self.clients.discard(client)
         self._leave(client)
         client.pending.clear()
+        # Its buffer is no longer fan-out's to bound: being closed, it only drains or is aborted.
+        self._track(client, 0)
         self.metrics.connections.set(len(self.clients))
 
     def set_filter(self, client: Client, flt: Filter) -> None:
@@ -226,7 +247,60 @@ class Hub:
             return 0
         client.last_seq = seq
         client.sent_event = True
+        # Most writes go straight to the kernel and leave the buffer empty, as it was.
+        queued = transport.get_write_buffer_size()
+        if queued != client.queued:
+            self._track(client, queued)
+            if self.queued_bytes > self._budget:
+                self._enforce_budget()
         return 1
+
+    def _track(self, client: Client, queued: int) -> None:
+        """Record what the client's buffer holds now, keeping `queued_bytes` the exact sum."""
+        before = client.queued
+        if queued == before:
+            return
+        self.queued_bytes += queued - before
+        client.queued = queued
+        if not before:
+            self._queuing.add(client)
+        elif not queued:
+            self._queuing.discard(client)
+
+    def _enforce_budget(self) -> None:
+        """All queues together passed the budget: cut the clients holding the most.
+
+        What a buffer held at its last write may have drained since, so the non-empty ones are
+        looked at again first; only if still over are the largest cut (4008, the slow-client
+        path), down to `BUDGET_LOW_WATER` of the budget. Fast readers hold (next to) nothing,
+        so they are the last candidates and in practice never cut.
+        """
+        for client in tuple(self._queuing):
+            self._track(client, client.conn.transport.get_write_buffer_size())
+        if self.queued_bytes <= self._budget:
+            return
+        total = self.queued_bytes
+        target = self._budget * BUDGET_LOW_WATER
+        cut = 0
+        for client in sorted(self._queuing, key=lambda c: c.queued, reverse=True):
+            if self.queued_bytes <= target:
+                break
+            self.cut_off(client, "buffer_budget", quiet=True)
+            self._track(client, 0)  # already done by `remove`, unless it was not in `clients`
+            cut += 1
+        self.metrics.buffer_budget_cuts.inc(cut)
+        now = time.monotonic()
+        if now - self._last_budget_cut > BUDGET_EPISODE_GAP_S:
+            log.warning(
+                "clients' queues hold %d bytes in all, past the buffer budget of %d: closing "
+                "the %d holding the most (4008); further cuts until %.0f s pass without one "
+                "are only counted (notifier_buffer_budget_cuts_total)",
+                total,
+                self.buffer_budget,
+                cut,
+                BUDGET_EPISODE_GAP_S,
+            )
+        self._last_budget_cut = now
 
     def go_live(self, client: Client, ready_seq: int) -> None:
         """End the hand-over: `ready`, then held events past what replay sent, then live.
@@ -301,14 +375,23 @@ class Hub:
         client.last_seq = 0
         return True
 
-    def cut_off(self, client: Client, reason: str) -> None:
-        """Drop a client that cannot keep up: 4008 behind what it has, then abort after a grace."""
+    def cut_off(self, client: Client, reason: str, *, quiet: bool = False) -> None:
+        """Drop a client that cannot keep up: 4008 behind what it has, then abort after a grace.
+
+        `quiet`: logged at debug only (budget cuts come many at once and are logged together).
+        """
         if client not in self.clients:
             return
         self.metrics.drops.inc(len(client.pending))
         self.remove(client)
         self.metrics.slow_disconnects.labels(reason).inc()
-        log.info("closing slow client %s/%s: %s", client.claims.org, client.claims.sub, reason)
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "closing slow client %s/%s: %s",
+            client.claims.org,
+            client.claims.sub,
+            reason,
+        )
         close_slow(client.conn, reason, self.slow_close_grace_s)
 
     def replay_from_ring(self, first: int) -> list[Outgoing] | None:

@@ -38,8 +38,20 @@ class Metrics:
         )
         self.slow_disconnects = Counter(
             "notifier_slow_client_disconnects_total",
-            "Clients closed with 4008 because their queue overflowed",
+            "Clients closed with 4008 because their queue overflowed (queue_full), their backlog "
+            "during a replay did (replay_backlog), or all queues together did (buffer_budget)",
             ["reason"],
+            registry=r,
+        )
+        self.buffer_budget_cuts = Counter(
+            "notifier_buffer_budget_cuts_total",
+            "Clients closed with 4008 because all clients' queues together passed "
+            "NOTIFIER_BUFFER_BUDGET_BYTES (the ones holding the most were cut)",
+            registry=r,
+        )
+        self.queued_bytes = Gauge(
+            "notifier_queued_bytes",
+            "Bytes queued to clients in all, as fan-out last saw each client's queue",
             registry=r,
         )
         self.auth_failures = Counter(

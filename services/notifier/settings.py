@@ -21,6 +21,10 @@ class NotifierSettings(CommonSettings):
     #: A client's outgoing queue (bytes written but not yet taken by the kernel). Past it the
     #: client is closed with 4008 and dropped from fan-out, so nobody else waits for it.
     client_queue_bytes: int = Field(default=512 * 1024, ge=1024)
+    #: All clients' outgoing queues together. A fan-out that takes their sum past it closes
+    #: the clients holding the most with 4008 (as above) until the sum is back under it; without
+    #: it only `max_sockets` x `client_queue_bytes` (~10 GB) bounded them.
+    buffer_budget_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     #: Open sockets one caller (one user of an org) may hold; the next is closed with 4429.
     #: A dashboard holds one per tab, but a service token may feed a wall of screens: this
     #: bounds what a client reconnecting in a loop can take (~30 kB a socket), no more.
