@@ -10,11 +10,18 @@ from shared.publisher.client import Fleet, PublishError, PublisherStats
 from shared.publisher.envelope import OutgoingEvent, component_event, execution_event, new_id
 from shared.publisher.run import Run, Step, current_run
 from shared.publisher.spool import Spool, SpoolFullError, SpoolLockedError
-from shared.publisher.sync import FleetClosedError, SyncFleet, SyncRun, SyncStep
+from shared.publisher.sync import (
+    FleetClosedError,
+    FleetNotStartedError,
+    SyncFleet,
+    SyncRun,
+    SyncStep,
+)
 
 __all__ = [
     "Fleet",
     "FleetClosedError",
+    "FleetNotStartedError",
     "InvalidEventError",
     "OutgoingEvent",
     "PublishError",

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from shared.events import MAX_EVENT_BYTES, MAX_ID, Event, EventType, is_valid_name
-from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode
+from shared.events import (
+    EARLIEST,
+    LATEST,
+    MAX_EVENT_BYTES,
+    MAX_ID,
+    Event,
+    EventType,
+    Moment,
+    is_valid_name,
+)
+from shared.publisher.envelope import OutgoingEvent, agent_of, dedupe_id, encode, iso
 from shared.publisher.errors import InvalidEventError as InvalidEventError  # callers' import
 from shared.subjects import SubjectError, Subjects
 from shared.validation import NUL_REFUSED, Rejected, has_nul, nul_field, validate
@@ -67,7 +77,53 @@ def checked(
         check_payload(subjects, subject, event_id, payload)
     else:
         check_light(subjects, subject, event_id, payload)
+        check_occurred_at(event_id, event.get("occurred_at"))
     return OutgoingEvent(subject, dedupe_id(str(event["org"]), event_id), payload)
+
+
+_from_iso = datetime.fromisoformat
+_MOMENT: TypeAdapter[datetime] = TypeAdapter(Moment)
+_EXAMPLE = "e.g. 2026-01-31T12:00:00Z"
+
+
+def check_occurred_at(event_id: str, value: object) -> None:
+    """Raise InvalidEventError naming `occurred_at` unless ingest takes `value` (the
+    envelope's `occurred_at` as it stands in the dict) as a time: RFC 3339 with a zone, in
+    2000-01-01 to 2199-12-31 UTC. A time the SDK wrote (or any well-formed one) costs a C
+    parse and a compare (~0.2 µs); anything else is decided by ingest's own field type, so
+    nothing ingest accepts is refused."""
+    try:
+        if type(value) is str:
+            # The extended form only: `fromisoformat` also takes ISO 8601's basic, week and
+            # ordinal forms (`20260131T120000Z`), which ingest refuses; those take the exact
+            # check. Left through (and dead-lettered): an offset of hours only (`+01`) and a
+            # fraction without digits (`12:00:00.Z`).
+            if (
+                value[4:5] == value[7:8] == "-"
+                and value[13:14] == ":"
+                and EARLIEST <= _from_iso(value) <= LATEST
+            ):
+                return
+        elif type(value) is datetime and EARLIEST <= value <= LATEST:  # orjson writes it
+            return
+    except (ValueError, TypeError):  # not a time, or one without a zone (naive)
+        pass
+    try:
+        _MOMENT.validate_json(orjson.dumps(value))
+    except ValidationError as exc:
+        kind = exc.errors()[0]["type"]
+    except TypeError:  # no JSON value: `encode` names it
+        return
+    else:
+        return
+    if kind in ("greater_than_equal", "less_than_equal"):
+        problem = f"outside the times ingest accepts ({iso(EARLIEST)} to {iso(LATEST)})"
+    elif kind == "timezone_aware":
+        problem = f"a time without a zone (write Z or an offset, {_EXAMPLE})"
+    else:
+        problem = f"no RFC 3339 time with a zone ({_EXAMPLE})"
+    detail = f"{value!r} is {problem}: the event would be dead-lettered"
+    raise InvalidEventError(event_id, "occurred_at", "schema", detail)
 
 
 def check_light(subjects: Subjects, subject: str, event_id: str, payload: bytes) -> None:
@@ -75,7 +131,8 @@ def check_light(subjects: Subjects, subject: str, event_id: str, payload: bytes)
     cost: over ingest's size limit, NUL in a string (text from a model or a tool), or a
     subject that is not an event subject (a ready-made event's, given to `send`). When one
     trips, the whole validator names the field. Wrong types or ranges pass here and are
-    dead-lettered by ingest (`Fleet(strict=True)` refuses them at publish time)."""
+    dead-lettered by ingest (`Fleet(strict=True)` refuses them at publish time); `checked`
+    and `Fleet.publish` also check `occurred_at` (`check_occurred_at`)."""
     try:
         subjects.parse_event(subject)  # cached: a subject the client built costs a look-up
     except SubjectError as exc:

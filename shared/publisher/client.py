@@ -21,6 +21,7 @@ from shared.events import MAX_EVENT_BYTES
 from shared.publisher.checks import (
     InvalidEventError,
     check_light,
+    check_occurred_at,
     check_payload,
     checked,
     is_permanent,
@@ -276,8 +277,8 @@ class Fleet:
         """Publish one envelope; True once JetStream acked it, False if it was spooled.
 
         Raises InvalidEventError, before anything is sent or spooled, for an event ingest
-        would dead-letter (checked as the exact bytes published: its size, NUL and subject,
-        and with `strict` every rule) or NATS refuses for good.
+        would dead-letter (checked as the exact bytes published: its size, NUL, subject and
+        `occurred_at`, and with `strict` every rule) or NATS refuses for good.
         """
         # The hot path calls nats-py directly: every layer here costs throughput. An event of a
         # known subject that passes the light check goes straight out; anything else (strict,
@@ -299,6 +300,8 @@ class Fleet:
             out = self.prepare(event)
             subject, event_id, payload = out.subject, out.event_id, out.payload
         else:
+            # A hand-built dict's time: ingest dead-letters one it cannot read or out of range.
+            check_occurred_at(raw_id, event.get("occurred_at"))
             event_id = dedupe_id(key[0], raw_id)
         js, spool = self._js, self.spool
         if js is None or (spool is not None and (spool.pending or not self.connected)):

@@ -25,14 +25,16 @@ class FleetClosedError(RuntimeError):
     """A blocking call made after `SyncFleet.close()`, or still waiting when it ended."""
 
 
+class FleetNotStartedError(FleetClosedError):
+    """A call on a `SyncFleet` that is not running: never started, or its `start()` failed
+    (then chained as the cause). `start()` may be called again to retry."""
+
+
 class SyncFleet:
     """`with SyncFleet(url, org="acme") as fleet: with fleet.execution("a") as run: ...`"""
 
     def __init__(self, nats_url: str = "nats://127.0.0.1:4222", **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="fleetwatch-publisher", daemon=True
-        )
+        self._new_loop()
         self._nats_url = nats_url
         self._options = options
         self._fleet: Fleet | None = None
@@ -44,6 +46,29 @@ class SyncFleet:
         self._calls: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
         self._closed = False
+        self._starting = False
+        #: Why the last `start()` failed: the cause of the calls refused until a retry works.
+        self._start_error: BaseException | None = None
+
+    def _new_loop(self) -> None:
+        # A failed start() stops and closes its loop; a retry runs on a new loop and thread.
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fleetwatch-publisher", daemon=True
+        )
+
+    def _not_started(self) -> FleetNotStartedError:
+        if self._start_error is None:
+            return FleetNotStartedError(
+                "SyncFleet is not started: call start() first, or use "
+                "`with SyncFleet(...) as fleet`"
+            )
+        error = FleetNotStartedError(
+            f"SyncFleet failed to start ({self._start_error!r}), so it runs no calls: "
+            "call start() again to retry"
+        )
+        error.__cause__ = self._start_error
+        return error
 
     def _refuse_loop_thread(self, coro: Coroutine[Any, Any, Any] | None = None) -> None:
         if threading.current_thread() is self._thread:
@@ -64,6 +89,10 @@ class SyncFleet:
             if self._closed and not closing:
                 coro.close()
                 raise FleetClosedError(f"SyncFleet is closed: {name} was not run")
+            if self._loop.is_closed() or not self._thread.is_alive():
+                # Not started, or its start() failed: the loop would never run `coro`.
+                coro.close()
+                raise self._not_started()
             future = asyncio.run_coroutine_threadsafe(coro, self._loop)
             self._calls.add(future)
         try:
@@ -87,21 +116,52 @@ class SyncFleet:
 
     @property
     def fleet(self) -> Fleet:
-        assert self._fleet is not None, "SyncFleet is not started"
-        return self._fleet
+        """The async `Fleet`; FleetNotStartedError (or FleetClosedError) when there is none."""
+        fleet = self._fleet
+        if fleet is None:
+            if self._closed:
+                raise FleetClosedError("SyncFleet is closed: it has no fleet")
+            raise self._not_started()
+        return fleet
 
     def start(self) -> SyncFleet:
-        self._thread.start()
+        """Connect (as `Fleet.start`). If it fails, the error is raised, the event-loop
+        thread stopped and calls refused with FleetNotStartedError; `start()` may be called
+        again to retry. Refused with RuntimeError once started (or while starting), and
+        with FleetClosedError after `close()`."""
+        self._refuse_loop_thread()
+        with self._lock:
+            if self._closed:
+                raise FleetClosedError("SyncFleet is closed: make a new one to start again")
+            if self._fleet is not None or self._starting:
+                raise RuntimeError("SyncFleet is already started")
+            self._starting = True
+            if self._loop.is_closed():
+                self._new_loop()
+            self._thread.start()
 
         async def make() -> Fleet:
-            return await Fleet(self._nats_url, **self._options).start()
+            fleet = Fleet(self._nats_url, **self._options)
+            try:
+                return await fleet.start()
+            except BaseException:
+                # A retry must find the spool's lock free and no task left behind; a failure
+                # to clean up must not hide why the start failed.
+                with contextlib.suppress(Exception):
+                    await fleet.close(0)
+                raise
 
         try:
-            self._fleet = self._call(make())
-        except BaseException:
+            fleet = self._call(make())
+        except BaseException as exc:
             # `with` never calls __exit__ when __enter__ raises: stop the thread here.
             self._stop_loop()
+            with self._lock:
+                self._start_error = exc
+                self._starting = False
             raise
+        with self._lock:
+            self._fleet, self._start_error, self._starting = fleet, None, False
         return self
 
     def close(self, drain_timeout: float = 5.0) -> None:
