@@ -3,11 +3,68 @@
 const TOKEN_KEY = "fleetwatch.token";
 
 export class ApiError extends Error {
-  constructor(status, message, body) {
+  constructor(status, message, body, { retryAfter = null, limit = null } = {}) {
     super(message);
     this.status = status;
     this.body = body;
+    /** On a 429: the seconds the server asked to wait, and "auth" or "rate" (see limitKind). */
+    this.retryAfter = retryAfter;
+    this.limit = limit;
   }
+}
+
+/** A 429 without a (readable) Retry-After still waits this long before the next request. */
+export const DEFAULT_RETRY_AFTER_S = 10;
+
+/**
+ * After a 429 the page sends nothing to the API until the server's Retry-After has passed:
+ * polls, stats, "Load more" and Retry meanwhile fail at once with the same message instead of
+ * spending more of the caller's (or the address's) budget. A new token (setToken) lifts it.
+ */
+let blockedUntil = 0;
+let blockedKind = null;
+
+/** Retry-After in seconds (a number of seconds or an HTTP date), else null. */
+export function retryAfterSeconds(value, now = Date.now()) {
+  if (value === null || value === undefined || String(value).trim() === "") return null;
+  const text = String(value).trim();
+  if (/^\d+$/.test(text)) return Number(text);
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - now) / 1000));
+}
+
+/**
+ * "auth": the address used up its failed-authentication budget (the token sent was refused,
+ * so it is most likely wrong or expired); "rate": this caller sent too many requests.
+ */
+export function limitKind(body) {
+  const detail = typeof body?.detail === "string" ? body.detail : typeof body === "string" ? body : "";
+  return /failed authentication/i.test(detail) ? "auth" : "rate";
+}
+
+/** What the page says about a 429 of `kind`, to be retried in `seconds`. */
+export function limitMessage(kind, seconds) {
+  const wait = `${Math.max(1, Math.ceil(seconds))} s`;
+  if (kind === "auth") {
+    return `Too many failed sign-ins from this address: the server refused this token, which is most likely wrong or expired. Sign in again with a new token (new attempts are accepted in ${wait}).`;
+  }
+  return `Too many requests: the server rate limited this page. It waits ${wait} before asking again; what is shown may be out of date.`;
+}
+
+/** The API limit in force now, else null: {kind, until} (until in Date.now() time). */
+export function currentLimit(now = Date.now()) {
+  return now < blockedUntil ? { kind: blockedKind, until: blockedUntil } : null;
+}
+
+function limited(kind, seconds) {
+  blockedUntil = Math.max(blockedUntil, Date.now() + seconds * 1000);
+  blockedKind = kind;
+  window.dispatchEvent(new CustomEvent("fleetwatch:limited", { detail: { kind, until: blockedUntil } }));
+}
+
+function liftLimit() {
+  blockedUntil = 0;
+  blockedKind = null;
 }
 
 export function getToken() {
@@ -15,6 +72,8 @@ export function getToken() {
 }
 
 export function setToken(token) {
+  // A new token (or none) is a new start: a limit earned by the old one is not its to keep.
+  if (token !== localStorage.getItem(TOKEN_KEY)) liftLimit();
   if (token) localStorage.setItem(TOKEN_KEY, token);
   else localStorage.removeItem(TOKEN_KEY);
 }
@@ -38,6 +97,7 @@ export function adoptTokenFromHash() {
 }
 
 function describe(status, body) {
+  if (status === 429) return limitMessage(limitKind(body), DEFAULT_RETRY_AFTER_S);
   const detail = body?.detail;
   if (typeof detail === "string") return detail;
   if (Array.isArray(detail) && detail.length) {
@@ -46,7 +106,6 @@ function describe(status, body) {
   if (status === 401) return "Your session has expired or the token is invalid.";
   if (status === 403) return "You may not see this.";
   if (status === 404) return "Not found.";
-  if (status === 429) return "Too many requests; try again shortly.";
   return `The server answered ${status}.`;
 }
 
@@ -60,6 +119,11 @@ export async function api(path, { method = "GET", params = null, body = undefine
         if (one !== null && one !== undefined && one !== "") url.searchParams.append(key, one);
       }
     }
+  }
+  const limit = currentLimit();
+  if (limit) {
+    const seconds = (limit.until - Date.now()) / 1000;
+    throw new ApiError(429, limitMessage(limit.kind, seconds), null, { retryAfter: Math.ceil(seconds), limit: limit.kind });
   }
   const headers = { Accept: "application/json" };
   const token = getToken();
@@ -79,10 +143,20 @@ export async function api(path, { method = "GET", params = null, body = undefine
   }
   const type = response.headers.get("Content-Type") ?? "";
   const data = type.includes("json") ? await response.json().catch(() => null) : await response.text();
+  if (response.status === 429) {
+    const kind = limitKind(data);
+    const seconds = retryAfterSeconds(response.headers.get("Retry-After")) ?? DEFAULT_RETRY_AFTER_S;
+    limited(kind, Math.max(1, seconds));
+    throw new ApiError(429, limitMessage(kind, seconds), data, { retryAfter: seconds, limit: kind });
+  }
   if (!response.ok) {
     const error = new ApiError(response.status, describe(response.status, data), data);
     if (response.status === 401) window.dispatchEvent(new CustomEvent("fleetwatch:unauthorized"));
     throw error;
+  }
+  if (blockedKind !== null && !currentLimit()) {
+    liftLimit();
+    window.dispatchEvent(new CustomEvent("fleetwatch:limited", { detail: null }));
   }
   return data;
 }

@@ -1,6 +1,6 @@
 // Entry point: sign-in, the router (query parameters pick the view) and the live feed.
 
-import { adoptTokenFromHash, api, getToken, setToken, tokenClaims } from "./api.js";
+import { adoptTokenFromHash, api, currentLimit, getToken, limitMessage, setToken, tokenClaims } from "./api.js";
 import { renderCompare, renderDetail } from "./detail.js";
 import { clear, h, toast } from "./dom.js";
 import { ExecutionsPage } from "./executions.js";
@@ -19,11 +19,49 @@ let live = null;
 
 const LIVE_LABELS = { live: "live", polling: "polling every 10 s", connecting: "connecting…", off: "offline" };
 
-function setLiveState(state) {
+function setLiveState(state, note = null) {
   indicator.hidden = state === "off";
   indicator.dataset.state = state;
   indicator.querySelector(".label").textContent = LIVE_LABELS[state] ?? state;
-  indicator.title = state === "live" ? "Live: updates arrive as they happen" : state === "polling" ? "The live feed is down: refreshing every 10 seconds" : "Live updates";
+  indicator.title = note ?? (state === "live" ? "Live: updates arrive as they happen" : state === "polling" ? "The live feed is down: refreshing every 10 seconds" : "Live updates");
+}
+
+// The API answered 429: say why above whatever is shown (which stays), count down the wait the
+// server asked for (nothing is sent meanwhile, see api.js), then let the page try again.
+const banner = document.getElementById("limit");
+let bannerTimer = null;
+
+function showLimit() {
+  clearTimeout(bannerTimer);
+  bannerTimer = null;
+  const limit = currentLimit();
+  if (!limit) {
+    banner.hidden = true;
+    clear(banner);
+    // A list that failed for the limit loads again now that the wait is over.
+    if (page?.failed && !page.closed) page.reload();
+    return;
+  }
+  const seconds = (limit.until - Date.now()) / 1000;
+  banner.dataset.kind = limit.kind;
+  clear(banner).append(
+    h("span", { class: "limit-text" }, limitMessage(limit.kind, seconds)),
+    limit.kind === "auth"
+      ? h("button", { class: "btn", type: "button", onclick: () => {
+          setToken(null);
+          signIn("Sign in with a new token: the last one was refused.");
+        } }, "Sign in again")
+      : null,
+  );
+  banner.hidden = false;
+  bannerTimer = setTimeout(showLimit, Math.min(1000, Math.max(0, limit.until - Date.now())));
+}
+
+function hideLimit() {
+  clearTimeout(bannerTimer);
+  bannerTimer = null;
+  banner.hidden = true;
+  clear(banner);
 }
 
 export function navigate(url, { replace = false } = {}) {
@@ -37,6 +75,7 @@ function signIn(message) {
   leaveView();
   live?.stop();
   live = null;
+  hideLimit();
   setLiveState("off");
   document.getElementById("whoami").textContent = "";
   document.getElementById("signout").hidden = true;
@@ -169,6 +208,7 @@ async function start() {
   }
 }
 
+window.addEventListener("fleetwatch:limited", (event) => (event.detail ? showLimit() : hideLimit()));
 window.addEventListener("fleetwatch:unauthorized", () => {
   setToken(null);
   signIn("Your session has expired or the token is invalid. Please sign in again.");

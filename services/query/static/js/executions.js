@@ -1,6 +1,6 @@
 // The executions page: stat cards, chart, filter bar, the list with "Load more", live updates.
 
-import { api } from "./api.js";
+import { api, currentLimit } from "./api.js";
 import { chartLegend, statCards, statCardsLoading, timelineBuckets, timelineChart } from "./charts.js";
 import { clear, debounce, h, toast } from "./dom.js";
 import { filterBar } from "./filterbar.js";
@@ -34,6 +34,7 @@ export class ExecutionsPage {
     /** Bumped whenever the list is replaced: a poll sent before then answers for another list. */
     this.generation = 0;
     this.recheck = null;
+    this.moreTimer = null;
     this.polls = 0; // polls sent
     this.polled = 0; // the newest poll applied
     /** Stats and chart requests sent: only the newest one's answer is shown (a slow network). */
@@ -66,6 +67,7 @@ export class ExecutionsPage {
   close() {
     this.closed = true;
     clearTimeout(this.recheck);
+    clearTimeout(this.moreTimer);
     this.request?.abort();
   }
 
@@ -160,6 +162,8 @@ export class ExecutionsPage {
       }
     } catch (err) {
       if (stale()) return;
+      // Rate limited: the figures shown stay (the banner says why they are not refreshed).
+      if (err.status === 429 && this.cards.querySelector(".card") && !this.cards.querySelector(".skeleton, .card-error")) return;
       clear(this.cards).append(h("div", { class: "card card-error" }, `Statistics unavailable: ${err.message}`));
     }
   }
@@ -179,6 +183,7 @@ export class ExecutionsPage {
       clear(this.chart).append(timelineChart(timelineBuckets(data), { bucket, width }));
     } catch (err) {
       if (stale()) return;
+      if (err.status === 429 && this.chart.querySelector("svg")) return; // the chart shown stays
       clear(this.chart).append(h("p", { class: "muted" }, `Chart unavailable: ${err.message}`));
     }
   }
@@ -237,11 +242,19 @@ export class ExecutionsPage {
     } finally {
       if (this.request === controller) {
         this.request = null;
-        this.more.disabled = false;
+        this.enableMore();
         this.renderSummary();
         if (replace) this.flushPending();
       }
     }
+  }
+
+  /** "Load more" is offered again, once the API's Retry-After (if any) has passed. */
+  enableMore() {
+    clearTimeout(this.moreTimer);
+    const limit = currentLimit();
+    this.more.disabled = Boolean(limit);
+    if (limit) this.moreTimer = setTimeout(() => !this.closed && this.enableMore(), limit.until - Date.now() + 50);
   }
 
   flushPending() {

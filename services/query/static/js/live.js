@@ -17,6 +17,33 @@ const MAX_BACKOFF_MS = 10_000;
 // notifier's pings are WebSocket control frames the page never sees, a quiet org may get no
 // event for minutes, and a refusal can itself arrive as a frame before the close.
 export const HEALTHY_MS = 5000;
+/**
+ * The least wait after the notifier refused the socket for a limit it did not put a time on
+ * (4429 "more than N connections for this caller": other tabs hold the sockets; 1013 "notifier
+ * at its connection limit"): retrying sooner would only be refused again, by every tab at once.
+ */
+export const LIMIT_MIN_MS = 30_000;
+
+/**
+ * How long to stay away after a close, in ms, when the notifier refused for a limit; else null.
+ * A reason naming its wait ("retry after N s") is taken at its word, never less than 1 s.
+ */
+export function limitWait(code, reason = "") {
+  const named = /retry after (\d+(?:\.\d+)?) ?s/i.exec(reason ?? "");
+  if (code === 4429) return named ? Math.max(1000, Number(named[1]) * 1000) : LIMIT_MIN_MS;
+  if (code === 1013 && /connection limit/i.test(reason ?? "")) return named ? Math.max(1000, Number(named[1]) * 1000) : LIMIT_MIN_MS;
+  return null;
+}
+
+/** What the indicator says about a limit close (its title; the label says "polling"). */
+export function limitNote(code, reason, waitMs) {
+  const seconds = Math.ceil(waitMs / 1000);
+  if (code === 4429 && /failed authentication/i.test(reason ?? "")) {
+    return `The live feed refused this address after too many failed sign-ins; refreshing every 10 seconds, live again in ${seconds} s at the earliest`;
+  }
+  if (code === 4429) return `You have too many live connections open (other tabs?); refreshing every 10 seconds, trying again in ${seconds} s`;
+  return `The live feed is at its connection limit; refreshing every 10 seconds, trying again in ${seconds} s`;
+}
 
 /**
  * The wait before the next attempt: "equal jitter", half the backoff plus a random share of the
@@ -63,6 +90,8 @@ export class LiveFeed {
     this.retryTimer = null;
     this.stopped = false;
     this.state = null;
+    /** Why the feed is not live, when the notifier said (a limit), for the indicator's title. */
+    this.note = null;
   }
 
   async start(filters) {
@@ -83,10 +112,11 @@ export class LiveFeed {
     this.socket?.close();
   }
 
-  setState(state) {
-    if (this.state === state) return;
+  setState(state, note = null) {
+    if (this.state === state && this.note === note) return;
     this.state = state;
-    this.onState?.(state);
+    this.note = note;
+    this.onState?.(state, note);
   }
 
   connect() {
@@ -119,9 +149,11 @@ export class LiveFeed {
         this.backoff = MIN_BACKOFF_MS;
       }
       // 4401: the notifier refused the token; the API will say so too, so retry only slowly.
-      // 4429: this user holds too many sockets (other tabs); a quick retry would fail too.
-      if (event.code === 4401 || event.code === 4429) this.backoff = MAX_BACKOFF_MS;
-      if (this.socket === socket) this.dropped();
+      // 4429 / 1013 at a connection limit: a quick retry would be refused too; wait at least
+      // what the reason names (see limitWait), and from then on only slowly.
+      const wait = limitWait(event.code, event.reason);
+      if (event.code === 4401 || wait !== null) this.backoff = MAX_BACKOFF_MS;
+      if (this.socket === socket) this.dropped(wait === null ? null : { wait, note: limitNote(event.code, event.reason, wait) });
     });
   }
 
@@ -167,22 +199,26 @@ export class LiveFeed {
   }
 
   /** Poll now (unless already polling) and every POLL_MS: the socket is gone or carries nothing. */
-  startPolling() {
+  startPolling(note = null) {
     if (this.stopped) return;
-    if (this.state !== "polling") {
-      this.setState("polling");
-      this.onPoll?.();
-    }
+    const was = this.state;
+    this.setState("polling", note);
+    if (was !== "polling") this.onPoll?.();
     if (!this.pollTimer) this.pollTimer = setInterval(() => this.onPoll?.(), POLL_MS);
   }
 
-  /** The socket is gone: poll, and try the socket again with backoff. */
-  dropped() {
+  /**
+   * The socket is gone: poll, and try the socket again with backoff. `limit`: the notifier
+   * refused for a limit ({wait, note}): the next attempt comes no sooner than `wait` (plus up
+   * to a quarter more at random, so tabs refused together do not come back together).
+   */
+  dropped(limit = null) {
     this.socket = null;
     if (this.stopped) return;
-    this.startPolling();
+    this.startPolling(limit?.note ?? null);
     clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.connect(), reconnectDelay(this.backoff));
+    const delay = limit ? limit.wait + Math.random() * (limit.wait / 4) : reconnectDelay(this.backoff);
+    this.retryTimer = setTimeout(() => this.connect(), delay);
     this.backoff = Math.min(this.backoff * 2, MAX_BACKOFF_MS);
   }
 }
