@@ -71,9 +71,23 @@ _TEXT = frozenset(
 )  # fmt: skip
 
 
+#: Fields `Run.__setattr__` checks; every other attribute (the run's own state) is stored as is.
+_GUARDED = _TEXT | frozenset(_CHECKED)
+#: The bounds of `Count` and of `cost` in the contract (what `_CHECKED`'s adapters enforce),
+#: for the common case decided without pydantic: a plain int count, a plain float cost.
+_COUNT_MAX = 2**62
+_COST_MAX = 1e12
+
+
 def _checked(name: str, value: Any) -> Any:
     """`value` as the contract takes it for field `name` (unchanged for unchecked fields)."""
     if value is None:
+        return value
+    kind = type(value)
+    if name == "cost":
+        if kind is float and 0.0 <= value <= _COST_MAX:  # nan and inf fail the compare
+            return value
+    elif kind is int and name in _CHECKED and 0 <= value <= _COUNT_MAX:
         return value
     if name in _TEXT:
         if not isinstance(value, str):
@@ -121,8 +135,58 @@ async def _send(fleet: Fleet, event: dict[str, Any]) -> None:
         await fleet.publish(scrub_nul(event))
 
 
+#: Set while a run goes on, None until then.
+_RESULT_FIELDS = (
+    "response",
+    "cost",
+    "tokens_in",
+    "tokens_out",
+    "context_used",
+    "context_max",
+    "tool_calls",
+    "execution_log",
+    "started_at",
+    "completed_at",
+    "terminate_reason",
+)
+
+
 class Run:
     """An execution in progress: set `response`, `cost`, `tokens_in`, ... before it ends."""
+
+    fleet: Fleet
+    org: str
+    agent: str
+    id: str
+    message: str | None
+    triggered_by: str | None
+    project: str | None
+    workflow: str | None
+    schedule_id: str | None
+    parent_execution_id: str | None
+    engine: str | None
+    external_id: str | None
+    terminate_requested: bool
+    finished: bool
+    # What the code sets while the run goes on.
+    response: str | None
+    cost: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    context_used: int | None
+    context_max: int | None
+    tool_calls: list[Any] | None
+    execution_log: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    terminate_reason: str | None
+    _on_terminate: TerminateCallback | None
+    _cancel_task: bool
+    _task: asyncio.Task[Any] | None
+    _we_cancelled: bool
+    _started_mono: float
+    _attempts: dict[str, int]
+    _token: Token[Run | None] | None
 
     def __init__(
         self,
@@ -142,42 +206,42 @@ class Run:
         on_terminate: TerminateCallback | None = None,
         cancel_task: bool = True,
     ) -> None:
-        self.fleet = fleet
-        self.org = org
-        self.agent = agent
-        self.id = id or new_id()
-        self.message = message
-        self.triggered_by = triggered_by
-        self.project = project
-        self.workflow = workflow
-        self.schedule_id = schedule_id
-        self.parent_execution_id = parent_execution_id
-        self.engine = engine
-        self.external_id = external_id
+        given = {
+            "org": org,
+            "agent": agent,
+            "id": id or new_id(),
+            "message": message,
+            "triggered_by": triggered_by,
+            "project": project,
+            "workflow": workflow,
+            "schedule_id": schedule_id,
+            "parent_execution_id": parent_execution_id,
+            "engine": engine,
+            "external_id": external_id,
+        }
+        # Straight into the instance dict: `__setattr__` per attribute was ~40 Python calls a
+        # run (bench/publish.py's `run_context_us`); what the caller gave is checked here.
+        for key, value in given.items():
+            if value is not None and type(value) is not str:
+                _checked(key, value)  # text expected: raises for anything else
+        vars(self).update(given)
+        vars(self).update(fleet=fleet, terminate_requested=False, finished=False)
         # What the code sets while the run goes on.
-        self.response: str | None = None
-        self.cost: float | None = None
-        self.tokens_in: int | None = None
-        self.tokens_out: int | None = None
-        self.context_used: int | None = None
-        self.context_max: int | None = None
-        self.tool_calls: list[Any] | None = None
-        self.execution_log: str | None = None
-        self.started_at: datetime | None = None
-        self.completed_at: datetime | None = None
-        self.terminate_reason: str | None = None
-        self.terminate_requested = False
-        self._on_terminate = on_terminate
-        self._cancel_task = cancel_task
-        self._task: asyncio.Task[Any] | None = None
-        self._we_cancelled = False
-        self._started_mono = 0.0
-        self._attempts: dict[str, int] = {}
-        self._token: Token[Run | None] | None = None
-        self.finished = False
+        vars(self).update(dict.fromkeys(_RESULT_FIELDS))
+        vars(self).update(
+            _on_terminate=on_terminate,
+            _cancel_task=cancel_task,
+            _task=None,
+            _we_cancelled=False,
+            _started_mono=0.0,
+            _attempts={},
+            _token=None,
+        )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, _checked(name, value))
+        if name in _GUARDED:
+            value = _checked(name, value)
+        object.__setattr__(self, name, value)
 
     # -- what the code may call --------------------------------------------------------------
 
