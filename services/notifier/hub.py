@@ -65,17 +65,24 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
+def close_soon(conn: ServerConnection, code: int, reason: str, grace_s: float) -> None:
+    """A close frame behind what the client has queued, then abort after `grace_s`, whether
+    or not the client answered: the closing handshake does not get `close_timeout_s` to hold
+    the socket (and its buffer) open."""
+    try:
+        if conn.protocol.state is State.OPEN:
+            conn.protocol.send_close(code, reason)
+            conn.send_data()
+    except Exception as exc:
+        log.debug("close frame failed: %s", exc)
+    asyncio.get_running_loop().call_later(grace_s, conn.transport.abort)
+
+
 def close_slow(conn: ServerConnection, reason: str, grace_s: float) -> None:
     """4008 behind what the client has queued, then abort after `grace_s`: the close frame
     waits behind the buffered data, so a reader that wakes up within the grace sees 4008, and
     a dead one is aborted so that its buffer is freed."""
-    try:
-        if conn.protocol.state is State.OPEN:
-            conn.protocol.send_close(CLOSE_SLOW, f"slow consumer: {reason}")
-            conn.send_data()
-    except Exception as exc:
-        log.debug("close frame to slow client failed: %s", exc)
-    asyncio.get_running_loop().call_later(grace_s, conn.transport.abort)
+    close_soon(conn, CLOSE_SLOW, f"slow consumer: {reason}", grace_s)
 
 
 class Hub:

@@ -31,6 +31,7 @@ from services.notifier.hub import (
     CLOSE_UNAUTHORIZED,
     Hub,
     close_reason,
+    close_soon,
 )
 from services.notifier.limits import SocketSlots
 from services.notifier.resume import Replay, Resync, UpToDate, plan_resume
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: After the hello window, how long a last look for a frame that arrived in time may take.
 HELLO_LAST_LOOK_S = 0.01
+#: How long a socket refused at NOTIFIER_MAX_SOCKETS has to read its 1013 before it is cut.
+REFUSED_GRACE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,10 @@ async def handle(conn: ServerConnection, deps: SessionDeps) -> None:
     # Before the token is read: a process at its limit spends nothing on the newcomer.
     if not deps.sockets.take():
         deps.hub.metrics.socket_limit_closes.inc()
-        await conn.close(CLOSE_TRY_AGAIN, "notifier at its connection limit")
+        # Not `conn.close()`: a client that never answers the close frame would keep the
+        # socket for `close_timeout_s` outside the cap. The frame, then the socket is gone.
+        close_soon(conn, CLOSE_TRY_AGAIN, "notifier at its connection limit", REFUSED_GRACE_S)
+        await conn.wait_closed()
         return
     try:
         await _session(conn, deps)

@@ -30,8 +30,8 @@ class NotifierSettings(CommonSettings):
     #: bounds what a client reconnecting in a loop can take (~30 kB a socket), no more.
     max_sockets_per_caller: int = Field(default=256, ge=1)
     #: Open sockets of this process in all (authenticated or not yet); the next is closed with
-    #: 1013 right after its handshake, before its token is read. Bounds file descriptors and
-    #: memory whoever connects.
+    #: 1013 right after its handshake, before its token is read, and cut 0.5 s later. Bounds
+    #: file descriptors and memory whoever connects (plus half a second of refused attempts).
     max_sockets: int = Field(default=20_000, ge=1)
     #: Failed authentications (missing or bad token) per client address, an IPv6 one by its
     #: /64: a bucket of `auth_failure_burst` refilled at `auth_failure_per_minute`. Past it a

@@ -6,7 +6,9 @@ which a socket closes with 1013 before anything is spent on it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterator
 
@@ -155,3 +157,46 @@ async def test_sockets_past_the_process_limit_get_1013_until_one_leaves(
         for ws in (second, again):
             with contextlib.suppress(ConnectionClosed):
                 await ws.close()
+
+
+async def _silent_socket(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket handshake, then nothing: it never reads nor answers a close frame."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def test_sockets_refused_at_the_process_limit_do_not_stay_open(
+    nats_url: str, database_url: str, subjects: Subjects, org: str
+) -> None:
+    """A refused socket waited out the closing handshake (`close_timeout_s`) before it was
+    let go, so clients that never answer the close frame held sockets outside the cap: 50 of
+    them were 51 open sockets with NOTIFIER_MAX_SOCKETS=1. Now each is cut soon after its 1013."""
+    settings = settings_for(nats_url, database_url, subjects, max_sockets=1, close_timeout_s=30)
+    async with running(settings) as app:
+        ws, _ = await connect_live(app.port, token(org, "u1", "admin"))
+        silent = [await _silent_socket(app.port) for _ in range(50)]
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5  # far below close_timeout_s
+            for reader, _ in silent:
+                # Everything the server sends (its 1013 frame), then the end of the stream.
+                while not reader.at_eof():
+                    assert loop.time() < deadline, "a refused socket is still open"
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(reader.read(1 << 16), deadline - loop.time())
+            assert app.sockets.open == 1
+            assert _sample(app, "notifier_socket_limit_closes_total") == 50
+        finally:
+            for _, writer in silent:
+                writer.close()
+            await ws.close()
