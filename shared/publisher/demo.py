@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.arg_types import count, demo_rate, names, positive
+from shared.arg_types import count, demo_rate, names, positive, seconds
 from shared.publisher.client import Fleet
 from shared.publisher.demo_fleet import (
     DEMO_ORGS,
@@ -234,7 +234,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--rate", type=demo_rate, default=2.0, help="new runs per second (0: history only)"
     )
-    parser.add_argument("--duration", type=positive, help="seconds (default: until Ctrl-C)")
+    parser.add_argument(
+        "--duration",
+        type=seconds,
+        help="seconds (default: until Ctrl-C; 0: publish the backfill, then exit)",
+    )
     parser.add_argument("--orgs", type=names, default=list(DEMO_ORGS), help="comma-separated orgs")
     parser.add_argument("--seed", type=int)
     parser.add_argument(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -85,6 +86,21 @@ async def test_live_demo_publishes_what_ingest_accepts(
     assert {m[2]["org"] for m in messages} == set(DEMO_ORGS)
 
 
+async def test_duration_0_publishes_the_backfill_and_exits(
+    nats_url: str, streams: Subjects, js: JetStreamContext, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--duration 0` is the one-shot backfill (`--rate 0` alone runs until Ctrl-C)."""
+    argv = ["--duration", "0", "--rate", "0", "--backfill-runs", "6", "--seed", "1"]
+    argv += ["--nats-url", nats_url, "--prefix", streams.prefix]
+    assert await asyncio.wait_for(asyncio.to_thread(main, argv), 60) == 0
+    said = re.search(r"demo: 0 live runs, (\d+) backfilled, 0 errors", capsys.readouterr().out)
+    assert said is not None
+    messages = await stream_messages(js, streams.events_stream)
+    started = [m for m in messages if m[0].endswith("execution_started")]
+    # Chains among the runs start child runs too: at least the runs asked for, all counted.
+    assert len(started) == int(said.group(1)) >= 6
+
+
 def test_speed_must_be_positive(nats_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`--speed 0` divided run durations by zero: ZeroDivisionError once NATS answered."""
     prefix = f"t{uuid.uuid4().hex[:10]}"  # no streams: nothing is stored
@@ -102,8 +118,8 @@ def test_speed_must_be_positive(nats_url: str, capsys: pytest.CaptureFixture[str
         ("--rate", "-1", "must be a number from 0 (history only) to 1000"),
         ("--rate", "nan", "must be a number from 0 (history only) to 1000"),
         ("--rate", "inf", "must be a number from 0 (history only) to 1000"),
-        ("--duration", "-5", "must be a positive number"),
-        ("--duration", "nan", "must be a positive number"),
+        ("--duration", "-5", "must be a number of seconds, 0 or more"),
+        ("--duration", "nan", "must be a number of seconds, 0 or more"),
         ("--speed", "inf", "must be a positive number"),
         ("--backfill-runs", "-3", "must be 0 or more"),
         ("--backfill-runs", "lots", "not a whole number"),
