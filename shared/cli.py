@@ -64,16 +64,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status. Output cut short by its reader (`| head`) ends it
     quietly with 141, as a shell reports a command ended by SIGPIPE."""
     try:
-        try:
-            return _dispatch(argv)
-        finally:
-            sys.stdout.flush()  # here, so a broken pipe is caught here, not at exit
+        code = _dispatch(argv)
+        sys.stdout.flush()  # here, so a broken pipe is caught here, not at exit
+    except SystemExit:
+        _flush_or_drop_stdout()  # argparse's --help and usage errors end this way
+        raise
     except BrokenPipeError:
         if not _stdout_gone():
             raise
-        # Python flushes stdout once more at exit: point it somewhere that takes the rest.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 141
+    return code
+
+
+def _drop_stdout() -> None:
+    # Python flushes stdout once more at exit: point it somewhere that takes the rest.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _flush_or_drop_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        _drop_stdout()
 
 
 def _dispatch(argv: Sequence[str] | None) -> int:

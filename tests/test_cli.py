@@ -110,7 +110,8 @@ async def test_the_client_logs_no_password_of_its_nats_url(
     assert "TopSecretPw" not in caplog.text
 
 
-def test_output_cut_short_by_its_reader_ends_quietly() -> None:
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_output_cut_short_by_its_reader_ends_quietly(unbuffered: str) -> None:
     """`fleetwatch reconcile find-running | head` printed `BrokenPipeError: [Errno 32]` as
     if a server had failed. The reader here is gone before the command writes a byte."""
     read_end, write_end = os.pipe()
@@ -134,8 +135,41 @@ def test_output_cut_short_by_its_reader_ends_quietly() -> None:
             text=True,
             timeout=60,
             check=False,
+            env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
         )
     finally:
         os.close(write_end)
     assert done.stderr == ""
     assert done.returncode == 141
+
+
+def test_a_crash_is_not_hidden_by_a_closed_pipe() -> None:
+    """The quiet end is for the pipe only: a bug's traceback still shows when the output it
+    had buffered can no longer be written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    script = (
+        "import sys\n"
+        "from shared import cli\n"
+        "def boom(argv):\n"
+        "    print('partial')\n"
+        "    raise RuntimeError('a bug')\n"
+        "cli.COMMANDS['boom'] = ('x:y', '')\n"
+        "cli._load = lambda target: boom\n"
+        "sys.exit(cli.main(['boom']))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+    finally:
+        os.close(write_end)
+    assert "RuntimeError: a bug" in done.stderr
+    assert done.returncode != 0
