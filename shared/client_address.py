@@ -28,9 +28,22 @@ def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _host(text: str) -> str:
+    """The address part of an entry some proxies write with a port: `203.0.113.7:4711`,
+    `[2001:db8::1]:443` (a bare IPv6 address has more than one colon and stays as it is)."""
+    text = text.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[1:end] if end > 0 else text
+    host, colon, port = text.rpartition(":")
+    if colon and ":" not in host and port.isdigit():
+        return host
+    return text
+
+
 def _address(text: str) -> Address | None:
     try:
-        address = ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(_host(text))
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

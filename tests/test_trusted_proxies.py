@@ -60,7 +60,16 @@ def test_a_malformed_entry_stops_the_walk_and_all_trusted_takes_the_leftmost() -
     assert client_address("10.0.0.5", [f"{ALICE}, not-an-ip"], NETS) == "10.0.0.5"
     assert client_address("10.0.0.5", [f"{ALICE}, garbage, 10.0.0.9"], NETS) == "10.0.0.9"
     assert client_address("10.0.0.5", ["10.0.0.7, 10.0.0.9"], NETS) == "10.0.0.7"
-    assert client_address("10.0.0.5", [f"{ALICE}:4711"], NETS) == "10.0.0.5"
+    assert client_address("10.0.0.5", [f"{ALICE}:port"], NETS) == "10.0.0.5"
+
+
+def test_an_entry_with_a_port_names_its_address() -> None:
+    """Some load balancers write `address:port` (and `[v6]:port`); read as malformed, every
+    client behind them shared the proxy's one failure budget again."""
+    assert client_address("10.0.0.5", [f"{ALICE}:4711"], NETS) == ALICE
+    assert client_address("10.0.0.5", ["[2001:db8::7]:443"], NETS) == "2001:db8::7"
+    assert client_address("10.0.0.5", ["[2001:db8::7]"], NETS) == "2001:db8::7"
+    assert client_address("10.0.0.5", [f"{ALICE}, 10.0.0.9:80"], NETS) == ALICE
 
 
 def test_the_setting_takes_addresses_and_networks_and_refuses_the_rest(
