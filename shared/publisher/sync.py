@@ -45,10 +45,15 @@ class SyncFleet:
         #: once the loop stops, nothing would ever complete them and their threads hung.
         self._calls: set[concurrent.futures.Future[Any]] = set()
         self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()
         self._closed = False
         self._starting = False
         #: Why the last `start()` failed: the cause of the calls refused until a retry works.
         self._start_error: BaseException | None = None
+        #: While `start()` runs: its future on the loop, and set once `make()` has ended
+        #: (its clean-up included), so that nothing stops the loop in the middle of it.
+        self._start_future: concurrent.futures.Future[Fleet] | None = None
+        self._start_ended = threading.Event()
 
     def _new_loop(self) -> None:
         # A failed start() stops and closes its loop; a retry runs on a new loop and thread.
@@ -140,29 +145,58 @@ class SyncFleet:
                 self._new_loop()
             self._thread.start()
 
-        async def make() -> Fleet:
-            fleet = Fleet(self._nats_url, **self._options)
-            try:
-                return await fleet.start()
-            except BaseException:
-                # A retry must find the spool's lock free and no task left behind; a failure
-                # to clean up must not hide why the start failed.
-                with contextlib.suppress(Exception):
-                    await fleet.close(0)
-                raise
+        ended = threading.Event()
 
+        async def make() -> Fleet:
+            try:
+                fleet = Fleet(self._nats_url, **self._options)
+                try:
+                    return await fleet.start()
+                except BaseException:
+                    # A retry must find the spool's lock free and no task left behind (also
+                    # when the start is abandoned: Ctrl-C, or close() from another thread);
+                    # a failure to clean up must not hide why the start failed.
+                    with contextlib.suppress(Exception):
+                        await fleet.close(0)
+                    raise
+            finally:
+                ended.set()
+
+        with self._lock:
+            future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+            self._start_future, self._start_ended = future, ended
         try:
-            fleet = self._call(make())
+            fleet = future.result()
         except BaseException as exc:
-            # `with` never calls __exit__ when __enter__ raises: stop the thread here.
+            # `with` never calls __exit__ when __enter__ raises: stop the thread here, once
+            # the start has cleaned up after itself.
+            self._abandon_start(future, ended)
             self._stop_loop()
             with self._lock:
                 self._start_error = exc
                 self._starting = False
+                self._start_future = None
+                closed = self._closed
+            if closed and isinstance(exc, concurrent.futures.CancelledError):
+                raise FleetClosedError("SyncFleet.close() was called while it started") from None
             raise
         with self._lock:
             self._fleet, self._start_error, self._starting = fleet, None, False
+            self._start_future = None
         return self
+
+    def _abandon_start(
+        self, future: concurrent.futures.Future[Fleet], ended: threading.Event
+    ) -> None:
+        """Cancel a start still running and wait (a few seconds at most) for its clean-up;
+        a start that did complete (Ctrl-C just after) has its Fleet closed here instead."""
+        if not future.done():
+            future.cancel()  # the task on the loop gets CancelledError, and closes its Fleet
+        ended.wait(5)
+        if future.done() and not future.cancelled() and future.exception() is None:
+            closing = asyncio.run_coroutine_threadsafe(future.result().close(0), self._loop)
+            with contextlib.suppress(Exception):
+                closing.result(5)
 
     def close(self, drain_timeout: float = 5.0) -> None:
         """Let the calls other threads wait on end (up to `drain_timeout`, shared with the
@@ -174,9 +208,13 @@ class SyncFleet:
                 return
             self._closed = True
             waiting = list(self._calls)
+            starting = self._start_future
         try:
             if self._fleet is not None:
                 self._call(self._shutdown(self._fleet, waiting, drain_timeout), closing=True)
+            elif starting is not None:
+                # Another thread is in start(): end it, and let it release what it took.
+                self._abandon_start(starting, self._start_ended)
         finally:
             self._stop_loop()
             with self._lock:
@@ -199,13 +237,16 @@ class SyncFleet:
         await fleet.close(max(0.0, deadline - loop.time()))
 
     def _stop_loop(self) -> None:
-        if self._loop.is_closed():
-            return
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        # One thread at a time: a close() while start() fails would otherwise close the
+        # loop twice at once (asyncio's close is not thread-safe).
+        with self._stop_lock:
+            if self._loop.is_closed():
+                return
+            if self._thread.is_alive():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(5)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     def __enter__(self) -> SyncFleet:
         return self.start()

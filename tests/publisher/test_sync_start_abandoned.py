@@ -1,0 +1,92 @@
+"""A `SyncFleet.start()` that is abandoned half-way (Ctrl-C in the waiting thread, or
+`close()` from another one) must release what the start took: the spool's lock was left
+held, so the retry `start()` allows (or a new fleet on the same spool) was refused with
+SpoolLockedError, and two threads stopping the loop at once crashed in asyncio's close."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from shared.publisher import FleetClosedError, SyncFleet
+
+
+class _Interrupted(Exception):
+    """What a signal handler raises in the waiting thread, as Ctrl-C's KeyboardInterrupt."""
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts and never speaks NATS: a connect to it waits its timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    try:
+        yield f"nats://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def _interrupt_after(seconds: float) -> None:
+    def raise_interrupted(_signum: int, _frame: FrameType | None) -> None:
+        raise _Interrupted
+
+    signal.signal(signal.SIGALRM, raise_interrupted)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def test_a_start_interrupted_while_it_connects_can_be_retried(
+    silent_server: str, nats_url: str, tmp_path: Path
+) -> None:
+    fleet = SyncFleet(silent_server, org="acme", spool_dir=str(tmp_path), connect_timeout=5.0)
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        _interrupt_after(0.3)
+        with pytest.raises(_Interrupted):
+            fleet.start()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # The same spool, from a fleet that reaches NATS: its lock was released by the start.
+    other = SyncFleet(nats_url, org="acme", spool_dir=str(tmp_path))
+    other.start()
+    other.close()
+    fleet.close()
+
+
+def test_close_from_another_thread_ends_a_start_and_frees_the_spool(
+    silent_server: str, nats_url: str, tmp_path: Path
+) -> None:
+    fleet = SyncFleet(silent_server, org="acme", spool_dir=str(tmp_path), connect_timeout=5.0)
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            fleet.start()
+        except BaseException as exc:
+            raised.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        # Its start is under way once the fleet's loop thread runs (no sleep to guess it).
+        for _ in range(500):
+            if fleet._thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        fleet.close()
+    finally:
+        starter.join(10)
+    assert not starter.is_alive()
+    [error] = raised
+    assert isinstance(error, FleetClosedError)
+    assert "close() was called while it started" in str(error)
+    other = SyncFleet(nats_url, org="acme", spool_dir=str(tmp_path))
+    other.start()
+    other.close()
