@@ -85,32 +85,104 @@ SELECT (SELECT count(*) FROM gone) AS executions, (SELECT count(*) FROM steps) A
 # its agent reports: a pending or running step in the run, and a step of it written within the
 # window (by the agent's start alone, a week-long run's steps went mid-run). Probed per run
 # with `OFFSET 0`, as in EXPIRED.
-ORPHAN_EXPIRED = """c.org = $1
+_ORPHAN_EXPIRED = """c.org = $1
       AND least(coalesce(c.started_at, c.first_seen_at), c.updated_at) < $2
-      AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id)
+      AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.org = $1 AND e.id = c.execution_id{probe})
       AND NOT (EXISTS (SELECT 1 FROM component_executions s
                        WHERE s.org = $1 AND s.execution_id = c.execution_id
                          AND s.status IN ('pending', 'running') OFFSET 0)
                AND EXISTS (SELECT 1 FROM component_executions s
                            WHERE s.org = $1 AND s.execution_id = c.execution_id
                              AND s.updated_at >= $2 OFFSET 0))"""
+ORPHAN_EXPIRED = _ORPHAN_EXPIRED.format(probe="")
 
-DELETE_ORPHAN_STEPS_SQL = f"""
-WITH doomed AS (
-    SELECT c.execution_id, c.node_id, c.attempt FROM component_executions c
-    WHERE {ORPHAN_EXPIRED}
+# Walked in primary-key order, a window of keys per batch, each batch starting after the last
+# key the one before examined (or deleted, when it stopped at `batch_size`): no index serves
+# the steps' age, so a batch that searched the org's steps for `LIMIT` expired orphans scanned
+# and probed all of them, and hashed them all to join the batch back, each batch (200k steps:
+# ~86k buffers and ~0.3 s a batch, JIT compiling a third of it; see docs/deploy.md). A window
+# costs O(its keys), and the pass reads each step once. Doomed rows are deleted by address.
+ORPHAN_WINDOW_MIN = 10_000
+
+_ORPHAN_WINDOW = """
+WITH span AS MATERIALIZED (
+    SELECT ctid AS tid, execution_id, node_id, attempt,
+           least(coalesce(started_at, first_seen_at), updated_at) < $2 AS aged
+    FROM component_executions
+    WHERE org = $1 {after}
+    ORDER BY execution_id, node_id, attempt
+    LIMIT $4
+), doomed AS MATERIALIZED (
+    SELECT c.ctid AS tid, c.execution_id, c.node_id, c.attempt
+    FROM component_executions c
+    WHERE c.ctid = ANY(ARRAY(SELECT tid FROM span WHERE aged)) AND {expired}
+    ORDER BY c.execution_id, c.node_id, c.attempt
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF c SKIP LOCKED
+), gone AS (
+    DELETE FROM component_executions c
+    WHERE c.ctid = ANY(ARRAY(SELECT tid FROM doomed)) AND c.org = $1
+    RETURNING 1
+), last AS (
+    SELECT execution_id, node_id, attempt FROM (
+        (SELECT execution_id, node_id, attempt FROM doomed
+         WHERE (SELECT count(*) FROM doomed) >= $3
+         ORDER BY 1 DESC, 2 DESC, 3 DESC LIMIT 1)
+        UNION ALL
+        (SELECT execution_id, node_id, attempt FROM span ORDER BY 1 DESC, 2 DESC, 3 DESC LIMIT 1)
+    ) AS k LIMIT 1
 )
-DELETE FROM component_executions c USING doomed d
-WHERE c.org = $1 AND c.execution_id = d.execution_id AND c.node_id = d.node_id
-  AND c.attempt = d.attempt
+SELECT (SELECT count(*) FROM span) AS examined, (SELECT count(*) FROM doomed) AS doomed,
+       (SELECT count(*) FROM gone) AS deleted,
+       last.execution_id, last.node_id, last.attempt
+FROM (SELECT 1) AS one LEFT JOIN last ON true
 """
+# In a window, the execution is probed per step by its primary key (`OFFSET 0`): the planner
+# cannot count a materialized window's rows, guessed one, and ran the anti-join as a seq scan
+# of the org's executions per step (7 s a window at 40k executions).
+_ORPHAN_WINDOW_EXPIRED = _ORPHAN_EXPIRED.format(probe=" OFFSET 0")
+DELETE_ORPHAN_STEPS_FIRST_SQL = _ORPHAN_WINDOW.format(after="", expired=_ORPHAN_WINDOW_EXPIRED)
+DELETE_ORPHAN_STEPS_NEXT_SQL = _ORPHAN_WINDOW.format(
+    after="AND (execution_id, node_id, attempt) > ($5, $6, $7)", expired=_ORPHAN_WINDOW_EXPIRED
+)
 
-# Expired events in any order (a BRIN index on received_at finds them; see migration 0013),
-# deleted by their row address. Joined back by `event_id`, the planner hashed the batch and
-# seq-scanned every event of the org to find its rows, each batch (1M events: ~10k pages and
-# ~0.5 s a batch, quadratic over the pass); a TID scan reads only the batch's own pages.
+# Expired events are walked in table order, a window of pages per batch (a TID range scan),
+# between the first and last page holding one (found once per pass; the BRIN index on
+# received_at, migration 0013, serves that search when few are expired). A window is left
+# once a batch found fewer than `batch_size` in it, so a row of any order is not skipped, and
+# a batch reads its window's pages only. A batch that searched from the table's start (BRIN
+# bitmap or seq scan, `LIMIT`) read again every page earlier batches had emptied, until
+# vacuum: 1M events, 10% expired, the search of batch 1 read 68 pages, of batch 18 1,138
+# (quadratic over the pass; the walk: ~63 each; docs/deploy.md). Rows are deleted by their
+# address (a TID scan), not joined back by `event_id` (that hashed the batch and seq-scanned
+# the org's events).
+EVENTS_SPAN_SQL = """
+SELECT min(ctid) AS first, max(ctid) AS last FROM events WHERE org = $1 AND received_at < $2
+"""
+EVENTS_DENSITY_SQL = """
+SELECT CASE WHEN relpages > 0 AND reltuples > 0 THEN reltuples / relpages END
+FROM pg_class WHERE oid = 'events'::regclass
+"""
+DELETE_EVENTS_WINDOW_SQL = """
+WITH batch AS MATERIALIZED (
+    SELECT ctid FROM events
+    WHERE ctid >= format('(%s,0)', $4::bigint)::tid AND ctid < format('(%s,0)', $5::bigint)::tid
+      AND org = $1 AND received_at < $2
+    LIMIT $3
+), gone AS (
+    DELETE FROM events
+    WHERE ctid = ANY(ARRAY(SELECT ctid FROM batch)) AND org = $1 AND received_at < $2
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM batch) AS found, (SELECT count(*) FROM gone) AS deleted
+"""
+# Events per page when the table has no statistics yet (~80-byte rows).
+EVENTS_PER_PAGE = 90.0
+# A sparse window (the org's events are a few of the table's) doubles, up to this many pages.
+EVENTS_WINDOW_MAX_PAGES = 8_192
+
+# The batch before the window walk (expired events searched from the table's start); the
+# pass no longer runs it (tests/test_retention_review3.py still reads its plan).
 DELETE_EVENTS_SQL = """
 DELETE FROM events
 WHERE ctid = ANY(ARRAY(
@@ -253,26 +325,64 @@ async def _delete_org(
             say(f"  {result.org}: {result.executions} executions so far")
         if row["executions"] < batch_size:
             break
+    await _delete_orphan_steps(conn, result, batch_size)
+    await _delete_events(conn, result, batch_size, say)
+
+
+async def _delete_orphan_steps(
+    conn: asyncpg.Connection, result: OrgResult, batch_size: int
+) -> None:
+    window = max(2 * batch_size, ORPHAN_WINDOW_MIN)
+    after: tuple[str, str, int] | None = None
     while True:
         async with conn.transaction():
-            status = await conn.execute(
-                DELETE_ORPHAN_STEPS_SQL, result.org, result.cutoff, batch_size
+            if after is None:
+                row = await conn.fetchrow(
+                    DELETE_ORPHAN_STEPS_FIRST_SQL, result.org, result.cutoff, batch_size, window
+                )
+            else:
+                row = await conn.fetchrow(
+                    DELETE_ORPHAN_STEPS_NEXT_SQL,
+                    result.org,
+                    result.cutoff,
+                    batch_size,
+                    window,
+                    *after,
+                )
+        result.components += row["deleted"]
+        result.batches += 1
+        if row["doomed"] < batch_size and row["examined"] < window:
+            break  # the window reached the org's last step
+        after = (row["execution_id"], row["node_id"], row["attempt"])
+
+
+async def _delete_events(
+    conn: asyncpg.Connection, result: OrgResult, batch_size: int, say: Progress
+) -> None:
+    span = await conn.fetchrow(EVENTS_SPAN_SQL, result.org, result.cutoff)
+    if span["first"] is None:
+        result.batches += 1  # the search that found none
+        return
+    page, end = span["first"][0], span["last"][0] + 1
+    per_page = await conn.fetchval(EVENTS_DENSITY_SQL) or EVENTS_PER_PAGE
+    pages = max(1, int(batch_size / per_page))
+    while page < end:
+        stop = min(page + pages, end)
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                DELETE_EVENTS_WINDOW_SQL, result.org, result.cutoff, batch_size, page, stop
             )
-        deleted = int(status.split()[-1])
-        result.components += deleted
+        result.events += row["deleted"]
         result.batches += 1
-        if deleted < batch_size:
-            break
-    while True:
-        async with conn.transaction():
-            status = await conn.execute(DELETE_EVENTS_SQL, result.org, result.cutoff, batch_size)
-        deleted = int(status.split()[-1])
-        result.events += deleted
-        result.batches += 1
-        if deleted:
+        if row["deleted"]:
             say(f"  {result.org}: {result.events} events so far")
-        if deleted < batch_size:
-            break
+        if row["found"] < batch_size:  # the window holds no more: on to the next one
+            page = stop
+            # Sized for a batch's worth at the density found (at most twice as large).
+            grown = (
+                2 * pages if 2 * row["found"] < batch_size else pages * batch_size // row["found"]
+            )
+            pages = min(grown, EVENTS_WINDOW_MAX_PAGES)
 
 
 def _print_now(line: str) -> None:
