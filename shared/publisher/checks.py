@@ -96,8 +96,9 @@ def check_occurred_at(event_id: str, value: object) -> None:
         if type(value) is str:
             # The extended form only: `fromisoformat` also takes ISO 8601's basic, week and
             # ordinal forms (`20260131T120000Z`), which ingest refuses; those take the exact
-            # check. Left through (and dead-lettered): an offset of hours only (`+01`) and a
-            # fraction without digits (`12:00:00.Z`).
+            # check. Left through (and dead-lettered): an offset of hours only (`+01`) or with
+            # seconds (`+01:00:30`), a space before the zone (`12:00:00 Z`) and a fraction
+            # without digits (`12:00:00.Z`).
             if (
                 value[4:5] == value[7:8] == "-"
                 and value[13:14] == ":"
