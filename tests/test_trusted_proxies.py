@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from shared.client_address import client_address, parse_trusted_proxies
 from shared.settings import CommonSettings
 from shared.subjects import Subjects
 from tests.notifier import helpers as notifier
-from tests.procs import free_port, wait_ready
+from tests.procs import running
 from tests.query import helpers as query
 
 ALICE = "203.0.113.7"
@@ -128,28 +127,16 @@ async def test_query_behind_a_trusted_proxy_keeps_a_budget_per_client(
 async def _query_process(env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
     """`fleetwatch query` under uvicorn, reached from 127.0.0.1 (what uvicorn trusts by
     default)."""
-    port = free_port()
-    env = {
-        **env,
+    extra = {
         "FLEETWATCH_JWT_SECRET": query.SECRET,
-        "QUERY_PORT": str(port),
         "QUERY_AUTH_FAILURE_BURST": "2",
         "QUERY_AUTH_FAILURE_PER_MINUTE": "1",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "query", env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            await wait_ready(url, timeout=30)
-        except TimeoutError:
-            raise AssertionError(f"query not ready (exit code {proc.returncode})") from None
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), timeout=10)
+    async with (
+        running("query", env, extra_env=extra) as service,
+        httpx.AsyncClient(base_url=service.url) as client,
+    ):
+        yield client
 
 
 @pytest.mark.e2e
