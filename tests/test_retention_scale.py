@@ -17,7 +17,6 @@ import asyncpg
 
 from shared.db import connect
 from shared.retention import (
-    DELETE_EVENTS_SQL,
     DELETE_EXECUTIONS_SQL,
     ORGS_SQL,
     ORPHAN_EXPIRED,
@@ -25,22 +24,9 @@ from shared.retention import (
     cutoff_for,
 )
 from tests.conftest import DATABASE_URL, _create_db, _drop_db, with_database
+from tests.retention_reference import OLD_DELETE_EVENTS_SQL, OLD_DELETE_ORPHAN_STEPS_SQL
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-
-# The orphan-step batch as the pass ran it before the keyset walk: any `LIMIT` expired orphans
-# of the org, found by a scan of all its steps.
-OLD_DELETE_ORPHAN_STEPS_SQL = f"""
-WITH doomed AS (
-    SELECT c.execution_id, c.node_id, c.attempt FROM component_executions c
-    WHERE {ORPHAN_EXPIRED}
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM component_executions c USING doomed d
-WHERE c.org = $1 AND c.execution_id = d.execution_id AND c.node_id = d.node_id
-  AND c.attempt = d.attempt
-"""
 
 _SCANS = {"Seq Scan", "Tid Range Scan", "Bitmap Heap Scan", "Index Scan", "Index Only Scan"}
 
@@ -63,7 +49,7 @@ async def _old_pass(conn: asyncpg.Connection, batch: int) -> dict[str, tuple[int
             if deleted < batch:
                 break
         while True:
-            deleted = int((await conn.execute(DELETE_EVENTS_SQL, org, cutoff, batch))[7:])
+            deleted = int((await conn.execute(OLD_DELETE_EVENTS_SQL, org, cutoff, batch))[7:])
             events += deleted
             if deleted < batch:
                 break
