@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.query.deps import QueryState
 from services.query.filters import FilterError
 from services.query.metrics import LatencyMiddleware, QueryMetrics
-from services.query.ratelimit import RateLimiter
 from services.query.routes import agents, detail, export, health, listing, statistics
 from services.query.settings import QuerySettings
 from shared.db import create_pool
+from shared.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

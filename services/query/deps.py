@@ -17,11 +17,11 @@ from nats.aio.client import Client as NatsClient
 
 from services.query import repo
 from services.query.metrics import QueryMetrics
-from services.query.ratelimit import RateLimiter, address_key
 from services.query.settings import QuerySettings
 from shared.access import Scope, load_scope
 from shared.auth import AuthError, AuthUnavailable, Claims, Role, verify_token
 from shared.client_address import client_address
+from shared.ratelimit import RateLimiter, address_key
 
 log = logging.getLogger(__name__)
 

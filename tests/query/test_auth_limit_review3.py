@@ -15,8 +15,8 @@ from fastapi import FastAPI
 
 from services.query.app import create_app
 from services.query.deps import QueryState
-from services.query.ratelimit import RateLimiter, address_key
 from shared.auth import mint_token, verify_token
+from shared.ratelimit import RateLimiter, address_key
 from tests.query.helpers import settings_for, token
 
 ORG = "qal-org"

@@ -20,10 +20,10 @@ from services.query.filters import (
     parse_list_query,
     parse_time,
 )
-from services.query.ratelimit import RateLimiter
 from services.query.routes.listing import proven_matches
 from services.query.stats import StatsGroup, TimelineRow, fill_timeline, fold_stats
 from services.query.where import after, filtered, search_agents
+from shared.ratelimit import RateLimiter
 
 
 def parse(*items: tuple[str, str]):  # type: ignore[no-untyped-def]
