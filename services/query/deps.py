@@ -123,8 +123,17 @@ def _too_many(detail: str, wait: float) -> HTTPException:
     return HTTPException(429, detail=detail, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
-def _failed(state: QueryState, address: str) -> None:
-    """Count a failed authentication from `address`; 429 once its budget is used up."""
+def _failed(request: Request, state: QueryState) -> None:
+    """Count a failed authentication from the client's address; 429 once its budget is used
+    up. The address is the peer's, or the client a trusted proxy names (`trusted_proxies`);
+    worked out here, on failures only, not for every request."""
+    address = address_key(
+        client_address(
+            request.client.host if request.client else None,
+            request.headers.getlist("x-forwarded-for"),
+            state.settings.trusted_proxies,
+        )
+    )
     wait = state.auth_failures.check(address)
     if wait is not None:
         state.metrics.auth_limited.inc()
@@ -136,24 +145,16 @@ async def authenticate(request: Request, state: QueryState) -> Claims:
     budget of failures (`settings.auth_failure_*`): a client cycling bad tokens (guessing, or a
     broken script) gets its refusals slowed down, and a metric shows it. A good token is still
     checked and let through from such an address: clients behind one NAT share it, and one
-    broken script there must not lock the others out; nor does a good token take from it.
-    The address is the peer's, or the client a trusted proxy names (`trusted_proxies`)."""
-    address = address_key(
-        client_address(
-            request.client.host if request.client else None,
-            request.headers.getlist("x-forwarded-for"),
-            state.settings.trusted_proxies,
-        )
-    )
+    broken script there must not lock the others out; nor does a good token take from it."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        _failed(state, address)
+        _failed(request, state)
         raise _unauthorized("missing bearer token")
     try:
         return await verify_token(token.strip(), state.settings)
     except AuthError as exc:
-        _failed(state, address)
+        _failed(request, state)
         raise _unauthorized(str(exc)) from None
     except AuthUnavailable as exc:
         # The token was not judged: a retry can succeed, and the client must not log out.
