@@ -26,7 +26,8 @@ async def connect_database(
     """A connection for an operator command, or ConnectionError naming the database and the
     setting to check when the server does not answer (refused, unknown host, silent)."""
     try:
-        return await asyncio.wait_for(connect(database_url), DB_CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(DB_CONNECT_TIMEOUT_S):
+            return await connect(database_url)
     except (OSError, TimeoutError) as exc:
         detail = (
             f"no answer within {DB_CONNECT_TIMEOUT_S:g} s"

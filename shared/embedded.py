@@ -164,16 +164,14 @@ async def _nats_refusal(url: str) -> str | None:
         return None
 
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(
+        async with asyncio.timeout(5):
+            nc = await nats.connect(
                 url,
                 connect_timeout=3,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
                 error_cb=quiet,
-            ),
-            timeout=5,
-        )
+            )
     except _UNREACHABLE as exc:
         return f"the connection failed ({type(exc).__name__})"
     except Exception as exc:

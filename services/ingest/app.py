@@ -148,7 +148,8 @@ async def _stop_consuming(
     # Under load the loop parks in the handler within one batch window; when the stream is
     # idle it never does, and there is nothing in flight to lose.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(consumer.parked.wait(), timeout=settings.batch_timeout * 4 + 0.2)
+        async with asyncio.timeout(settings.batch_timeout * 4 + 0.2):
+            await consumer.parked.wait()
     stopping = asyncio.create_task(broker.stop())
     subscribers = list(broker.subscribers)
     for _ in range(200):  # the subscriber flips `running` first thing in its stop()

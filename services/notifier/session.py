@@ -177,13 +177,15 @@ def _limit_send_buffer(conn: ServerConnection, size: int) -> None:
 async def _hello(conn: ServerConnection, timeout_s: float) -> ClientFrame | FrameError | None:
     """Give the client a moment to send filters and `resume_from` before anything flows."""
     try:
-        data = await asyncio.wait_for(conn.recv(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            data = await conn.recv()
     except TimeoutError:
         # On a loop busy past the window (a reconnect storm), uvloop runs the window's timer
         # before it polls the sockets, so a frame that arrived in time may not have been read
         # yet. Cancelling the first `recv` took a loop turn, which read it: look once more.
         try:
-            data = await asyncio.wait_for(conn.recv(), HELLO_LAST_LOOK_S)
+            async with asyncio.timeout(HELLO_LAST_LOOK_S):
+                data = await conn.recv()
         except TimeoutError:
             return None
     return parse_frame(data)

@@ -155,7 +155,8 @@ async def _connect(
             state.error = f"{type(exc).__name__}: {exc}"
             log.error("reconciler cannot start yet: %s", state.error)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.stop.wait(), timeout=START_RETRY_SECONDS)
+            async with asyncio.timeout(START_RETRY_SECONDS):
+                await state.stop.wait()
     return None
 
 

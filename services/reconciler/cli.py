@@ -200,7 +200,8 @@ async def _connect_nats(url: str) -> NatsClient:
         error_cb=_quiet,
     )
     try:
-        return await asyncio.wait_for(connecting, NATS_CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(NATS_CONNECT_TIMEOUT_S):
+            return await connecting
     except TimeoutError:
         raise ConnectionError(
             f"NATS at {redacted(url)} did not answer within {NATS_CONNECT_TIMEOUT_S:g} s "

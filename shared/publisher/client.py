@@ -191,7 +191,8 @@ class Fleet:
             # limited to its org may read its replies and no one else's (docs/deploy.md).
             inbox_prefix=f"_INBOX.{self.org}",
         )
-        self._nc = await asyncio.wait_for(connecting, self.connect_timeout)
+        async with asyncio.timeout(self.connect_timeout):
+            self._nc = await connecting
         self._js = self._nc.jetstream()
         await self.terminate.subscribe_all(self._nc)
         self._wake.set()
@@ -389,7 +390,8 @@ class Fleet:
             return True
         self._wake.set()
         try:
-            await asyncio.wait_for(self._drained.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
         except TimeoutError:
             return False
         return True
@@ -400,9 +402,13 @@ class Fleet:
         `flush()` would wait in vain, so an error is logged and retried after a pause."""
         assert self.spool is not None
         backoff = _DRAIN_PAUSE
-        while True:
+        while not self._closing:
+            # Not `wait_for`: on Python 3.11 it swallows the cancel of a task whose wait had
+            # just ended (the wake set a moment before close()), and the loop ran forever,
+            # so close() hung. `timeout` awaits in this task and lets the cancel through.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 if not await self._drain_step():

@@ -209,7 +209,8 @@ async def run_demo(
                 if wait <= 0:
                     break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await stop.wait()
                 break
             if deadline is None or loop.time() < deadline:
                 demo.launch(demo.plan())

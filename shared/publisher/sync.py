@@ -230,10 +230,11 @@ class SyncFleet:
         if waiting:
             # First, so a publish in flight ends acked or spooled rather than cut off by
             # the disconnect (it takes at most `ack_timeout`); a `flush()` waits with close.
-            # Past the timeout, `wait_for` cancels the rest, and their threads are told so.
+            # Past the timeout, the rest are cancelled, and their threads are told so.
             calls = asyncio.gather(*map(asyncio.wrap_future, waiting), return_exceptions=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(calls, drain_timeout)
+                async with asyncio.timeout(drain_timeout):
+                    await calls
         await fleet.close(max(0.0, deadline - loop.time()))
 
     def _stop_loop(self) -> None:

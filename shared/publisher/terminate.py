@@ -86,11 +86,11 @@ class TerminateResponder:
             )
 
     async def close(self) -> None:
-        for task in list(self._replies):
+        tasks = list(self._replies)
+        for task in tasks:
             task.cancel()
-        for task in list(self._replies):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:  # `wait` lets a cancel of close() itself through, and leaves them be
+            await asyncio.wait(tasks)
 
     async def _on_request(self, org: str, agent: str, msg: Msg) -> None:
         """Answer a request on `agent`'s subject: only that agent's runs are its to stop (a
