@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from shared.auth import Claims
 from shared.db import create_pool
 from shared.ratelimit import RateLimiter
 from shared.streams import ensure_streams
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +270,7 @@ class Notifier:
         """Close every socket with 1001 "going away", then let go of NATS and Postgres."""
         self._ready = False
         if self._guard_task is not None:
-            self._guard_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._guard_task
+            await cancel_and_wait(self._guard_task)
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from services.query.routes import agents, detail, export, health, listing, stati
 from services.query.settings import QuerySettings
 from shared.db import create_pool
 from shared.ratelimit import RateLimiter
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ def create_app(settings: QuerySettings) -> FastAPI:
             for task in list(state.tasks):  # background stats refreshes
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connecting
+            await cancel_and_wait(connecting)
             if state.nats is not None:
                 await state.nats.close()
             await state.pool.close()

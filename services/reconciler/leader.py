@@ -20,13 +20,13 @@ lost it meanwhile (e.g. woken from SIGSTOP after another replica took over) publ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 
 import asyncpg
 
 from shared.db import connect
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class LeaderLock:
             return True
         await self._drop()
         try:
-            conn = await asyncio.wait_for(connect(self._url), self._lease_s)
+            async with asyncio.timeout(self._lease_s):
+                conn = await connect(self._url)
         except _CONNECTION_ERRORS as exc:
             log.warning("cannot reach Postgres for the leader lock: %s", exc)
             return False
@@ -122,9 +123,7 @@ class LeaderLock:
     async def _stop_heartbeat(self) -> None:
         task, self._heartbeat = self._heartbeat, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # it catches its own errors: a failed heartbeat is no leader's
+            await cancel_and_wait(task)  # it catches its own errors
 
     async def _drop(self) -> None:
         await self._stop_heartbeat()
@@ -137,6 +136,7 @@ class LeaderLock:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                await asyncio.wait_for(conn.close(), self._lease_s)
+                async with asyncio.timeout(self._lease_s):
+                    await conn.close()
             except _CONNECTION_ERRORS:
                 conn.terminate()

@@ -40,6 +40,7 @@ from services.reconciler.rules import (
 )
 from services.reconciler.settings import ReconcilerSettings
 from shared.events import Event, Status
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +316,7 @@ class Reconciler:
         try:
             lookups = await self._lookups(rows, now, progress)
         except BaseException:
-            listing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listing
+            await cancel_and_wait(listing)
             raise
         report.checked = len(lookups)
         report.engine_errors += [lk.error for lk in lookups.values() if lk.error]
@@ -564,6 +563,7 @@ class Reconciler:
                 self.metrics.loops.labels("error").inc()
                 log.exception("reconciliation pass failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await stop.wait()
         await leader.release()
         self._lock = None
