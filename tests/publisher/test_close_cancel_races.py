@@ -6,11 +6,12 @@ swallows a cancel that arrives as the thing it waits on ends: the spool's drain 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from shared.publisher import Fleet
+from shared.publisher import Fleet, client
 from shared.publisher.terminate import TerminateResponder
 from shared.subjects import Subjects
 
@@ -60,3 +61,40 @@ async def test_a_cancel_of_the_terminate_responders_close_is_not_swallowed() -> 
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(closing, 5)
     await asyncio.wait_for(cleaned_up.wait(), 5)
+
+
+async def test_close_does_not_wait_for_good_on_a_task_that_ignores_its_cancel(
+    nats_url: str,
+    subjects: Subjects,
+    org: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever the next such bug is, close() still disconnects and frees the spool: it
+    waits `_TASK_STOP_S` for its tasks, then logs the one left running."""
+    monkeypatch.setattr(client, "_TASK_STOP_S", 0.3)
+    fleet = Fleet(nats_url, org=org, subjects=subjects, spool_dir=tmp_path / "spool")
+    await fleet.start()
+    release = asyncio.Event()
+
+    async def deaf() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    task = asyncio.create_task(deaf(), name="deaf")
+    fleet._tasks.append(task)
+    try:
+        closing = asyncio.ensure_future(fleet.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        assert closing in done, "close() waits on a task that will not stop"
+        assert not fleet.connected
+        assert "publisher task deaf did not stop when cancelled" in caplog.text
+        other = Fleet(nats_url, org=org, subjects=subjects, spool_dir=tmp_path / "spool")
+        await other.start()
+        await other.close()
+    finally:
+        release.set()
+        await task
+        await closing
