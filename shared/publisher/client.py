@@ -18,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from shared.events import MAX_EVENT_BYTES
+from shared.nats_keepalive import DEFAULT_PING_INTERVAL_S, NatsKeepalive
 from shared.publisher.checks import (
     InvalidEventError,
     check_light,
@@ -83,6 +84,7 @@ class Fleet:
         unknown_reply_delay: float = 0.5,
         connect_timeout: float = 3.0,
         strict: bool = False,
+        ping_interval: int = DEFAULT_PING_INTERVAL_S,
     ) -> None:
         self.nats_url = nats_url
         self.org = org
@@ -97,6 +99,17 @@ class Fleet:
         self.on_overflow = on_overflow
         self.raise_on_overflow = raise_on_overflow
         self.connect_timeout = connect_timeout
+        if (
+            isinstance(ping_interval, bool)
+            or not isinstance(ping_interval, int)
+            or ping_interval < 1
+        ):
+            raise ValueError(
+                f"ping_interval must be a whole number of seconds >= 1, not {ping_interval!r}"
+            )
+        #: A link cut without a reset is noticed (and reconnected, the spool then re-sent)
+        #: after about 4 unanswered PINGs, this many seconds apart (shared/nats_keepalive.py).
+        self.keepalive = NatsKeepalive(ping_interval=ping_interval)
         #: Check every event with ingest's whole validator before sending (about 9 µs each);
         #: otherwise only size, NUL and subject (see shared/publisher/checks.py).
         self.strict = strict
@@ -190,6 +203,8 @@ class Fleet:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=2,
+            ping_interval=self.keepalive.ping_interval,
+            max_outstanding_pings=self.keepalive.max_outstanding_pings,
             reconnected_cb=self._on_reconnected,
             disconnected_cb=self._on_disconnected,
             error_cb=self._on_error,
