@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import nats
+import nats.errors
 from fastapi import FastAPI, Response
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
@@ -166,8 +167,75 @@ async def _stop_consuming(
             log.info("finishing %d messages delivered after the last fetch", len(leftovers))
             await consumer.finish(leftovers)
     consumer.release.set()
-    await stopping
+    try:
+        await stopping
+    except nats.errors.Error as exc:
+        # NATS away: nats-py refuses to drain a connection that is reconnecting. The batches
+        # still in flight end below (their acks fail; the messages are delivered again).
+        log.warning("broker stopped without draining its connection: %r", exc)
     await consumer.drain()
+
+
+#: Seconds the stop may spend draining (batches in flight, the NATS connection, the pool).
+#: Kubernetes gives ingest 40 s after SIGTERM: preStop's 5 s and uvicorn's 30 s for open
+#: HTTP requests leave 5 (deploy/k8s/base/ingest.yaml). Past them it is SIGKILL anyway.
+STOP_DRAIN_S = 5.0
+
+#: Seconds the stop may spend after cutting the drain off, for the batches it cut off to end.
+_CUT_OFF_WAIT_S = 2.0
+
+
+async def _stop_within_budget(
+    broker: NatsBroker,
+    consumer: BatchConsumer,
+    nc: NatsClient,
+    pool: asyncpg.Pool,
+    settings: IngestSettings,
+) -> None:
+    """Drain, or give up after `STOP_DRAIN_S` and close hard, saying what was cut off.
+
+    A batch blocked in Postgres (a table lock, a stuck query; there is no statement timeout
+    on the writer) never ends on its own: the drain would wait for it, and `pool.close()`
+    for its connection, until SIGKILL, logging nothing. Cutting it off loses nothing: its
+    messages are not acked, and JetStream delivers them again after ack_wait.
+    """
+    stage = "the batches in flight"
+    try:
+        async with asyncio.timeout(STOP_DRAIN_S):
+            await _stop_consuming(broker, consumer, settings)
+            stage = "the NATS drain"
+            await _drain_nats(nc)
+            stage = "the database pool's close"
+            await pool.close()
+        return
+    except TimeoutError:
+        pass
+    # The timeout cancelled what it waited for (a batch blocked in Postgres among it).
+    log.warning(
+        "stop cut off after %.0f s waiting for %s; closing NATS and the database connections "
+        "now (unacknowledged messages will be delivered again)",
+        STOP_DRAIN_S,
+        stage,
+    )
+    # Terminating the connections ends any query still blocked on them, so nothing holds
+    # the event loop's final clean-up.
+    pool.terminate()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_CUT_OFF_WAIT_S):
+            await consumer.drain()
+    if not nc.is_closed:
+        await nc.close()
+
+
+async def _drain_nats(nc: NatsClient) -> None:
+    """Drain `nc`; closed instead when it is not connected (nats-py refuses to drain then)."""
+    if nc.is_closed:
+        return
+    if not nc.is_connected:
+        log.warning("NATS not connected at stop; closing without draining")
+        await nc.close()
+        return
+    await nc.drain()
 
 
 def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> FastAPI:
@@ -208,9 +276,7 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
             state.consumer.stopping.set()
             lag_task.cancel()
             running_task.cancel()
-            await _stop_consuming(state.broker, state.consumer, settings)
-            await state.nc.drain()
-            await state.pool.close()
+            await _stop_within_budget(state.broker, state.consumer, state.nc, state.pool, settings)
 
     app = FastAPI(title="fleetwatch ingest", lifespan=lifespan)
     app.state.ingest = state

@@ -12,9 +12,10 @@ from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from shared.gc_tuning import tune_for_throughput
 
-#: Seconds a stopping process waits for open HTTP requests; the batches in flight drain after
-#: (a batch cut short by SIGKILL is redelivered: nothing is lost, only time).
-GRACEFUL_SHUTDOWN_S = 30
+#: Seconds a stopping process waits for open HTTP requests; the batches in flight drain after,
+#: for up to STOP_DRAIN_S (services/ingest/app.py). With preStop's 5 s that fits the 40 s
+#: Kubernetes gives ingest (a batch cut short by SIGKILL is redelivered: only time is lost).
+GRACEFUL_SHUTDOWN_S = 25
 
 
 def main(argv: Sequence[str] = ()) -> int:

@@ -39,6 +39,11 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+#: Seconds a step of the stop may wait on a dependency (the feed, the pool) before going on:
+#: Kubernetes sends SIGKILL 30 s after SIGTERM, 5 of them spent in preStop
+#: (deploy/k8s/base/notifier.yaml), and a hung database must not use them all.
+_STOP_STEP_S = 5.0
+
 
 class NotifierConnection(ServerConnection):
     """A server connection whose keepalive starts at a random point of its first interval.
@@ -273,13 +278,33 @@ class Notifier:
             await cancel_and_wait(self._guard_task)
         if self._server is not None:
             self._server.close(close_connections=True)
-            await self._server.wait_closed()
+            try:
+                # Each socket's closing handshake is bounded by close_timeout_s already.
+                async with asyncio.timeout(self.settings.close_timeout_s + _STOP_STEP_S):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                log.warning("stop went on with WebSocket sessions still ending")
         if self._feed is not None:
-            await self._feed.stop()
+            try:
+                async with asyncio.timeout(_STOP_STEP_S):
+                    await self._feed.stop()
+            except TimeoutError:
+                log.warning("stop went on with the live feed still ending")
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                async with asyncio.timeout(_STOP_STEP_S):
+                    await self._pool.close()
+            except TimeoutError:
+                # A connection is still in use: a scope load given up on a hung database
+                # holds it while its clean-up waits for that database too.
+                log.warning(
+                    "database pool not closed within %.0f s (a connection still in use); "
+                    "terminating its connections",
+                    _STOP_STEP_S,
+                )
+                self._pool.terminate()
 
 
 def create_app(settings: NotifierSettings) -> Notifier:

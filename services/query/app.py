@@ -26,6 +26,10 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+#: Seconds the stop waits for the pool to close (every connection handed back) before
+#: terminating the connections; see GRACEFUL_SHUTDOWN_S in services/query/main.py.
+STOP_POOL_S = 5.0
+
 #: The dashboard keeps its token in localStorage: no script but its own may run, no other
 #: site may frame it (a click on "Stop" under a decoy), and no URL of it leaves in a Referer.
 #: Inline style attributes are allowed (bar widths); the live feed's socket may be on another
@@ -163,7 +167,18 @@ def create_app(settings: QuerySettings) -> FastAPI:
             await cancel_and_wait(connecting)
             if state.nats is not None:
                 await state.nats.close()
-            await state.pool.close()
+            try:
+                async with asyncio.timeout(STOP_POOL_S):
+                    await state.pool.close()
+            except TimeoutError:
+                # A request cancelled while the database did not answer still holds its
+                # connection: its clean-up waits for that database too.
+                log.warning(
+                    "database pool not closed within %.0f s (a connection still in use); "
+                    "terminating its connections",
+                    STOP_POOL_S,
+                )
+                state.pool.terminate()
 
     app = FastAPI(
         title="fleetwatch query API",

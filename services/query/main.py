@@ -13,6 +13,12 @@ from services.query.settings import QuerySettings
 from shared.cli import tcp_port
 from shared.token_secret import check_token_secret
 
+#: Seconds a stopping process waits for open requests before cancelling them. Kubernetes sends
+#: SIGKILL 30 s after SIGTERM, 5 of them spent in preStop (deploy/k8s/base/query.yaml); a
+#: query ends within statement_timeout_s (10 s) when Postgres answers at all, and the pool's
+#: close after the requests gets `STOP_POOL_S` of what is left.
+GRACEFUL_SHUTDOWN_S = 10
+
 
 def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(
@@ -42,5 +48,8 @@ def main(argv: Sequence[str] = ()) -> int:
         # a missing one should fail loudly rather than silently halve throughput).
         loop="uvloop",
         http="httptools",
+        # Without a bound uvicorn waits for open requests for good: one whose database does
+        # not answer (statement_timeout is the server's) held the stop until SIGKILL.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     return 0

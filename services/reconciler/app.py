@@ -26,6 +26,7 @@ from services.reconciler.publish import EventPublisher
 from services.reconciler.settings import ReconcilerSettings
 from shared.db import create_pool
 from shared.streams import ensure_streams
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,67 @@ async def _serve(
     await reconciler.run(leader, settings.interval_seconds, fix=settings.fix, stop=state.stop)
 
 
+#: Seconds the stop waits for a pass in progress to end before cancelling it. A pass can run
+#: for minutes on a hung dependency (an engine's lookups stop after
+#: `engine_pass_timeout_seconds`, a query after `db_timeout_seconds`), and Kubernetes sends
+#: SIGKILL 30 s after SIGTERM (deploy/k8s/base/reconciler.yaml).
+STOP_PASS_S = 10.0
+
+#: Seconds each later step of the stop (NATS, the engines and the pool) may take.
+_STOP_STEP_S = 5.0
+
+
+async def _stop_within_budget(state: ReconcilerState) -> None:
+    """End the loop, NATS and the reconciler within the grace period, saying what was cut off.
+
+    A pass cut short publishes nothing more; the next leader's pass checks the same rows."""
+    if state.task is not None:
+        await asyncio.wait({state.task}, timeout=STOP_PASS_S)
+        if not state.task.done():
+            log.warning("stop cut off the pass in progress after %.0f s", STOP_PASS_S)
+        # Cancelled even when done (a no-op then): the error the loop ended with is returned
+        # and logged, not raised, so the stop goes on to close NATS and the pool.
+        try:
+            async with asyncio.timeout(_STOP_STEP_S):
+                error = await cancel_and_wait(state.task)
+        except TimeoutError:
+            error = None
+            log.warning("the reconciler loop did not end within %.0f s of its cancel", _STOP_STEP_S)
+        if error is not None:
+            log.error("reconciler loop failed: %r", error)
+    if state.nc is not None:
+        await _close_nats(state.nc)
+    if state.reconciler is not None:
+        pool = state.reconciler.pool
+        try:
+            async with asyncio.timeout(_STOP_STEP_S):
+                await close_reconciler(state.reconciler)
+        except TimeoutError:
+            log.warning(
+                "database pool not closed within %.0f s (a query still holds a connection); "
+                "terminating its connections",
+                _STOP_STEP_S,
+            )
+            pool.terminate()
+
+
+async def _close_nats(nc: NatsClient) -> None:
+    """Drain `nc` (the sync responder's requests in hand get their answers), or close it when
+    NATS is away: nats-py refuses to drain a connection that is reconnecting."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            async with asyncio.timeout(_STOP_STEP_S):
+                await nc.drain()
+            return
+        except TimeoutError:
+            log.warning("NATS drain cut off after %.0f s", _STOP_STEP_S)
+    else:
+        log.warning("NATS not connected at stop; closing without draining")
+    await nc.close()
+
+
 def create_app(settings: ReconcilerSettings) -> FastAPI:
     metrics = ReconcilerMetrics()
     state = ReconcilerState()
@@ -190,11 +252,7 @@ def create_app(settings: ReconcilerSettings) -> FastAPI:
             yield
         finally:
             state.stop.set()
-            await state.task
-            if state.nc is not None:
-                await state.nc.drain()
-            if state.reconciler is not None:
-                await close_reconciler(state.reconciler)
+            await _stop_within_budget(state)
 
     app = FastAPI(title="fleetwatch reconciler", lifespan=lifespan)
 
