@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.client_address import Network, parse_trusted_proxies
 from shared.events import NAME_PATTERN
+from shared.nats_keepalive import DEFAULT_PING_INTERVAL_S, NatsKeepalive
 from shared.subjects import Subjects
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -52,6 +53,14 @@ class CommonSettings(BaseSettings):
         ge=0,
         le=MAX_JWT_LEEWAY_S,
         validation_alias="FLEETWATCH_JWT_LEEWAY_S",
+    )
+    #: Seconds between the PINGs that tell a live NATS connection from a dead one (see
+    #: shared/nats_keepalive.py).
+    nats_ping_interval_s: int = Field(
+        default=DEFAULT_PING_INTERVAL_S,
+        ge=1,
+        le=600,
+        validation_alias="FLEETWATCH_NATS_PING_INTERVAL_S",
     )
     log_level: str = Field(default="INFO", validation_alias="FLEETWATCH_LOG_LEVEL")
     stream_max_age_days: float = Field(
@@ -97,3 +106,8 @@ class CommonSettings(BaseSettings):
     @property
     def subjects(self) -> Subjects:
         return Subjects(self.subject_prefix)
+
+    @property
+    def nats_keepalive(self) -> NatsKeepalive:
+        """The keepalive options of every NATS connection a service opens."""
+        return NatsKeepalive(ping_interval=self.nats_ping_interval_s)

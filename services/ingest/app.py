@@ -88,6 +88,9 @@ def build_broker(settings: IngestSettings, consumer_ref: IngestState) -> NatsBro
         graceful_timeout=30.0,
         log_level=logging.DEBUG,
         max_reconnect_attempts=-1,
+        # A link cut without a reset is dropped and reconnected (shared/nats_keepalive.py).
+        ping_interval=settings.nats_keepalive.ping_interval,
+        max_outstanding_pings=settings.nats_keepalive.max_outstanding_pings,
         # The handler takes the decoded batch as is: no argument casting or dependency
         # injection per fetch (its Context look-up ran in a worker thread each time).
         apply_types=False,
@@ -245,7 +248,11 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.nc = await nats.connect(
-            settings.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+            settings.nats_url,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            ping_interval=settings.nats_keepalive.ping_interval,
+            max_outstanding_pings=settings.nats_keepalive.max_outstanding_pings,
         )
         state.js = state.nc.jetstream()
         await ensure_streams(state.js, settings, update=True)

@@ -152,6 +152,9 @@ class Notifier:
             s.nats_url,
             name="fleetwatch-notifier",
             max_reconnect_attempts=-1,
+            # A link cut without a reset is dropped, and clients told (shared/nats_keepalive.py).
+            ping_interval=s.nats_keepalive.ping_interval,
+            max_outstanding_pings=s.nats_keepalive.max_outstanding_pings,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )

@@ -87,6 +87,8 @@ async def _connect_nats(state: QueryState) -> None:
                 connect_timeout=2,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
+                ping_interval=state.settings.nats_keepalive.ping_interval,
+                max_outstanding_pings=state.settings.nats_keepalive.max_outstanding_pings,
                 name="fleetwatch-query",
             )
             return

@@ -150,7 +150,13 @@ async def _connect(
     while not state.stop.is_set():
         try:
             if state.nc is None:
-                state.nc = await nats.connect(settings.nats_url, max_reconnect_attempts=-1)
+                keepalive = settings.nats_keepalive
+                state.nc = await nats.connect(
+                    settings.nats_url,
+                    max_reconnect_attempts=-1,
+                    ping_interval=keepalive.ping_interval,
+                    max_outstanding_pings=keepalive.max_outstanding_pings,
+                )
             return await build_reconciler(settings, state.nc, metrics)
         except Exception as exc:  # any dependency down: say why in /readyz and retry
             state.error = f"{type(exc).__name__}: {exc}"
