@@ -16,6 +16,7 @@ import signal
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import websockets
@@ -47,6 +48,25 @@ async def _stop(service: Service) -> float:
     return time.monotonic() - started
 
 
+async def _until_waiting_on_a_lock(conn: asyncpg.Connection, limit_s: float = 15.0) -> None:
+    """Until another backend of this database waits for a lock (the service's batch or pass
+    blocked behind ours): a fixed sleep was a guess on a loaded machine."""
+    sql = """
+        SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+        WHERE NOT l.granted AND a.datname = current_database()
+    """
+    async with asyncio.timeout(limit_s):
+        while not await conn.fetchval(sql):
+            await asyncio.sleep(0.05)
+
+
+async def _until_not_ready(url: str, limit_s: float = 15.0) -> None:
+    """Until the service's /readyz says 503: it has seen NATS go."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(limit_s):
+        while (await http.get(f"{url}/readyz")).status_code == 200:
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.timeout(60)
 async def test_ingest_stops_while_a_batch_waits_on_a_table_lock(
     js: JetStreamContext,
@@ -72,7 +92,7 @@ async def test_ingest_stops_while_a_batch_waits_on_a_table_lock(
         await conn.execute("BEGIN; LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
         locked = True
         await publish(js, subjects, [second])
-        await asyncio.sleep(1.5)  # the batch now waits for the lock
+        await _until_waiting_on_a_lock(conn)  # the batch now waits for the lock
         took = await _stop(ingest)
         await conn.execute("ROLLBACK")
         locked = False
@@ -101,7 +121,7 @@ async def test_ingest_stops_after_nats_went_away(
     try:
         await wait_ready(ingest.url, timeout=20)
         server.stop()
-        await asyncio.sleep(1)
+        await _until_not_ready(ingest.url)
         took = await _stop(ingest)
         assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{ingest.log()[-2000:]}"
         # uvicorn ends with the signal it caught; a failed shutdown only says so in the log.
@@ -125,7 +145,7 @@ async def test_reconciler_stops_while_its_pass_waits_on_a_table_lock(
     try:
         await wait_ready(reconciler.url, timeout=20)
         await conn.execute("BEGIN; LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
-        await asyncio.sleep(1.5)  # the next pass now waits for the lock
+        await _until_waiting_on_a_lock(conn)  # the next pass now waits for the lock
         took = await _stop(reconciler)
         log = reconciler.log()
         assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
@@ -147,7 +167,7 @@ async def test_reconciler_stops_cleanly_after_nats_went_away(
     try:
         await wait_ready(reconciler.url, timeout=20)
         server.stop()
-        await asyncio.sleep(1)
+        await _until_not_ready(reconciler.url)
         took = await _stop(reconciler)
         log = reconciler.log()
         assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
