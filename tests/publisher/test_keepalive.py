@@ -41,9 +41,10 @@ async def test_a_silently_cut_link_is_dropped_and_the_spool_resent(
             cut = time.monotonic()
             proxy.latency = 0.0  # new connections get through; the old one stays silent
             # Noticed after ~4 unanswered PINGs of 1 s, then reconnected and re-sent.
-            assert await fleet.flush(15), "the spool was not re-sent: the dead link was kept"
+            # Seconds, where nats-py's defaults took minutes (generous for a loaded machine).
+            assert await fleet.flush(25), "the spool was not re-sent: the dead link was kept"
             took = time.monotonic() - cut
-            assert took < 12, took
+            assert took < 20, took
             messages = await wait_for_count(js, streams.events_stream, 2)
             assert [m[2]["execution"]["id"] for m in messages] == ["before", "during"]
         finally:
