@@ -33,6 +33,7 @@ from shared.faststream_compat import (
     patch_pull_timeout,
     take_delivered,
 )
+from shared.shutdown import drain_or_close_nats
 from shared.streams import ensure_streams
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ async def _stop_within_budget(
         async with asyncio.timeout(STOP_DRAIN_S):
             await _stop_consuming(broker, consumer, settings)
             stage = "the NATS drain"
-            await _drain_nats(nc)
+            await drain_or_close_nats(nc)
             stage = "the database pool's close"
             await pool.close()
         return
@@ -228,17 +229,6 @@ async def _stop_within_budget(
             await consumer.drain()
     if not nc.is_closed:
         await nc.close()
-
-
-async def _drain_nats(nc: NatsClient) -> None:
-    """Drain `nc`; closed instead when it is not connected (nats-py refuses to drain then)."""
-    if nc.is_closed:
-        return
-    if not nc.is_connected:
-        log.warning("NATS not connected at stop; closing without draining")
-        await nc.close()
-        return
-    await nc.drain()
 
 
 def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -> FastAPI:

@@ -34,6 +34,7 @@ from shared.access import Scope
 from shared.auth import Claims
 from shared.db import create_pool
 from shared.ratelimit import RateLimiter
+from shared.shutdown import close_pool
 from shared.streams import ensure_streams
 from shared.tasks import cancel_and_wait
 
@@ -296,18 +297,8 @@ class Notifier:
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
         if self._pool is not None:
-            try:
-                async with asyncio.timeout(_STOP_STEP_S):
-                    await self._pool.close()
-            except TimeoutError:
-                # A connection is still in use: a scope load given up on a hung database
-                # holds it while its clean-up waits for that database too.
-                log.warning(
-                    "database pool not closed within %.0f s (a connection still in use); "
-                    "terminating its connections",
-                    _STOP_STEP_S,
-                )
-                self._pool.terminate()
+            # A scope load given up on a hung database may still hold a connection.
+            await close_pool(self._pool, _STOP_STEP_S)
 
 
 def create_app(settings: NotifierSettings) -> Notifier:

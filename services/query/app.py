@@ -22,6 +22,7 @@ from services.query.routes import agents, detail, export, health, listing, stati
 from services.query.settings import QuerySettings
 from shared.db import create_pool
 from shared.ratelimit import RateLimiter
+from shared.shutdown import close_pool
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -169,18 +170,8 @@ def create_app(settings: QuerySettings) -> FastAPI:
             await cancel_and_wait(connecting)
             if state.nats is not None:
                 await state.nats.close()
-            try:
-                async with asyncio.timeout(STOP_POOL_S):
-                    await state.pool.close()
-            except TimeoutError:
-                # A request cancelled while the database did not answer still holds its
-                # connection: its clean-up waits for that database too.
-                log.warning(
-                    "database pool not closed within %.0f s (a connection still in use); "
-                    "terminating its connections",
-                    STOP_POOL_S,
-                )
-                state.pool.terminate()
+            # A request cancelled while the database did not answer may still hold one.
+            await close_pool(state.pool, STOP_POOL_S)
 
     app = FastAPI(
         title="fleetwatch query API",

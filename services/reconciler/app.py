@@ -25,6 +25,7 @@ from services.reconciler.metrics import ReconcilerMetrics
 from services.reconciler.publish import EventPublisher
 from services.reconciler.settings import ReconcilerSettings
 from shared.db import create_pool
+from shared.shutdown import drain_or_close_nats
 from shared.streams import ensure_streams
 from shared.tasks import cancel_and_wait
 
@@ -215,7 +216,8 @@ async def _stop_within_budget(state: ReconcilerState) -> None:
         if error is not None:
             log.error("reconciler loop failed: %r", error)
     if state.nc is not None:
-        await _close_nats(state.nc)
+        # Drained: the sync responder's requests in hand get their answers.
+        await drain_or_close_nats(state.nc, _STOP_STEP_S)
     if state.reconciler is not None:
         pool = state.reconciler.pool
         try:
@@ -228,23 +230,6 @@ async def _stop_within_budget(state: ReconcilerState) -> None:
                 _STOP_STEP_S,
             )
             pool.terminate()
-
-
-async def _close_nats(nc: NatsClient) -> None:
-    """Drain `nc` (the sync responder's requests in hand get their answers), or close it when
-    NATS is away: nats-py refuses to drain a connection that is reconnecting."""
-    if nc.is_closed:
-        return
-    if nc.is_connected:
-        try:
-            async with asyncio.timeout(_STOP_STEP_S):
-                await nc.drain()
-            return
-        except TimeoutError:
-            log.warning("NATS drain cut off after %.0f s", _STOP_STEP_S)
-    else:
-        log.warning("NATS not connected at stop; closing without draining")
-    await nc.close()
 
 
 def create_app(settings: ReconcilerSettings) -> FastAPI:
