@@ -181,8 +181,9 @@ async def _stop_consuming(
 
 
 #: Seconds the stop may spend draining (batches in flight, the NATS connection, the pool).
-#: Kubernetes gives ingest 40 s after SIGTERM: preStop's 5 s and uvicorn's 30 s for open
-#: HTTP requests leave 5 (deploy/k8s/base/ingest.yaml). Past them it is SIGKILL anyway.
+#: Kubernetes gives ingest 40 s after SIGTERM: preStop's 5 s, uvicorn's 25 s for open HTTP
+#: requests (GRACEFUL_SHUTDOWN_S in main.py), these 5 and the cut-off's 2 leave 3 to spare
+#: (deploy/k8s/base/ingest.yaml). Past them it is SIGKILL anyway.
 STOP_DRAIN_S = 5.0
 
 #: Seconds the stop may spend after cutting the drain off, for the batches it cut off to end.
