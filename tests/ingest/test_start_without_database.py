@@ -86,8 +86,12 @@ async def test_sigterm_with_the_database_blackholed_stops_within_the_grace_perio
         ingest = start_service("ingest", env)
         try:
             await wait_ready(ingest.url, timeout=30, path="/healthz")
+            before = proxy.connections
             await publish(js, subjects, [event])
-            await asyncio.sleep(1)  # the batch now waits for a connection
+            # The batch now waits for a connection (the proxy took it and will never answer).
+            async with asyncio.timeout(15):
+                while proxy.connections == before:
+                    await asyncio.sleep(0.05)
             started = asyncio.get_running_loop().time()
             ingest.kill(signal.SIGTERM)
             await asyncio.to_thread(ingest.wait, 45)
