@@ -30,6 +30,10 @@ class FleetNotStartedError(FleetClosedError):
     (then chained as the cause). `start()` may be called again to retry."""
 
 
+def _closed_while_starting() -> FleetClosedError:
+    return FleetClosedError("SyncFleet.close() was called while it started")
+
+
 class SyncFleet:
     """`with SyncFleet(url, org="acme") as fleet: with fleet.execution("a") as run: ...`"""
 
@@ -145,6 +149,34 @@ class SyncFleet:
                 self._new_loop()
             self._thread.start()
 
+        future, ended = self._submit_start()
+        try:
+            fleet = future.result()
+        except BaseException as exc:
+            # `with` never calls __exit__ when __enter__ raises: stop the thread here, once
+            # the start has cleaned up after itself.
+            self._abandon_start(future, ended)
+            self._stop_loop()
+            with self._lock:
+                self._start_error = exc
+                self._starting = False
+                self._start_future = None
+                closed = self._closed
+            if closed and isinstance(exc, concurrent.futures.CancelledError):
+                raise _closed_while_starting() from None
+            raise
+        with self._lock:
+            self._starting, self._start_future = False, None
+            if self._closed:
+                # close() came as the start ended: it saw a start, not a fleet, and closed
+                # the fleet that start made (see _abandon_start).
+                raise _closed_while_starting()
+            self._fleet, self._start_error = fleet, None
+        return self
+
+    def _submit_start(self) -> tuple[concurrent.futures.Future[Fleet], threading.Event]:
+        """Hand the connect to the loop thread (started by `start()`); FleetClosedError if
+        close() came first."""
         ended = threading.Event()
 
         async def make() -> Fleet:
@@ -163,27 +195,16 @@ class SyncFleet:
                 ended.set()
 
         with self._lock:
-            future = asyncio.run_coroutine_threadsafe(make(), self._loop)
-            self._start_future, self._start_ended = future, ended
-        try:
-            fleet = future.result()
-        except BaseException as exc:
-            # `with` never calls __exit__ when __enter__ raises: stop the thread here, once
-            # the start has cleaned up after itself.
-            self._abandon_start(future, ended)
-            self._stop_loop()
-            with self._lock:
-                self._start_error = exc
-                self._starting = False
-                self._start_future = None
-                closed = self._closed
-            if closed and isinstance(exc, concurrent.futures.CancelledError):
-                raise FleetClosedError("SyncFleet.close() was called while it started") from None
-            raise
-        with self._lock:
-            self._fleet, self._start_error, self._starting = fleet, None, False
-            self._start_future = None
-        return self
+            if not self._closed:
+                future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+                self._start_future, self._start_ended = future, ended
+                return future, ended
+            self._starting = False
+        # close() came after the loop thread started and before the connect was handed to
+        # it: it found no start to end, and stops the loop, so nothing would ever run this
+        # one (the wait for it hung for good). Stopped here too, before saying so.
+        self._stop_loop()
+        raise _closed_while_starting()
 
     def _abandon_start(
         self, future: concurrent.futures.Future[Fleet], ended: threading.Event

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -87,6 +88,45 @@ def test_close_from_another_thread_ends_a_start_and_frees_the_spool(
     [error] = raised
     assert isinstance(error, FleetClosedError)
     assert "close() was called while it started" in str(error)
+    other = SyncFleet(nats_url, org="acme", spool_dir=str(tmp_path))
+    other.start()
+    other.close()
+
+
+def test_close_before_the_start_reaches_the_loop_ends_it(
+    silent_server: str, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() between the loop thread's start and the connect being handed to it found no
+    start to end and stopped the loop: the connect then never ran, and start() waited for it
+    for good (seen in CI as the test above leaving its starter thread alive)."""
+    fleet = SyncFleet(silent_server, org="acme", spool_dir=str(tmp_path), connect_timeout=5.0)
+    submit = SyncFleet._submit_start
+
+    def close_first(self: SyncFleet) -> Any:
+        closer = threading.Thread(target=self.close)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive()
+        return submit(self)
+
+    monkeypatch.setattr(SyncFleet, "_submit_start", close_first)
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            fleet.start()
+        except BaseException as exc:
+            raised.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    starter.join(10)
+    assert not starter.is_alive(), "start() hung: nothing will ever run its connect"
+    [error] = raised
+    assert isinstance(error, FleetClosedError)
+    assert "close() was called while it started" in str(error)
+    assert not fleet._thread.is_alive()
+    monkeypatch.undo()
     other = SyncFleet(nats_url, org="acme", spool_dir=str(tmp_path))
     other.start()
     other.close()
