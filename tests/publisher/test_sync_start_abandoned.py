@@ -42,6 +42,21 @@ def _interrupt_after(seconds: float) -> None:
     signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
+def _start_in_a_thread(fleet: SyncFleet) -> tuple[threading.Thread, list[BaseException]]:
+    """`fleet.start()` running in a thread of its own, and the list its error will be in."""
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            fleet.start()
+        except BaseException as exc:
+            raised.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    return starter, raised
+
+
 def test_a_start_interrupted_while_it_connects_can_be_retried(
     silent_server: str, nats_url: str, tmp_path: Path
 ) -> None:
@@ -65,16 +80,7 @@ def test_close_from_another_thread_ends_a_start_and_frees_the_spool(
     silent_server: str, nats_url: str, tmp_path: Path
 ) -> None:
     fleet = SyncFleet(silent_server, org="acme", spool_dir=str(tmp_path), connect_timeout=5.0)
-    raised: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            fleet.start()
-        except BaseException as exc:
-            raised.append(exc)
-
-    starter = threading.Thread(target=start)
-    starter.start()
+    starter, raised = _start_in_a_thread(fleet)
     try:
         # Its start is under way once the fleet's loop thread runs (no sleep to guess it).
         for _ in range(500):
@@ -110,16 +116,7 @@ def test_close_before_the_start_reaches_the_loop_ends_it(
         return submit(self)
 
     monkeypatch.setattr(SyncFleet, "_submit_start", close_first)
-    raised: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            fleet.start()
-        except BaseException as exc:
-            raised.append(exc)
-
-    starter = threading.Thread(target=start)
-    starter.start()
+    starter, raised = _start_in_a_thread(fleet)
     starter.join(10)
     assert not starter.is_alive(), "start() hung: nothing will ever run its connect"
     [error] = raised
