@@ -52,7 +52,8 @@ def _start_in_a_thread(fleet: SyncFleet) -> tuple[threading.Thread, list[BaseExc
         except BaseException as exc:
             raised.append(exc)
 
-    starter = threading.Thread(target=start)
+    # A daemon: should start() hang again, the test fails; the test process still exits.
+    starter = threading.Thread(target=start, daemon=True)
     starter.start()
     return starter, raised
 
@@ -109,7 +110,7 @@ def test_close_before_the_start_reaches_the_loop_ends_it(
     submit = SyncFleet._submit_start
 
     def close_first(self: SyncFleet) -> Any:
-        closer = threading.Thread(target=self.close)
+        closer = threading.Thread(target=self.close, daemon=True)
         closer.start()
         closer.join(10)
         assert not closer.is_alive()
