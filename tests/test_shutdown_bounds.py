@@ -111,25 +111,28 @@ async def test_ingest_stops_while_a_batch_waits_on_a_table_lock(
 
 
 @pytest.mark.timeout(60)
-async def test_ingest_stops_after_nats_went_away(
-    tmp_path: Path, service_env: dict[str, str], database_url: str, org: str
+@pytest.mark.parametrize("name", ["ingest", "reconciler"])
+async def test_a_stop_after_nats_went_away_closes_without_draining(
+    tmp_path: Path, service_env: dict[str, str], name: str
 ) -> None:
-    """NATS gone (a restart, a network cut) when SIGTERM comes: the stop may not wait for it."""
+    """NATS gone (a restart, a network cut) when SIGTERM comes: nats-py refuses to drain a
+    reconnecting connection, and the stop failed there (before the reconciler closed its
+    engines and pool); it may not wait for NATS either."""
     server = OwnNats(tmp_path / "nats-store")
     server.start()
-    ingest = start_service("ingest", {**service_env, "NATS_URL": server.url})
+    service = start_service(name, {**service_env, "NATS_URL": server.url})
     try:
-        await wait_ready(ingest.url, timeout=20)
+        await wait_ready(service.url, timeout=20)
         server.stop()
-        await _until_not_ready(ingest.url)
-        took = await _stop(ingest)
-        assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{ingest.log()[-2000:]}"
+        await _until_not_ready(service.url)
+        took = await _stop(service)
         # uvicorn ends with the signal it caught; a failed shutdown only says so in the log.
-        log = ingest.log()
+        log = service.log()
+        assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
         assert "shutdown failed" not in log, log[-3000:]
         assert "without draining" in log, log[-3000:]
     finally:
-        ingest.kill()
+        service.kill()
         server.stop()
 
 
@@ -153,29 +156,6 @@ async def test_reconciler_stops_while_its_pass_waits_on_a_table_lock(
     finally:
         reconciler.kill()
         await conn.close()
-
-
-@pytest.mark.timeout(60)
-async def test_reconciler_stops_cleanly_after_nats_went_away(
-    tmp_path: Path, service_env: dict[str, str]
-) -> None:
-    """nats-py refuses to drain a reconnecting connection: the stop failed there, before it
-    closed the engines and the pool."""
-    server = OwnNats(tmp_path / "nats-store")
-    server.start()
-    reconciler = start_service("reconciler", {**service_env, "NATS_URL": server.url})
-    try:
-        await wait_ready(reconciler.url, timeout=20)
-        server.stop()
-        await _until_not_ready(reconciler.url)
-        took = await _stop(reconciler)
-        log = reconciler.log()
-        assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
-        assert "shutdown failed" not in log, log[-3000:]
-        assert "without draining" in log, log[-3000:]
-    finally:
-        reconciler.kill()
-        server.stop()
 
 
 @pytest.mark.timeout(60)
