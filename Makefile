@@ -28,8 +28,13 @@ system-deps:
 run: venv
 	$(VENV)/bin/fleetwatch up
 
+# Test files are spread over this many pytest-xdist workers; a file stays on one worker, so its
+# module fixtures (database, services) are made once. Most tests wait on real servers and real
+# time, so 3 workers beat 2 on a 2-core machine. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 3
+
 test: venv system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
 	$(VENV)/bin/ruff check services shared tests bench
