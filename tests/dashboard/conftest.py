@@ -42,8 +42,11 @@ CHROMIUM_ARGS = [
 SECRET = "dashboard-test-secret-0123456789abcdef"  # ≥ 32 bytes: pyjwt warns below
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 
-# Two shared cores run services, Chromium and the test: give assertions room to retry.
-expect.set_options(timeout=10_000)
+# Two shared cores run services, Chromium and the test (and, under `make test`, two other
+# pytest workers): give assertions room to retry. 10 s was once not enough there for a list to
+# load after a live event (passing runs take 1-2 s; tests that prove an update came live rather
+# than by the 10 s poll set their own, shorter timeouts).
+expect.set_options(timeout=20_000)
 
 
 @dataclass

@@ -171,7 +171,7 @@ async def test_live_event_appears_at_top_and_updates_in_place(
     admin_page: Page, stack: Stack
 ) -> None:
     page = admin_page
-    await expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
     execution = {
         "id": "live-001",
         "agent_name": "alpha",
@@ -181,21 +181,21 @@ async def test_live_event_appears_at_top_and_updates_in_place(
     }
     await stack.publish("execution_started", execution)
     top = page.locator(ROWS).first
-    await expect(top).to_have_attribute("data-id", "live-001", timeout=10_000)
+    await expect(top).to_have_attribute("data-id", "live-001")
     await expect(top).to_have_attribute("data-status", "running")
 
     await stack.publish(
         "execution_failed",
         {"id": "live-001", "agent_name": "alpha", "error": "RateLimitError: slow down"},
     )
-    await expect(top).to_have_attribute("data-status", "failed", timeout=10_000)
+    await expect(top).to_have_attribute("data-status", "failed")
     await expect(page.locator(".toast-error").first).to_contain_text("failed")
     assert (await shown_ids(page)).count("live-001") == 1
     # Another agent's event under the same id is refused by ingest (the feed still carries it):
     # it does not repaint the row. The next event, once shown, proves it was received.
     await stack.publish("execution_completed", {"id": "live-001", "agent_name": "beta"})
     await stack.publish("execution_started", {"id": "live-001-next", "agent_name": "alpha"})
-    await expect(top).to_have_attribute("data-id", "live-001-next", timeout=10_000)
+    await expect(top).to_have_attribute("data-id", "live-001-next")
     row = page.locator('tr[data-id="live-001"]')
     assert await row.get_attribute("data-status") == "failed"
     assert await page.evaluate("document.readyState") == "complete"
@@ -386,7 +386,7 @@ async def test_sign_in_form_and_client_view(browser: Browser, stack: Stack) -> N
 async def test_polling_when_the_notifier_stops(admin_page: Page, stack: Stack) -> None:
     page = admin_page
     await page.goto(stack.base_url + "/")
-    await expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10_000)
+    await expect(page.locator("#live")).to_have_attribute("data-state", "live")
     await stack.publish(
         "execution_started",
         {
@@ -396,7 +396,7 @@ async def test_polling_when_the_notifier_stops(admin_page: Page, stack: Stack) -
             "started_at": now_iso(),
         },
     )
-    await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-002", timeout=10_000)
+    await expect(page.locator(ROWS).first).to_have_attribute("data-id", "live-002")
 
     await stack.stop_notifier()
     await expect(page.locator("#live")).to_have_attribute("data-state", "polling")
