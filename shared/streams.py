@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import BadRequestError, NotFoundError
 
 from shared.settings import CommonSettings
@@ -15,10 +17,17 @@ DLQ_MAX_AGE_DAYS = 30.0
 _DAY = 86_400.0
 #: JetStream's error code for "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
+#: "subjects overlap with an existing stream": also what the server answers, now and then,
+#: to the second of two processes creating the same stream at the same moment.
+_SUBJECTS_OVERLAP = 10065
+#: How long a stream another process is creating may take to show (looks, and between them).
+_CREATED_LOOKS = 10
+_LOOK_WAIT_S = 0.1
 
 
 class StreamConflictError(RuntimeError):
-    """A stream of our name exists for another subject prefix's subjects."""
+    """A stream of our name exists for another subject prefix's subjects, or another
+    stream holds our subjects."""
 
 
 def stream_configs(settings: CommonSettings) -> list[StreamConfig]:
@@ -66,10 +75,12 @@ async def ensure_streams(
                 await js.add_stream(config=config)
                 continue
             except BadRequestError as exc:
-                # Another process created it between our look and our add.
-                if exc.err_code != _STREAM_NAME_IN_USE:
+                # Another process created it between our look and our add (a service starting
+                # beside its replicas): the server says its name is in use or, while that
+                # creation is under way, that its subjects overlap an existing stream's.
+                if exc.err_code not in (_STREAM_NAME_IN_USE, _SUBJECTS_OVERLAP):
                     raise
-            found = await js.stream_info(config.name)
+                found = await _made_by_another(js, config, exc)
         theirs = found.config.subjects or []
         if not set(config.subjects or []) <= set(theirs):
             # Prefixes that differ only in case or `-`/`_` share stream names: this one is
@@ -91,3 +102,26 @@ async def ensure_streams(
             )
             if wanted != found.config:
                 await js.update_stream(config=wanted)
+
+
+async def _made_by_another(
+    js: JetStreamContext, config: StreamConfig, refused: BadRequestError
+) -> StreamInfo:
+    """The stream another process made as we tried to; StreamConflictError, naming the
+    stream in the way, when none of that name shows and the subjects are another's."""
+    assert config.name is not None
+    for look in range(_CREATED_LOOKS):
+        try:
+            return await js.stream_info(config.name)
+        except NotFoundError:
+            if look + 1 < _CREATED_LOOKS:
+                await asyncio.sleep(_LOOK_WAIT_S)
+    subjects = ", ".join(config.subjects or [])
+    holder = "another stream"
+    with contextlib.suppress(Exception):
+        holder = f"stream {await js.find_stream_name_by_subject((config.subjects or [''])[0])}"
+    raise StreamConflictError(
+        f"stream {config.name} cannot be made: {holder} already takes its subjects "
+        f"({subjects}; the server said {refused.description!r}). Delete that stream, or give "
+        "this deployment a FLEETWATCH_SUBJECT_PREFIX of its own"
+    ) from refused
