@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Route, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, Route, WebSocketRoute, expect
 
 from tests.dashboard.conftest import Stack
 from tests.dashboard.seed import DETAILED_ID, RUNNING_ID
@@ -311,3 +311,35 @@ async def test_a_list_that_failed_to_load_comes_back_whole(browser: Browser, sta
         await expect(page.locator(".summary")).to_have_text(f"Showing 50 of {total} executions")
         await page.locator(".btn-more").click()
         await expect(page.locator(ROWS)).to_have_count(total)
+
+
+async def test_live_only_once_the_notifier_is_ready(browser: Browser, stack: Stack) -> None:
+    """The page said "live" when its socket opened, but the notifier delivers events only
+    after it has looked up the caller's access and sent `ready`: an event published in
+    between was never shown. That is the likely cause of a CI failure of the test above
+    (its event, published once the page said live, never came while the machine was loaded).
+    Here the notifier's frames are held back, `ready` with them."""
+    held: list[str | bytes] = []
+    routes: list[WebSocketRoute] = []
+
+    def hold_frames(ws: WebSocketRoute) -> None:
+        routes.append(ws)
+        ws.connect_to_server().on_message(
+            lambda frame: (ws.send if released else held.append)(frame)
+        )
+
+    released = False
+
+    async with own_page(browser) as page:
+        await page.route_web_socket(re.compile(r"/ws"), hold_frames)
+        await page.goto(stack.page_url())
+        async with asyncio.timeout(20):
+            while not any('"ready"' in str(frame) for frame in held):
+                await asyncio.sleep(0.05)
+        await page.wait_for_timeout(300)  # time to misreport, were the page to
+        assert await page.locator("#live").get_attribute("data-state") == "connecting"
+        [ws] = routes
+        released = True
+        for frame in held:
+            ws.send(frame)
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")

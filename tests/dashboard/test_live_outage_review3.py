@@ -72,8 +72,8 @@ async def test_the_page_polls_while_the_notifier_has_lost_nats_and_is_live_again
                 }""",
                 [f"ws://127.0.0.1:{app.port}/ws", token(org, "boss", "admin")],
             )
+            # Live once the notifier said `ready`: from then on it delivers every event.
             await until(page, "feed.state === 'live'", 10)
-            await asyncio.sleep(0.5)  # past the notifier's hello window: the socket is live
             async with jetstream(server.url) as js:
                 before = await publish(js, subjects, execution_event(org, "x"))
             await until(page, f"log.seqs.includes({before})", 5)

@@ -140,7 +140,9 @@ export class LiveFeed {
     socket.addEventListener("open", () => {
       openedAt = performance.now();
       this.send();
-      this.goLive();
+      // Not live yet: the notifier delivers events only once it has looked up the caller's
+      // access and handed over from any replay, and says so with `ready`. An event published
+      // between the socket opening and then was never shown, though the page said "live".
     });
     socket.addEventListener("message", (event) => this.receive(event.data));
     socket.addEventListener("close", (event) => {
@@ -178,7 +180,9 @@ export class LiveFeed {
     if (typeof message.seq === "number") {
       this.lastSeq = Math.max(this.lastSeq ?? 0, message.seq);
     }
-    if (message.type === "resync_required") {
+    if (message.type === "ready") {
+      this.goLive();
+    } else if (message.type === "resync_required") {
       this.lastSeq = typeof message.seq === "number" ? message.seq : null;
       this.onResync?.();
     } else if (message.type === "feed_status") {
