@@ -343,3 +343,49 @@ async def test_live_only_once_the_notifier_is_ready(browser: Browser, stack: Sta
         for frame in held:
             ws.send(frame)
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+
+async def test_what_happened_before_the_feed_was_ready_is_read_again(
+    browser: Browser, stack: Stack
+) -> None:
+    """The notifier sends a new connection only what happens after it is ready: a failure
+    published between the page reading its list and then was shown to nobody, and its row
+    stayed "running" for good (the page does not poll while live). Here the socket reaches
+    the notifier only once that event is stored; the page reads its list again once live."""
+    connect = asyncio.Event()
+
+    async def late(ws: WebSocketRoute) -> None:
+        await connect.wait()
+        ws.connect_to_server()
+
+    gap_id = "r2-gap-001"
+    started = datetime.now(UTC).isoformat()
+    await stack.publish(
+        "execution_started",
+        {"id": gap_id, "agent_name": "alpha", "started_at": started, "triggered_by": "api"},
+    )
+    await _stored_status(stack, gap_id, "running")
+    async with own_page(browser) as page:
+        await page.route_web_socket(re.compile(r"/ws"), late)
+        await page.goto(stack.page_url())
+        row = page.locator(f'tr[data-id="{gap_id}"]')
+        await expect(row).to_have_attribute("data-status", "running")
+        await stack.publish(
+            "execution_failed",
+            {"id": gap_id, "agent_name": "alpha", "error": "lost while the page connected"},
+        )
+        await _stored_status(stack, gap_id, "failed")
+        connect.set()
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        await expect(row).to_have_attribute("data-status", "failed")
+
+
+async def _stored_status(stack: Stack, execution_id: str, status: str) -> None:
+    headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
+        async with asyncio.timeout(20):
+            while True:
+                answer = await client.get(f"/api/executions/{execution_id}")
+                if answer.status_code == 200 and answer.json()["status"] == status:
+                    return
+                await asyncio.sleep(0.1)

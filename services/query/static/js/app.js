@@ -202,6 +202,7 @@ async function start() {
       // The indicator says "polling" on every view: a detail or compare page re-reads too.
       onPoll: () => (page ? page.poll() : refreshShownSoon()),
       onResync: () => (page ? page.reload() : refreshShownSoon()),
+      onCatchUp: () => (page ? page.poll() : refreshShownSoon()),
       onState: setLiveState,
     });
     live.start(page?.filters ?? {});

@@ -78,12 +78,15 @@ export async function notifierUrl() {
 export class LiveFeed {
   /**
    * onEvent(message) for each execution event, onPoll() every POLL_MS while the socket is down,
-   * onResync() when the server cannot replay, onState(state) with "connecting" | "live" | "polling".
+   * onResync() when the server cannot replay, onState(state) with "connecting" | "live" | "polling",
+   * onCatchUp() once a connection that did not resume is live (see receive).
    */
-  constructor({ onEvent, onPoll, onResync, onState }) {
-    Object.assign(this, { onEvent, onPoll, onResync, onState });
+  constructor({ onEvent, onPoll, onResync, onState, onCatchUp }) {
+    Object.assign(this, { onEvent, onPoll, onResync, onState, onCatchUp });
     this.socket = null;
     this.lastSeq = null;
+    /** Whether the current connection asked to resume from `lastSeq`. */
+    this.resuming = false;
     this.filters = {};
     this.backoff = MIN_BACKOFF_MS;
     this.pollTimer = null;
@@ -129,6 +132,7 @@ export class LiveFeed {
       // it arrives within a short window, which a busy page or network can miss.
       const url = new URL(this.url, window.location.href);
       if (this.lastSeq !== null) url.searchParams.set("resume_from", String(this.lastSeq));
+      this.resuming = this.lastSeq !== null;
       socket = token ? new WebSocket(url, ["bearer", token]) : new WebSocket(url);
     } catch {
       this.dropped();
@@ -181,7 +185,12 @@ export class LiveFeed {
       this.lastSeq = Math.max(this.lastSeq ?? 0, message.seq);
     }
     if (message.type === "ready") {
+      // Without a seq to resume from (the page's first connection), what happened between the
+      // page's last read and now was sent to nobody: read once more (a failure missed there
+      // left its row "running" for good). A resumed connection had it replayed.
+      const catchUp = !this.resuming && this.state !== "live";
       this.goLive();
+      if (catchUp) this.onCatchUp?.();
     } else if (message.type === "resync_required") {
       this.lastSeq = typeof message.seq === "number" ? message.seq : null;
       this.onResync?.();
