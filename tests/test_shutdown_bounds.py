@@ -48,6 +48,14 @@ async def _stop(service: Service) -> float:
     return time.monotonic() - started
 
 
+def _stopped_in_time(service: Service, took: float, *said: str) -> None:
+    """`service` stopped within `STOP_WITHIN_S`, and its log says each of `said`."""
+    log = service.log()
+    assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
+    for words in said:
+        assert words in log, log[-3000:]
+
+
 async def _until_waiting_on_a_lock(conn: asyncpg.Connection, limit_s: float = 15.0) -> None:
     """Until another backend of this database waits for a lock (the service's batch or pass
     blocked behind ours): a fixed sleep was a guess on a loaded machine."""
@@ -96,9 +104,7 @@ async def test_ingest_stops_while_a_batch_waits_on_a_table_lock(
         took = await _stop(ingest)
         await conn.execute("ROLLBACK")
         locked = False
-        log = ingest.log()
-        assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
-        assert "cut off" in log, log[-2000:]
+        _stopped_in_time(ingest, took, "cut off")
         # Not acknowledged, so not lost: the durable consumer still owes it.
         info = await js.consumer_info(subjects.events_stream, "ingest")
         assert info.num_ack_pending + info.num_pending == 1
@@ -150,9 +156,7 @@ async def test_reconciler_stops_while_its_pass_waits_on_a_table_lock(
         await conn.execute("BEGIN; LOCK TABLE executions IN ACCESS EXCLUSIVE MODE")
         await _until_waiting_on_a_lock(conn)  # the next pass now waits for the lock
         took = await _stop(reconciler)
-        log = reconciler.log()
-        assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
-        assert "cut off the pass" in log, log[-2000:]
+        _stopped_in_time(reconciler, took, "cut off the pass")
     finally:
         reconciler.kill()
         await conn.close()
@@ -183,9 +187,7 @@ async def test_notifier_stops_while_postgres_hangs_mid_query(
             await asyncio.sleep(7)  # past the scope load's 5 s: given up, still holding a conn
             took = await _stop(notifier)
             client.cancel()
-            log = notifier.log()
-            assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
-            assert "pool not closed within" in log, log[-2000:]
+            _stopped_in_time(notifier, took, "pool not closed within")
         finally:
             notifier.kill()
 
@@ -213,8 +215,6 @@ async def test_query_stops_while_postgres_hangs_mid_request(
                 await asyncio.sleep(1.5)  # the request now waits for its query
                 took = await _stop(query)
                 request.cancel()
-            log = query.log()
-            assert took < STOP_WITHIN_S, f"stopped after {took:.0f} s:\n{log[-2000:]}"
-            assert "pool not closed within" in log, log[-2000:]
+            _stopped_in_time(query, took, "pool not closed within")
         finally:
             query.kill()

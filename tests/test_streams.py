@@ -174,11 +174,7 @@ async def test_a_stream_of_another_prefix_under_the_same_name_is_refused(
                 await _ensure(nats_url, CommonSettings(subject_prefix=other.prefix), update=update)
         assert (await _subjects_of(nats_url, twin.events_stream)) == [twin.all_events]
     finally:
-        nc = await nats.connect(nats_url)
-        for name in (twin.events_stream, twin.dlq_stream):
-            with contextlib.suppress(NotFoundError):
-                await nc.jetstream().delete_stream(name)
-        await nc.close()
+        await _delete_streams(nats_url, twin)
 
 
 async def _subjects_of(nats_url: str, stream: str) -> list[str] | None:
