@@ -246,7 +246,6 @@ async def test_a_slow_detail_refresh_does_not_bring_back_an_older_state(
         await release.wait()
         await route.fulfill(response=response)
 
-    headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
     async with own_page(browser) as page:
         await page.route(re.compile(rf"/api/executions/{RUNNING_ID}$"), slow_once)
         await page.goto(stack.page_url(query=f"execution={RUNNING_ID}"))
@@ -264,12 +263,7 @@ async def test_a_slow_detail_refresh_does_not_bring_back_an_older_state(
                 "completed_at": datetime.now(UTC).isoformat(),
             },
         )
-        async with httpx.AsyncClient(base_url=stack.base_url, headers=headers) as client:
-            for _ in range(100):
-                answer = (await client.get(f"/api/executions/{RUNNING_ID}")).json()
-                if answer["status"] == "success":
-                    break
-                await asyncio.sleep(0.1)
+        await _stored_status(stack, RUNNING_ID, "success")
         # One more event: a refresh that surely reads the completion.
         await stack.publish("execution_completed", {"id": RUNNING_ID, "agent_name": "alpha"})
         await expect(heading).to_have_attribute("title", "success")
