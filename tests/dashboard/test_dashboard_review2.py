@@ -383,3 +383,38 @@ async def _stored_status(stack: Stack, execution_id: str, status: str) -> None:
                 if answer.status_code == 200 and answer.json()["status"] == status:
                     return
                 await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("query", "drawn"),
+    [
+        (f"execution={DETAILED_ID}", ".page-detail"),
+        (f"compare={DETAILED_ID},{RUNNING_ID}", ".page-compare"),
+    ],
+    ids=["detail", "compare"],
+)
+async def test_a_refresh_that_reads_nothing_new_leaves_the_page_alone(
+    browser: Browser, stack: Stack, query: str, drawn: str
+) -> None:
+    """Once the live feed is ready, a detail or compare page reads its executions again (what
+    happened while it connected was sent to nobody). That read usually finds nothing new, and
+    the page was rebuilt anyway: a selection was lost, and an element the reader (or a test:
+    a CI failure of the compare test) was scrolling to was gone from the page."""
+    path = f"/api/executions/{DETAILED_ID}"
+    reads: list[str] = []
+    async with own_page(browser) as page:
+        page.on(
+            "requestfinished",
+            lambda request: (
+                reads.append(request.url) if urlparse(request.url).path == path else None
+            ),
+        )
+        await page.goto(stack.page_url(query=query))
+        shown = await page.wait_for_selector(drawn)
+        assert shown is not None
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        async with asyncio.timeout(20):
+            while len(reads) < 2:
+                await asyncio.sleep(0.05)
+        await page.wait_for_timeout(300)  # time to draw the answer, were the page to
+        assert await shown.evaluate("page => page.isConnected")

@@ -132,6 +132,23 @@ function stepKeys(page) {
   return [...page.querySelectorAll("ol.waterfall")].flatMap((ol, i) => [...ol.querySelectorAll("li.step")].map((li) => [`${i}/${li.dataset.node}/${li.dataset.attempt}`, li]));
 }
 
+/**
+ * What each detail or compare page shown was drawn from. A refresh that reads the same leaves
+ * the page alone: rebuilt, it would drop a text selection and the element under the pointer
+ * (the catch-up read once the live feed is ready usually finds nothing new).
+ */
+const drawnFrom = new WeakMap();
+
+function drawnAlready(root, selector, data) {
+  const page = root.querySelector(selector);
+  return page !== null && drawnFrom.get(page) === JSON.stringify(data);
+}
+
+function remember(root, selector, data) {
+  const page = root.querySelector(selector);
+  if (page) drawnFrom.set(page, JSON.stringify(data));
+}
+
 /** What the reader has open or typed on a detail (or compare) page, to keep through a live refresh. */
 function viewState(root, selector) {
   const page = root.querySelector(selector);
@@ -182,6 +199,8 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
   // The detail says whether there is a log (`log_url`); older answers may not say.
   const log = exec.log_url === null || exec.has_log === false ? "" : await loadLog(id);
   if (!current()) return null;
+  const drawing = { exec, log, canStop };
+  if (kept && drawnAlready(root, ".page-detail", drawing)) return exec;
   const compareInput = h("input", { type: "text", placeholder: "another execution id", "aria-label": "Compare with execution id" });
   const isSet = (k) => exec[k] !== null && exec[k] !== undefined && exec[k] !== "";
   const fields = Object.keys(exec).filter((k) => !HIDDEN_FIELDS.has(k) && isSet(k));
@@ -214,6 +233,7 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
     ),
   );
   if (kept) restoreView(root, kept);
+  remember(root, ".page-detail", drawing);
   return exec;
 }
 
@@ -235,6 +255,7 @@ export async function renderCompare(root, ids, { current = () => true, refresh =
     return;
   }
   if (!current()) return;
+  if (kept && drawnAlready(root, ".page-compare", pair)) return;
   const [a, b] = pair;
   const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !PAGE_PARTS.includes(k));
   const cell = (exec, k) => (LONG_FIELDS.includes(k) && exec[k] ? h("pre", {}, exec[k]) : fieldValue(k, exec[k], exec));
@@ -258,4 +279,5 @@ export async function renderCompare(root, ids, { current = () => true, refresh =
     ),
   );
   if (kept) restoreView(root, kept);
+  remember(root, ".page-compare", pair);
 }
