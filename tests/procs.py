@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,11 +21,46 @@ import httpx
 LOG_DIR = Path(__file__).resolve().parent.parent / "test-artifacts" / "logs"
 
 
-def free_port() -> int:
+def _port_pool() -> range:
+    """The ports this test process hands out: below the kernel's ephemeral range (where the
+    outgoing connections of every process on the machine take theirs) and, under
+    pytest-xdist, a slice of its own per worker. A port asked of the kernel (bind to 0) could
+    be handed out twice: in one process (a CI failure: `up` refused INGEST_PORT and
+    NOTIFIER_PORT for being the same) or to another worker's connection before the service
+    it was for had bound it."""
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    low, high = 10000, max(first_ephemeral, 12000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    size = (high - low) // max(workers, 1)
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_POOL = _port_pool()
+# A random start: two test runs on one machine (a session and CI) begin apart.
+_next = itertools.count(random.randrange(len(_POOL)))
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port nothing listens on, not handed out before by this process (see _port_pool)."""
+    for _ in range(len(_POOL)):
+        port = _POOL[next(_next) % len(_POOL)]
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in {_POOL.start}-{_POOL.stop - 1}")
 
 
 @dataclass

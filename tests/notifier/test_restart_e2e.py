@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,15 +25,9 @@ from tests.notifier.helpers import (
     token,
     ws_url,
 )
-from tests.procs import wait_ready
+from tests.procs import free_port, wait_ready
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _start(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
@@ -90,7 +83,7 @@ async def test_restart_then_resume_loses_nothing(
     org: str,
     procs: list[subprocess.Popen[bytes]],
 ) -> None:
-    port = _free_port()
+    port = free_port()
     procs.append(await _start(service_env, port))
     tok = token(org, "boss", "admin")
     async with jetstream(nats_url) as js:

@@ -33,17 +33,11 @@ from shared.publisher.envelope import dedupe_id, encode
 from shared.settings import CommonSettings
 from shared.streams import ensure_streams
 from shared.subjects import Subjects
+from tests.procs import free_port
 
 VENV_BIN = Path(sys.executable).parent
 NATS_SERVER = str(VENV_BIN / "nats-server")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

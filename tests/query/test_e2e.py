@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator
 
@@ -12,17 +11,10 @@ import pytest
 import pytest_asyncio
 
 from shared.db import connect
-from tests.procs import wait_ready
+from tests.procs import free_port, wait_ready
 from tests.query.helpers import SECRET, add_org, insert, make_rows, token
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest_asyncio.fixture
