@@ -418,3 +418,52 @@ async def test_a_refresh_that_reads_nothing_new_leaves_the_page_alone(
                 await asyncio.sleep(0.05)
         await page.wait_for_timeout(300)  # time to draw the answer, were the page to
         assert await shown.evaluate("page => page.isConnected")
+
+
+async def test_a_detail_page_reads_again_while_the_api_lags_the_feed(
+    browser: Browser, stack: Stack
+) -> None:
+    """The notifier sends an event as it is published; the API has it once ingest has stored
+    it. On an event the detail page read the API once, 400 ms later: on a loaded machine (a CI
+    run of the compare test) that read came too early, and the page said "running" for good.
+    Here the API answers the execution's first two reads after the event as it was before."""
+    exec_id = "r2-lag-001"
+    await stack.publish(
+        "execution_started",
+        {"id": exec_id, "agent_name": "alpha", "started_at": datetime.now(UTC).isoformat()},
+    )
+    await _stored_status(stack, exec_id, "running")
+    path = f"/api/executions/{exec_id}"
+    reads: list[str] = []
+    async with own_page(browser) as page:
+        page.on(
+            "requestfinished",
+            lambda request: reads.append(request.url) if request.url.endswith(path) else None,
+        )
+        await page.goto(stack.page_url(query=f"execution={exec_id}"))
+        badge = page.locator(".detail-head .status")
+        await expect(badge).to_contain_text("running")
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        async with asyncio.timeout(20):
+            while len(reads) < 2:  # the first read, and the one once the feed was ready
+                await asyncio.sleep(0.05)
+        headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
+        answer = await page.request.get(stack.base_url + path, headers=headers)
+        before = await answer.body()  # the execution as the page has it: running
+        stale_left = 2
+
+        async def lagging(route: Route) -> None:
+            nonlocal stale_left
+            if stale_left > 0:
+                stale_left -= 1
+                await route.fulfill(status=200, content_type="application/json", body=before)
+            else:
+                await route.continue_()
+
+        await page.route(f"**{path}", lagging)
+        await stack.publish(
+            "execution_completed",
+            {"id": exec_id, "agent_name": "alpha", "completed_at": datetime.now(UTC).isoformat()},
+        )
+        await expect(badge).to_contain_text("success")
+        assert stale_left == 0

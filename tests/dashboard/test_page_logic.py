@@ -324,3 +324,37 @@ async def test_durations_round_without_sixty_seconds(modules_page: Page) -> None
         "format.js",
         "[m.duration(119600), m.duration(59700), m.duration(9970), m.duration(3599800)]",
     ) == ["2 m 0 s", "1 m 0 s", "10 s", "1 h 0 m"]
+
+
+async def test_a_read_behind_the_live_feed_is_told_apart(modules_page: Page) -> None:
+    """The feed (from NATS) can be ahead of the API (the database ingest writes to): a detail
+    page reads again while the API has less than the feed said (lag.js)."""
+    page = modules_page
+    completed = "{execution: {id: 'e', status: 'success'}}"
+    step_failed = (
+        "{execution: {id: 'e'}, component: {node_id: 'fetch', attempt: 2, status: 'failed'}}"
+    )
+
+    async def behind(messages: list[str], exec_: str) -> bool:
+        said = "null"
+        for message in messages:
+            said = f"m.heard({said}, {message})"
+        verdict: bool = await run(page, "lag.js", f"m.readsBehind({said}, {exec_})")
+        return verdict
+
+    running = "{id: 'e', status: 'running', components: []}"
+    done = "{id: 'e', status: 'failed', components: []}"
+    assert await behind([completed], running) is True
+    # Any end is as far as the feed's end: the ingest rules pick which one stands.
+    assert await behind([completed], done) is False
+    # An older status heard after a newer one does not take the newer back.
+    assert await behind([completed, "{execution: {id: 'e', status: 'running'}}"], done) is False
+    attempt_1 = "{node_id: 'fetch', attempt: 1, status: 'failed'}"
+    attempt_2_running = "{node_id: 'fetch', attempt: 2, status: 'running'}"
+    attempt_2_failed = "{node_id: 'fetch', attempt: 2, status: 'failed'}"
+    with_steps = "{{id: 'e', status: 'running', components: [{}]}}"
+    assert await behind([step_failed], with_steps.format(attempt_1)) is True
+    assert await behind([step_failed], with_steps.format(attempt_2_running)) is True
+    assert await behind([step_failed], with_steps.format(attempt_2_failed)) is False
+    # Nothing heard (a catch-up read, a poll) is never behind.
+    assert await run(page, "lag.js", f"m.readsBehind(null, {running})") is False

@@ -5,6 +5,7 @@ import { renderCompare, renderDetail } from "./detail.js";
 import { clear, h, toast } from "./dom.js";
 import { ExecutionsPage } from "./executions.js";
 import { agentLabel, setAgentNames } from "./format.js";
+import { heard, readsBehind } from "./lag.js";
 import { LiveFeed } from "./live.js";
 import { refreshTimes } from "./rows.js";
 
@@ -115,6 +116,10 @@ function leaveView() {
   page = null;
   detailId = null;
   compareIds = null;
+  clearTimeout(detailRefresh);
+  detailRefresh = null;
+  feedSaid.clear();
+  lagRetries = 0;
 }
 
 /**
@@ -156,25 +161,48 @@ function canStop() {
 
 // A burst of events for the executions shown (their steps, often) is one refresh, not one each.
 const DETAIL_REFRESH_MS = 400;
+// A read with less than the live feed said (the database lags the feed, see lag.js) is read
+// again after 0.8, 1.6, 3.2, 6.4 and 12.8 s; the next event, or a reload, tries again after.
+const LAG_RETRIES = 5;
 let detailRefresh = null;
+let detailRefreshIsRetry = false;
+let lagRetries = 0;
+/** What the live feed said of the executions shown: id -> lag.js `heard`. */
+const feedSaid = new Map();
 
-function refreshShownSoon() {
-  if (detailRefresh !== null) return;
+function refreshShownSoon({ retry = false } = {}) {
+  if (detailRefresh !== null) {
+    if (retry || !detailRefreshIsRetry) return;
+    clearTimeout(detailRefresh); // news: read it now rather than at the retry's later time
+  }
   const seq = routeSeq;
-  detailRefresh = setTimeout(() => {
+  detailRefreshIsRetry = retry;
+  detailRefresh = setTimeout(async () => {
     detailRefresh = null;
     if (seq !== routeSeq) return;
     const render = ++renderSeq;
     const current = () => seq === routeSeq && render === renderSeq;
-    if (detailId) renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() });
-    else if (compareIds) renderCompare(root, compareIds, { current, refresh: true });
-  }, DETAIL_REFRESH_MS);
+    let read = [];
+    if (detailId) read = [await renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() })];
+    else if (compareIds) read = (await renderCompare(root, compareIds, { current, refresh: true })) ?? [];
+    if (!current()) return; // a later refresh (or view) took over, and checks its own read
+    if (lagRetries < LAG_RETRIES && read.some((exec) => readsBehind(feedSaid.get(exec?.id), exec))) {
+      lagRetries += 1;
+      refreshShownSoon({ retry: true });
+    } else {
+      lagRetries = 0;
+    }
+  }, retry ? DETAIL_REFRESH_MS * 2 ** lagRetries : DETAIL_REFRESH_MS);
 }
 
 function onLiveEvent(message) {
   const id = message.execution.id;
   if (page) page.onLive(message);
-  else if (id === detailId || compareIds?.includes(id)) refreshShownSoon();
+  else if (id === detailId || compareIds?.includes(id)) {
+    feedSaid.set(id, heard(feedSaid.get(id), message));
+    lagRetries = 0;
+    refreshShownSoon();
+  }
   else if (message.execution.status === "failed") toast(`${agentLabel(message.execution)} failed`, "error");
 }
 

@@ -237,12 +237,15 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
   return exec;
 }
 
-/** Two executions side by side; with `refresh` (a live event for either), as renderDetail. */
+/**
+ * Two executions side by side; with `refresh` (a live event for either), as renderDetail.
+ * Returns the two as read, or null when they were not shown.
+ */
 export async function renderCompare(root, ids, { current = () => true, refresh = false } = {}) {
   if (ids.length !== 2) {
     const only = ids[0] ? [" ", h("a", { href: executionHref(ids[0]), "data-nav": true }, `Open ${ids[0]}`)] : null;
     clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, "Compare takes two execution ids, separated by a comma (", h("code", {}, "?compare=id1,id2"), ").", only)));
-    return;
+    return null;
   }
   const kept = refresh ? viewState(root, ".page-compare") : null;
   if (!kept) clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading executions…"));
@@ -250,12 +253,12 @@ export async function renderCompare(root, ids, { current = () => true, refresh =
   try {
     pair = await Promise.all(ids.map((id) => api(`/api/executions/${encodeURIComponent(id)}`).then((e) => e.execution ?? e)));
   } catch (err) {
-    if (!current() || kept) return; // a refresh keeps what is shown; the next event tries again
+    if (!current() || kept) return null; // a refresh keeps what is shown; the next event tries again
     clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, `Could not load both executions: ${err.message}`)));
-    return;
+    return null;
   }
-  if (!current()) return;
-  if (kept && drawnAlready(root, ".page-compare", pair)) return;
+  if (!current()) return null;
+  if (kept && drawnAlready(root, ".page-compare", pair)) return pair;
   const [a, b] = pair;
   const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !PAGE_PARTS.includes(k));
   const cell = (exec, k) => (LONG_FIELDS.includes(k) && exec[k] ? h("pre", {}, exec[k]) : fieldValue(k, exec[k], exec));
@@ -280,4 +283,5 @@ export async function renderCompare(root, ids, { current = () => true, refresh =
   );
   if (kept) restoreView(root, kept);
   remember(root, ".page-compare", pair);
+  return pair;
 }
