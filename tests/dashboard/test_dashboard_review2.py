@@ -467,3 +467,37 @@ async def test_a_detail_page_reads_again_while_the_api_lags_the_feed(
         )
         await expect(badge).to_contain_text("success")
         assert stale_left == 0
+
+
+async def test_a_live_execution_without_a_start_waits_for_the_api_to_list_it(
+    browser: Browser, stack: Stack
+) -> None:
+    """An event without `started_at` cannot place its row (the API sorts such rows by when it
+    first saw them): the list read 1.2 s later places it. When the database lagged the feed,
+    that read did not have it yet, and the execution stayed off the list until its next event.
+    Here the API leaves it out of the first two list reads after the event."""
+    exec_id = "r2-unplaced-001"
+    published = False
+    left_out = 2
+
+    async def lagging(route: Route) -> None:
+        nonlocal left_out
+        listing = urlparse(route.request.url).path == "/api/executions"
+        if not (published and listing and left_out > 0):
+            await route.continue_()
+            return
+        left_out -= 1
+        answer = await route.fetch()
+        page_ = await answer.json()
+        page_["executions"] = [e for e in page_["executions"] if e["id"] != exec_id]
+        await route.fulfill(response=answer, json=page_)
+
+    async with own_page(browser) as page:
+        await page.goto(stack.page_url())
+        await expect(page.locator(ROWS)).to_have_count(50)
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        await page.route(re.compile(r"/api/executions\?"), lagging)
+        published = True
+        await stack.publish("execution_started", {"id": exec_id, "agent_name": "alpha"})
+        await expect(page.locator(f'tr[data-id="{exec_id}"]')).to_be_attached()
+        assert left_out == 0

@@ -31,9 +31,15 @@ export class ExecutionsPage {
     this.unconfirmed = new Map();
     /** Rows a live event took out (their status left the filter): id -> that status's rank. */
     this.gone = new Map();
+    /**
+     * Executions a live event brought without a start (their place is the API's to say), not
+     * listed yet: id -> when heard. The database can lag the feed: the list is read again.
+     */
+    this.unplaced = new Map();
     /** Bumped whenever the list is replaced: a poll sent before then answers for another list. */
     this.generation = 0;
     this.recheck = null;
+    this.recheckAt = 0;
     this.moreTimer = null;
     this.polls = 0; // polls sent
     this.polled = 0; // the newest poll applied
@@ -210,6 +216,7 @@ export class ExecutionsPage {
       if (replace) {
         this.rows.clear();
         this.unconfirmed.clear();
+        this.unplaced.clear();
         this.gone.clear();
         clear(this.tbody);
         this.failed = false;
@@ -378,7 +385,10 @@ export class ExecutionsPage {
     if (live) {
       if (!matches(exec, this.filters) || (RANK[exec.status] ?? 0) < (this.gone.get(exec.id) ?? -1)) return;
       // Without a start its place is unknown: the API fill that follows (syncSoon) lists it there.
-      if (startOf(exec) === null) return;
+      if (startOf(exec) === null) {
+        this.unplaced.set(exec.id, this.unplaced.get(exec.id) ?? Date.now());
+        return;
+      }
     }
     const fresh = this.row(exec);
     // Past the rows loaded while more pages exist: "Load more" brings it. The count is the API's
@@ -499,6 +509,7 @@ export class ExecutionsPage {
       if (toasts && exec.status === "failed") failureToast(exec);
     }
     this.follow(list);
+    this.awaitUnplaced(list);
     const dropped = this.dropUnlisted(list, Boolean(page.has_more));
     this.total = page.total_count ?? this.total;
     this.totalExact = page.total_count_exact !== false;
@@ -537,11 +548,34 @@ export class ExecutionsPage {
       this.remove(id);
       dropped += 1;
     }
-    if (wait !== null) {
-      clearTimeout(this.recheck);
-      this.recheck = setTimeout(() => this.poll({ toasts: false }), wait + 100);
-    }
+    if (wait !== null) this.recheckIn(wait + 100);
     return dropped;
+  }
+
+  /**
+   * Live executions without a start that this read did not list: read again (every second at
+   * most) until INGEST_GRACE_MS after they were heard, by when the API has them if they match.
+   */
+  awaitUnplaced(list) {
+    for (const exec of list) this.unplaced.delete(exec.id);
+    const now = Date.now();
+    for (const [id, heard] of this.unplaced) {
+      const left = heard + INGEST_GRACE_MS - now;
+      if (this.rows.has(id) || left <= 0) this.unplaced.delete(id);
+      else this.recheckIn(Math.min(1000, left + 100));
+    }
+  }
+
+  /** Poll again in `ms`, unless a recheck is already due sooner. */
+  recheckIn(ms) {
+    const at = Date.now() + ms;
+    if (this.recheck !== null && this.recheckAt <= at) return;
+    clearTimeout(this.recheck);
+    this.recheckAt = at;
+    this.recheck = setTimeout(() => {
+      this.recheck = null;
+      this.poll({ toasts: false });
+    }, ms);
   }
 }
 
