@@ -420,14 +420,16 @@ async def test_a_refresh_that_reads_nothing_new_leaves_the_page_alone(
         assert await shown.evaluate("page => page.isConnected")
 
 
+@pytest.mark.parametrize("lag", ["stale", "failing"])
 async def test_a_detail_page_reads_again_while_the_api_lags_the_feed(
-    browser: Browser, stack: Stack
+    browser: Browser, stack: Stack, lag: str
 ) -> None:
     """The notifier sends an event as it is published; the API has it once ingest has stored
     it. On an event the detail page read the API once, 400 ms later: on a loaded machine (a CI
     run of the compare test) that read came too early, and the page said "running" for good.
-    Here the API answers the execution's first two reads after the event as it was before."""
-    exec_id = "r2-lag-001"
+    Here the API answers the execution's first two reads after the event as it was before
+    (or fails them: a read that failed after an event is tried again as well)."""
+    exec_id = f"r2-lag-{lag}"
     await stack.publish(
         "execution_started",
         {"id": exec_id, "agent_name": "alpha", "started_at": datetime.now(UTC).isoformat()},
@@ -456,7 +458,10 @@ async def test_a_detail_page_reads_again_while_the_api_lags_the_feed(
             nonlocal stale_left
             if stale_left > 0:
                 stale_left -= 1
-                await route.fulfill(status=200, content_type="application/json", body=before)
+                if lag == "stale":
+                    await route.fulfill(status=200, content_type="application/json", body=before)
+                else:
+                    await route.fulfill(status=503, json={"detail": "database unavailable"})
             else:
                 await route.continue_()
 

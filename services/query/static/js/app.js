@@ -161,8 +161,9 @@ function canStop() {
 
 // A burst of events for the executions shown (their steps, often) is one refresh, not one each.
 const DETAIL_REFRESH_MS = 400;
-// A read with less than the live feed said (the database lags the feed, see lag.js) is read
-// again after 0.8, 1.6, 3.2, 6.4 and 12.8 s; the next event, or a reload, tries again after.
+// A read with less than the live feed said (the database lags the feed, see lag.js), or one
+// that failed after an event, is read again after 0.8, 1.6, 3.2, 6.4 and 12.8 s; past that,
+// the next event or a reload tries again.
 const LAG_RETRIES = 5;
 let detailRefresh = null;
 let detailRefreshIsRetry = false;
@@ -182,11 +183,15 @@ function refreshShownSoon({ retry = false } = {}) {
     if (seq !== routeSeq) return;
     const render = ++renderSeq;
     const current = () => seq === routeSeq && render === renderSeq;
-    let read = [];
-    if (detailId) read = [await renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() })];
-    else if (compareIds) read = (await renderCompare(root, compareIds, { current, refresh: true })) ?? [];
+    const shown = detailId ? [detailId] : (compareIds ?? []);
+    let read = null; // null: the read failed (the page shown stays)
+    if (detailId) {
+      const exec = await renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() });
+      read = exec && [exec];
+    } else if (compareIds) read = await renderCompare(root, compareIds, { current, refresh: true });
     if (!current()) return; // a later refresh (or view) took over, and checks its own read
-    if (lagRetries < LAG_RETRIES && read.some((exec) => readsBehind(feedSaid.get(exec?.id), exec))) {
+    const behind = read === null ? shown.some((id) => feedSaid.has(id)) : read.some((exec) => readsBehind(feedSaid.get(exec.id), exec));
+    if (lagRetries < LAG_RETRIES && behind) {
       lagRetries += 1;
       refreshShownSoon({ retry: true });
     } else {
