@@ -506,3 +506,37 @@ async def test_a_live_execution_without_a_start_waits_for_the_api_to_list_it(
         await stack.publish("execution_started", {"id": exec_id, "agent_name": "alpha"})
         await expect(page.locator(f'tr[data-id="{exec_id}"]')).to_be_attached()
         assert left_out == 0
+
+
+async def test_another_agents_event_for_the_execution_shown_is_not_waited_for(
+    browser: Browser, stack: Stack
+) -> None:
+    """An execution is the agent's that first reported it: ingest refuses another agent's
+    events for it, which the feed still carries. The page must not take such an event as one
+    the API has yet to catch up with (it read the execution six times over 25 s, on every such
+    event)."""
+    exec_id = "r2-lag-other-agent"
+    await stack.publish(
+        "execution_started",
+        {"id": exec_id, "agent_name": "alpha", "started_at": datetime.now(UTC).isoformat()},
+    )
+    await _stored_status(stack, exec_id, "running")
+    path = f"/api/executions/{exec_id}"
+    reads: list[str] = []
+    async with own_page(browser) as page:
+        page.on(
+            "requestfinished",
+            lambda request: reads.append(request.url) if request.url.endswith(path) else None,
+        )
+        await page.goto(stack.page_url(query=f"execution={exec_id}"))
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        async with asyncio.timeout(20):
+            while len(reads) < 2:  # the first read, and the one once the feed was ready
+                await asyncio.sleep(0.05)
+        await stack.publish("execution_failed", {"id": exec_id, "agent_name": "gamma"})
+        async with asyncio.timeout(20):
+            while len(reads) < 3:  # the read the event asks for
+                await asyncio.sleep(0.05)
+        await page.wait_for_timeout(3000)  # the page read again at 0.8 and 2.4 s after that
+        assert len(reads) == 3, reads
+        await expect(page.locator(".detail-head .status")).to_contain_text("running")

@@ -163,15 +163,26 @@ function canStop() {
 const DETAIL_REFRESH_MS = 400;
 // A read with less than the live feed said (the database lags the feed, see lag.js), or one
 // that failed after an event, is read again after 0.8, 1.6, 3.2, 6.4 and 12.8 s; past that,
-// the next event or a reload tries again.
+// what the feed said is dropped, and the next event or a reload tries again.
 const LAG_RETRIES = 5;
 let detailRefresh = null;
 let detailRefreshIsRetry = false;
+let redrawNext = false;
 let lagRetries = 0;
-/** What the live feed said of the executions shown: id -> lag.js `heard`. */
+/**
+ * What the live feed said of the executions shown: id -> agent -> lag.js `heard`. By agent: an
+ * execution is its first agent's, and ingest refuses another agent's events for it (the feed
+ * still carries them), so only its own agent's events are waited for.
+ */
 const feedSaid = new Map();
+const saidOf = (exec) => feedSaid.get(exec.id)?.get(exec.agent_name ?? null);
 
-function refreshShownSoon({ retry = false } = {}) {
+/**
+ * Read the executions shown again soon. `redraw`: draw them even when nothing changed (polling:
+ * a running execution's waterfall runs up to now).
+ */
+function refreshShownSoon({ retry = false, redraw = false } = {}) {
+  redrawNext ||= redraw;
   if (detailRefresh !== null) {
     if (retry || !detailRefreshIsRetry) return;
     clearTimeout(detailRefresh); // news: read it now rather than at the retry's later time
@@ -183,20 +194,24 @@ function refreshShownSoon({ retry = false } = {}) {
     if (seq !== routeSeq) return;
     const render = ++renderSeq;
     const current = () => seq === routeSeq && render === renderSeq;
+    const options = { current, refresh: true, redraw: redrawNext };
+    redrawNext = false;
     const shown = detailId ? [detailId] : (compareIds ?? []);
     let read = null; // null: the read failed (the page shown stays)
     if (detailId) {
-      const exec = await renderDetail(root, detailId, { navigate, current, refresh: true, canStop: canStop() });
+      const exec = await renderDetail(root, detailId, { ...options, navigate, canStop: canStop() });
       read = exec && [exec];
-    } else if (compareIds) read = await renderCompare(root, compareIds, { current, refresh: true });
-    if (!current()) return; // a later refresh (or view) took over, and checks its own read
-    const behind = read === null ? shown.some((id) => feedSaid.has(id)) : read.some((exec) => readsBehind(feedSaid.get(exec.id), exec));
-    if (lagRetries < LAG_RETRIES && behind) {
+    } else if (compareIds) read = await renderCompare(root, compareIds, options);
+    // A later refresh (or view) took over, or an event queued one: that one judges its own read.
+    if (!current() || detailRefresh !== null) return;
+    const behind = read === null ? shown.some((id) => feedSaid.has(id)) : read.some((exec) => readsBehind(saidOf(exec), exec));
+    if (behind && lagRetries < LAG_RETRIES) {
       lagRetries += 1;
       refreshShownSoon({ retry: true });
-    } else {
-      lagRetries = 0;
+      return;
     }
+    lagRetries = 0;
+    if (behind) for (const id of shown) feedSaid.delete(id);
   }, retry ? DETAIL_REFRESH_MS * 2 ** lagRetries : DETAIL_REFRESH_MS);
 }
 
@@ -204,7 +219,9 @@ function onLiveEvent(message) {
   const id = message.execution.id;
   if (page) page.onLive(message);
   else if (id === detailId || compareIds?.includes(id)) {
-    feedSaid.set(id, heard(feedSaid.get(id), message));
+    const agent = message.execution.agent_name ?? null;
+    if (!feedSaid.has(id)) feedSaid.set(id, new Map());
+    feedSaid.get(id).set(agent, heard(feedSaid.get(id).get(agent), message));
     lagRetries = 0;
     refreshShownSoon();
   }
@@ -233,7 +250,7 @@ async function start() {
     live = new LiveFeed({
       onEvent: onLiveEvent,
       // The indicator says "polling" on every view: a detail or compare page re-reads too.
-      onPoll: () => (page ? page.poll() : refreshShownSoon()),
+      onPoll: () => (page ? page.poll() : refreshShownSoon({ redraw: true })),
       onResync: () => (page ? page.reload() : refreshShownSoon()),
       onCatchUp: () => (page ? page.poll() : refreshShownSoon()),
       onState: setLiveState,

@@ -181,9 +181,11 @@ function restoreView(root, state) {
 /**
  * `current()` says whether the page still wants this view (the user may have moved on).
  * With `refresh`, the page shown stays until the new one is ready, and what the reader opened,
- * typed or scrolled to is kept (a live event for this execution re-renders it).
+ * typed or scrolled to is kept (a live event for this execution re-renders it); a read that
+ * brings nothing new leaves the page as it is, unless `redraw`. Returns the execution read, or
+ * null when it was not shown.
  */
-export async function renderDetail(root, id, { navigate, current = () => true, refresh = false, canStop = true }) {
+export async function renderDetail(root, id, { navigate, current = () => true, refresh = false, redraw = false, canStop = true }) {
   const kept = refresh ? viewState(root, ".page-detail") : null;
   if (!kept) clear(root).append(h("div", { class: "loading" }, h("span", { class: "spinner" }), "Loading execution…"));
   let exec;
@@ -200,7 +202,7 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
   const log = exec.log_url === null || exec.has_log === false ? "" : await loadLog(id);
   if (!current()) return null;
   const drawing = { exec, log, canStop };
-  if (kept && drawnAlready(root, ".page-detail", drawing)) return exec;
+  if (kept && !redraw && drawnAlready(root, ".page-detail", drawing)) return exec;
   const compareInput = h("input", { type: "text", placeholder: "another execution id", "aria-label": "Compare with execution id" });
   const isSet = (k) => exec[k] !== null && exec[k] !== undefined && exec[k] !== "";
   const fields = Object.keys(exec).filter((k) => !HIDDEN_FIELDS.has(k) && isSet(k));
@@ -241,7 +243,7 @@ export async function renderDetail(root, id, { navigate, current = () => true, r
  * Two executions side by side; with `refresh` (a live event for either), as renderDetail.
  * Returns the two as read, or null when they were not shown.
  */
-export async function renderCompare(root, ids, { current = () => true, refresh = false } = {}) {
+export async function renderCompare(root, ids, { current = () => true, refresh = false, redraw = false } = {}) {
   if (ids.length !== 2) {
     const only = ids[0] ? [" ", h("a", { href: executionHref(ids[0]), "data-nav": true }, `Open ${ids[0]}`)] : null;
     clear(root).append(h("div", { class: "page" }, h("a", { href: "/", "data-nav": true }, "← All executions"), h("div", { class: "error-box", role: "alert" }, "Compare takes two execution ids, separated by a comma (", h("code", {}, "?compare=id1,id2"), ").", only)));
@@ -258,7 +260,7 @@ export async function renderCompare(root, ids, { current = () => true, refresh =
     return null;
   }
   if (!current()) return null;
-  if (kept && drawnAlready(root, ".page-compare", pair)) return pair;
+  if (kept && !redraw && drawnAlready(root, ".page-compare", pair)) return pair;
   const [a, b] = pair;
   const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((k) => !PAGE_PARTS.includes(k));
   const cell = (exec, k) => (LONG_FIELDS.includes(k) && exec[k] ? h("pre", {}, exec[k]) : fieldValue(k, exec[k], exec));
