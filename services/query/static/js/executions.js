@@ -387,6 +387,7 @@ export class ExecutionsPage {
       // Without a start its place is unknown: the API fill that follows (syncSoon) lists it there.
       if (startOf(exec) === null) {
         this.unplaced.set(exec.id, this.unplaced.get(exec.id) ?? Date.now());
+        this.recheckIn(1000); // also when syncSoon's read is dropped (the list was being replaced)
         return;
       }
     }
@@ -485,6 +486,7 @@ export class ExecutionsPage {
       const [path, params] = this.listRequest();
       page = await api(path, { params });
     } catch {
+      this.awaitUnplaced([]); // executions heard without a start are read for again
       return; // The indicator already says we are not live; the next poll tries again.
     }
     // The filters changed (or the list was reloaded) while this poll was out, so it answered
