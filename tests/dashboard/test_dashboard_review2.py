@@ -474,14 +474,16 @@ async def test_a_detail_page_reads_again_while_the_api_lags_the_feed(
         assert stale_left == 0
 
 
+@pytest.mark.parametrize("lag", ["left_out", "failing"])
 async def test_a_live_execution_without_a_start_waits_for_the_api_to_list_it(
-    browser: Browser, stack: Stack
+    browser: Browser, stack: Stack, lag: str
 ) -> None:
     """An event without `started_at` cannot place its row (the API sorts such rows by when it
     first saw them): the list read 1.2 s later places it. When the database lagged the feed,
     that read did not have it yet, and the execution stayed off the list until its next event.
-    Here the API leaves it out of the first two list reads after the event."""
-    exec_id = "r2-unplaced-001"
+    Here the API leaves it out of the first two list reads after the event (or fails them:
+    the reads for it go on after a failed one)."""
+    exec_id = f"r2-unplaced-{lag}"
     published = False
     left_out = 2
 
@@ -492,6 +494,9 @@ async def test_a_live_execution_without_a_start_waits_for_the_api_to_list_it(
             await route.continue_()
             return
         left_out -= 1
+        if lag == "failing":
+            await route.fulfill(status=503, json={"detail": "database unavailable"})
+            return
         answer = await route.fetch()
         page_ = await answer.json()
         page_["executions"] = [e for e in page_["executions"] if e["id"] != exec_id]
