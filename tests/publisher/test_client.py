@@ -14,7 +14,8 @@ from nats.js import JetStreamContext
 from shared.events import Event
 from shared.publisher import Fleet, InvalidEventError, SyncFleet, current_run
 from shared.subjects import Subjects
-from tests.publisher.conftest import ask_terminate, free_port, stream_messages, wait_for_count
+from tests.procs import free_port
+from tests.publisher.conftest import ask_terminate, stream_messages, wait_for_count
 
 
 class Boom(RuntimeError):

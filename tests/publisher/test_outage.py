@@ -12,9 +12,9 @@ import pytest
 
 from shared.publisher import Fleet, SpoolFullError
 from shared.subjects import Subjects
+from tests.procs import free_port
 from tests.publisher.conftest import (
     OwnNats,
-    free_port,
     make_streams,
     stream_messages,
     wait_for_count,

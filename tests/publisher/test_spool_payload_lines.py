@@ -15,7 +15,8 @@ from shared.publisher import Fleet, OutgoingEvent, execution_event
 from shared.publisher.envelope import dedupe_id
 from shared.publisher.spool import Spool, encode_record
 from shared.subjects import Subjects
-from tests.publisher.conftest import free_port, wait_for_count
+from tests.procs import free_port
+from tests.publisher.conftest import wait_for_count
 
 SUBJECT = "fleet.events.o.a.execution_started"
 
