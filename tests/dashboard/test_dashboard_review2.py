@@ -413,9 +413,7 @@ async def test_a_refresh_that_reads_nothing_new_leaves_the_page_alone(
         shown = await page.wait_for_selector(drawn)
         assert shown is not None
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
-        async with asyncio.timeout(20):
-            while len(reads) < 2:
-                await asyncio.sleep(0.05)
+        await _read_times(reads, 2)  # the first read, and the one once the feed was ready
         await page.wait_for_timeout(300)  # time to draw the answer, were the page to
         assert await shown.evaluate("page => page.isConnected")
 
@@ -430,25 +428,10 @@ async def test_a_detail_page_reads_again_while_the_api_lags_the_feed(
     Here the API answers the execution's first two reads after the event as it was before
     (or fails them: a read that failed after an event is tried again as well)."""
     exec_id = f"r2-lag-{lag}"
-    await stack.publish(
-        "execution_started",
-        {"id": exec_id, "agent_name": "alpha", "started_at": datetime.now(UTC).isoformat()},
-    )
-    await _stored_status(stack, exec_id, "running")
     path = f"/api/executions/{exec_id}"
-    reads: list[str] = []
-    async with own_page(browser) as page:
-        page.on(
-            "requestfinished",
-            lambda request: reads.append(request.url) if request.url.endswith(path) else None,
-        )
-        await page.goto(stack.page_url(query=f"execution={exec_id}"))
+    async with _running_detail(browser, stack, exec_id) as (page, _):
         badge = page.locator(".detail-head .status")
         await expect(badge).to_contain_text("running")
-        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
-        async with asyncio.timeout(20):
-            while len(reads) < 2:  # the first read, and the one once the feed was ready
-                await asyncio.sleep(0.05)
         headers = {"Authorization": f"Bearer {stack.token('ada', 'admin')}"}
         answer = await page.request.get(stack.base_url + path, headers=headers)
         before = await answer.body()  # the execution as the page has it: running
@@ -521,6 +504,26 @@ async def test_another_agents_event_for_the_execution_shown_is_not_waited_for(
     the API has yet to catch up with (it read the execution six times over 25 s, on every such
     event)."""
     exec_id = "r2-lag-other-agent"
+    async with _running_detail(browser, stack, exec_id) as (page, reads):
+        await stack.publish("execution_failed", {"id": exec_id, "agent_name": "gamma"})
+        await _read_times(reads, 3)  # the read the event asks for
+        await page.wait_for_timeout(3000)  # the page read again at 0.8 and 2.4 s after that
+        assert len(reads) == 3, reads
+        await expect(page.locator(".detail-head .status")).to_contain_text("running")
+
+
+async def _read_times(reads: list[str], count: int) -> None:
+    async with asyncio.timeout(20):
+        while len(reads) < count:
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _running_detail(
+    browser: Browser, stack: Stack, exec_id: str
+) -> AsyncIterator[tuple[Page, list[str]]]:
+    """A running execution of alpha's, its detail page live, and the URLs of the page's reads
+    of it (more come): the first read and the one once the feed was ready are done."""
     await stack.publish(
         "execution_started",
         {"id": exec_id, "agent_name": "alpha", "started_at": datetime.now(UTC).isoformat()},
@@ -535,13 +538,5 @@ async def test_another_agents_event_for_the_execution_shown_is_not_waited_for(
         )
         await page.goto(stack.page_url(query=f"execution={exec_id}"))
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
-        async with asyncio.timeout(20):
-            while len(reads) < 2:  # the first read, and the one once the feed was ready
-                await asyncio.sleep(0.05)
-        await stack.publish("execution_failed", {"id": exec_id, "agent_name": "gamma"})
-        async with asyncio.timeout(20):
-            while len(reads) < 3:  # the read the event asks for
-                await asyncio.sleep(0.05)
-        await page.wait_for_timeout(3000)  # the page read again at 0.8 and 2.4 s after that
-        assert len(reads) == 3, reads
-        await expect(page.locator(".detail-head .status")).to_contain_text("running")
+        await _read_times(reads, 2)
+        yield page, reads
