@@ -6,6 +6,7 @@ import { clear, debounce, h, toast } from "./dom.js";
 import { filterBar } from "./filterbar.js";
 import { hasFilters, isSet, listParams, matches, readFilters, ruledOut, statsHours, writeFilters } from "./filters.js";
 import * as fmt from "./format.js";
+import { rankOf } from "./lag.js";
 import { placeAmong, startOf } from "./order.js";
 import { headerRow, renderRow } from "./rows.js";
 
@@ -357,10 +358,10 @@ export class ExecutionsPage {
       const merged = { ...old };
       for (const [k, v] of Object.entries(exec)) if (v !== null && v !== undefined) merged[k] = v;
       // The database may lag the live feed for a moment: a status never moves backwards.
-      if ((RANK[exec.status] ?? 0) < (RANK[old.status] ?? 0)) merged.status = old.status;
+      if (rankOf(exec.status) < rankOf(old.status)) merged.status = old.status;
       if (live && ruledOut(merged, this.filters)) {
         this.remove(exec.id);
-        this.gone.set(exec.id, RANK[merged.status] ?? 0);
+        this.gone.set(exec.id, rankOf(merged.status));
         this.total = Math.max(0, this.total - 1);
         this.showState(this.rows.size ? null : "empty");
         this.renderSummary();
@@ -383,7 +384,7 @@ export class ExecutionsPage {
       return;
     }
     if (live) {
-      if (!matches(exec, this.filters) || (RANK[exec.status] ?? 0) < (this.gone.get(exec.id) ?? -1)) return;
+      if (!matches(exec, this.filters) || rankOf(exec.status) < (this.gone.get(exec.id) ?? -1)) return;
       // Without a start its place is unknown: the API fill that follows (syncSoon) lists it there.
       if (startOf(exec) === null) {
         this.unplaced.set(exec.id, this.unplaced.get(exec.id) ?? Date.now());
@@ -504,7 +505,7 @@ export class ExecutionsPage {
     }
     // A row a live event just took out may come back from a database that has not caught up
     // with the feed yet (it still says running): a status never moves backwards.
-    const behind = (e) => (RANK[e.status] ?? 0) < (this.gone.get(e.id) ?? -1);
+    const behind = (e) => rankOf(e.status) < (this.gone.get(e.id) ?? -1);
     for (const exec of list.filter((e) => !this.rows.has(e.id) && !behind(e)).reverse()) {
       this.gone.delete(exec.id);
       this.upsert(exec);
@@ -580,8 +581,6 @@ export class ExecutionsPage {
     }, ms);
   }
 }
-
-const RANK = { pending: 0, running: 1, success: 2, failed: 2, cancelled: 2 };
 
 function changed(old, fresh) {
   return ["status", "completed_at", "duration_ms", "cost", "tokens_in", "tokens_out", "error", "message", "started_at", "agent_display_name"].some(

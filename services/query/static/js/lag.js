@@ -3,9 +3,10 @@
 // A detail or compare page re-reads the API on an event: it keeps what the feed said, and a
 // read that has less is read again a little later.
 
+/** A status's place on the forward-only path pending → running → an end (ingest's rule). */
 const RANK = { pending: 0, running: 1, success: 2, failed: 2, cancelled: 2 };
 
-const rankOf = (status) => RANK[status] ?? 0;
+export const rankOf = (status) => RANK[status] ?? 0;
 
 /** A step of an execution, as the API's components and the feed's `component` name it. */
 const stepKey = (c) => `${c.node_id}/${c.attempt ?? 1}`;
