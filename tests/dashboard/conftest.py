@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import nats
 import pytest
@@ -195,3 +196,20 @@ async def admin_page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
 async def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+
+def record_reads(page: Page, path: str) -> list[str]:
+    """The URLs of the page's finished requests for the API path `path`, appended as they come."""
+    reads: list[str] = []
+    page.on(
+        "requestfinished",
+        lambda request: reads.append(request.url) if urlparse(request.url).path == path else None,
+    )
+    return reads
+
+
+async def reads_reach(reads: list[str], count: int) -> None:
+    """Wait (up to 20 s) until `reads` (from record_reads) holds `count` reads."""
+    async with asyncio.timeout(20):
+        while len(reads) < count:
+            await asyncio.sleep(0.05)

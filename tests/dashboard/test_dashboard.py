@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import Browser, Page, Route, WebSocket, WebSocketRoute, expect
 
 from shared.auth import mint_token
-from tests.dashboard.conftest import Stack, screenshot
+from tests.dashboard.conftest import Stack, reads_reach, record_reads, screenshot
 from tests.dashboard.seed import CHILD_ID, DETAILED_ID, RUNNING_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -252,19 +252,14 @@ async def test_a_live_refresh_of_the_detail_keeps_what_the_reader_opened(
     try:
         page = await context.new_page()
         detail = f"/api/executions/{DETAILED_ID}"
-        reads: list[str] = []
-        page.on(
-            "requestfinished", lambda r: reads.append(r.url) if r.url.endswith(detail) else None
-        )
+        reads = record_reads(page, detail)
         await page.goto(stack.page_url(query=f"execution={DETAILED_ID}"))
         steps = page.locator(".waterfall .step")
         await expect(steps).to_have_count(4)
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
         # The page reads the execution once more when the feed is ready: that read must not
         # pass for the burst's (a CI failure: the burst's read then came in the quiet below).
-        async with asyncio.timeout(20):
-            while len(reads) < 2:
-                await asyncio.sleep(0.05)
+        await reads_reach(reads, 2)
         await steps.nth(1).locator("summary").click()
         await page.locator(".compare-form input").fill("seed-0")
         burst = {"id": DETAILED_ID, "agent_name": "beta"}

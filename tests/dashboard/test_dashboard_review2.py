@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Route, WebSocketRoute, expect
 
-from tests.dashboard.conftest import Stack
+from tests.dashboard.conftest import Stack, reads_reach, record_reads
 from tests.dashboard.seed import DETAILED_ID, RUNNING_ID
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -408,20 +408,13 @@ async def test_a_refresh_that_reads_nothing_new_leaves_the_page_alone(
     happened while it connected was sent to nobody). That read usually finds nothing new, and
     the page was rebuilt anyway: a selection was lost, and an element the reader (or a test:
     a CI failure of the compare test) was scrolling to was gone from the page."""
-    path = f"/api/executions/{DETAILED_ID}"
-    reads: list[str] = []
     async with own_page(browser) as page:
-        page.on(
-            "requestfinished",
-            lambda request: (
-                reads.append(request.url) if urlparse(request.url).path == path else None
-            ),
-        )
+        reads = record_reads(page, f"/api/executions/{DETAILED_ID}")
         await page.goto(stack.page_url(query=query))
         shown = await page.wait_for_selector(drawn)
         assert shown is not None
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
-        await _read_times(reads, 2)  # the first read, and the one once the feed was ready
+        await reads_reach(reads, 2)  # the first read, and the one once the feed was ready
         await page.wait_for_timeout(300)  # time to draw the answer, were the page to
         assert await shown.evaluate("page => page.isConnected")
 
@@ -514,16 +507,10 @@ async def test_another_agents_event_for_the_execution_shown_is_not_waited_for(
     exec_id = "r2-lag-other-agent"
     async with _running_detail(browser, stack, exec_id) as (page, reads):
         await stack.publish("execution_failed", {"id": exec_id, "agent_name": "gamma"})
-        await _read_times(reads, 3)  # the read the event asks for
+        await reads_reach(reads, 3)  # the read the event asks for
         await page.wait_for_timeout(3000)  # the page read again at 0.8 and 2.4 s after that
         assert len(reads) == 3, reads
         await expect(page.locator(".detail-head .status")).to_contain_text("running")
-
-
-async def _read_times(reads: list[str], count: int) -> None:
-    async with asyncio.timeout(20):
-        while len(reads) < count:
-            await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -537,14 +524,9 @@ async def _running_detail(
         {"id": exec_id, "agent_name": "alpha", "started_at": datetime.now(UTC).isoformat()},
     )
     await _stored_status(stack, exec_id, "running")
-    path = f"/api/executions/{exec_id}"
-    reads: list[str] = []
     async with own_page(browser) as page:
-        page.on(
-            "requestfinished",
-            lambda request: reads.append(request.url) if request.url.endswith(path) else None,
-        )
+        reads = record_reads(page, f"/api/executions/{exec_id}")
         await page.goto(stack.page_url(query=f"execution={exec_id}"))
         await expect(page.locator("#live")).to_have_attribute("data-state", "live")
-        await _read_times(reads, 2)
+        await reads_reach(reads, 2)
         yield page, reads
