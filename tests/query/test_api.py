@@ -90,6 +90,23 @@ def trig(row: dict[str, Any]) -> str:
     return row["triggered_by"] if row["triggered_by"] in known else "other"
 
 
+def served_window(
+    rows: list[dict[str, Any]], hours: int, before: datetime, after: datetime, total: int
+) -> list[dict[str, Any]]:
+    """The rows of a window the server began at its own `now - hours`, that `now` being some
+    moment between `before` and `after` (taken around the request). A row that started in
+    that sliver at the edge may be on either side: the server's `total` says how many of
+    them it took, the newest (its window is a cut in start order, never between equal ones).
+    Outside the sliver, the window is exact."""
+    late, early = after - timedelta(hours=hours), before - timedelta(hours=hours)
+    sure = [r for r in rows if sort_key(r)[0] >= late]
+    edge = sorted((r for r in rows if early <= sort_key(r)[0] < late), key=sort_key, reverse=True)
+    assert len(sure) <= total <= len(sure) + len(edge), (total, len(sure), len(edge))
+    taken, left = edge[: total - len(sure)], edge[total - len(sure) :]
+    assert not (taken and left) or sort_key(taken[-1])[0] > sort_key(left[0])[0]
+    return sure + taken
+
+
 def expected(rows: list[dict[str, Any]], pred: Any) -> list[str]:
     return [r["id"] for r in sorted((r for r in rows if pred(r)), key=sort_key, reverse=True)]
 
@@ -227,11 +244,14 @@ async def test_invalid_filter_is_422_naming_the_field(
 async def test_stats_equal_brute_force_fold(
     client: httpx.AsyncClient, rows: list[dict[str, Any]]
 ) -> None:
+    # The server's window starts at its own `now - 48h`, a moment after the test's `now`: a
+    # row starting in between was counted by it and not by `now - 48h` taken after the reply.
+    before = datetime.now(UTC)
     reply = await client.get("/api/executions/stats", headers=ADMIN, params={"hours": 48})
+    after = datetime.now(UTC)
     assert reply.status_code == 200
     body = reply.json()
-    since = datetime.now(UTC) - timedelta(hours=48)
-    window = [r for r in rows if sort_key(r)[0] >= since]
+    window = served_window(rows, 48, before, after, body["total"])
     groups = [
         StatsGroup(
             r["agent_name"],
@@ -262,15 +282,18 @@ async def test_stats_equal_brute_force_fold(
 async def test_timeline_buckets_sum_to_window(
     client: httpx.AsyncClient, rows: list[dict[str, Any]]
 ) -> None:
+    before = datetime.now(UTC)  # the server's `now - 24h` is taken between these two
     reply = await client.get(
         "/api/executions/timeline", headers=ADMIN, params={"hours": 24, "status": "failed"}
     )
+    after = datetime.now(UTC)
     assert reply.status_code == 200, reply.text
     buckets = reply.json()["buckets"]
     assert len(buckets) in (24, 25)
-    since = datetime.now(UTC) - timedelta(hours=24)
-    want = sum(1 for r in rows if r["status"] == "failed" and sort_key(r)[0] >= since)
-    assert sum(b["total"] for b in buckets) == want
+    total = sum(b["total"] for b in buckets)
+    failed = [r for r in rows if r["status"] == "failed"]
+    # Exactly the failed rows of the window (any doubt only about those in the sliver).
+    assert total == len(served_window(failed, 24, before, after, total))
     assert all(b["total"] == b["failed"] for b in buckets)
     day = await client.get(
         "/api/executions/timeline", headers=ADMIN, params={"hours": 72, "bucket": "day"}
