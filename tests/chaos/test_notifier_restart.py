@@ -92,7 +92,9 @@ async def test_notifier_restart_with_100_clients_some_stalled(
     # event fans out to 90 readers in this one process: 200/s is 18,000 frames/s to read.
     events_n, rate = (24_000, 200.0) if scale.long else (500, 40.0)
     restarts = scale.kills
-    events = make_events(org, events_n, seed=101)
+    # A reserve past `events_n`: the load runs on until the last restart is over, however long
+    # the restarts take on a loaded machine, and stops at `events_n` or after that restart.
+    events = make_events(org, events_n * 3, seed=101)
     tail_events = make_events(org, max(40, events_n // 10), seed=102)
     agent_of = {e.event_id: e.agent for e in events + tail_events}
     secret = service_env["FLEETWATCH_JWT_SECRET"]
@@ -163,7 +165,7 @@ async def test_notifier_restart_with_100_clients_some_stalled(
         watches: list[asyncio.Task[float | None]] = []
         after_last = 0
         for n in range(restarts):
-            await load.wait_sent(len(events) * (n + 1) // (restarts + 2))
+            await load.wait_sent(events_n * (n + 1) // (restarts + 2))
             still_publishing.append(load.sent < len(events))  # the fault hits a live load
             sig = signal.SIGTERM if n % 2 == 0 else signal.SIGKILL
             notifier, back_at = await _restart(notifier, env, sig)
@@ -180,6 +182,8 @@ async def test_notifier_restart_with_100_clients_some_stalled(
                 c.reconnects > n and c.connected for c in reading
             ):
                 await asyncio.sleep(0.05)
+        await load.wait_sent(events_n)
+        load.stop()
         # And a load after the last restart, whatever the machine's pace was until then.
         await tail.start()
         await load.finish()
