@@ -241,6 +241,33 @@ async def _drain(ws: ClientConnection) -> list[dict[str, Any]]:
         await ws.close()
 
 
+async def _drain_live(
+    sockets: dict[tuple[str, int], ClientConnection], last: dict[tuple[str, int], int | None]
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The event frames each live socket was sent, then closed: read up to the last seq its
+    replay had (`last`, deterministic: a replay ends at `ready`), however long the notifier
+    takes; then, once every socket is there (the notifier is past the corpus), a short idle read
+    for what a socket was sent beyond its replay, and for a socket whose replay was empty.
+    Reading every socket "until idle for 0.5 s" cut a live list short when the notifier (its own
+    process) stalled longer than that on a loaded machine."""
+    got: dict[tuple[str, int], list[dict[str, Any]]] = {key: [] for key in sockets}
+
+    async def upto(key: tuple[str, int]) -> None:
+        until = last[key]
+        if until is not None:
+            got[key] += await collect(sockets[key], until_seq=until, limit_s=60)
+
+    async def extras(key: tuple[str, int]) -> None:
+        got[key] += await collect(sockets[key], idle_s=0.5, limit_s=10)
+
+    try:
+        await asyncio.gather(*(upto(key) for key in sockets))
+        await asyncio.gather(*(extras(key) for key in sockets))
+        return {key: events_of(frames) for key, frames in got.items()}
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets.values()))
+
+
 async def _drain_replay(ws: ClientConnection) -> list[dict[str, Any]]:
     """The event frames of a replay: everything before its `ready` (which ends it), then
     closed. Not "until idle": replays from the stream take turns
@@ -342,16 +369,16 @@ async def test_the_live_feed_delivers_what_the_list_holds(stack: Stack, nats_url
         seqs = [await publish(js, stack.subjects, event) for event in corpus]
     finally:
         await nc.close()
-    live = dict(
-        zip(sockets, await asyncio.gather(*(_drain(ws) for ws in sockets.values())), strict=True)
-    )
 
     async def replay(who: Caller, flt: dict[str, list[str]]) -> list[dict[str, Any]]:
         return await _drain_replay(await _subscribe(stack, who, flt, resume_from=seqs[0] - 1))
 
+    # The replays first: each ends at its `ready`, and says up to which seq its live twin reads.
     keys = [(who, i) for who in stack.callers for i in range(len(FILTERS))]
     got = await asyncio.gather(*(replay(who, FILTERS[i]) for who, i in keys))
     replayed = {(who.label, i): frames for (who, i), frames in zip(keys, got, strict=True)}
+    last = {key: frames[-1]["seq"] if frames else None for key, frames in replayed.items()}
+    live = await _drain_live(sockets, last)
     for key in live:
         assert [f["seq"] for f in replayed[key]] == [f["seq"] for f in live[key]], key
     ids = {e["execution"]["id"] for e in corpus}

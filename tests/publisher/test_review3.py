@@ -118,7 +118,15 @@ async def test_close_ends_a_call_another_thread_is_blocked_in(
 
         waiter = threading.Thread(target=flush, daemon=True)
         waiter.start()
-        time.sleep(0.3)  # the waiter is in flush()
+        # Only once the waiter is in flush() (its call is one close() must end): a close()
+        # that came first refused the call with another message.
+        deadline = time.monotonic() + 10
+        while True:
+            with fleet._lock:
+                if fleet._calls:
+                    break
+            assert time.monotonic() < deadline, "the waiter never entered flush()"
+            time.sleep(0.01)
         started = time.monotonic()
         fleet.close(drain_timeout=0.5)
         waiter.join(5)

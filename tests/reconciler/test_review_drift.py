@@ -277,7 +277,9 @@ async def test_a_silent_engines_listing_delays_the_pass_by_at_most_its_time_limi
         finally:
             await reconciler.pool.close()
             await silent.close()
-    assert report.duration_s < 2.0, report.duration_s
+    # Within its 0.5 s limit, the pass takes ~0.5 s; a listing not held to it takes its 3
+    # attempts of 1 s (at least 3 s): below that, the rest is slack for a loaded machine.
+    assert report.duration_s < 2.8, report.duration_s
     (g1,) = [d for d in report.decisions if d.org == org and d.execution_id == "g1"]
     assert g1.kind is Kind.STATUS_MISMATCH
     listing = [d.reason for d in report.decisions if d.engine == "silent"]

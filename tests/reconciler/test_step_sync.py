@@ -76,8 +76,10 @@ async def test_background_step_sync_of_a_silent_engine_stops_at_its_breaker_and_
         await insert_row(
             db, org, f"s{i}", engine="http", external_id=f"{org}-s{i}", status="failed"
         )
-    # (breaker threshold, time limit): each silent run costs ~1 s (3 attempts of 0.3 s).
-    for threshold, limit_s, within_s in ((2, 60.0, 2 * 1.0 + 1.5), (0, 1.5, 1.5 + 1.0)):
+    # (breaker threshold, time limit, bound): each silent run costs ~1 s (3 attempts of 0.3 s),
+    # so the bounded syncs take ~2 s and ~1.5 s; without the breaker or the limit all ten runs
+    # are asked, at least 9 s. The bounds leave a loaded machine ~4 s and ~3.5 s of slack.
+    for threshold, limit_s, within_s in ((2, 60.0, 6.0), (0, 1.5, 5.0)):
         reconciler = await make_reconciler(
             database_url,
             {"http": silent},
