@@ -7,9 +7,13 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+import pytest_asyncio
 
 from shared.settings import CommonSettings
 from shared.urls import redacted
@@ -44,13 +48,26 @@ def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(args: list[
     assert "DATABASE_URL" in done.stderr
 
 
-def test_an_unmigrated_database_is_named_with_the_way_out(tmp_path: Path) -> None:
+@pytest_asyncio.fixture
+async def unmigrated_database_url() -> AsyncIterator[str]:
+    """A database of this test's own with no fleetwatch tables at all. Copied from template0,
+    which takes no connections: a session on template1 failed other workers' CREATE DATABASE
+    (it copies template1), and `postgres` is where a `fleetwatch migrate` with the default
+    DATABASE_URL goes."""
     from tests.conftest import DATABASE_URL, with_database
 
-    # The server's own maintenance database has no fleetwatch tables at all.
-    done = fleetwatch(
-        "apikey", "list", "--org", "acme", DATABASE_URL=with_database(DATABASE_URL, "template1")
-    )
+    name = f"fwcli_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(DATABASE_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        yield with_database(DATABASE_URL, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def test_an_unmigrated_database_is_named_with_the_way_out(unmigrated_database_url: str) -> None:
+    done = fleetwatch("apikey", "list", "--org", "acme", DATABASE_URL=unmigrated_database_url)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "fleetwatch migrate" in done.stderr

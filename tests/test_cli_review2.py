@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -30,9 +29,18 @@ def test_ctrl_c_is_one_line_and_exit_130_not_a_traceback() -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        # Ctrl-C once it waits on the database, not mid-import (an interrupt there can be
+        # swallowed as "Exception ignored in ... _ModuleLock" with a traceback).
+        silent.settimeout(30)
+        try:
+            conn, _ = silent.accept()
+        except TimeoutError:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"retention never connected to the database: {err}")
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "fleetwatch retention: interrupted" in err

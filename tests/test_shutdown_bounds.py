@@ -75,6 +75,17 @@ async def _until_not_ready(url: str, limit_s: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
+async def _until_counted(url: str, sample: str, limit_s: float = 20.0) -> None:
+    """Until the service's /metrics shows the counter `sample` above 0."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(limit_s):
+        while True:
+            for line in (await http.get(f"{url}/metrics")).text.splitlines():
+                name, _, value = line.partition(" ")
+                if name == sample and float(value) > 0:
+                    return
+            await asyncio.sleep(0.05)
+
+
 @pytest.mark.timeout(60)
 async def test_ingest_stops_while_a_batch_waits_on_a_table_lock(
     js: JetStreamContext,
@@ -184,7 +195,9 @@ async def test_notifier_stops_while_postgres_hangs_mid_query(
                     await asyncio.sleep(60)
 
             client = asyncio.create_task(open_socket())
-            await asyncio.sleep(7)  # past the scope load's 5 s: given up, still holding a conn
+            # Past the scope load's 5 s: given up, still holding a connection (a fixed 7 s
+            # ran out first when the handshake itself was slow on a loaded machine).
+            await _until_counted(notifier.url, "notifier_scope_load_failures_total")
             took = await _stop(notifier)
             client.cancel()
             _stopped_in_time(notifier, took, "pool not closed within")
@@ -208,11 +221,17 @@ async def test_query_stops_while_postgres_hangs_mid_request(
                 secret=service_env["FLEETWATCH_JWT_SECRET"], org=org, user="u", role="admin"
             )
             proxy.latency = 3600.0  # connections stay open; nothing crosses them any more
+            before = proxy.sent_up
             async with httpx.AsyncClient(base_url=query.url, timeout=60) as http:
                 request = asyncio.create_task(
                     http.get("/api/executions", headers={"Authorization": f"Bearer {tok}"})
                 )
-                await asyncio.sleep(1.5)  # the request now waits for its query
+                # Until the request has sent the database something: it now waits for its
+                # answer (a fixed 1.5 s stopped the service before the request was read).
+                async with asyncio.timeout(20):
+                    while proxy.sent_up == before and not request.done():
+                        await asyncio.sleep(0.05)
+                assert not request.done(), "the request was answered without the database"
                 took = await _stop(query)
                 request.cancel()
             _stopped_in_time(query, took, "pool not closed within")

@@ -70,6 +70,8 @@ class Proxy:
         self._held: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.connections = 0
+        #: Bytes read from clients, bound for the server (held back by latency or not).
+        self.sent_up = 0
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -146,6 +148,8 @@ class Proxy:
                 data = await reader.read(65536)
                 if not data:
                     break
+                if up_lat:
+                    self.sent_up += len(data)
                 lat = self.latency if not up_lat or self.up_latency is None else self.up_latency
                 queue.put_nowait((time.monotonic() + lat, data))
             while not queue.empty():
