@@ -138,5 +138,13 @@ async def collect(
     return got
 
 
+async def until_ready(ws: ClientConnection, limit_s: float = 5.0) -> list[dict[str, Any]]:
+    """Frames up to and including `ready` (the end of a replay), each within `limit_s`."""
+    frames: list[dict[str, Any]] = []
+    while not frames or frames[-1]["type"] != "ready":
+        frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), limit_s)))
+    return frames
+
+
 def events_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [f for f in frames if f["type"].startswith(("execution_", "component_"))]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import httpx
@@ -14,7 +13,6 @@ import pytest
 import pytest_asyncio
 import websockets
 from nats.js import JetStreamContext
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from services.notifier.app import Notifier
@@ -29,6 +27,7 @@ from tests.notifier.helpers import (
     running,
     settings_for,
     token,
+    until_ready,
     ws_url,
 )
 
@@ -61,14 +60,6 @@ async def _people(db: asyncpg.Connection, org_a: str, org_b: str) -> None:
         "INSERT INTO agent_shares (org, agent_name, user_id) VALUES ($1, $2, $3)",
         [(org_a, "y", "sharer"), (org_a, "y", "cust")],
     )
-
-
-async def _until_ready(ws: ClientConnection) -> list[dict[str, Any]]:
-    """Frames up to and including `ready` (the end of a replay), each within 5 s."""
-    frames: list[dict[str, Any]] = []
-    while not frames or frames[-1]["type"] != "ready":
-        frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 5)))
-    return frames
 
 
 async def test_each_caller_sees_exactly_its_events(
@@ -188,7 +179,7 @@ async def test_resume_from_the_stream_after_a_restart_and_resync_past_retention(
         assert resumes("notifier_resumes_total", {"outcome": "stream"}) == 2
         await js.purge_stream(subjects.events_stream)
         ws = await websockets.connect(ws_url(app.port, f"token={tok}&resume_from={seqs[9]}"))
-        frames = await _until_ready(ws)
+        frames = await until_ready(ws)
         assert [f["type"] for f in frames] == ["resync_required", "ready"]
         assert frames[0]["reason"] == "past_retention"
         assert await collect(ws, idle_s=0.3) == []
@@ -392,7 +383,7 @@ async def test_stream_replay_remembers_triggers_as_live_does(
     async with running(settings) as app:
         url = ws_url(app.port, f"token={tok}&resume_from={started - 1}&triggered_by=schedule")
         ws = await websockets.connect(url)
-        frames = await _until_ready(ws)
+        frames = await until_ready(ws)
         assert [(f["type"], f.get("seq")) for f in frames][:2] == [
             ("execution_started", started),
             ("execution_completed", done),
@@ -418,7 +409,7 @@ async def test_a_stream_replay_that_falls_short_is_one_resume_counted_as_resync(
         # must reach it, cannot, and says so rather than hand over with a silent gap.
         await js.delete_msg(subjects.events_stream, seqs[-1])
         ws = await websockets.connect(ws_url(app.port, f"token={tok}&resume_from={seqs[0]}"))
-        frames = await _until_ready(ws)
+        frames = await until_ready(ws)
         assert [f["type"] for f in frames] == ["execution_started"] * 3 + [
             "resync_required",
             "ready",

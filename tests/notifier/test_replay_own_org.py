@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-import orjson
 import pytest
 import websockets
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from websockets.asyncio.client import ClientConnection
 
 from services.notifier.stream import REPLAY_MSG_TIMEOUT_S, Reached, read_range
 from services.notifier.summary import decode
@@ -27,16 +24,9 @@ from tests.notifier.helpers import (
     running,
     settings_for,
     token,
+    until_ready,
     ws_url,
 )
-
-
-async def _until_ready(ws: ClientConnection) -> list[dict[str, Any]]:
-    """Frames up to the first `ready`: with `resume_from` in the URL, the replay and `ready`."""
-    frames: list[dict[str, Any]] = []
-    while not frames or frames[-1]["type"] != "ready":
-        frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
-    return frames
 
 
 async def test_a_replay_reads_only_the_callers_org(
@@ -68,7 +58,7 @@ async def test_a_replay_reads_only_the_callers_org(
         ws = await websockets.connect(
             ws_url(app.port, f"token={token(org, 'boss', 'admin')}&resume_from={start}")
         )
-        frames = await _until_ready(ws)
+        frames = await until_ready(ws, 10)
         after = await collect(ws, idle_s=0.5)
         await ws.close()
         assert [f["seq"] for f in events_of(frames)] == own
@@ -83,7 +73,7 @@ async def test_a_replay_reads_only_the_callers_org(
         ws = await websockets.connect(
             ws_url(app.port, f"token={token(f'{org}-c', 'boss', 'admin')}&resume_from={start}")
         )
-        frames = await _until_ready(ws)
+        frames = await until_ready(ws, 10)
         took = time.monotonic() - began
         frames += await collect(ws, idle_s=0.3)
         await ws.close()
