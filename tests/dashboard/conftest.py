@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import nats
@@ -198,11 +198,14 @@ async def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
 
 
-def record_reads(page: Page, path: str) -> list[str]:
-    """The URLs of the page's finished requests for the API path `path`, appended as they come."""
+def record_reads(
+    page: Page, path: str, when: Literal["request", "requestfinished"] = "requestfinished"
+) -> list[str]:
+    """The URLs of the page's requests for the API path `path`, appended as they come: once
+    finished, or (`when="request"`) as soon as sent."""
     reads: list[str] = []
     page.on(
-        "requestfinished",
+        when,
         lambda request: reads.append(request.url) if urlparse(request.url).path == path else None,
     )
     return reads

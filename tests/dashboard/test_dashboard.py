@@ -286,8 +286,7 @@ async def test_a_live_refresh_of_the_detail_keeps_what_the_reader_opened(
         page = await context.new_page()
         detail = f"/api/executions/{DETAILED_ID}"
         reads = record_reads(page, detail)
-        sent: list[str] = []
-        page.on("request", lambda r: sent.append(r.url) if urlparse(r.url).path == detail else None)
+        sent = record_reads(page, detail, when="request")
         # When the burst's frames reach the page (test's clock): to wait for all, and to say how
         # spread out they came should the page read too often.
         heard: list[float] = []
