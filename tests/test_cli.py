@@ -7,11 +7,9 @@ import logging
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -54,16 +52,13 @@ async def unmigrated_database_url() -> AsyncIterator[str]:
     which takes no connections: a session on template1 failed other workers' CREATE DATABASE
     (it copies template1), and `postgres` is where a `fleetwatch migrate` with the default
     DATABASE_URL goes."""
-    from tests.conftest import DATABASE_URL, with_database
+    from tests.conftest import DATABASE_URL, _create_db, _drop_db, with_database
 
-    name = f"fwcli_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(DATABASE_URL)
+    name = await _create_db("template0")
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         yield with_database(DATABASE_URL, name)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await _drop_db(name)
 
 
 def test_an_unmigrated_database_is_named_with_the_way_out(unmigrated_database_url: str) -> None:
