@@ -30,7 +30,7 @@ from shared.db import connect
 from shared.events import EVENT_STATUS, STATUS_RANK, EventType, Status
 from shared.subjects import Subjects
 from tests.isolation.world import Caller, delete_streams, query_env
-from tests.notifier.helpers import collect, events_of, publish
+from tests.notifier.helpers import collect, events_of, publish, until_ready
 from tests.procs import Service, running
 from tests.query.helpers import add_agent, add_org
 
@@ -273,11 +273,8 @@ async def _drain_replay(ws: ClientConnection) -> list[dict[str, Any]]:
     closed. Not "until idle": replays from the stream take turns
     (NOTIFIER_REPLAY_CONCURRENCY), so a socket waiting for its turn is quiet for a while
     and was read as an empty replay."""
-    frames: list[dict[str, Any]] = []
     try:
-        while (frame := orjson.loads(await asyncio.wait_for(ws.recv(), 30)))["type"] != "ready":
-            frames.append(frame)
-        return events_of(frames)
+        return events_of(await until_ready(ws, 30))
     finally:
         await ws.close()
 
