@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,11 @@ def describe(error: ValidationError, whole: str = "event") -> str:
     return "; ".join(parts)
 
 
+#: `Event.model_validate_json` without its Python wrapper (argument checks and forwarding,
+#: ~0.4 µs of ingest's per-event CPU): the model's own schema validator, built at import.
+_validate_event_json: Callable[[bytes], Event] = Event.__pydantic_validator__.validate_json
+
+
 def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
     """Parse and check one message against the contract and its subject (the trusted part)."""
     if len(data) > MAX_EVENT_BYTES:
@@ -79,7 +85,7 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
     if has_nul(data):
         return Rejected("schema", NUL_REFUSED)
     try:
-        event = Event.model_validate_json(data)
+        event = _validate_event_json(data)
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":
