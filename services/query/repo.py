@@ -129,10 +129,11 @@ SELECT {key} AS name, count(*) AS runs, count(DISTINCT workflow) AS workflows,
     max(sort_at) AS last_run_at
 FROM executions WHERE {where} GROUP BY 1 ORDER BY runs DESC, 1 LIMIT {limit}
 """
+# Only steps of the execution's own agent count, as in COMPONENTS: not on ingest alone.
 TOP_COMPONENT = """
 SELECT c.name, count(*) AS uses FROM component_executions AS c
 WHERE c.org = $1 AND c.name IS NOT NULL
-    AND c.execution_id IN (SELECT id FROM executions WHERE {where})
+    AND (c.execution_id, c.agent_name) IN (SELECT id, agent_name FROM executions WHERE {where})
 GROUP BY c.name ORDER BY uses DESC, c.name LIMIT 1
 """
 TOP_WORKFLOW = """

@@ -64,3 +64,37 @@ async def test_lists_cut_at_500_say_so(database_url: str, nats_url: str) -> None
         assert (len(detail["children"]), detail["children_truncated"]) == (500, True)
         child = (await client.get(f"/api/executions/{rows[0]['id']}", headers=admin)).json()
         assert (child["children"], child["children_truncated"]) == ([], False)
+
+
+async def test_most_used_component_counts_only_the_executions_own_agents_steps(
+    database_url: str, nats_url: str
+) -> None:
+    """A workflow's and a project's `most_used_component` count the steps of their executions,
+    and only those written by the execution's own agent: ingest refuses another agent's steps,
+    and the read does not rely on that alone (as the execution's own steps list does not)."""
+    org = "qg-top-org"
+    admin = token(org, "ada", "admin")
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        rows = make_rows(org, ("a1",), 3, seed=13)
+        for row in rows:
+            row.update(workflow="wf-top", project="p-top")
+        await insert(conn, rows)
+        steps = [(row["id"], "a1", "fetch", n) for row in rows for n in range(2)]
+        steps.append((rows[0]["id"], "a1", "summarize", 0))
+        # Rows another agent of the org got into the same executions, around ingest.
+        steps += [(row["id"], "intruder", "exfiltrate", n) for row in rows for n in range(5)]
+        await conn.executemany(
+            "INSERT INTO component_executions "
+            "(org, execution_id, node_id, attempt, agent_name, name, status, first_seen_at) "
+            "VALUES ($1, $2, $3, 1, $4, $5, 'success', now())",
+            [(org, ex, f"{name}-{n}", agent, name) for ex, agent, name, n in steps],
+        )
+    finally:
+        await conn.close()
+    async with client_for(settings_for(database_url, nats_url)) as client:
+        for path in ("/api/workflows/wf-top/stats", "/api/projects/p-top/stats"):
+            reply = await client.get(path, headers=admin)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["most_used_component"] == {"name": "fetch", "uses": 6}, path
