@@ -343,7 +343,7 @@ class BatchConsumer:
         if len(batch) == 1:
             msg, incoming = batch[0]
             log.error("database refused one event; dead-lettering it: %s", exc)
-            await self._dead_letter_or_hold(
+            await self._dead_letter_or_ack(
                 msg,
                 Rejected("db_rejected", f"{type(exc).__name__}: {exc}"),
                 type_label=incoming.event.type,
@@ -364,7 +364,7 @@ class BatchConsumer:
         m.rows_written.labels("executions").inc(outcome.executions_written)
         m.rows_written.labels("component_executions").inc(outcome.components_written)
         for index, rejected in outcome.rejected:
-            await self._dead_letter_or_hold(
+            await self._dead_letter_or_ack(
                 batch[index][0], rejected, type_label=batch[index][1].event.type
             )
         if self._fleet is not None and outcome.applied:
@@ -386,6 +386,15 @@ class BatchConsumer:
                 await msg.in_progress()
             except Exception:  # a lost connection: redelivery is then harmless (idempotent)
                 log.debug("in_progress failed", exc_info=True)
+
+    async def _dead_letter_or_ack(
+        self, msg: Msg, rejected: Rejected, type_label: Any = "invalid"
+    ) -> None:
+        """`_dead_letter_or_hold`, and a stored dead letter's message acked at once, as the
+        invalid ones are (`_handle_checked`): the rest of its batch may wait out an outage past
+        the DLQ's duplicate window, and a redelivery then would store a second dead letter."""
+        if await self._dead_letter_or_hold(msg, rejected, type_label):
+            await ack_all([msg])
 
     async def _dead_letter_or_hold(
         self, msg: Msg, rejected: Rejected, type_label: Any = "invalid"
