@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.ingest.consumer import TRANSIENT_ERRORS, BatchConsumer
 from services.ingest.fleet_metrics import FleetMetrics
 from services.ingest.metrics import IngestMetrics
+from services.ingest.metrics_listener import metrics_listener
 from services.ingest.settings import IngestSettings
 from shared.db import create_pool
 from shared.faststream_compat import (
@@ -238,6 +239,12 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with metrics_listener(settings.host, settings.metrics_port, metrics.registry):
+            async with consume():
+                yield
+
+    @contextlib.asynccontextmanager
+    async def consume() -> AsyncIterator[None]:
         state.nc = await nats.connect(
             settings.nats_url,
             max_reconnect_attempts=-1,
@@ -279,9 +286,11 @@ def create_app(settings: IngestSettings, metrics: IngestMetrics | None = None) -
     app = FastAPI(title="fleetwatch ingest", lifespan=lifespan)
     app.state.ingest = state
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:  # else on a port of its own (metrics_listener)
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics_endpoint() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -22,6 +22,10 @@ class IngestSettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8002, ge=0, le=65535)
     durable: str = "ingest"
+    #: A port of its own for `/metrics` (on `host`); unset, the main port serves it. The fleet
+    #: metrics hold every org's agents, counts and costs: where the main port is the public
+    #: gateway (deploy/compose.yaml), give them a port only Prometheus reaches.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: Messages taken per batch, and how long to wait to fill one (seconds). Each batch holds
     #: one advisory lock per execution until it commits (see the README on the lock table).
     batch_size: int = Field(default=1000, ge=1, le=10_000)

@@ -88,7 +88,10 @@ def test_compose_runs_the_stack_with_health_checks_and_restarts(compose: dict[st
 def test_prometheus_in_compose_scrapes_every_service() -> None:
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for name, port in SERVICES.items():
+    ingest_env = yaml.safe_load(COMPOSE.read_text())["services"]["ingest"]["environment"]
+    # Ingest serves /metrics on a port of its own there (tests/deploy/test_compose_exposure.py).
+    scraped = {**SERVICES, "ingest": int(ingest_env["INGEST_METRICS_PORT"])}
+    for name, port in scraped.items():
         sd = jobs[f"fleetwatch-{name}"]["dns_sd_configs"][0]
         assert sd["names"] == [name]
         assert sd["port"] == port

@@ -266,9 +266,15 @@ def fleet_events(org: str, runs: int) -> list[Event]:
 
 @contextlib.asynccontextmanager
 async def services(env: dict[str, str]) -> AsyncIterator[dict[str, str]]:
-    async with running("ingest", env) as ingest, running("query", env) as query_service:
+    # Ingest's /metrics on a port of its own, as deploy/compose.yaml runs it.
+    metrics_port = free_port()
+    ingest_env = {"INGEST_METRICS_PORT": str(metrics_port)}
+    async with (
+        running("ingest", env, extra_env=ingest_env),
+        running("query", env) as query_service,
+    ):
         yield {
-            "fleetwatch-ingest": f"127.0.0.1:{ingest.port}",
+            "fleetwatch-ingest": f"127.0.0.1:{metrics_port}",
             "fleetwatch-query": f"127.0.0.1:{query_service.port}",
         }
 
