@@ -130,3 +130,36 @@ async def test_rows_sharing_one_sort_at_are_paged_once_each_with_one_total(
                 assert totals == {len(whole)}, (params, limit)
     whole, _ = await _walk(client, tied, ADMIN, 200)
     assert len(whole) == 2 * len(IDS)
+
+
+async def test_the_cached_count_of_one_caller_is_never_another_callers(
+    database_url: str, nats_url: str
+) -> None:
+    """The list's capped count is cached per (scope, filters): callers of one org who see
+    different agents each get their own count, asked one after another within its TTL."""
+    org = "qc-count-org"
+    conn = await connect(database_url)
+    try:
+        await add_org(conn, org)
+        await add_agent(conn, org, "a1", owner="ursula")
+        await add_agent(conn, org, "a2", owner="victor")
+        rows = make_rows(org, ("a1",), 30, seed=21) + make_rows(org, ("a2",), 12, seed=22)
+        for i, row in enumerate(rows):
+            row["id"] = f"{org}-c{i:03d}"
+        await insert(conn, rows)
+    finally:
+        await conn.close()
+    settings = settings_for(database_url, nats_url, count_ttl_s=60)
+    callers = {
+        "admin": (make_token(org, "ada", "admin"), 42),
+        "ursula": (make_token(org, "ursula", "user"), 30),
+        "victor": (make_token(org, "victor", "user"), 12),
+        "nobody": (make_token(org, "nobody", "user"), 0),
+    }
+    async with client_for(settings) as client:
+        for _ in range(2):  # the second time round, every count comes from the cache
+            for name, (headers, total) in callers.items():
+                reply = await client.get("/api/executions?limit=5", headers=headers)
+                assert reply.status_code == 200, reply.text
+                body = reply.json()
+                assert (body["total_count"], body["total_count_exact"]) == (total, True), name
