@@ -38,6 +38,7 @@ from services.query import repo
 from services.query.cursor import CursorKey, encode_cursor
 from services.query.filters import ListFilters, search_pattern
 from services.query.where import Where, after, among, filtered
+from shared.access import enter_org
 from shared.auth import mint_token
 from shared.db import connect
 from shared.migrate import migrate
@@ -213,7 +214,7 @@ async def raw_list(
 ) -> None:
     """The statements `run_list` sends for one page when its count is not cached."""
     async with pool.acquire() as conn, conn.transaction():
-        await repo.enter_org(conn, org)
+        await enter_org(conn, org)
         candidates = walk = None
         base = where
         if filters.search is not None:  # the search's candidate ids (migration 0012)
@@ -240,7 +241,7 @@ async def raw_list(
 
 async def raw_stats(pool: asyncpg.Pool, org: str, hours: int) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await repo.enter_org(conn, org)
+        await enter_org(conn, org)
         since = datetime.now(UTC) - timedelta(hours=hours)
         await repo.stats_groups(conn, filtered(org, None, ListFilters(start_time=since)))
         await repo.running_count(conn, filtered(org, None, ListFilters()))

@@ -16,6 +16,18 @@ SELECT agent_name FROM agent_shares WHERE org = $1 AND user_id = $2
 """
 CLIENT_AGENTS = "SELECT agent_name AS name FROM agent_shares WHERE org = $1 AND user_id = $2"
 
+#: The start of every scoped read (the query service's, the notifier's scope): the application
+#: role, whose row-level-security policies (migration 0003) show only the rows of the org set
+#: here. The services connect as the tables' owner, to whom the policies do not apply.
+ENTER_ORG = (
+    "SELECT set_config('role', 'fleetwatch_app', true), set_config('fleetwatch.org', $1, true)"
+)
+
+
+async def enter_org(conn: asyncpg.Connection, org: str) -> None:
+    """Switch this transaction to the app role with `org` set: RLS then filters every read."""
+    await conn.execute(ENTER_ORG, org)
+
 
 @dataclass(frozen=True, slots=True)
 class Scope:

@@ -15,10 +15,9 @@ from cachetools import TTLCache
 from fastapi import Depends, HTTPException, Request
 from nats.aio.client import Client as NatsClient
 
-from services.query import repo
 from services.query.metrics import QueryMetrics
 from services.query.settings import QuerySettings
-from shared.access import Scope, load_scope
+from shared.access import Scope, enter_org, load_scope
 from shared.auth import AuthError, AuthUnavailable, Claims, Role, verify_token
 from shared.client_address import client_address
 from shared.ratelimit import RateLimiter, address_key
@@ -227,7 +226,7 @@ async def _transaction(
                     "SELECT set_config('idle_in_transaction_session_timeout', $1, true)",
                     f"{idle_ms}ms",
                 )
-            await repo.enter_org(conn, org)
+            await enter_org(conn, org)
             yield conn
     except Exception as exc:
         # Whatever the driver made of it (a lost connection, a protocol state error on a

@@ -11,10 +11,6 @@ import asyncpg
 from services.query.stats import Bucket, StatsGroup, TimelineRow
 from services.query.where import Where
 
-ENTER_ORG = (
-    "SELECT set_config('role', 'fleetwatch_app', true), set_config('fleetwatch.org', $1, true)"
-)
-
 # Summaries never carry the log, and the message is cut in SQL so big inputs never travel.
 SUMMARY_COLUMNS = """id, agent_name, project, workflow, schedule_id, status, triggered_by,
     left(message, 200) AS message, (error IS NOT NULL OR status = 'failed') AS has_error,
@@ -165,11 +161,6 @@ LEFT JOIN agents AS a ON a.org = $1 AND a.name = e.agent_name
 WHERE e.before < {max_bytes}
 ORDER BY e.sort_at DESC, e.id DESC
 """
-
-
-async def enter_org(conn: asyncpg.Connection, org: str) -> None:
-    """Switch this transaction to the app role with `org` set: RLS then filters every read."""
-    await conn.execute(ENTER_ORG, org)
 
 
 def _walked(sql: str, where: Where, search: str | None) -> tuple[str, list[Any]]:

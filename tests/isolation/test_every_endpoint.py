@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 import websockets
 
-from services.query import repo
+from shared.access import ENTER_ORG
 from shared.db import connect
 from shared.subjects import Subjects
 from tests.conftest import DATABASE_URL, _create_db, _drop_db, with_database
@@ -76,7 +76,7 @@ async def _without_row_security(url: str, org: str) -> None:
         for table in tables:
             await conn.execute(f"ALTER TABLE {table['name']} DISABLE ROW LEVEL SECURITY")
         async with conn.transaction():
-            await conn.execute(repo.ENTER_ORG, org)
+            await conn.execute(ENTER_ORG, org)
             assert await conn.fetchval("SELECT count(DISTINCT org) FROM executions") > 1
     finally:
         await conn.close()

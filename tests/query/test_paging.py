@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.query import repo
+from shared.access import enter_org
 from shared.db import connect
 from tests.query.helpers import add_org, client_for, insert, make_rows, settings_for, token
 
@@ -59,7 +59,7 @@ async def test_row_level_security_hides_other_orgs(database_url: str) -> None:
             conn, make_rows("rls-a", ("x",), 5, seed=1) + make_rows("rls-b", ("x",), 7, seed=2)
         )
         async with conn.transaction():
-            await repo.enter_org(conn, "rls-a")
+            await enter_org(conn, "rls-a")
             # Even a statement that forgets the org filter sees only its own org.
             assert await conn.fetchval("SELECT count(*) FROM executions") == 5
             assert await conn.fetchval("SELECT count(*) FROM executions WHERE org = 'rls-b'") == 0

@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from services.query import repo
 from services.query.filters import search_pattern
+from shared.access import enter_org
 from shared.db import connect
 from tests.query.helpers import (
     add_agent,
@@ -140,7 +141,7 @@ async def _candidates(
     conn: asyncpg.Connection, org: str, agents: frozenset[str] | None
 ) -> list[str] | None:
     async with conn.transaction():
-        await repo.enter_org(conn, org)
+        await enter_org(conn, org)
         return await repo.search_candidates(conn, search_pattern(TERM), cap=2000, agents=agents)
 
 
