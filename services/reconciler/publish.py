@@ -26,18 +26,15 @@ from shared.publisher.envelope import MSG_ID_HEADER
 from shared.subjects import Subjects
 
 CHUNK = 256
-#: Marks a keyed Msg-Id: `<org>:reconcile-mac:<hex>`. The Python client sends `<org>:<id>`
-#: with ids of its own making, never one that starts with this.
+#: Marks a keyed Msg-Id: `<org>:reconcile-mac:<hex>`.
 _KEYED = "reconcile-mac:"
 
 
 class EventPublisher:
-    def __init__(
-        self, js: JetStreamContext, subjects: Subjects, msg_id_key: bytes | None = None
-    ) -> None:
+    def __init__(self, js: JetStreamContext, subjects: Subjects) -> None:
         self._js = js
         self._subjects = subjects
-        self._key = msg_id_key if msg_id_key is not None else secrets.token_bytes(32)
+        self._key = secrets.token_bytes(32)
 
     def msg_id(self, event: Event) -> str:
         """The `Nats-Msg-Id` of a correction: its org, then an HMAC of its org and id."""
