@@ -125,11 +125,12 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
     what: tuple[str, ...] = (status.value,)
     ours = decision.our_status
     if ours is not None and ours.is_terminal:
-        # Over a finished row the id names what it overrides: had it named the status only, a
-        # second correction after the agent reported its own status again would reuse the
-        # first's id and be dropped as its duplicate. Repeats over the same row stay one id.
-        stamp = decision.our_completed_at.isoformat() if decision.our_completed_at else "-"
-        what = (status.value, "over", ours.value, stamp)
+        # Over a finished row the id names what it overrides, down to the event that set it:
+        # had it named the status only, a second correction after the agent reported its own
+        # status again would reuse the first's id and be dropped as its duplicate (so would
+        # one naming the row's completed_at, which a repeated report carries unchanged).
+        # Repeats over the same row stay one id.
+        what = (status.value, "over", ours.value, decision.our_status_version or "-")
     if decision.kind is Kind.MISSING_EXTERNAL_ID:
         fields["error"] = f"reconciler: {decision.reason}"
         fields["error_type"] = "missing_external_id"
@@ -137,9 +138,12 @@ def execution_event(decision: Decision, now: datetime) -> Event | None:
         what = ("missing_external_id",)
     elif run is not None:
         started = fields["started_at"] = _moment(run.started_at)
-        if status.is_terminal:
-            fields["completed_at"] = _moment(run.completed_at) or now
-            fields["duration_ms"] = _duration_ms(started, fields["completed_at"])
+        completed = _moment(run.completed_at)
+        if completed is None and status.is_terminal and not (ours and ours.is_terminal):
+            completed = now  # it ended by now; a finished row keeps the end time it has
+        if completed is not None and status.is_terminal:
+            fields["completed_at"] = completed
+            fields["duration_ms"] = _duration_ms(started, completed)
         if status is not Status.SUCCESS:
             fields["error"] = fit_text(run.error, MAX_ERROR_BYTES)
             fields["error_type"] = _label(run.error_type)

@@ -31,6 +31,7 @@ from services.reconciler.rules import (
     Policy,
     Row,
     RunKey,
+    attributed,
     decide_row,
     needs_lookup,
     orphan_target,
@@ -321,10 +322,13 @@ class Reconciler:
         report.checked = len(lookups)
         report.engine_errors += [lk.error for lk in lookups.values() if lk.error]
         everything = await listing
+        # Narrowed by whom a run is attributed to (`ORPHAN_ORG` / `ORPHAN_AGENT` for a run
+        # that names no org or agent), as its orphan's row would be.
         listed = [
             run
             for run in everything
-            if filters.org in (None, run.org) and filters.agent in (None, run.agent_name)
+            if filters.org in (None, (who := attributed(run, self.policy))[0])
+            and filters.agent in (None, who[1])
         ]
         for run in everything:
             self._first_listed.setdefault((run.engine, run.external_id), now)
@@ -375,6 +379,7 @@ class Reconciler:
                 self._first_listed,
                 sparing=everything,
                 unlisted=report.unlisted,
+                listed_since=now - self.lookback,
             )
             + extra
         )

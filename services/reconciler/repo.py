@@ -24,7 +24,8 @@ class Filters:
 _ROW_COLUMNS = (
     "org, id, agent_name, status, engine, external_id, started_at, first_seen_at, completed_at,"
     " CASE WHEN versions->>'status' ~ '^[0-9]{17}'"
-    " THEN to_timestamp(substr(versions->>'status', 2, 16)::numeric / 1000000) END AS status_at"
+    " THEN to_timestamp(substr(versions->>'status', 2, 16)::numeric / 1000000) END AS status_at,"
+    " versions->>'status' AS status_version"
 )
 _FILTER = """
     ($1::text IS NULL OR org = $1)
@@ -93,6 +94,7 @@ def _row(record: asyncpg.Record) -> Row:
         first_seen_at=record["first_seen_at"],
         completed_at=record["completed_at"],
         status_at=record["status_at"],
+        status_version=record["status_version"],
     )
 
 

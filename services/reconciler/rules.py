@@ -55,6 +55,8 @@ class Row:
     #: When the event that set our status says it happened (its `occurred_at`, by the
     #: publisher's clock): a correction must be later to win over it (None: unknown).
     status_at: datetime | None = None
+    #: The version of our status register: which event set it (None: unknown).
+    status_version: str | None = None
 
     @property
     def since(self) -> datetime:
@@ -93,10 +95,10 @@ class Decision:
     engine: str | None
     external_id: str | None
     our_status: Status | None = None
-    #: When our row says it finished (None: not finished, or not a row's decision).
-    our_completed_at: datetime | None = None
     #: When the event that set our status happened (see `Row.status_at`).
     our_status_at: datetime | None = None
+    #: Which event set our status (see `Row.status_version`).
+    our_status_version: str | None = None
     engine_status: Status | None = None
     #: The status a PUBLISH decision asserts.
     publish_status: Status | None = None
@@ -118,8 +120,8 @@ def _decision(row: Row, kind: Kind, action: Action, reason: str, **extra: object
         engine=row.engine,
         external_id=row.external_id,
         our_status=row.status,
-        our_completed_at=row.completed_at,
         our_status_at=row.status_at,
+        our_status_version=row.status_version,
         **extra,  # type: ignore[arg-type]
     )
 
@@ -401,9 +403,14 @@ def decide_missing_external_id(row: Row, now: datetime, policy: Policy) -> Decis
     return _decision(row, Kind.MISSING_EXTERNAL_ID, Action.FLAG, reason)
 
 
+def attributed(run: EngineRun, policy: Policy) -> tuple[str | None, str | None]:
+    """The org and agent a run is attributed to: its own, else `ORPHAN_ORG` / `ORPHAN_AGENT`."""
+    return run.org or policy.orphan_org, run.agent_name or policy.orphan_agent
+
+
 def orphan_target(run: EngineRun, policy: Policy) -> tuple[str, str] | None:
     """The (org, execution id) an orphan run's row would get; None when it names no org."""
-    org = run.org or policy.orphan_org
+    org = attributed(run, policy)[0]
     return None if org is None else (org, orphan_execution_id(run))
 
 
@@ -445,8 +452,7 @@ def decide_orphan_runs(
         started = run.started_at or first_seen.get((run.engine, run.external_id)) or now
         if now - started < policy.orphan_run_grace:
             continue
-        org = run.org or policy.orphan_org
-        agent = run.agent_name or policy.orphan_agent
+        org, agent = attributed(run, policy)
         too_long = max(len(run.external_id), len(orphan_execution_id(run))) > MAX_ID
         # The event carries both ids; ingest refuses control characters (NUL) in either.
         ids = run.external_id + orphan_execution_id(run)
@@ -516,13 +522,15 @@ def reconcile(
     first_seen: Mapping[RunKey, datetime] = _NONE_SEEN,
     sparing: Sequence[EngineRun] | None = None,
     unlisted: Collection[str] = (),
+    listed_since: datetime | None = None,
 ) -> list[Decision]:
     """Every decision of one pass: one per row, then one per engine run we have no row for.
 
     `stored` are our rows (of every org) using the run ids of `rows` and `listed`. `sparing`
     is the whole listing when `listed` was narrowed to one org or agent: a run that names
     neither may still be a row's (default: `listed`). `unlisted` are the engines whose
-    listing failed or was read only in part this pass.
+    listing failed or was read only in part this pass. `listed_since` is where the listing's
+    window starts (runs started since then; None: no limit).
     """
     rows = list(rows)
     holders = Holders.of([*rows, *stored])
@@ -532,6 +540,7 @@ def reconcile(
             decide_row(row, lookups.get((row.org, row.id)), now, policy, holders),
             spare_from,
             unlisted,
+            _before_window(row, listed_since),
         )
         for row in rows
     ]
@@ -539,13 +548,31 @@ def reconcile(
     return decisions
 
 
+#: How long before a row's own start its engine run may have started (the agent's clock and
+#: the engine's differ; an agent may start the run before reporting its execution).
+LISTING_MARGIN = timedelta(minutes=5)
+
+
+def _before_window(row: Row, listed_since: datetime | None) -> datetime | None:
+    """The listing's start, when `row` began too close to it (or before) for the listing to
+    hold every run that may be the row's; else None."""
+    if listed_since is None or row.since - LISTING_MARGIN >= listed_since:
+        return None
+    return listed_since
+
+
 def _spare_listed(
-    decision: Decision, listed: Sequence[EngineRun], unlisted: Collection[str] = ()
+    decision: Decision,
+    listed: Sequence[EngineRun],
+    unlisted: Collection[str] = (),
+    before_window: datetime | None = None,
 ) -> Decision:
     """A row about to be failed for lacking its run id, while the engine lists a run that
     names it (the event carrying the id was lost): flagged with that run, never failed.
     Nor is it failed while its engine's listing could not be read whole (`unlisted`): the run
-    naming it may be in the part that was not read.
+    naming it may be in the part that was not read; nor when it started before the listing's
+    window (`before_window`, less a margin): the run naming it, still running maybe, started
+    before the window and is not listed (it runs longer than `LOOKBACK_SECONDS`).
 
     A run that names the execution but no org may be this row's (most engines know no org):
     it spares the row too, whoever `ORPHAN_ORG` names. Flagging is safe; failing a run the
@@ -571,4 +598,14 @@ def _spare_listed(
                 run=run,
                 engine_status=run.status,
             )
+    if before_window is not None:
+        return replace(
+            decision,
+            action=Action.FLAG,
+            publish_status=None,
+            reason=f"{decision.reason}; not failed: it started before {decision.engine}'s "
+            f"listing window (from {before_window.isoformat(timespec='seconds')}, less "
+            f"{LISTING_MARGIN.total_seconds():.0f} s), so a run naming it, still running "
+            "maybe, would not be listed",
+        )
     return decision
