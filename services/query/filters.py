@@ -25,8 +25,9 @@ MAX_VALUES = 50
 #: PostgreSQL text cannot hold NUL: a value with one would fail in the database (a 500).
 NUL = "\x00"
 NUL_MESSAGE = "must not contain NUL characters"
-#: The contract keeps any trigger of 1 to 64 characters (unknown ones as sent), so any such
-#: value may be filtered on; a comma separates values (`triggered_by=api,manual`).
+#: The contract keeps any trigger of 1 to 64 characters (unknown ones as sent), and any such
+#: value may be filtered on but one holding a comma: a comma separates values
+#: (`triggered_by=api,manual`), as documented.
 MAX_TRIGGER = 64
 
 

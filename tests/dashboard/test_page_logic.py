@@ -358,3 +358,23 @@ async def test_a_read_behind_the_live_feed_is_told_apart(modules_page: Page) -> 
     assert await behind([step_failed], with_steps.format(attempt_2_failed)) is False
     # Nothing heard (a catch-up read, a poll) is never behind.
     assert await run(page, "lag.js", f"m.readsBehind(null, {running})") is False
+
+
+async def test_the_success_rate_card_shows_no_rate_while_nothing_has_finished(
+    modules_page: Page,
+) -> None:
+    """The API's `success_rate` is null when no execution in the window has finished: the card
+    says "—", not the 0.0% it made of pending ones (it divided by total less running)."""
+    card = (
+        "m.statCards({body}, 24).find((c) => c.dataset.stat === 'success')"
+        ".querySelector('.card-value').textContent"
+    )
+    shown = {
+        body: await run(modules_page, "charts.js", card.format(body=body))
+        for body in (
+            "{total: 3, pending: 3, running: 0, successful: 0, success_rate: null}",
+            "{total: 3, pending: 1, running: 2, successful: 0, success_rate: null}",
+            "{total: 4, running: 1, successful: 2, failed: 1, success_rate: 2 / 3}",
+        )
+    }
+    assert list(shown.values()) == ["—", "—", "66.7%"]

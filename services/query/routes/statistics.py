@@ -105,17 +105,29 @@ async def _compute_and_cache(
     caller: Caller, key: Any, hours: int, agents: tuple[str, ...]
 ) -> bytes:
     state = caller.state
+    # Stamped before the figures are read: they are at least this new, and no newer.
+    begun, computed_at = time.monotonic(), datetime.now(UTC)
     async with caller.connect() as ctx:
         result = await compute_stats(ctx, hours, agents)
     result.update(
         hours=hours,
         agent_name=list(agents) or None,
-        computed_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        computed_at=computed_at.isoformat().replace("+00:00", "Z"),
         cache_ttl_s=state.settings.stats_ttl_s,
     )
     body = json_bytes(result)
-    state.stats_cache[key] = (time.monotonic(), body)
+    if _newer_than_cached(state.stats_cache.get(key), begun, state.settings.stats_ttl_s):
+        state.stats_cache[key] = (begun, body)
     return body
+
+
+def _newer_than_cached(cached: tuple[float, bytes] | None, begun: float, ttl_s: float) -> bool:
+    """Whether figures read from `begun` on may replace the cached ones: not when those were
+    read later (a slow background refresh ending after a newer answer was stored), nor when
+    reading took longer than an entry lives (a newer entry may have come and gone already)."""
+    if time.monotonic() - begun > ttl_s:
+        return False
+    return cached is None or cached[0] <= begun
 
 
 def _refresh_ahead(caller: Caller, key: Any, hours: int, agents: tuple[str, ...]) -> None:

@@ -20,9 +20,10 @@ function card(key, label, value, sub) {
   );
 }
 
-function rate(stats, successful, finished) {
+// The API's success / finished; null (nothing finished yet) is no rate at all, not 0%.
+function rate(stats) {
   if (typeof stats.success_rate === "number") return `${(100 * stats.success_rate).toFixed(1)}%`;
-  return fmt.percent(successful, finished);
+  return "—";
 }
 
 /** The four stat cards: total, success rate, failed, cost. */
@@ -31,10 +32,9 @@ export function statCards(stats, hours) {
   const successful = stats.successful ?? 0;
   const failed = stats.failed ?? 0;
   const running = stats.running ?? 0;
-  const finished = Math.max(total - running, 0);
   return [
     card("total", "Executions", fmt.count(total), windowLabel(hours)),
-    card("success", "Success rate", rate(stats, successful, finished), `${fmt.count(successful)} succeeded`),
+    card("success", "Success rate", rate(stats), `${fmt.count(successful)} succeeded`),
     card("failed", "Failed", fmt.count(failed), `${fmt.count(running)} running now`),
     card("cost", "Cost", fmt.cost(stats.total_cost ?? 0), `avg ${fmt.duration(stats.avg_duration_ms)}`),
   ];

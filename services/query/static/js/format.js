@@ -80,11 +80,6 @@ export function tokens(exec) {
   return `${count(tin ?? 0)} / ${count(tout ?? 0)}`;
 }
 
-export function percent(part, whole) {
-  if (!whole) return "—";
-  return `${((100 * part) / whole).toFixed(1)}%`;
-}
-
 export function firstLine(text, max = 120) {
   if (!text) return "";
   const line = String(text).split("\n")[0];
