@@ -72,11 +72,23 @@ SELECT node_id, name, attempt, status, retry_policy, max_attempts, input, output
 FROM component_executions WHERE org = $1 AND execution_id = $2 AND agent_name = $3
 ORDER BY min(started_at) OVER (PARTITION BY node_id) NULLS LAST, node_id, attempt
 """
-CHILDREN = """
-SELECT {columns} FROM executions
-WHERE org = $1 AND parent_execution_id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))
-ORDER BY sort_at, id LIMIT {limit}
+
+
+def with_display_names(sql: str, order: str) -> str:
+    """`sql`'s summaries (org `$1`) with their agent's display name, in `order`, as LIST."""
+    return f"""
+SELECT e.*, a.display_name AS agent_display_name FROM ({sql}) AS e
+LEFT JOIN agents AS a ON a.org = $1 AND a.name = e.agent_name
+ORDER BY {order}
 """
+
+
+CHILDREN = with_display_names(
+    """SELECT {columns} FROM executions
+WHERE org = $1 AND parent_execution_id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))
+ORDER BY sort_at, id LIMIT {limit}""",
+    "e.sort_at, e.id",
+)
 LOG = """SELECT agent_name, execution_log FROM executions
 WHERE org = $1 AND id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))"""
 
@@ -142,11 +154,15 @@ TOP_WORKFLOW = """
 SELECT workflow AS name, count(*) AS uses FROM executions
 WHERE {where} AND workflow IS NOT NULL GROUP BY 1 ORDER BY uses DESC, 1 LIMIT 1
 """
-LONGEST = f"""
-SELECT {{columns}} FROM executions WHERE {{where}} AND {DURATION_MS} IS NOT NULL
-ORDER BY {DURATION_MS} DESC, id LIMIT 1
-"""
-RECENT = "SELECT {columns} FROM executions WHERE {where} ORDER BY sort_at DESC, id DESC LIMIT 10"
+LONGEST = with_display_names(
+    f"""SELECT {{columns}} FROM executions WHERE {{where}} AND {DURATION_MS} IS NOT NULL
+ORDER BY {DURATION_MS} DESC, id LIMIT 1""",
+    "e.id",
+)
+RECENT = with_display_names(
+    "SELECT {columns} FROM executions WHERE {where} ORDER BY sort_at DESC, id DESC LIMIT 10",
+    "e.sort_at DESC, e.id DESC",
+)
 
 # One export batch: up to {limit} rows, cut where their texts pass {max_bytes} (the first row
 # always kept): a row's message, response and error may hold 64 KiB each. `octet_length`
