@@ -378,3 +378,14 @@ async def test_the_success_rate_card_shows_no_rate_while_nothing_has_finished(
         )
     }
     assert list(shown.values()) == ["—", "—", "66.7%"]
+
+
+async def test_a_links_time_range_off_the_menu_still_gets_statistics(modules_page: Page) -> None:
+    """The stats and timeline endpoints take whole hours from 1 to 168: a link's `hours=500`
+    or `hours=2.5` is sent as 168 or 3 (the list keeps its own start), not as a 422."""
+    got = await run(
+        modules_page,
+        "filters.js",
+        "['500', '2.5', '0.01', '168', '6', 'abc', ''].map((h) => m.statsHours({hours: h}))",
+    )
+    assert got == [168, 3, 1, 168, 6, 24, 24]

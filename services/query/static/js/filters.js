@@ -133,9 +133,17 @@ export function listParams(filters, now = Date.now()) {
   return params;
 }
 
-/** The stats window in hours: the chosen range, or the last 24 hours for "All time". */
+/** The longest window the stats and timeline endpoints take (`hours` 1..168, whole hours). */
+const MAX_STATS_HOURS = 168;
+
+/**
+ * The stats window in hours: the chosen range, or the last 24 hours for "All time". A link's
+ * range off the menu (`hours=500`, `hours=2.5`) becomes whole hours within the endpoints' bounds
+ * (the cards then name the window they show), not a 422 that leaves the cards empty.
+ */
 export function statsHours(filters) {
-  return validHours(filters.hours) ? Number(filters.hours) : 24;
+  if (!validHours(filters.hours)) return 24;
+  return Math.min(Math.ceil(Number(filters.hours)), MAX_STATS_HOURS);
 }
 
 /** Does a value the row carries fall outside a list filter ("other": any trigger not known)? */
