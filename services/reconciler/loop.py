@@ -264,13 +264,13 @@ class Reconciler:
         return listed
 
     async def _with_error(self, decision: Decision) -> Decision:
-        """A finished row corrected from the listing to failed or cancelled, with the error the
-        engine gives for that run. A listing may carry none (Temporal's has statuses and times
-        only), and a correction over a finished row is sent once: without this the row would
-        say failed with no reason for good. The run is looked up on its own (as a row's is,
-        within the engine's time limit); the answer is used only when it is the listed run
-        (same start and status: an id reused meanwhile names another run). Failing that, the
-        correction goes as listed."""
+        """A finished row corrected from the listing to failed or cancelled (or an orphan run's
+        row created so), with the error the engine gives for that run. A listing may carry
+        none (Temporal's has statuses and times only), and such a correction is sent once:
+        without this the row would say failed with no reason for good. The run is looked up
+        on its own (as a row's is, within the engine's time limit); the answer is used only
+        when it is the listed run (same start and status: an id reused meanwhile names another
+        run). Failing that, the correction goes as listed."""
         run = decision.run
         if (
             decision.action is not Action.PUBLISH
@@ -366,23 +366,27 @@ class Reconciler:
             decision = decide_row(row, Lookup(run=found), now, self.policy)
             if decision.kind is not Kind.TERMINAL_BUT_ENGINE_RUNNING:
                 extra.append(decision)
-        extra = list(await asyncio.gather(*(self._with_error(d) for d in extra)))
-        report.decisions += (
-            reconcile(
-                rows,
-                lookups,
-                listed,
-                stored,
-                now,
-                self.policy,
-                existing,
-                self._first_listed,
-                sparing=everything,
-                unlisted=report.unlisted,
-                listed_since=now - self.lookback,
-            )
-            + extra
+        decided = reconcile(
+            rows,
+            lookups,
+            listed,
+            stored,
+            now,
+            self.policy,
+            existing,
+            self._first_listed,
+            sparing=everything,
+            unlisted=report.unlisted,
+            listed_since=now - self.lookback,
         )
+        # An orphan run's row is created from the listing, once, as a finished row is
+        # corrected: it too gets the engine's error (`_with_error`).
+        orphans = [i for i, d in enumerate(decided) if d.kind is Kind.ORPHAN_RUN]
+        filled = await asyncio.gather(*(self._with_error(decided[i]) for i in orphans))
+        for i, decision in zip(orphans, filled, strict=True):
+            decided[i] = decision
+        extra = list(await asyncio.gather(*(self._with_error(d) for d in extra)))
+        report.decisions += decided + extra
         by_kind = Counter(decision.kind.value for decision in report.mismatches)
         self.metrics.mismatches_last_pass.clear()
         for kind, count in by_kind.items():

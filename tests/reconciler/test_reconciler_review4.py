@@ -3,25 +3,38 @@ the correction that must take effect twice, the real ingest: a row whose run out
 listing window is flagged, not failed; a correction over a finished row differs from the last
 one once the agent has reported its own status again, even with its old end time; a
 correction keeps a finished row's end time when the engine gives none; `--org` keeps the
-orphan runs `ORPHAN_ORG` attributes to that org."""
+orphan runs `ORPHAN_ORG` attributes to that org; and (on the real Temporal dev server) an
+orphan run that failed is created with the run's error."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from services.reconciler import repo
 from services.reconciler.corrections import execution_event
 from services.reconciler.engines.http import HttpEngine
+from services.reconciler.engines.temporal import (
+    MEMO_AGENT,
+    MEMO_EXECUTION_ID,
+    MEMO_ORG,
+    TemporalEngine,
+)
 from services.reconciler.rules import Action, Kind, Policy
 from shared.events import Event, Status
 from shared.subjects import Subjects
 from tests.procs import running
 from tests.reconciler.helpers import FAILING, ago, insert_row, make_reconciler, wait_until
 from tests.reconciler.http_engine import EngineState
+from tests.reconciler.temporal_workflows import ACTIVITIES, WORKFLOWS, Failing
 
 
 async def test_a_row_whose_run_outlives_the_listing_window_is_flagged_not_failed(
@@ -201,3 +214,44 @@ async def test_the_org_filter_keeps_orphans_that_orphan_org_attributes_to_it(
     assert found[None] == [(Kind.ORPHAN_RUN, org)]
     assert found[repo.Filters(org=org)] == [(Kind.ORPHAN_RUN, org)]
     assert found[repo.Filters(org=f"{org}-other")] == []
+
+
+async def test_an_orphan_run_that_failed_is_created_with_its_error(
+    temporal_env: WorkflowEnvironment, database_url: str, org: str
+) -> None:
+    """A failed workflow we have no row of: Temporal's listing carries no failure, and the row
+    is created from it once, so without a look-up it would say failed with no reason for good."""
+    client, queue = temporal_env.client, f"tq-{uuid.uuid4().hex}"
+    wid = f"orphan-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES):
+        handle = await client.start_workflow(
+            Failing.run,
+            "http://billing",
+            id=wid,
+            task_queue=queue,
+            memo={MEMO_ORG: org, MEMO_AGENT: "agent-1", MEMO_EXECUTION_ID: "orphan-x"},
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    policy = Policy(orphan_run_grace=timedelta(0))
+    reconciler = await make_reconciler(
+        database_url, {"temporal": TemporalEngine(client)}, None, Subjects("x"), policy
+    )
+    found = []
+    try:
+        for _ in range(50):  # visibility lags a second or two behind the close
+            report = await reconciler.run_pass(fix=False)
+            found = [d for d in report.decisions if d.external_id == wid]
+            if found and found[0].publish_status is Status.FAILED:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await reconciler.pool.close()
+    (decision,) = found
+    assert (decision.kind, decision.publish_status) == (Kind.ORPHAN_RUN, Status.FAILED)
+    event = execution_event(decision, datetime.now(UTC))
+    assert event is not None
+    assert event.execution is not None
+    assert event.execution.id == "orphan-x"
+    assert "upstream http://billing down" in (event.execution.error or "")
+    assert event.execution.error_type == "UpstreamError"
