@@ -75,9 +75,14 @@ assert all(ComponentFields.model_fields[n].default is None for n in _COMPONENT_M
 
 
 def event_version(event: Event) -> str:
-    """A fixed-width string that sorts as (rank, occurred_at, event id hash)."""
+    """A fixed-width string that sorts as (rank, occurred_at, event id hash).
+
+    The hash breaks ties between events of the same rank and time (whole-second clocks make
+    them common), so it must not collide by chance: equal versions are taken to be one event,
+    and the first to arrive would win. 64 bits; at 32, two colliding event ids were found in
+    72,000 tries. (Ids crafted to collide can only upset their own publisher's rows.)"""
     micros = (event.occurred_at - _EPOCH) // _MICRO
-    digest = hashlib.blake2b(event.event_id.encode(), digest_size=4).hexdigest()
+    digest = hashlib.blake2b(event.event_id.encode(), digest_size=8).hexdigest()
     return f"{_TYPE_RANK[event.type]}{micros:016d}{digest}"
 
 

@@ -185,3 +185,32 @@ def test_a_step_offers_its_retry_policy_as_text() -> None:
         "error": "timeout",
     }
     assert type(state.values["retry_policy"]) is str
+
+
+def test_events_that_tie_on_rank_and_time_are_ordered_by_their_ids_alone() -> None:
+    """`evt-24158` and `evt-72564` share a 32-bit hash (found in 72,000 tries): with the
+    version's tie-break that short, two events of the same rank and second counted as one
+    event and whichever came first set every field, status included."""
+
+    def event(event_id: str, type_: EventType, **fields: Any) -> Event:
+        return Event(
+            type=type_,
+            event_id=event_id,
+            occurred_at=T0,
+            org="acme",
+            execution={"id": "x1", "agent_name": "ruby", **fields},  # type: ignore[arg-type]
+        )
+
+    pairs = [
+        (
+            event("evt-24158", EventType.EXECUTION_STARTED, message="from A", tokens_out=100),
+            event("evt-72564", EventType.EXECUTION_STARTED, message="from B", tokens_out=999),
+        ),
+        (
+            event("evt-24158", EventType.EXECUTION_COMPLETED, response="ok"),
+            event("evt-72564", EventType.EXECUTION_FAILED, error="boom"),
+        ),
+    ]
+    for first, second in pairs:
+        assert event_version(first) != event_version(second)
+        assert _row([first, second]) == _row([second, first])
