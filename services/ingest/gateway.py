@@ -29,7 +29,12 @@ from nats.js.api import PubAck
 from services.ingest import nats_size
 from services.ingest.apikeys import org_for_key
 from services.ingest.gateway_batch import Checked, Outgoing, check_batch_in_steps
-from services.ingest.gateway_body import FieldError, TooManyEventsError, split_body
+from services.ingest.gateway_body import (
+    FieldError,
+    TooManyEventsError,
+    TooManyValuesError,
+    split_body,
+)
 from services.ingest.settings import (
     GATEWAY_BODY_BUDGET_MB,
     GATEWAY_CONCURRENCY,
@@ -194,7 +199,7 @@ async def _read_limited(request: Request) -> bytes | None:
 
 async def _check_body(body: bytes, content_type: str, org: str, subjects: Subjects) -> Checked:
     """Parse and check a whole body, letting the event loop run between slices of events;
-    the parse errors come first in `errors`. Raises TooManyEventsError."""
+    the parse errors come first in `errors`. Raises TooManyEventsError, TooManyValuesError."""
     items, errors = split_body(body, content_type, MAX_EVENTS)
     checked = Checked()
     for checked in check_batch_in_steps(items, org, subjects, CHECK_STEP):  # noqa: B007
@@ -312,6 +317,8 @@ def create_gateway_router(
             checked = await _check_body(body, content_type, org, subjects)
         except TooManyEventsError:
             return _error(413, f"more than {MAX_EVENTS} events in one request")
+        except TooManyValuesError as exc:
+            return _error(413, f"{exc} in one request; nothing was published, split it")
         if checked.foreign:
             return _refused(
                 403, "events name another organization; nothing was published", checked.foreign

@@ -4,7 +4,11 @@ against the contract (that is `gateway_batch`).
 
 A body is split only as far as the request's event limit: past it the request is refused
 (`TooManyEventsError`) without parsing the rest, so that 8 MiB of one-byte lines or of `{}`
-costs a thousand events' work, not millions.
+costs a thousand events' work, not millions. Nor is a body parsed that may hold more than
+`MAX_CONTAINERS` arrays and objects or `MAX_VALUES` values (`TooManyValuesError`): inside one
+event, 8 MiB of `[],` would be 2.8 million lists, some thirty times the body in memory, and
+8 MiB of `7,` with one integer past 64 bits 4 million numbers read twice (`_exact`): 700 MB
+and seconds of checking.
 
 orjson reads an integer past 64 bits as a float; so that such a number is refused (as ingest
 refuses it) rather than published rounded, a body holding a long run of digits is read again
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -69,6 +74,22 @@ _NEXT_INSIDE = re.compile(
 #: Steps (a top-level comma, or a bracket deeper than `_SHALLOW` reaches) `_more_items_than`
 #: takes before it gives up; a thousand events take one each, unless nested past five levels.
 _SCAN_STEPS = 20_000
+
+
+#: Arrays and objects a body may hold, counted from above, before parsing, by its `[` and `{`
+#: (those inside strings too). Parsed, an empty one costs some 60 to 100 bytes, against the
+#: 3 of `[],`: this bounds them to ~20 MB a body. A thousand events with ten tool calls of
+#: arguments and results each hold ~30,000.
+MAX_CONTAINERS = 200_000
+#: Values a body may hold, counted from above by its `[`, `{` and `,` (commas in text too):
+#: at most ~140 MB parsed, read twice and walked (a body holding an integer past 64 bits).
+#: 270 events of 8 MiB with a 1,536-number embedding each hold ~415,000.
+MAX_VALUES = 600_000
+
+
+class TooManyValuesError(ValueError):
+    """The body may hold more JSON values (or arrays and objects) than a request may; it was
+    not parsed."""
 
 
 class TooManyEventsError(ValueError):
@@ -172,12 +193,33 @@ def _json(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]]:
     return items, []
 
 
+def _check_values(body: bytes) -> None:
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > MAX_CONTAINERS:
+        raise TooManyValuesError(f"more than {MAX_CONTAINERS:,} JSON arrays and objects")
+    if containers + body.count(b",") > MAX_VALUES:
+        raise TooManyValuesError(f"more than {MAX_VALUES:,} JSON values (counted by commas)")
+
+
 def split_body(
     body: bytes, content_type: str, limit: int | None = None
 ) -> tuple[list[Any], list[FieldError]]:
     """One event, a JSON array, or NDJSON (by content type, or when JSON fails line-wise).
-    Raises TooManyEventsError, having parsed no more than it had to, past `limit` events."""
-    if content_type.split(";")[0].strip().lower() in NDJSON_TYPES:
+    Raises TooManyEventsError, having parsed no more than it had to, past `limit` events,
+    and TooManyValuesError, having parsed nothing, past `MAX_CONTAINERS` or `MAX_VALUES`."""
+    ndjson = content_type.split(";")[0].strip().lower() in NDJSON_TYPES
+    try:
+        _check_values(body)
+    except TooManyValuesError:
+        # Too many events is the plainer reason, where it can be told cheaply.
+        if limit is not None and (
+            sum(1 for _ in islice(_LINE.finditer(body), limit + 1)) > limit
+            if ndjson
+            else _more_items_than(body, limit)
+        ):
+            raise TooManyEventsError(limit) from None
+        raise
+    if ndjson:
         items, errors = _ndjson(body, limit)
     else:
         items, errors = _json(body, limit)

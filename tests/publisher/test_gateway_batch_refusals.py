@@ -231,3 +231,41 @@ async def test_a_refused_batch_lists_its_first_errors_and_counts_them_all(
     assert refused(response) == {(1, "event")}
     assert response.json()["error_count"] == 1
     assert await stored(js, streams) == 0
+
+
+async def test_a_body_of_millions_of_tiny_values_is_413_before_it_is_parsed(
+    client: httpx.AsyncClient, js: JetStreamContext, streams: Subjects
+) -> None:
+    """One event whose tool calls are 8 MiB of `[],` (2.7 million lists) or of `7,` with one
+    integer past 64 bits (read twice, then walked): parsed and checked, such a body took ingest
+    from 68 to 755 MB and held its event loop for 8 s. Now refused from a count of its
+    brackets and commas, nothing parsed, nothing published."""
+    head = orjson.dumps(started("r1"))[:-2] + b',"tool_calls":'
+    bodies = {
+        "arrays": head + b"[" + b"[]," * 2_700_000 + b"[]]}}",
+        "numbers": head + b"[" + b"7," * 4_000_000 + b"123456789012345678901234]}}",
+    }
+    for name, body in bodies.items():
+        tracemalloc.start()
+        try:
+            response = await client.post(
+                "/api/events", content=body, headers={"Content-Type": "application/json"}
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == 413, (name, response.text[:300])
+        assert "nothing was published, split it" in response.json()["detail"], name
+        assert peak < 5 * len(body), (name, peak)
+    assert await stored(js, streams) == 0
+
+
+def test_the_value_limits_leave_a_thousand_events_with_tool_calls_alone() -> None:
+    """The counts are bounds from above (a bracket or comma in text counts too): a full batch
+    of ordinary events with tool calls and prose is far inside them."""
+    prose = "Checked the invoice, the order, and the refund [twice], then replied. " * 20
+    calls = [{"tool": "search", "args": {"q": "x", "n": 3}, "result": {"hits": [1, 2, 3]}}] * 10
+    event = orjson.dumps(started("r1", message=prose, tool_calls=calls))
+    body = b"[" + b",".join([event] * MAX_EVENTS) + b"]"
+    items, errors = split_body(body, "application/json", MAX_EVENTS)
+    assert (len(items), errors) == (MAX_EVENTS, [])
