@@ -120,3 +120,25 @@ async def test_an_owner_without_createrole_migrates_once_an_admin_made_the_role(
             assert await conn.fetchval(APP_ROLE_USABLE) is True
         finally:
             await conn.close()
+
+
+async def test_pg_trgm_in_a_schema_off_the_search_path_still_gets_its_indexes(
+    empty_database: str,
+) -> None:
+    """Managed databases often keep extensions in a schema of their own. 0002 named the
+    operator class unqualified, failed there every time, and blocked every later migration."""
+    conn = await connect(with_database(DATABASE_URL, empty_database))
+    try:
+        await conn.execute("CREATE SCHEMA ext; CREATE EXTENSION pg_trgm SCHEMA ext")
+        assert await migrate(conn) == [m.name for m in load_migrations()]
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE tablename = 'executions' AND indexname LIKE '%trgm'"
+        )
+        assert sorted(r["indexname"] for r in indexes) == [
+            "executions_message_trgm",
+            "executions_response_trgm",
+        ]
+        assert all("ext.gin_trgm_ops" in r["indexdef"] for r in indexes)
+    finally:
+        await conn.close()

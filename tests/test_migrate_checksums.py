@@ -64,3 +64,19 @@ async def test_migrations_a_newer_fleetwatch_applied_are_named(
         assert "newer" in warnings[0]
     finally:
         await conn.close()
+
+
+async def test_a_database_that_applied_0002_before_its_mend_gets_no_warning(
+    fresh_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0002 was mended in place (it named pg_trgm's operator class unqualified): a database
+    that applied the earlier text has the same schema and is not warned about it."""
+    earlier = "7ef2128f16a3516c2e11554c21b4ba0fd8647fd84056e90675c30adeb21e1d69"
+    conn = await connect(fresh_database_url)
+    try:
+        await conn.execute("UPDATE schema_migrations SET checksum = $1 WHERE version = 2", earlier)
+        with caplog.at_level(logging.WARNING, logger="shared.migrate"):
+            assert await migrate(conn) == []
+        assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+    finally:
+        await conn.close()

@@ -17,10 +17,12 @@ from shared.migrate import load_migrations
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-#: Whether the connecting user may take the role of scoped reads (false before migrations).
+#: Whether the connecting user may take the role of scoped reads (false before migrations):
+#: from PostgreSQL 16 a member may lack the SET option, which `set_config('role', ...)` needs.
 APP_ROLE_USABLE = (
-    "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fleetwatch_app') "
-    "THEN pg_has_role('fleetwatch_app', 'MEMBER') ELSE false END"
+    "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fleetwatch_app') "
+    "THEN false WHEN current_setting('server_version_num')::int >= 160000 "
+    "THEN pg_has_role('fleetwatch_app', 'SET') ELSE pg_has_role('fleetwatch_app', 'MEMBER') END"
 )
 
 SCHEMA_VERSION = "SELECT max(version) FROM schema_migrations"
