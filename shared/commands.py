@@ -28,6 +28,10 @@ async def connect_database(
     try:
         async with asyncio.timeout(DB_CONNECT_TIMEOUT_S):
             return await connect(database_url)
+    except (ValueError, OverflowError) as exc:  # asyncpg reading the URL (a port of letters)
+        raise ConnectionError(
+            f"database URL {redacted(database_url)} cannot be read ({exc}); check {setting}"
+        ) from None
     except (OSError, TimeoutError) as exc:
         detail = (
             f"no answer within {DB_CONNECT_TIMEOUT_S:g} s"

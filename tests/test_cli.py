@@ -33,7 +33,12 @@ def fleetwatch(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedP
 
 @pytest.mark.parametrize(
     "args",
-    [["migrate"], ["apikey", "list", "--org", "acme"], ["retention", "--dry-run"]],
+    [
+        ["migrate"],
+        ["apikey", "list", "--org", "acme"],
+        ["retention", "--dry-run"],
+        ["admin", "org", "acme"],
+    ],
 )
 def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(args: list[str]) -> None:
     done = fleetwatch(*args, DATABASE_URL=UNREACHABLE_DB)
@@ -44,6 +49,45 @@ def test_a_database_that_does_not_answer_is_one_line_not_a_traceback(args: list[
     )
     assert "ConnectionRefusedError" in done.stderr
     assert "DATABASE_URL" in done.stderr
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["retention", "--dry-run"], ["admin", "org", "a"]])
+@pytest.mark.parametrize(
+    "url", ["postgresql://postgres@127.0.0.1:54 32/x", "postgresql://postgres@127.0.0.1:99999/x"]
+)
+def test_a_database_url_with_a_bad_port_is_one_line_not_a_traceback(
+    args: list[str], url: str
+) -> None:
+    """asyncpg reads the port with int() and the socket call checks its range: a ValueError
+    and an OverflowError went past the operator's one-line errors as a traceback."""
+    done = fleetwatch(*args, DATABASE_URL=url)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"fleetwatch {args[0]}: ConnectionError: database URL"), (
+        done.stderr
+    )
+    assert "cannot be read" in done.stderr
+    assert "DATABASE_URL" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "--org", "acme", "--user", "", "--role", "user"],
+        ["user", "--org", "acme", "--user", "bob\nx", "--role", "user"],
+        ["agent", "--org", "acme", "--agent", "bot", "--owner", ""],
+        ["agent", "--org", "acme", "--agent", "bot", "--display-name", " "],
+        ["share", "--org", "acme", "--agent", "bot", "--user", ""],
+        ["share", "--org", "acme", "--agent", "bot", "--user", "x" * 201],
+    ],
+)
+def test_admin_refuses_users_and_names_no_token_or_page_can_carry(args: list[str]) -> None:
+    """A share or owner that no token's subject can hold matches nobody, and an empty display
+    name the API refuses: each was stored, with success printed and exit 0."""
+    done = fleetwatch("admin", *args, DATABASE_URL=UNREACHABLE_DB)
+    assert done.returncode == 2, done.stderr  # refused before any database is asked
+    assert "Traceback" not in done.stderr
+    assert "error: argument --" in done.stderr
 
 
 @pytest_asyncio.fixture

@@ -8,11 +8,14 @@ import sys
 from collections.abc import Sequence
 
 import asyncpg
+from pydantic import TypeAdapter, ValidationError
 
-from shared.auth import Role
-from shared.db import connect
+from shared.auth import Role, Subject
+from shared.commands import connect_database
 from shared.events import is_valid_name
 from shared.settings import CommonSettings
+
+_SUBJECT: TypeAdapter[str] = TypeAdapter(Subject)
 
 CREATE_ORG = """
 INSERT INTO organizations (org, display_name) VALUES ($1, $2)
@@ -43,35 +46,51 @@ def _name(text: str) -> str:
     return text
 
 
+def _user(text: str) -> str:
+    """A user id as a token's `sub` carries it: a value no token can hold matches nobody."""
+    try:
+        return _SUBJECT.validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be 1 to 200 characters without control characters, as a token's subject"
+        ) from None
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetwatch admin", description=__doc__)
     parser.add_argument("--database-url", help="default: $DATABASE_URL")
     sub = parser.add_subparsers(dest="command", required=True)
     org = sub.add_parser("org", help="create an organization (or rename it)")
     org.add_argument("org", type=_name)
-    org.add_argument("--display-name")
+    org.add_argument("--display-name", type=_text)
     user = sub.add_parser("user", help="create a user or change their role")
     user.add_argument("--org", required=True, type=_name)
-    user.add_argument("--user", required=True)
+    user.add_argument("--user", required=True, type=_user)
     user.add_argument("--role", required=True, choices=[r.value for r in Role])
-    user.add_argument("--display-name")
+    user.add_argument("--display-name", type=_text)
     agent = sub.add_parser("agent", help="set an agent's owner, display name or project")
     agent.add_argument("--org", required=True, type=_name)
     agent.add_argument("--agent", required=True, type=_name)
-    agent.add_argument("--owner")
-    agent.add_argument("--display-name")
-    agent.add_argument("--project")
+    agent.add_argument("--owner", type=_user)
+    agent.add_argument("--display-name", type=_text)
+    agent.add_argument("--project", type=_text)
     for name, help_ in (("share", "share an agent with a user"), ("unshare", "stop sharing")):
         share = sub.add_parser(name, help=help_)
         share.add_argument("--org", required=True, type=_name)
         share.add_argument("--agent", required=True, type=_name)
-        share.add_argument("--user", required=True)
+        share.add_argument("--user", required=True, type=_user)
     return parser
 
 
 async def run(args: argparse.Namespace, database_url: str) -> str:
     """Apply one command; return what to print."""
-    conn = await connect(database_url)
+    conn = await connect_database(database_url)
     try:
         if args.command == "org":
             await conn.execute(CREATE_ORG, args.org, args.display_name)
