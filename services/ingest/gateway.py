@@ -140,6 +140,15 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
 
+def _keys_unchecked(exc: BaseException) -> JSONResponse:
+    log.warning("API key lookup failed: %r", exc)
+    return JSONResponse(
+        {"detail": "API keys cannot be checked now (database unavailable); retry"},
+        status_code=503,
+        headers={"Retry-After": KEY_LOOKUP_RETRY_AFTER},
+    )
+
+
 def _busy() -> JSONResponse:
     return JSONResponse(
         {"detail": "the gateway is busy with other batches; nothing was published, retry"},
@@ -276,13 +285,8 @@ def create_gateway_router(
         try:
             org = await lookup_org(x_api_key) if x_api_key else None
         except _DATABASE_DOWN as exc:
-            log.warning("API key lookup failed: %r", exc)
-            return JSONResponse(
-                {"detail": "API keys cannot be checked now (database unavailable); retry"},
-                status_code=503,
-                headers={"Retry-After": KEY_LOOKUP_RETRY_AFTER},
-            )
-        if org is None:
+            return _keys_unchecked(exc)
+        if org is None or x_api_key is None:
             return _error(401, "a valid X-API-Key is required")
         size = _declared_size(request)
         if size is None:
@@ -290,11 +294,11 @@ def create_gateway_router(
         if not admission.enter(org, size):
             return _busy()
         try:
-            return await read_and_publish(request, org)
+            return await read_and_publish(request, org, x_api_key)
         finally:
             admission.leave(org, size)
 
-    async def read_and_publish(request: Request, org: str) -> JSONResponse:
+    async def read_and_publish(request: Request, org: str, key: str) -> JSONResponse:
         try:
             async with asyncio.timeout(body_timeout):
                 body = await _read_limited(request)
@@ -308,11 +312,11 @@ def create_gateway_router(
         except TimeoutError:
             return _busy()
         try:
-            return await publish_checked(org, body, request.headers.get("content-type", ""))
+            return await publish_checked(org, key, body, request.headers.get("content-type", ""))
         finally:
             turns.release(org)
 
-    async def publish_checked(org: str, body: bytes, content_type: str) -> JSONResponse:
+    async def publish_checked(org: str, key: str, body: bytes, content_type: str) -> JSONResponse:
         try:
             checked = await _check_body(body, content_type, org, subjects)
         except TooManyEventsError:
@@ -329,6 +333,13 @@ def create_gateway_router(
         oversized = _over_max_payload(outgoing, nats_size.max_payload(get_js()))
         if oversized:
             return _refused(413, "events too large for NATS; nothing was published", oversized)
+        # Checked again: the body may have taken minutes to arrive and its turn to come, and a
+        # revoked key stops working at once (docs/publishing.md).
+        try:
+            if await lookup_org(key) != org:
+                return _error(401, "the X-API-Key was revoked; nothing was published")
+        except _DATABASE_DOWN as exc:
+            return _keys_unchecked(exc)
         results = await publish_all(outgoing)
         acked = [r for r in results if isinstance(r, PubAck)]
         duplicates = sum(1 for r in acked if r.duplicate)
