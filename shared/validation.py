@@ -82,8 +82,6 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
     except SubjectError as exc:
         unknown_type = "unknown event type" in str(exc)
         return Rejected("unknown_type" if unknown_type else "bad_subject", str(exc))
-    if has_nul(data):
-        return Rejected("schema", NUL_REFUSED)
     try:
         event = _validate_event_json(data)
     except ValidationError as exc:
@@ -92,6 +90,9 @@ def validate(subjects: Subjects, subject: str, data: bytes) -> Event | Rejected:
             return Rejected("not_json", errors[0]["msg"])
         too_long = any(e["type"] == "string_too_long" for e in errors)
         return Rejected("too_large" if too_long else "schema", describe(exc))
+    # After parsing: a body that is no JSON at all is `not_json`, whatever text it holds.
+    if has_nul(data):
+        return Rejected("schema", NUL_REFUSED)
     if event.type is not where.type:
         return Rejected(
             "schema", f"type {event.type.value!r} differs from the subject's {where.type.value!r}"

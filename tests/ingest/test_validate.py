@@ -42,6 +42,8 @@ def test_a_good_event_passes() -> None:
     ("subject", "data", "reason"),
     [
         (SUBJECT, b"{not json", "not_json"),
+        # A NUL escape in text that is no JSON at all: the body is not JSON first of all.
+        (SUBJECT, b'{not json "\\u0000"', "not_json"),
         (SUBJECT, b"[1, 2]", "schema"),
         (SUBJECT, orjson.dumps(_good(occurred_at="yesterday")), "schema"),
         (SUBJECT, orjson.dumps(_good(execution={"id": 5})), "schema"),
