@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ from services.ingest.merge import (
     ComponentKey,
     ExecutionKey,
     Finished,
+    RowState,
     component_key,
     finished_in,
     fold,
@@ -60,6 +62,60 @@ def _owners(
     return owners
 
 
+@dataclass(slots=True)
+class _Plan:
+    accepted: list[Incoming] = field(default_factory=list)
+    duplicates: list[Event] = field(default_factory=list)
+    rejected: list[tuple[int, Rejected]] = field(default_factory=list)
+    #: Event rows to look up (their execution or step is stored) and of new rows.
+    rows: list[repo.EventRow] = field(default_factory=list)
+    rows_of_new: list[repo.EventRow] = field(default_factory=list)
+
+
+def _plan(
+    keyed: list[tuple[Incoming, Event, str, str]],
+    stored_owners: dict[ExecutionKey, str],
+    stored_ex: dict[ExecutionKey, RowState],
+    stored_co: dict[ComponentKey, RowState],
+    known: Collection[tuple[str, str]] = (),
+) -> _Plan:
+    """Which events are refused (another agent's execution), repeated, or to be recorded;
+    `known` events (recorded before) are repeats that claim nothing."""
+    plan = _Plan()
+    owners = dict(stored_owners)
+    seen: set[tuple[str, str]] = set()
+    for index, (item, ev, ex_id, agent) in enumerate(keyed):
+        event_key = (ev.org, ev.event_id)
+        if event_key in known:
+            plan.duplicates.append(ev)
+            continue
+        owner = owners.setdefault((ev.org, ex_id), agent)
+        if owner != agent:
+            plan.rejected.append(
+                (
+                    index,
+                    Rejected(
+                        "agent_mismatch",
+                        f"execution {ex_id!r} belongs to agent {owner!r}",
+                    ),
+                )
+            )
+            continue
+        if event_key in seen:
+            plan.duplicates.append(ev)
+            continue
+        seen.add(event_key)
+        plan.accepted.append(item)
+        # The type as is: a StrEnum is its text (`.value` is a slow property).
+        row = (ev.org, ev.event_id, ev.type, agent, ex_id, ev.occurred_at, item.stream_seq)
+        if ev.component is None:
+            stored = (ev.org, ex_id) in stored_ex
+        else:
+            stored = component_key(ev) in stored_co
+        (plan.rows if stored else plan.rows_of_new).append(row)
+    return plan
+
+
 async def apply_batch(
     conn: asyncpg.Connection, items: list[Incoming], registry: RegistryCache | None = None
 ) -> Outcome:
@@ -95,40 +151,19 @@ async def apply_batch(
         {k: s.agent_name for k, s in stored_co.items()},
         step_owners,
     )
-    accepted: list[Incoming] = []
-    # Events of rows already stored are looked up in the events table; events of new rows
-    # are nearly always new themselves (see repo.insert_events).
-    rows: list[repo.EventRow] = []
-    rows_of_new: list[repo.EventRow] = []
-    seen: set[tuple[str, str]] = set()
-    for index, (item, ev, ex_id, agent) in enumerate(keyed):
-        owner = owners.setdefault((ev.org, ex_id), agent)
-        if owner != agent:
-            outcome.rejected.append(
-                (
-                    index,
-                    Rejected(
-                        "agent_mismatch",
-                        f"execution {ex_id!r} belongs to agent {owner!r}",
-                    ),
-                )
-            )
-            continue
-        event_key = (ev.org, ev.event_id)
-        if event_key in seen:
-            outcome.duplicates.append(ev)
-            continue
-        seen.add(event_key)
-        accepted.append(item)
-        # The type as is: a StrEnum is its text (`.value` is a slow property).
-        row = (ev.org, ev.event_id, ev.type, agent, ex_id, ev.occurred_at, item.stream_seq)
-        if ev.component is None:
-            stored = (ev.org, ex_id) in stored_ex
-        else:
-            stored = component_key(ev) in stored_co
-        (rows if stored else rows_of_new).append(row)
-
-    fresh = await repo.insert_events(conn, rows, rows_of_new)
+    known: set[tuple[str, str]] = set()
+    while True:  # each round learns at least one more recorded event: at most len(items)
+        plan = _plan(keyed, owners, stored_ex, stored_co, known)
+        try:
+            fresh = await repo.insert_events(conn, plan.rows, plan.rows_of_new)
+            break
+        except repo.EventsKnownAlready as exc:
+            # Events of new rows recorded before (an event_id reused): duplicates, which claim
+            # no execution for their agent (as one arriving alone would not). Decided again.
+            known |= exc.keys
+    outcome.rejected = plan.rejected
+    outcome.duplicates = plan.duplicates
+    accepted = plan.accepted
     new_events = []
     for item in accepted:
         if (item.event.org, item.event.event_id) in fresh:

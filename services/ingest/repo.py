@@ -184,6 +184,15 @@ async def _known_events(conn: asyncpg.Connection, rows: Sequence[EventRow]) -> s
     return {(r["org"], r["event_id"]) for r in known}
 
 
+class EventsKnownAlready(Exception):
+    """Events of rows not stored yet that were recorded before all the same (an event_id
+    reused, or its row since deleted by retention); nothing of the batch was recorded."""
+
+    def __init__(self, keys: set[tuple[str, str]]) -> None:
+        super().__init__(f"{len(keys)} events of new rows were recorded before")
+        self.keys = keys
+
+
 async def insert_events(
     conn: asyncpg.Connection, rows: Sequence[EventRow], rows_of_new: Sequence[EventRow] = ()
 ) -> set[tuple[str, str]]:
@@ -191,8 +200,8 @@ async def insert_events(
 
     `rows` are looked up first. `rows_of_new` are events of executions and steps not stored
     yet, which are nearly always new too, so they are written without the look-up; if one
-    was recorded after all (its row since deleted by retention, or its event_id reused by
-    another execution), the write is undone and they are looked up like the rest.
+    was recorded after all, the write is undone and EventsKnownAlready names them: the caller
+    decides again without them (such an event is a duplicate, and claims no execution).
 
     The caller holds the locks of the events' executions, so no other writer can record the
     same events between the look-up and the COPY.
@@ -206,10 +215,11 @@ async def insert_events(
                     "events", records=[*fresh, *rows_of_new], columns=EVENT_COLUMNS
                 )
         except asyncpg.UniqueViolationError:
-            seen = await _known_events(conn, rows_of_new)
-            fresh += [row for row in rows_of_new if (row[0], row[1]) not in seen]
-        else:
-            return {(row[0], row[1]) for row in (*fresh, *rows_of_new)}
+            known = await _known_events(conn, rows_of_new)
+            if not known:
+                raise
+            raise EventsKnownAlready(known) from None
+        return {(row[0], row[1]) for row in (*fresh, *rows_of_new)}
     if fresh:
         await conn.copy_records_to_table("events", records=fresh, columns=EVENT_COLUMNS)
     return {(row[0], row[1]) for row in fresh}

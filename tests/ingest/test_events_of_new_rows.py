@@ -62,3 +62,40 @@ async def test_an_event_id_reused_by_another_execution_is_a_duplicate(
     assert await _apply(db, [reused, *other]) == (len(other), 1)
     ids = await db.fetch("SELECT id FROM executions WHERE org = $1 ORDER BY id", org)
     assert [r["id"] for r in ids] == ["a", "c"]
+
+
+def _started(org: str, agent: str, execution_id: str, event_id: str, second: int) -> Event:
+    return Event.model_validate(
+        {
+            "type": "execution_started",
+            "event_id": event_id,
+            "occurred_at": f"2026-02-05T10:00:{second:02d}Z",
+            "org": org,
+            "execution": {"id": execution_id, "agent_name": agent, "message": f"by {agent}"},
+        }
+    )
+
+
+async def test_a_reused_event_id_claims_no_execution_whatever_the_batching(
+    db: asyncpg.Connection, org: str
+) -> None:
+    """Agent b's id `b-1`, used before for its own execution, comes again naming a new
+    execution x, in one batch with agent a's first event of x. A duplicate changes nothing:
+    arriving alone it would not make x b's. In one batch it did, and a's event was refused
+    (`agent_mismatch`, dead-lettered): the row depended on the batching."""
+    await _apply(db, [_started(org, "b", "y", "b-1", 0)])
+    reused, own = _started(org, "b", "x", "b-1", 1), _started(org, "a", "x", "a-1", 2)
+    async with db.transaction():
+        outcome = await apply_batch(db, [Incoming(reused), Incoming(own)])
+    assert outcome.rejected == []
+    assert [e.event_id for e in outcome.duplicates] == ["b-1"]
+    assert [e.event_id for e in outcome.applied] == ["a-1"]
+    row = await db.fetchrow(
+        "SELECT agent_name, message FROM executions WHERE org = $1 AND id = 'x'", org
+    )
+    assert dict(row or {}) == {"agent_name": "a", "message": "by a"}
+    # b's own later event of x is now refused as another agent's, as in any batching.
+    later = _started(org, "b", "x", "b-2", 3)
+    async with db.transaction():
+        refused = await apply_batch(db, [Incoming(later)])
+    assert [r.reason for _, r in refused.rejected] == ["agent_mismatch"]
