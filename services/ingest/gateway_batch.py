@@ -3,7 +3,8 @@ against the contract, naming the failing index and field. No I/O.
 
 An event passes only if the bytes the gateway will publish pass ingest's own rules (the
 contract model, the size limit and `shared.validation.has_nul`), so nothing answered 202 is
-dead-lettered for its content; an integer past 64 bits (kept exact by `gateway_body`) is
+dead-lettered for its content (but for names near their limits whose list-index entry passes
+PostgreSQL's, see docs/publishing.md); an integer past 64 bits (kept exact by `gateway_body`) is
 refused, as ingest refuses it, rather than published rounded.
 Two events of a batch with one `event_id` must be the same event: JetStream keeps only the
 first of them (`Nats-Msg-Id`), so a different second one would be lost. They are compared by
