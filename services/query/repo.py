@@ -92,17 +92,11 @@ ORDER BY sort_at, id LIMIT {limit}""",
 LOG = """SELECT agent_name, execution_log FROM executions
 WHERE org = $1 AND id = $2 AND ($3::text[] IS NULL OR agent_name = ANY($3))"""
 
-#: An execution's duration as statistics count it: as reported, else from its timestamps (the
-#: rule of the Prometheus histogram, `services.ingest.fleet_metrics.duration_seconds`).
-DURATION_MS = (
-    "coalesce(duration_ms::float8, CASE WHEN completed_at >= started_at"
-    " THEN extract(epoch FROM completed_at - started_at)::float8 * 1000 END)"
-)
-STATS = f"""
+STATS = """
 SELECT agent_name, triggered_by, status, count(*) AS n,
     coalesce(sum(cost), 0)::float8 AS cost,
-    coalesce(sum({DURATION_MS}), 0)::float8 AS duration_sum, count({DURATION_MS}) AS duration_n
-FROM executions WHERE {{where}} GROUP BY 1, 2, 3
+    coalesce(sum(duration_ms), 0)::float8 AS duration_sum, count(duration_ms) AS duration_n
+FROM executions WHERE {where} GROUP BY 1, 2, 3
 """
 RUNNING = "SELECT count(*) FROM executions WHERE {where} AND status = 'running'"
 TIMELINE = """
@@ -134,14 +128,14 @@ ON CONFLICT DO NOTHING
 """
 DELETE_SHARE = "DELETE FROM agent_shares WHERE org = $1 AND agent_name = $2 AND user_id = $3"
 
-GROUP_STATS = f"""
-SELECT {{key}} AS name, count(*) AS runs, count(DISTINCT workflow) AS workflows,
-    avg({DURATION_MS}) AS avg_duration_ms,
+GROUP_STATS = """
+SELECT {key} AS name, count(*) AS runs, count(DISTINCT workflow) AS workflows,
+    avg(duration_ms)::float8 AS avg_duration_ms,
     count(*) FILTER (WHERE status = 'failed') AS errors,
     count(*) FILTER (WHERE status = 'success') AS successes,
     count(*) FILTER (WHERE status IN ('success', 'failed', 'cancelled')) AS finished,
     max(sort_at) AS last_run_at
-FROM executions WHERE {{where}} GROUP BY 1 ORDER BY runs DESC, 1 LIMIT {{limit}}
+FROM executions WHERE {where} GROUP BY 1 ORDER BY runs DESC, 1 LIMIT {limit}
 """
 # Only steps of the execution's own agent count, as in COMPONENTS: not on ingest alone.
 TOP_COMPONENT = """
@@ -155,8 +149,8 @@ SELECT workflow AS name, count(*) AS uses FROM executions
 WHERE {where} AND workflow IS NOT NULL GROUP BY 1 ORDER BY uses DESC, 1 LIMIT 1
 """
 LONGEST = with_display_names(
-    f"""SELECT {{columns}} FROM executions WHERE {{where}} AND {DURATION_MS} IS NOT NULL
-ORDER BY {DURATION_MS} DESC, id LIMIT 1""",
+    """SELECT {columns} FROM executions WHERE {where} AND duration_ms IS NOT NULL
+ORDER BY duration_ms DESC, id LIMIT 1""",
     "e.id",
 )
 RECENT = with_display_names(

@@ -20,8 +20,7 @@ async def test_runs_that_took_zero_ms_average_zero_not_none(
         rows = make_rows(ORG, ("a1",), 4, seed=11)
         for row in rows:  # instant runs (a cached answer): measured, and 0 ms each
             row.update(workflow="instant", project="fast", status="success", duration_ms=0)
-        # Neither reported nor timed (no end): no duration at all.
-        rows[0].update(workflow="unmeasured", project="vague", duration_ms=None, completed_at=None)
+        rows[0].update(workflow="unmeasured", project="vague", duration_ms=None)
         await insert(conn, rows)
     finally:
         await conn.close()
