@@ -116,18 +116,12 @@ async def _compute_and_cache(
         cache_ttl_s=state.settings.stats_ttl_s,
     )
     body = json_bytes(result)
-    if _newer_than_cached(state.stats_cache.get(key), begun, state.settings.stats_ttl_s):
+    cached: tuple[float, bytes] | None = state.stats_cache.get(key)
+    # Not over figures read later: a slow background refresh ending after a newer answer was
+    # stored would bring back older totals for a whole TTL.
+    if cached is None or cached[0] <= begun:
         state.stats_cache[key] = (begun, body)
     return body
-
-
-def _newer_than_cached(cached: tuple[float, bytes] | None, begun: float, ttl_s: float) -> bool:
-    """Whether figures read from `begun` on may replace the cached ones: not when those were
-    read later (a slow background refresh ending after a newer answer was stored), nor when
-    reading took longer than an entry lives (a newer entry may have come and gone already)."""
-    if time.monotonic() - begun > ttl_s:
-        return False
-    return cached is None or cached[0] <= begun
 
 
 def _refresh_ahead(caller: Caller, key: Any, hours: int, agents: tuple[str, ...]) -> None:
