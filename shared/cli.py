@@ -143,7 +143,13 @@ def operator_error(exc: BaseException, *, migrating: bool = False) -> str | None
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
         return f"database: {type(exc).__name__}: {exc}"
     if isinstance(exc, ValidationError):
-        where = "; ".join(f"{_setting_name(exc.title, e['loc'])}: {e['msg']}" for e in exc.errors())
+        where = "; ".join(
+            # A rule of several settings (an empty `loc`) names them in its own words.
+            f"{_setting_name(exc.title, e['loc'])}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
         return f"invalid setting: {where}"
     if isinstance(exc, SettingsError):
         # pydantic-settings could not even parse a value (bad JSON for a dict or list field).

@@ -229,3 +229,27 @@ def test_a_crash_is_not_hidden_by_a_closed_pipe() -> None:
         os.close(write_end)
     assert "RuntimeError: a bug" in done.stderr
     assert done.returncode != 0
+
+
+def test_a_reconciler_that_could_never_fail_a_row_is_refused_at_start() -> None:
+    """Rows lacking a run id are failed only while they started within the listing window
+    less 5 minutes: a timeout that leaves no such time would make the setting do nothing."""
+    from pydantic import ValidationError
+
+    from services.reconciler.settings import ReconcilerSettings
+
+    assert ReconcilerSettings(fail_missing_external_id=True).lookback_seconds == 3600
+    with pytest.raises(ValidationError, match="RECONCILER_LOOKBACK_SECONDS"):
+        ReconcilerSettings(fail_missing_external_id=True, missing_external_id_timeout_seconds=3300)
+    # Without failing, the same timeout only flags, as before.
+    ReconcilerSettings(missing_external_id_timeout_seconds=3300)
+    done = fleetwatch(
+        "reconciler",
+        RECONCILER_FAIL_MISSING_EXTERNAL_ID="true",
+        RECONCILER_MISSING_EXTERNAL_ID_TIMEOUT_SECONDS="3600",
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "fleetwatch reconciler: invalid setting: RECONCILER_LOOKBACK_SECONDS (3600) must exceed"
+    ), done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Self
+
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.reconciler.rules import LISTING_MARGIN
 from shared.events import Status
 from shared.settings import CommonSettings
 
@@ -101,3 +104,19 @@ class ReconcilerSettings(CommonSettings):
         # The engine's status is lower-cased before the look-up, so the keys are too; a map
         # that names only an engine's own words keeps the common ones.
         return {**DEFAULT_STATUS_MAP, **{key.lower(): status for key, status in value.items()}}
+
+    @model_validator(mode="after")
+    def _failing_has_a_window(self) -> Self:
+        """Rows lacking a run id are failed only while they started within the listing window
+        less a margin (older ones are flagged: a run naming them would not be listed), so
+        with a window no longer than the timeout and margin none would ever be failed."""
+        margin = LISTING_MARGIN.total_seconds()
+        least = self.missing_external_id_timeout_seconds + margin
+        if self.fail_missing_external_id and self.lookback_seconds <= least:
+            raise ValueError(
+                f"RECONCILER_LOOKBACK_SECONDS ({self.lookback_seconds:g}) must exceed "
+                f"RECONCILER_MISSING_EXTERNAL_ID_TIMEOUT_SECONDS + {margin:g} ({least:g}) while "
+                "RECONCILER_FAIL_MISSING_EXTERNAL_ID is on: no row lacking its run id would "
+                "ever be failed"
+            )
+        return self
