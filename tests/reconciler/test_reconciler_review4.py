@@ -22,12 +22,7 @@ from temporalio.worker import Worker
 from services.reconciler import repo
 from services.reconciler.corrections import execution_event
 from services.reconciler.engines.http import HttpEngine
-from services.reconciler.engines.temporal import (
-    MEMO_AGENT,
-    MEMO_EXECUTION_ID,
-    MEMO_ORG,
-    TemporalEngine,
-)
+from services.reconciler.engines.temporal import MEMO_EXECUTION_ID, TemporalEngine
 from services.reconciler.rules import Action, Kind, Policy
 from shared.events import Event, Status
 from shared.subjects import Subjects
@@ -229,11 +224,13 @@ async def test_an_orphan_run_that_failed_is_created_with_its_error(
             "http://billing",
             id=wid,
             task_queue=queue,
-            memo={MEMO_ORG: org, MEMO_AGENT: "agent-1", MEMO_EXECUTION_ID: "orphan-x"},
+            # No org in its memo: attributed here through ORPHAN_ORG, it stays unattributed
+            # (flagged, never created) for the other tests' passes over the shared server.
+            memo={MEMO_EXECUTION_ID: "orphan-x"},
         )
         with pytest.raises(WorkflowFailureError):
             await handle.result()
-    policy = Policy(orphan_run_grace=timedelta(0))
+    policy = Policy(orphan_run_grace=timedelta(0), orphan_org=org, orphan_agent="agent-1")
     reconciler = await make_reconciler(
         database_url, {"temporal": TemporalEngine(client)}, None, Subjects("x"), policy
     )
