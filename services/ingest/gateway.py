@@ -116,8 +116,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": _ERRORS_SCHEMA}},
     },
     413: {
-        "description": "Body over 8 MiB, more than 1000 events, or events bigger than the NATS "
-        "server's max_payload (listed like 422's errors); nothing was published."
+        "description": "Body over 8 MiB, more than 1000 events, more than 200,000 arrays and "
+        "objects or 1,600,000 values (counted by brackets and commas before parsing), or events "
+        "bigger than the NATS server's max_payload (listed like 422's errors); nothing was "
+        "published."
     },
     422: {
         "description": "Invalid events (index and field each); the whole batch is refused. Or, "

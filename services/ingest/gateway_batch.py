@@ -35,24 +35,32 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 def _big_integer(value: Any) -> tuple[str | int, ...] | None:
     """The path to the first integer past 64 bits in `value`, or None. Linear in its size,
-    without recursion: each node keeps its parent's place, and one path is built at the end."""
-    # (parent's index in `seen`, key there) of each node visited
-    seen: list[tuple[int, str | int]] = []
-    stack: list[tuple[Any, int, str | int]] = [(value, -1, "")]
-    while stack:
-        node, parent, key = stack.pop()
+    without recursion, and holding no more than one iterator and key per level: the path is
+    the keys of the levels open when it is found."""
+    if type(value) is int:
+        return () if not _INT_MIN <= value <= _INT_MAX else None
+    if not isinstance(value, dict | list):
+        return None
+    levels: list[Iterator[tuple[str | int, Any]]] = [_children(value)]
+    keys: list[str | int] = []
+    while levels:
+        step = next(levels[-1], None)
+        if step is None:
+            levels.pop()
+            if keys:
+                keys.pop()
+            continue
+        key, node = step
         if isinstance(node, dict | list):
-            seen.append((parent, key))
-            here = len(seen) - 1
-            children = node.items() if isinstance(node, dict) else enumerate(node)
-            stack.extend((child, here, k) for k, child in reversed(list(children)))
+            levels.append(_children(node))
+            keys.append(key)
         elif type(node) is int and not _INT_MIN <= node <= _INT_MAX:
-            path = [key]
-            while parent > 0:
-                parent, key = seen[parent]
-                path.append(key)
-            return tuple(reversed(path)) if parent == 0 else ()
+            return (*keys, key)
     return None
+
+
+def _children(node: dict[str, Any] | list[Any]) -> Iterator[tuple[str | int, Any]]:
+    return iter(node.items()) if isinstance(node, dict) else enumerate(node)
 
 
 @dataclass(frozen=True, slots=True)

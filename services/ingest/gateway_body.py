@@ -39,16 +39,19 @@ _STRING = rb'"(?:[^"\\]++|\\.)*+"'
 _LONG_DIGITS = re.compile(rb"\d{19}")
 
 
-def _exact(data: bytes, parsed: Any) -> Any:
-    """`parsed` (orjson's reading of `data`), with integers past 64 bits kept as integers
-    rather than floats, so that the check refuses them. Only bytes orjson read come here, so
-    the standard library reads them too, but for nesting past Python's recursion limit."""
+def _exact(data: bytes) -> Any:
+    """`data` read by orjson (raising its JSONDecodeError), with integers past 64 bits kept
+    as integers rather than floats, so that the check refuses them: read again by the
+    standard library, which reads whatever orjson read but nesting past Python's recursion
+    limit. orjson's reading is let go first, so the two are never held at once."""
+    parsed = orjson.loads(data)
     if _LONG_DIGITS.search(data) is None:
         return parsed
+    del parsed
     try:
         return json.loads(data)
     except RecursionError:  # too deep to publish anyway: refused for its depth
-        return parsed
+        return orjson.loads(data)
 
 
 def _nesting(levels: int) -> bytes:
@@ -82,9 +85,10 @@ _SCAN_STEPS = 20_000
 #: arguments and results each hold ~30,000.
 MAX_CONTAINERS = 200_000
 #: Values a body may hold, counted from above by its `[`, `{` and `,` (commas in text too):
-#: at most ~140 MB parsed, read twice and walked (a body holding an integer past 64 bits).
-#: 270 events of 8 MiB with a 1,536-number embedding each hold ~415,000.
-MAX_VALUES = 600_000
+#: at most ~140 MB parsed, read again and walked (a body holding an integer past 64 bits),
+#: ~2 s of CPU. 8 MiB of events with a 1,536-number embedding each (4 decimals) hold ~1.3
+#: million; a thousand events with a thousand numbers each, ~1.04 million.
+MAX_VALUES = 1_600_000
 
 
 class TooManyValuesError(ValueError):
@@ -124,7 +128,7 @@ def _ndjson(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]
         if limit is not None and len(items) == limit:
             raise TooManyEventsError(limit)
         try:
-            items.append(_exact(line.group(), orjson.loads(line.group())))
+            items.append(_exact(line.group()))
         except orjson.JSONDecodeError as exc:
             errors.append(FieldError(len(items), "event", f"not JSON: {exc}"))
             items.append(_UNPARSED)
@@ -180,7 +184,7 @@ def _json(body: bytes, limit: int | None) -> tuple[list[Any], list[FieldError]]:
     if limit is not None and _more_items_than(body, limit):
         raise TooManyEventsError(limit)
     try:
-        parsed = _exact(body, orjson.loads(body))
+        parsed = _exact(body)
     except orjson.JSONDecodeError as exc:
         if _ndjson_sent_as_json(body):
             return _ndjson(body, limit)

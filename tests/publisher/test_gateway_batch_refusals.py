@@ -269,3 +269,10 @@ def test_the_value_limits_leave_a_thousand_events_with_tool_calls_alone() -> Non
     body = b"[" + b",".join([event] * MAX_EVENTS) + b"]"
     items, errors = split_body(body, "application/json", MAX_EVENTS)
     assert (len(items), errors) == (MAX_EVENTS, [])
+    # Events with an embedding each in a tool call's result, as many as 8 MiB holds.
+    embedding = [round(0.001 * i - 0.7, 4) for i in range(1536)]
+    event = orjson.dumps(started("r1", tool_calls=[{"tool": "embed", "result": embedding}]))
+    count = (8 * 1024 * 1024 - 2) // (len(event) + 1)
+    body = b"[" + b",".join([event] * count) + b"]"
+    items, errors = split_body(body, "application/json", MAX_EVENTS)
+    assert (len(items), errors) == (count, [])

@@ -37,10 +37,9 @@ def service_gc() -> Iterator[None]:
 
 
 def _heavy_batch(org: str, tag: str) -> bytes:
-    """1,000 completed executions with 500 numbers each in their tool calls: ~1.6 MB (within
-    the gateway's 600,000 values a body); checking it (every JSON value is looked at) takes
-    about twice as long as parsing it."""
-    calls = [{"tool": "lookup", "values": list(range(50))} for _ in range(10)]
+    """1,000 completed executions with 1,000 numbers each in their tool calls: ~3 MB; checking
+    it (every JSON value is looked at) takes about twice as long as parsing it."""
+    calls = [{"tool": "lookup", "values": list(range(100))} for _ in range(10)]
     return orjson.dumps(
         [
             execution_event(
