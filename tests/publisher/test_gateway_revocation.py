@@ -27,10 +27,12 @@ EVENT = orjson.dumps(
 async def test_a_key_revoked_during_the_upload_publishes_nothing(
     nats_url: str, database_url: str, subjects: Subjects, org: str, api_key: str
 ) -> None:
-    revoked = asyncio.Event()
+    revoked, reading = asyncio.Event(), asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield EVENT[:10]
+        # Asked for more: the gateway reads the body, so the key was checked.
+        reading.set()
         await revoked.wait()
         yield EVENT[10:]
 
@@ -42,7 +44,7 @@ async def test_a_key_revoked_during_the_upload_publishes_nothing(
                 headers={"X-API-Key": api_key, "Content-Type": "application/json"},
             )
         )
-        await asyncio.sleep(0.3)  # the key was checked and the body is on its way
+        await asyncio.wait_for(reading.wait(), 10)
         conn = await connect(database_url)
         try:
             key_id = key_id_of(api_key)
