@@ -90,6 +90,44 @@ def test_admin_refuses_users_and_names_no_token_or_page_can_carry(args: list[str
     assert "error: argument --" in done.stderr
 
 
+def test_admin_unshare_still_removes_a_share_stored_before_ids_were_checked(
+    database_url: str,
+) -> None:
+    import asyncio
+
+    from shared.db import connect
+
+    async def execute(*statements: str) -> list[int]:
+        conn = await connect(database_url)
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+            return [await conn.fetchval("SELECT count(*) FROM agent_shares")]
+        finally:
+            await conn.close()
+
+    asyncio.run(
+        execute(
+            "INSERT INTO organizations (org) VALUES ('acme') ON CONFLICT DO NOTHING",
+            "INSERT INTO agents (org, name) VALUES ('acme', 'bot')",
+            "INSERT INTO agent_shares (org, agent_name, user_id) VALUES ('acme', 'bot', '')",
+        )
+    )
+    done = fleetwatch(
+        "admin",
+        "unshare",
+        "--org",
+        "acme",
+        "--agent",
+        "bot",
+        "--user",
+        "",
+        DATABASE_URL=database_url,
+    )
+    assert done.returncode == 0, done.stderr
+    assert asyncio.run(execute()) == [0]
+
+
 @pytest_asyncio.fixture
 async def unmigrated_database_url() -> AsyncIterator[str]:
     """A database of this test's own with no fleetwatch tables at all. Copied from template0,

@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         share = sub.add_parser(name, help=help_)
         share.add_argument("--org", required=True, type=_name)
         share.add_argument("--agent", required=True, type=_name)
-        share.add_argument("--user", required=True, type=_user)
+        # Unsharing takes any id: a share stored before ids were checked can still be removed.
+        share.add_argument("--user", required=True, type=_user if name == "share" else str)
     return parser
 
 
