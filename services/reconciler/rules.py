@@ -523,6 +523,7 @@ def reconcile(
     sparing: Sequence[EngineRun] | None = None,
     unlisted: Collection[str] = (),
     listed_since: datetime | None = None,
+    unlisting: Collection[str] = (),
 ) -> list[Decision]:
     """Every decision of one pass: one per row, then one per engine run we have no row for.
 
@@ -530,7 +531,8 @@ def reconcile(
     is the whole listing when `listed` was narrowed to one org or agent: a run that names
     neither may still be a row's (default: `listed`). `unlisted` are the engines whose
     listing failed or was read only in part this pass. `listed_since` is where the listing's
-    window starts (runs started since then; None: no limit).
+    window starts (runs started since then; None: no limit); `unlisting` are the engines
+    that list nothing at all (no window there: nothing is ever spared by a listing).
     """
     rows = list(rows)
     holders = Holders.of([*rows, *stored])
@@ -540,7 +542,7 @@ def reconcile(
             decide_row(row, lookups.get((row.org, row.id)), now, policy, holders),
             spare_from,
             unlisted,
-            _before_window(row, listed_since),
+            _before_window(row, None if row.engine in unlisting else listed_since),
         )
         for row in rows
     ]

@@ -27,7 +27,14 @@ from services.reconciler.rules import Action, Kind, Policy
 from shared.events import Event, Status
 from shared.subjects import Subjects
 from tests.procs import running
-from tests.reconciler.helpers import FAILING, ago, insert_row, make_reconciler, wait_until
+from tests.reconciler.helpers import (
+    FAILING,
+    ago,
+    http_engine,
+    insert_row,
+    make_reconciler,
+    wait_until,
+)
 from tests.reconciler.http_engine import EngineState
 from tests.reconciler.temporal_workflows import ACTIVITIES, WORKFLOWS, Failing
 
@@ -59,6 +66,26 @@ async def test_a_row_whose_run_outlives_the_listing_window_is_flagged_not_failed
     assert "lists run" in by_id["young"].reason
     assert by_id["lost"].action is Action.PUBLISH
     assert by_id["lost"].publish_status is Status.FAILED
+
+
+async def test_an_engine_without_a_listing_has_no_window_to_spare_a_row(
+    database_url: str, db: asyncpg.Connection, org: str
+) -> None:
+    """An HTTP engine with `LIST_PATH` empty lists nothing: no listing could spare a row, at
+    any age, so an old row lacking its run id is failed as a young one is (the operator turned
+    failing on knowing that), not flagged for a window that engine does not have."""
+    await insert_row(db, org, "old", engine="http", external_id=None, age_s=7200)
+    async with http_engine(EngineState(), list_path="") as adapter:
+        assert not adapter.lists_runs
+        reconciler = await make_reconciler(
+            database_url, {"http": adapter}, None, Subjects("x"), FAILING
+        )
+        try:
+            report = await reconciler.run_pass(fix=False)
+        finally:
+            await reconciler.pool.close()
+    (old,) = [d for d in report.decisions if d.org == org]
+    assert (old.kind, old.action) == (Kind.MISSING_EXTERNAL_ID, Action.PUBLISH)
 
 
 async def test_a_row_just_inside_the_window_is_flagged_within_the_margin(

@@ -118,6 +118,11 @@ class HttpEngine:
     def name(self) -> str:
         return self._config.name
 
+    @property
+    def lists_runs(self) -> bool:
+        """False with `LIST_PATH` empty: the engine is asked about single runs only."""
+        return bool(self._config.list_path)
+
     async def close(self) -> None:
         await self._client.aclose()
 
