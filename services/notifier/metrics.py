@@ -81,7 +81,7 @@ class Metrics:
         )
         self.resumes = Counter(
             "notifier_resumes_total",
-            "Resume requests by outcome (ring, stream, up_to_date, resync, unavailable)",
+            "Resume requests by outcome (ring, stream, up_to_date, resync, unavailable, abandoned)",
             ["outcome"],
             registry=r,
         )

@@ -13,6 +13,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from services.notifier.access import AccessGuard
 from services.notifier.clients import Client
@@ -333,6 +334,12 @@ async def _resume(client: Client, resume_from: int, live_seq: int, deps: Session
             ) as messages,
         ):
             async for msg in messages:
+                if client.conn.protocol.state is not State.OPEN:
+                    # The client left (the server does not cancel its handler): a replay
+                    # matching nothing would read on for nobody, holding its turn and the
+                    # caller's socket count until the range ends.
+                    hub.metrics.resumes.labels("abandoned").inc()
+                    return
                 seq = msg.metadata.sequence.stream
                 event = decode(subjects, msg.subject, msg.data)
                 if event is not None:
