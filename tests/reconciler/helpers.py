@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from services.reconciler.engines import Engine
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
-from services.reconciler.loop import Reconciler
+from services.reconciler.loop import PassReport, Reconciler
 from services.reconciler.publish import EventPublisher
 from services.reconciler.rules import Policy
 from services.reconciler.settings import DEFAULT_STATUS_MAP
@@ -73,6 +73,17 @@ async def make_reconciler(
         publisher = EventPublisher(js, subjects)
     pool = await create_pool(database_url, min_size=1, max_size=4)
     return Reconciler(pool, engines, publisher, policy or Policy(), **kwargs)
+
+
+async def dry_pass(
+    database_url: str, engines: Mapping[str, Engine], policy: Policy | None = None
+) -> PassReport:
+    """One pass that publishes nothing, by a reconciler made for it and closed after."""
+    reconciler = await make_reconciler(database_url, engines, None, Subjects("x"), policy)
+    try:
+        return await reconciler.run_pass(fix=False)
+    finally:
+        await reconciler.pool.close()
 
 
 async def stream_messages(nats_url: str, subjects: Subjects) -> list[tuple[str, bytes]]:

@@ -30,6 +30,7 @@ from tests.procs import running
 from tests.reconciler.helpers import (
     FAILING,
     ago,
+    dry_pass,
     http_engine,
     insert_row,
     make_reconciler,
@@ -50,13 +51,7 @@ async def test_a_row_whose_run_outlives_the_listing_window_is_flagged_not_failed
         await insert_row(db, org, ex, engine="http", external_id=None, age_s=age)
         state.add(f"{org}-{ex}-run", "running", started_at=ago(age), execution_id=ex, org=org)
     await insert_row(db, org, "lost", engine="http", external_id=None, age_s=1200)
-    reconciler = await make_reconciler(
-        database_url, {"http": adapter}, None, Subjects("x"), FAILING
-    )
-    try:
-        report = await reconciler.run_pass(fix=False)
-    finally:
-        await reconciler.pool.close()
+    report = await dry_pass(database_url, {"http": adapter}, FAILING)
     by_id = {d.execution_id: d for d in report.decisions if d.org == org}
     assert by_id["old"].kind is Kind.MISSING_EXTERNAL_ID
     assert by_id["old"].action is Action.FLAG
@@ -77,13 +72,7 @@ async def test_an_engine_without_a_listing_has_no_window_to_spare_a_row(
     await insert_row(db, org, "old", engine="http", external_id=None, age_s=7200)
     async with http_engine(EngineState(), list_path="") as adapter:
         assert not adapter.lists_runs
-        reconciler = await make_reconciler(
-            database_url, {"http": adapter}, None, Subjects("x"), FAILING
-        )
-        try:
-            report = await reconciler.run_pass(fix=False)
-        finally:
-            await reconciler.pool.close()
+        report = await dry_pass(database_url, {"http": adapter}, FAILING)
     (old,) = [d for d in report.decisions if d.org == org]
     assert (old.kind, old.action) == (Kind.MISSING_EXTERNAL_ID, Action.PUBLISH)
 
@@ -96,13 +85,7 @@ async def test_a_row_just_inside_the_window_is_flagged_within_the_margin(
     _state, adapter = engine
     await insert_row(db, org, "edge", engine="http", external_id=None, age_s=3600 - 120)
     await insert_row(db, org, "inside", engine="http", external_id=None, age_s=3600 - 600)
-    reconciler = await make_reconciler(
-        database_url, {"http": adapter}, None, Subjects("x"), FAILING
-    )
-    try:
-        report = await reconciler.run_pass(fix=False)
-    finally:
-        await reconciler.pool.close()
+    report = await dry_pass(database_url, {"http": adapter}, FAILING)
     by_id = {d.execution_id: d for d in report.decisions if d.org == org}
     assert by_id["edge"].action is Action.FLAG
     assert by_id["inside"].action is Action.PUBLISH
@@ -192,11 +175,7 @@ async def test_a_correction_keeps_a_finished_rows_end_time_when_the_engine_gives
     state.add("job-done", "succeeded", started_at=started.isoformat(), org=org, execution_id="done")
     await insert_row(db, org, "open", engine="http", external_id="job-open", age_s=600)
     state.add("job-open", "succeeded", started_at=ago(600), org=org, execution_id="open")
-    reconciler = await make_reconciler(database_url, {"http": adapter}, None, Subjects("x"))
-    try:
-        report = await reconciler.run_pass(fix=False)
-    finally:
-        await reconciler.pool.close()
+    report = await dry_pass(database_url, {"http": adapter})
     now = datetime.now(UTC)
     events = {
         d.execution_id: execution_event(d, now)
