@@ -378,7 +378,7 @@ class Reconciler:
             sparing=everything,
             unlisted=report.unlisted,
             listed_since=now - self.lookback,
-            unlisting={n for n, e in self.engines.items() if not getattr(e, "lists_runs", True)},
+            unlisting={n for n, e in self.engines.items() if not e.lists_runs},
         )
         # An orphan run's row is created from the listing, once, as a finished row is
         # corrected: it too gets the engine's error (`_with_error`).

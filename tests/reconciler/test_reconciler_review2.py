@@ -47,6 +47,10 @@ class PausingEngine:
     def name(self) -> str:
         return self._inner.name
 
+    @property
+    def lists_runs(self) -> bool:
+        return self._inner.lists_runs
+
     async def list_runs(self, since: datetime, until: datetime) -> list[EngineRun]:
         return await self._inner.list_runs(since, until)
 

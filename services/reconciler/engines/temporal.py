@@ -98,6 +98,10 @@ class TemporalEngine:
     def name(self) -> str:
         return self._name
 
+    @property
+    def lists_runs(self) -> bool:
+        return True
+
     async def close(self) -> None:
         return None
 
