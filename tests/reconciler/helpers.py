@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from services.reconciler.engines import Engine
 from services.reconciler.engines.http import HttpEngine, HttpEngineConfig
 from services.reconciler.loop import PassReport, Reconciler
 from services.reconciler.publish import EventPublisher
-from services.reconciler.rules import Policy
+from services.reconciler.rules import Decision, Policy
 from services.reconciler.settings import DEFAULT_STATUS_MAP
 from shared.db import create_pool
 from shared.settings import CommonSettings
@@ -84,6 +84,23 @@ async def dry_pass(
         return await reconciler.run_pass(fix=False)
     finally:
         await reconciler.pool.close()
+
+
+async def decided_once_listed(
+    reconciler: Reconciler,
+    pick: Callable[[Decision], bool],
+    ready: Callable[[list[Decision]], bool] = bool,
+) -> list[Decision]:
+    """The decisions `pick` selects from dry passes repeated until `ready` holds for them
+    (Temporal's visibility lags a second or two behind a workflow's close), ~10 s at most."""
+    found: list[Decision] = []
+    for _ in range(50):
+        report = await reconciler.run_pass(fix=False)
+        found = [d for d in report.decisions if pick(d)]
+        if ready(found):
+            break
+        await asyncio.sleep(0.2)
+    return found
 
 
 async def stream_messages(nats_url: str, subjects: Subjects) -> list[tuple[str, bytes]]:

@@ -27,7 +27,13 @@ from shared import cli
 from shared.events import Status
 from shared.subjects import Subjects
 from tests.procs import free_port
-from tests.reconciler.helpers import ago, http_engine, insert_row, make_reconciler
+from tests.reconciler.helpers import (
+    ago,
+    decided_once_listed,
+    http_engine,
+    insert_row,
+    make_reconciler,
+)
 from tests.reconciler.http_engine import EngineState, serving
 from tests.reconciler.temporal_workflows import ACTIVITIES, WORKFLOWS, Failing
 
@@ -188,12 +194,7 @@ async def test_a_finished_row_corrected_to_failed_from_the_listing_carries_the_e
         database_url, {"temporal": engine}, None, Subjects("x"), Policy()
     )
     try:
-        for _ in range(50):  # visibility lags a second or two behind the close
-            report = await reconciler.run_pass(fix=False)
-            found = [d for d in report.decisions if d.execution_id == "said-ok"]
-            if found:
-                break
-            await asyncio.sleep(0.2)
+        found = await decided_once_listed(reconciler, lambda d: d.execution_id == "said-ok")
     finally:
         await reconciler.pool.close()
     (decision,) = found

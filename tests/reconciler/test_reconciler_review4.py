@@ -30,6 +30,7 @@ from tests.procs import running
 from tests.reconciler.helpers import (
     FAILING,
     ago,
+    decided_once_listed,
     dry_pass,
     http_engine,
     insert_row,
@@ -240,14 +241,12 @@ async def test_an_orphan_run_that_failed_is_created_with_its_error(
     reconciler = await make_reconciler(
         database_url, {"temporal": TemporalEngine(client)}, None, Subjects("x"), policy
     )
-    found = []
     try:
-        for _ in range(50):  # visibility lags a second or two behind the close
-            report = await reconciler.run_pass(fix=False)
-            found = [d for d in report.decisions if d.external_id == wid]
-            if found and found[0].publish_status is Status.FAILED:
-                break
-            await asyncio.sleep(0.2)
+        found = await decided_once_listed(
+            reconciler,
+            lambda d: d.external_id == wid,
+            lambda found: bool(found) and found[0].publish_status is Status.FAILED,
+        )
     finally:
         await reconciler.pool.close()
     (decision,) = found
